@@ -1,0 +1,2 @@
+//! ring bench
+fn main() {}

@@ -1,0 +1,414 @@
+//! The 64-byte descriptor: the only thing that travels on a ring.
+//!
+//! A [`Descriptor`] is a plain value in private memory. In shared memory it
+//! lives in a [`Slot`] of eight atomic words; the ring copies it in and out
+//! word by word, so no reference to peer-writable memory is ever formed and
+//! a torn or hostile slot is just a strange value that [`Descriptor::check`]
+//! rejects.
+
+use std::fmt;
+
+use crate::sync::AtomicU64;
+
+/// Bytes of payload that travel inside the descriptor itself.
+pub const INLINE_CAPACITY: usize = 40;
+
+/// What a descriptor means. Stored as a `u8`; unknown values are a protocol violation.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// A request that expects a [`Kind::Response`] or [`Kind::Error`] with the same correlation id.
+    Request = 1,
+    /// The successful answer to a request.
+    Response = 2,
+    /// A failed answer; `aux` carries the error code.
+    Error = 3,
+    /// Fire-and-forget: no answer.
+    Fire = 4,
+    /// A message on a topic, delivered to every subscriber.
+    Publish = 5,
+    /// Opens a stream (request-stream or request-channel); `aux` carries initial credits.
+    StreamOpen = 6,
+    /// One item of a stream.
+    StreamItem = 7,
+    /// The end of a stream, from either side.
+    StreamEnd = 8,
+    /// Grants `aux` more items to the other side of a stream.
+    Credit = 9,
+    /// Cancels the request or stream with this correlation id.
+    Cancel = 10,
+    /// Hands back the chunk in the body to its owner.
+    Release = 11,
+    /// Marks a point in the per-sender order (used when switching paths).
+    Fence = 12,
+}
+
+impl Kind {
+    /// Decodes a kind byte; `None` for values no sender may use.
+    #[inline]
+    pub const fn from_u8(v: u8) -> Option<Kind> {
+        Some(match v {
+            1 => Kind::Request,
+            2 => Kind::Response,
+            3 => Kind::Error,
+            4 => Kind::Fire,
+            5 => Kind::Publish,
+            6 => Kind::StreamOpen,
+            7 => Kind::StreamItem,
+            8 => Kind::StreamEnd,
+            9 => Kind::Credit,
+            10 => Kind::Cancel,
+            11 => Kind::Release,
+            12 => Kind::Fence,
+            _ => return None,
+        })
+    }
+
+    /// Whether descriptors of this kind may carry a payload (inline or chunk).
+    #[inline]
+    pub const fn carries_payload(self) -> bool {
+        matches!(
+            self,
+            Kind::Request
+                | Kind::Response
+                | Kind::Error
+                | Kind::Fire
+                | Kind::Publish
+                | Kind::StreamOpen
+                | Kind::StreamItem
+                | Kind::Release
+        )
+    }
+}
+
+/// Flag bits of [`Descriptor::flags`].
+pub mod flags {
+    /// The body holds a [`ChunkRef`](super::ChunkRef) instead of inline bytes.
+    pub const CHUNK: u8 = 1 << 0;
+    /// All flag bits a sender may set; any other bit is a violation.
+    pub const ALL: u8 = CHUNK;
+}
+
+/// A reference to a payload chunk in some client's pool: `(segment, offset, len)`.
+///
+/// `segment` names the pool (the daemon's id of the owning client), `offset`
+/// is from the start of that pool segment. A receiver checks it against the
+/// pool's geometry before touching a byte ([`PoolGeometry::check`](crate::pool::PoolGeometry::check)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChunkRef {
+    /// The id of the pool segment.
+    pub segment: u32,
+    /// Payload length in bytes.
+    pub len: u32,
+    /// Byte offset of the chunk in the pool segment.
+    pub offset: u64,
+}
+
+/// One descriptor, as a private value.
+///
+/// Wire layout (eight native-endian `u64` words):
+/// word 0 = `kind | flags << 8 | inline_len << 16 | route << 32`,
+/// word 1 = `correlation`, word 2 = `aux`, words 3..8 = `body`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Descriptor {
+    /// A [`Kind`] as a byte (unchecked until [`check`](Self::check)).
+    pub kind: u8,
+    /// [`flags`] bits.
+    pub flags: u8,
+    /// Number of inline payload bytes in `body` (when not [`flags::CHUNK`]).
+    pub inline_len: u8,
+    /// Route id: which service instance, topic or stream this is for.
+    pub route: u32,
+    /// Correlates requests with responses and stream items with their stream.
+    pub correlation: u64,
+    /// Kind-specific word: credits, error code, deadline, sender id.
+    pub aux: u64,
+    /// Inline payload, or a [`ChunkRef`] in the first 16 bytes.
+    pub body: [u8; INLINE_CAPACITY],
+}
+
+/// Why a descriptor was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DescriptorError {
+    /// The kind byte is not a [`Kind`].
+    UnknownKind(u8),
+    /// Flag bits outside [`flags::ALL`] are set.
+    UnknownFlags(u8),
+    /// `inline_len` is larger than [`INLINE_CAPACITY`].
+    InlineTooLong(u8),
+    /// A kind that carries no payload has one.
+    UnexpectedPayload(Kind),
+}
+
+impl fmt::Display for DescriptorError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownKind(k) => write!(f, "unknown descriptor kind {k}"),
+            Self::UnknownFlags(x) => write!(f, "unknown descriptor flags {x:#04x}"),
+            Self::InlineTooLong(n) => {
+                write!(f, "inline payload of {n} bytes exceeds {INLINE_CAPACITY}")
+            }
+            Self::UnexpectedPayload(k) => write!(f, "a {k:?} descriptor carries a payload"),
+        }
+    }
+}
+
+impl std::error::Error for DescriptorError {}
+
+impl Descriptor {
+    /// A descriptor of `kind` with everything else zero.
+    #[inline]
+    pub const fn new(kind: Kind, route: u32, correlation: u64) -> Descriptor {
+        Descriptor {
+            kind: kind as u8,
+            flags: 0,
+            inline_len: 0,
+            route,
+            correlation,
+            aux: 0,
+            body: [0; INLINE_CAPACITY],
+        }
+    }
+
+    /// Sets an inline payload. Returns `None` if `bytes` is longer than [`INLINE_CAPACITY`].
+    #[inline]
+    pub fn with_inline(mut self, bytes: &[u8]) -> Option<Descriptor> {
+        if bytes.len() > INLINE_CAPACITY {
+            return None;
+        }
+        self.flags &= !flags::CHUNK;
+        self.inline_len = bytes.len() as u8;
+        self.body[..bytes.len()].copy_from_slice(bytes);
+        Some(self)
+    }
+
+    /// Sets a chunk reference as the payload.
+    #[inline]
+    pub fn with_chunk(mut self, chunk: ChunkRef) -> Descriptor {
+        self.flags |= flags::CHUNK;
+        self.inline_len = 0;
+        self.body[0..4].copy_from_slice(&chunk.segment.to_ne_bytes());
+        self.body[4..8].copy_from_slice(&chunk.len.to_ne_bytes());
+        self.body[8..16].copy_from_slice(&chunk.offset.to_ne_bytes());
+        self
+    }
+
+    /// Sets the kind-specific word.
+    #[inline]
+    pub const fn with_aux(mut self, aux: u64) -> Descriptor {
+        self.aux = aux;
+        self
+    }
+
+    /// The chunk reference, if the payload is a chunk.
+    #[inline]
+    pub fn chunk(&self) -> Option<ChunkRef> {
+        if self.flags & flags::CHUNK == 0 {
+            return None;
+        }
+        let b = &self.body;
+        Some(ChunkRef {
+            segment: u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+            len: u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+            offset: u64::from_ne_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]),
+        })
+    }
+
+    /// The inline payload (empty for chunk payloads). Clamped, so safe on an unchecked descriptor.
+    #[inline]
+    pub fn inline(&self) -> &[u8] {
+        if self.flags & flags::CHUNK != 0 {
+            return &[];
+        }
+        &self.body[..(self.inline_len as usize).min(INLINE_CAPACITY)]
+    }
+
+    /// Validates a descriptor that came from a peer and returns its kind.
+    #[inline]
+    pub fn check(&self) -> Result<Kind, DescriptorError> {
+        let kind = Kind::from_u8(self.kind).ok_or(DescriptorError::UnknownKind(self.kind))?;
+        if self.flags & !flags::ALL != 0 {
+            return Err(DescriptorError::UnknownFlags(self.flags));
+        }
+        if self.inline_len as usize > INLINE_CAPACITY {
+            return Err(DescriptorError::InlineTooLong(self.inline_len));
+        }
+        let has_payload = self.flags & flags::CHUNK != 0 || self.inline_len != 0;
+        if has_payload && !kind.carries_payload() {
+            return Err(DescriptorError::UnexpectedPayload(kind));
+        }
+        Ok(kind)
+    }
+
+    /// The eight wire words.
+    #[inline]
+    pub fn to_words(&self) -> [u64; 8] {
+        let mut w = [0u64; 8];
+        w[0] = self.kind as u64
+            | (self.flags as u64) << 8
+            | (self.inline_len as u64) << 16
+            | (self.route as u64) << 32;
+        w[1] = self.correlation;
+        w[2] = self.aux;
+        for (i, c) in self.body.chunks_exact(8).enumerate() {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            w[3 + i] = u64::from_ne_bytes(b);
+        }
+        w
+    }
+
+    /// Rebuilds a descriptor from wire words. Any words give some descriptor; [`check`](Self::check) it.
+    #[inline]
+    pub fn from_words(w: [u64; 8]) -> Descriptor {
+        let mut body = [0u8; INLINE_CAPACITY];
+        for (i, c) in body.chunks_exact_mut(8).enumerate() {
+            c.copy_from_slice(&w[3 + i].to_ne_bytes());
+        }
+        Descriptor {
+            kind: w[0] as u8,
+            flags: (w[0] >> 8) as u8,
+            inline_len: (w[0] >> 16) as u8,
+            route: (w[0] >> 32) as u32,
+            correlation: w[1],
+            aux: w[2],
+            body,
+        }
+    }
+}
+
+impl fmt::Debug for Descriptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Descriptor");
+        match Kind::from_u8(self.kind) {
+            Some(k) => d.field("kind", &k),
+            None => d.field("kind", &self.kind),
+        };
+        d.field("route", &self.route)
+            .field("correlation", &self.correlation)
+            .field("aux", &self.aux);
+        match self.chunk() {
+            Some(c) => d.field("chunk", &c),
+            None => d.field("inline_len", &self.inline_len),
+        };
+        d.finish()
+    }
+}
+
+/// A descriptor's home in shared memory: one 64-byte cache line of atomic words.
+///
+/// Written by the producer with relaxed stores before it publishes the tail
+/// (Release) and read by the consumer with relaxed loads after it loads the
+/// tail (Acquire), so the words are ordered by the index, not by themselves.
+#[repr(C, align(64))]
+#[derive(Debug, Default)]
+pub struct Slot {
+    words: [AtomicU64; 8],
+}
+
+#[cfg(not(loom))]
+// SAFETY: `#[repr(C)]`, eight atomics, no pointers; every bit pattern is valid.
+unsafe impl crate::shm::ShmSafe for Slot {}
+
+#[cfg(not(loom))]
+const _: () = {
+    assert!(std::mem::size_of::<Slot>() == 64);
+    assert!(std::mem::align_of::<Slot>() == 64);
+};
+
+impl Slot {
+    /// Copies `d` into the slot.
+    #[inline]
+    pub fn store(&self, d: &Descriptor) {
+        use std::sync::atomic::Ordering::Relaxed;
+        for (slot, w) in self.words.iter().zip(d.to_words()) {
+            slot.store(w, Relaxed);
+        }
+    }
+
+    /// Copies the slot out into a private descriptor.
+    #[inline]
+    pub fn load(&self) -> Descriptor {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut w = [0u64; 8];
+        for (o, slot) in w.iter_mut().zip(self.words.iter()) {
+            *o = slot.load(Relaxed);
+        }
+        Descriptor::from_words(w)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_round_trip() {
+        let d = Descriptor::new(Kind::Request, 7, 0xdead_beef)
+            .with_aux(42)
+            .with_inline(b"hello")
+            .unwrap();
+        let back = Descriptor::from_words(d.to_words());
+        assert_eq!(back, d);
+        assert_eq!(back.inline(), b"hello");
+        assert_eq!(back.check(), Ok(Kind::Request));
+    }
+
+    #[test]
+    fn chunk_round_trip() {
+        let c = ChunkRef {
+            segment: 3,
+            len: 1000,
+            offset: 1 << 40,
+        };
+        let d = Descriptor::new(Kind::Publish, 1, 2).with_chunk(c);
+        let back = Descriptor::from_words(d.to_words());
+        assert_eq!(back.chunk(), Some(c));
+        assert!(back.inline().is_empty());
+    }
+
+    #[test]
+    fn inline_too_long_is_refused() {
+        assert!(Descriptor::new(Kind::Fire, 0, 0)
+            .with_inline(&[0; 41])
+            .is_none());
+    }
+
+    #[test]
+    fn garbage_is_rejected_not_trusted() {
+        let mut d = Descriptor::new(Kind::Fire, 0, 0);
+        d.kind = 200;
+        assert_eq!(d.check(), Err(DescriptorError::UnknownKind(200)));
+        d.kind = Kind::Fire as u8;
+        d.flags = 0x80;
+        assert_eq!(d.check(), Err(DescriptorError::UnknownFlags(0x80)));
+        d.flags = 0;
+        d.inline_len = 255;
+        assert_eq!(d.check(), Err(DescriptorError::InlineTooLong(255)));
+        assert_eq!(d.inline().len(), INLINE_CAPACITY, "accessor clamps");
+        let mut c = Descriptor::new(Kind::Credit, 0, 0);
+        c.inline_len = 3;
+        assert_eq!(
+            c.check(),
+            Err(DescriptorError::UnexpectedPayload(Kind::Credit))
+        );
+    }
+
+    #[test]
+    fn every_word_pattern_decodes_without_panic() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..10_000 {
+            let mut w = [0u64; 8];
+            for v in &mut w {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *v = x;
+            }
+            let d = Descriptor::from_words(w);
+            let _ = d.check();
+            let _ = d.chunk();
+            assert!(d.inline().len() <= INLINE_CAPACITY);
+        }
+    }
+}

@@ -1,0 +1,681 @@
+//! The single-producer single-consumer descriptor ring.
+//!
+//! The ring is a [`RingHeader`] followed by `capacity` [`Slot`]s. `tail` and
+//! `head` are free-running `u64` counters (they never wrap in practice: at
+//! 10⁹ descriptors per second a `u64` lasts 584 years); the slot of index
+//! `i` is `i & (capacity - 1)`. The producer owns `tail`, the consumer owns
+//! `head`, and each keeps a private copy of the other's index that it
+//! reloads only when the ring looks full (producer) or empty (consumer), so
+//! a busy ring costs one cache-line transfer per batch, not per descriptor.
+//!
+//! Either side may be a hostile process. Every index read from shared
+//! memory is checked against the invariant `0 <= tail - head <= capacity`;
+//! a value outside it is a [`RingError::Violation`], never an out-of-bounds
+//! read, a panic or an endless loop. Slot indices are always masked, so even
+//! an unchecked index could not leave the ring.
+
+use std::fmt;
+use std::ptr::NonNull;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::sync::Arc;
+
+use crate::descriptor::{Descriptor, Slot};
+use crate::shm::Line;
+use crate::sync::{fence, AtomicU32, AtomicU64};
+
+/// The largest capacity a ring may have (2²⁰ descriptors, 64 MiB of slots).
+pub const MAX_CAPACITY: u64 = 1 << 20;
+
+/// The control words of a ring, each on its own [`Line`].
+#[repr(C)]
+#[derive(Debug)]
+pub struct RingHeader {
+    /// Number of slots; written once by the creator, read once by each side and then kept privately.
+    capacity: Line<AtomicU64>,
+    /// Next index the producer will write. Written only by the producer; always in `head..=head + capacity`.
+    tail: Line<AtomicU64>,
+    /// Next index the consumer will read. Written only by the consumer.
+    head: Line<AtomicU64>,
+    /// Non-zero while the consumer sleeps or is about to (the doorbell handshake, see [`crate::doorbell`]).
+    parked: Line<AtomicU32>,
+}
+
+#[cfg(not(loom))]
+// SAFETY: `#[repr(C)]`, only atomics on padded lines; every bit pattern is valid.
+unsafe impl crate::shm::ShmSafe for RingHeader {}
+
+#[cfg(not(loom))]
+const _: () = {
+    use std::mem::{align_of, offset_of, size_of};
+    assert!(size_of::<RingHeader>() == 4 * crate::shm::LINE);
+    assert!(align_of::<RingHeader>() == crate::shm::LINE);
+    assert!(offset_of!(RingHeader, capacity) == 0);
+    assert!(offset_of!(RingHeader, tail) == 128);
+    assert!(offset_of!(RingHeader, head) == 256);
+    assert!(offset_of!(RingHeader, parked) == 384);
+};
+
+impl RingHeader {
+    /// A header for a ring of `capacity` slots, all indices zero.
+    pub fn new(capacity: u64) -> RingHeader {
+        RingHeader {
+            capacity: Line(AtomicU64::new(capacity)),
+            tail: Line(AtomicU64::new(0)),
+            head: Line(AtomicU64::new(0)),
+            parked: Line(AtomicU32::new(0)),
+        }
+    }
+}
+
+/// Bytes a ring of `capacity` slots occupies: header plus slots.
+pub const fn memory_size(capacity: u64) -> usize {
+    std::mem::size_of::<RingHeader>() + capacity as usize * std::mem::size_of::<Slot>()
+}
+
+/// What went wrong with a ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RingError {
+    /// The capacity is zero, not a power of two, or above [`MAX_CAPACITY`].
+    BadCapacity(u64),
+    /// The memory given is too small or misaligned for the ring.
+    BadRegion {
+        /// Bytes needed.
+        needed: usize,
+        /// Bytes given.
+        len: usize,
+    },
+    /// The peer broke the index invariant: it is hostile or its memory is corrupt.
+    Violation {
+        /// The head index seen.
+        head: u64,
+        /// The tail index seen.
+        tail: u64,
+    },
+}
+
+impl fmt::Display for RingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadCapacity(c) => {
+                write!(f, "ring capacity {c} is not a power of two in 1..={MAX_CAPACITY}")
+            }
+            Self::BadRegion { needed, len } => write!(
+                f,
+                "ring region of {len} bytes is too small or misaligned (needs {needed}, 128-aligned)"
+            ),
+            Self::Violation { head, tail } => write!(
+                f,
+                "ring protocol violation by peer: head {head}, tail {tail} breaks 0 <= tail - head <= capacity"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RingError {}
+
+/// The producer could not push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// The ring is full; the descriptor was not written and may be pushed again.
+    Full(Descriptor),
+    /// The consumer broke the protocol.
+    Ring(RingError),
+}
+
+impl fmt::Display for PushError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Full(_) => f.write_str("ring is full"),
+            Self::Ring(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for PushError {}
+
+impl From<RingError> for PushError {
+    fn from(e: RingError) -> Self {
+        PushError::Ring(e)
+    }
+}
+
+/// Keeps the memory under a ring alive (a mapping, or a heap allocation in tests).
+pub type KeepAlive = Arc<dyn Send + Sync>;
+
+/// A validated view of a ring: pointers plus a private copy of its geometry.
+#[derive(Clone)]
+struct RawRing {
+    header: NonNull<RingHeader>,
+    slots: NonNull<Slot>,
+    /// Private copy; never re-read from shared memory after attach.
+    mask: u64,
+    _keep: Option<KeepAlive>,
+}
+
+impl RawRing {
+    /// # Safety
+    ///
+    /// `header` and `slots` point to a live `RingHeader` and `capacity` slots
+    /// that stay valid while `keep` (or, if `None`, the caller) keeps them.
+    unsafe fn new(
+        header: NonNull<RingHeader>,
+        slots: NonNull<Slot>,
+        capacity: u64,
+        keep: Option<KeepAlive>,
+    ) -> RawRing {
+        debug_assert!(capacity.is_power_of_two());
+        RawRing {
+            header,
+            slots,
+            mask: capacity - 1,
+            _keep: keep,
+        }
+    }
+
+    #[inline]
+    fn header(&self) -> &RingHeader {
+        // SAFETY: valid for the life of `self` (constructor contract); every
+        // field is an atomic, so a shared reference is sound even though the
+        // peer writes to it concurrently.
+        unsafe { self.header.as_ref() }
+    }
+
+    #[inline]
+    fn slot(&self, index: u64) -> &Slot {
+        // SAFETY: `index & mask` < capacity, so the slot is in bounds; slots
+        // are atomics only, so sharing them with a writer is sound.
+        unsafe { &*self.slots.as_ptr().add((index & self.mask) as usize) }
+    }
+
+    #[inline]
+    fn capacity(&self) -> u64 {
+        self.mask + 1
+    }
+
+    /// Checks the invariant `0 <= tail - head <= capacity` on indices that a peer wrote.
+    #[inline]
+    fn check(&self, head: u64, tail: u64) -> Result<u64, RingError> {
+        let len = tail.wrapping_sub(head);
+        if len > self.capacity() {
+            return Err(RingError::Violation { head, tail });
+        }
+        Ok(len)
+    }
+}
+
+// SAFETY: the raw pointers refer to shared memory made only of atomics; the
+// keep-alive is `Send + Sync`. Moving the handle to another thread is sound.
+unsafe impl Send for RawRing {}
+
+/// Builds a producer/consumer pair over a ring in memory.
+#[derive(Debug)]
+pub struct Ring;
+
+impl Ring {
+    /// Initialises a new ring of `capacity` slots at `base` and returns its two ends.
+    ///
+    /// # Safety
+    ///
+    /// `base` points to `len` writable bytes, 128-byte aligned, that no one
+    /// else uses yet and that stay mapped while `keep` (or the caller, if
+    /// `keep` is `None`) holds them. The memory must be zeroed or otherwise
+    /// hold valid atomics (a fresh memfd does).
+    pub unsafe fn init(
+        base: NonNull<u8>,
+        len: usize,
+        capacity: u64,
+        keep: Option<KeepAlive>,
+    ) -> Result<(Producer, Consumer), RingError> {
+        check_capacity(capacity)?;
+        let raw = region(base, len, capacity)?;
+        let header = raw.0.cast::<RingHeader>();
+        // SAFETY: in bounds and aligned (checked by `region`); atomics are
+        // valid for every bit pattern, so the reference is sound.
+        let h = unsafe { header.as_ref() };
+        h.capacity.store(capacity, Relaxed);
+        h.tail.store(0, Relaxed);
+        h.head.store(0, Relaxed);
+        h.parked.store(0, Relaxed);
+        // SAFETY: forwarded from the caller's contract.
+        let ring = unsafe { RawRing::new(header, raw.1, capacity, keep) };
+        Ok((
+            Producer::from_raw(ring.clone(), 0, 0),
+            Consumer::from_raw(ring, 0, 0),
+        ))
+    }
+
+    /// Attaches to an existing ring as its producer, checking what the memory says.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Ring::init`], except that the memory already holds a ring
+    /// (possibly a corrupt one: that is checked, not trusted).
+    pub unsafe fn attach_producer(
+        base: NonNull<u8>,
+        len: usize,
+        keep: Option<KeepAlive>,
+    ) -> Result<Producer, RingError> {
+        // SAFETY: forwarded.
+        let (raw, head, tail) = unsafe { attach(base, len, keep)? };
+        Ok(Producer::from_raw(raw, tail, head))
+    }
+
+    /// Attaches to an existing ring as its consumer, checking what the memory says.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Ring::attach_producer`].
+    pub unsafe fn attach_consumer(
+        base: NonNull<u8>,
+        len: usize,
+        keep: Option<KeepAlive>,
+    ) -> Result<Consumer, RingError> {
+        // SAFETY: forwarded.
+        let (raw, head, tail) = unsafe { attach(base, len, keep)? };
+        Ok(Consumer::from_raw(raw, head, tail))
+    }
+
+    /// Builds both ends over a header and slots that live elsewhere (tests, loom, benches).
+    ///
+    /// # Safety
+    ///
+    /// `header` and `slots` (of `capacity` elements) stay valid while `keep` holds them.
+    pub unsafe fn from_parts(
+        header: NonNull<RingHeader>,
+        slots: NonNull<Slot>,
+        capacity: u64,
+        keep: Option<KeepAlive>,
+    ) -> Result<(Producer, Consumer), RingError> {
+        check_capacity(capacity)?;
+        // SAFETY: forwarded.
+        let ring = unsafe { RawRing::new(header, slots, capacity, keep) };
+        let h = ring.header();
+        let (head, tail) = (h.head.load(Acquire), h.tail.load(Acquire));
+        ring.check(head, tail)?;
+        Ok((
+            Producer::from_raw(ring.clone(), tail, head),
+            Consumer::from_raw(ring, head, tail),
+        ))
+    }
+}
+
+fn check_capacity(capacity: u64) -> Result<(), RingError> {
+    if capacity == 0 || !capacity.is_power_of_two() || capacity > MAX_CAPACITY {
+        return Err(RingError::BadCapacity(capacity));
+    }
+    Ok(())
+}
+
+fn region(
+    base: NonNull<u8>,
+    len: usize,
+    capacity: u64,
+) -> Result<(NonNull<u8>, NonNull<Slot>), RingError> {
+    let needed = memory_size(capacity);
+    if len < needed || base.as_ptr() as usize % crate::shm::LINE != 0 {
+        return Err(RingError::BadRegion { needed, len });
+    }
+    // SAFETY: `size_of::<RingHeader>()` < `needed` <= `len`, so the slots start inside the region.
+    let slots = unsafe { base.add(std::mem::size_of::<RingHeader>()) };
+    Ok((base, slots.cast()))
+}
+
+/// # Safety
+///
+/// See [`Ring::attach_producer`].
+unsafe fn attach(
+    base: NonNull<u8>,
+    len: usize,
+    keep: Option<KeepAlive>,
+) -> Result<(RawRing, u64, u64), RingError> {
+    if len < std::mem::size_of::<RingHeader>() || base.as_ptr() as usize % crate::shm::LINE != 0 {
+        return Err(RingError::BadRegion {
+            needed: std::mem::size_of::<RingHeader>(),
+            len,
+        });
+    }
+    let header = base.cast::<RingHeader>();
+    // SAFETY: in bounds and aligned (checked above); only atomics inside.
+    let capacity = unsafe { header.as_ref() }.capacity.load(Relaxed);
+    check_capacity(capacity)?;
+    let (_, slots) = region(base, len, capacity)?;
+    // SAFETY: the region holds the header and `capacity` slots (checked by `region`).
+    let ring = unsafe { RawRing::new(header, slots, capacity, keep) };
+    let h = ring.header();
+    let (head, tail) = (h.head.load(Acquire), h.tail.load(Acquire));
+    ring.check(head, tail)?;
+    Ok((ring, head, tail))
+}
+
+/// The writing end of a ring. Not `Clone`: there is exactly one producer.
+pub struct Producer {
+    ring: RawRing,
+    /// Private copy of `tail`; always `cached_head..=cached_head + capacity`.
+    tail: u64,
+    /// Last `head` read from the consumer; reloaded only when the ring looks full.
+    cached_head: u64,
+}
+
+impl fmt::Debug for Producer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Producer")
+            .field("capacity", &self.ring.capacity())
+            .field("tail", &self.tail)
+            .field("cached_head", &self.cached_head)
+            .finish()
+    }
+}
+
+impl Producer {
+    fn from_raw(ring: RawRing, tail: u64, head: u64) -> Producer {
+        Producer {
+            ring,
+            tail,
+            cached_head: head,
+        }
+    }
+
+    /// Number of slots.
+    #[inline]
+    pub fn capacity(&self) -> u64 {
+        self.ring.capacity()
+    }
+
+    /// Free slots, reloading the consumer's index.
+    #[inline]
+    pub fn free(&mut self) -> Result<u64, RingError> {
+        self.reload_head()?;
+        Ok(self.capacity() - (self.tail - self.cached_head))
+    }
+
+    #[cold]
+    fn reload_head(&mut self) -> Result<(), RingError> {
+        // SYNC: Acquire pairs with the consumer's Release store of `head`:
+        // it has finished copying out every slot below `head`, so we may
+        // overwrite them.
+        let head = self.ring.header().head.load(Acquire);
+        // The consumer may only move `head` forward, up to our `tail`.
+        if head.wrapping_sub(self.cached_head) > self.tail - self.cached_head {
+            return Err(RingError::Violation {
+                head,
+                tail: self.tail,
+            });
+        }
+        self.cached_head = head;
+        Ok(())
+    }
+
+    /// Pushes one descriptor and publishes it at once.
+    #[inline]
+    pub fn push(&mut self, d: &Descriptor) -> Result<(), PushError> {
+        if self.tail - self.cached_head == self.capacity() {
+            self.reload_head()?;
+            if self.tail - self.cached_head == self.capacity() {
+                return Err(PushError::Full(*d));
+            }
+        }
+        self.ring.slot(self.tail).store(d);
+        self.tail += 1;
+        // SYNC: Release publishes the slot contents written above; pairs with
+        // the consumer's Acquire load of `tail`.
+        self.ring.header().tail.store(self.tail, Release);
+        Ok(())
+    }
+
+    /// Pushes as many of `ds` as fit and publishes them with one index store.
+    ///
+    /// Returns how many were pushed (0 when full).
+    #[inline]
+    pub fn push_batch(&mut self, ds: &[Descriptor]) -> Result<usize, RingError> {
+        let mut room = self.capacity() - (self.tail - self.cached_head);
+        if room < ds.len() as u64 {
+            self.reload_head()?;
+            room = self.capacity() - (self.tail - self.cached_head);
+        }
+        let n = (room as usize).min(ds.len());
+        for d in &ds[..n] {
+            self.ring.slot(self.tail).store(d);
+            self.tail += 1;
+        }
+        if n > 0 {
+            // SYNC: as in `push`.
+            self.ring.header().tail.store(self.tail, Release);
+        }
+        Ok(n)
+    }
+
+    /// Whether the consumer has parked and must be woken; if so, claims the
+    /// wake-up (clears the flag) so that exactly one producer call rings.
+    ///
+    /// Call after publishing. The `SeqCst` fence is the producer half of a
+    /// Dekker handshake: we store `tail`, fence, load `parked`; the consumer
+    /// stores `parked`, fences, loads `tail`. Two SeqCst fences cannot both
+    /// miss the other side's store, so either the consumer sees our
+    /// descriptor before it sleeps, or we see it parked and wake it. Without
+    /// the fence, the store of `tail` could sit in our store buffer while we
+    /// read a stale `parked == 0`, and the consumer would sleep on a full
+    /// ring (a lost wake-up). This is io_uring's `NEED_WAKEUP` protocol.
+    #[inline]
+    pub fn needs_wake(&self) -> bool {
+        fence(SeqCst);
+        let parked = &self.ring.header().parked;
+        parked.load(Relaxed) != 0 && parked.swap(0, Relaxed) != 0
+    }
+
+    /// Rings `bell` if the consumer is parked. Call after a push or a batch.
+    #[inline]
+    pub fn notify<W: crate::doorbell::Wake + ?Sized>(&self, bell: &W) {
+        if self.needs_wake() {
+            bell.wake();
+        }
+    }
+}
+
+/// The reading end of a ring. Not `Clone`: there is exactly one consumer.
+pub struct Consumer {
+    ring: RawRing,
+    /// Private copy of `head`.
+    head: u64,
+    /// Last `tail` read from the producer; always `head..=head + capacity`.
+    cached_tail: u64,
+}
+
+impl fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer")
+            .field("capacity", &self.ring.capacity())
+            .field("head", &self.head)
+            .field("cached_tail", &self.cached_tail)
+            .finish()
+    }
+}
+
+impl Consumer {
+    fn from_raw(ring: RawRing, head: u64, tail: u64) -> Consumer {
+        Consumer {
+            ring,
+            head,
+            cached_tail: tail,
+        }
+    }
+
+    /// Number of slots.
+    #[inline]
+    pub fn capacity(&self) -> u64 {
+        self.ring.capacity()
+    }
+
+    #[inline]
+    fn reload_tail(&mut self) -> Result<u64, RingError> {
+        // SYNC: Acquire pairs with the producer's Release store of `tail`:
+        // the slots below it are fully written.
+        let tail = self.ring.header().tail.load(Acquire);
+        let len = self.ring.check(self.head, tail)?;
+        self.cached_tail = tail;
+        Ok(len)
+    }
+
+    /// Descriptors ready to read, reloading the producer's index.
+    #[inline]
+    pub fn len(&mut self) -> Result<u64, RingError> {
+        self.reload_tail()
+    }
+
+    /// Whether nothing is ready, reloading the producer's index.
+    #[inline]
+    pub fn is_empty(&mut self) -> Result<bool, RingError> {
+        if self.head != self.cached_tail {
+            return Ok(false);
+        }
+        Ok(self.reload_tail()? == 0)
+    }
+
+    /// Copies out and consumes one descriptor, if any.
+    ///
+    /// The descriptor is unchecked: call [`Descriptor::check`] before acting on it.
+    #[inline]
+    pub fn pop(&mut self) -> Result<Option<Descriptor>, RingError> {
+        if self.head == self.cached_tail && self.reload_tail()? == 0 {
+            return Ok(None);
+        }
+        let d = self.ring.slot(self.head).load();
+        self.head += 1;
+        // SYNC: Release tells the producer we are done with the slot; pairs
+        // with its Acquire load of `head` in `reload_head`.
+        self.ring.header().head.store(self.head, Release);
+        Ok(Some(d))
+    }
+
+    /// Copies out up to `out.len()` descriptors and consumes them with one index store.
+    #[inline]
+    pub fn pop_batch(&mut self, out: &mut [Descriptor]) -> Result<usize, RingError> {
+        let mut ready = self.cached_tail - self.head;
+        if ready < out.len() as u64 {
+            ready = self.reload_tail()?;
+        }
+        let n = (ready as usize).min(out.len());
+        for o in &mut out[..n] {
+            *o = self.ring.slot(self.head).load();
+            self.head += 1;
+        }
+        if n > 0 {
+            // SYNC: as in `pop`.
+            self.ring.header().head.store(self.head, Release);
+        }
+        Ok(n)
+    }
+
+    /// First half of parking: announces that the consumer is about to
+    /// sleep, then re-checks the ring. Returns `true` if it is empty and the
+    /// caller may sleep on the doorbell; `false` if descriptors arrived (the
+    /// announcement is withdrawn). Call [`finish_park`](Self::finish_park)
+    /// after waking.
+    ///
+    /// The `SeqCst` fence is the consumer half of the handshake described at
+    /// [`Producer::needs_wake`]: the store of `parked` must be visible to the
+    /// producer before we read `tail`, or a producer that published just
+    /// before our read could miss the flag and never ring.
+    pub fn prepare_park(&mut self) -> Result<bool, RingError> {
+        self.ring.header().parked.store(1, Relaxed);
+        fence(SeqCst);
+        if self.is_empty()? {
+            return Ok(true);
+        }
+        self.ring.header().parked.store(0, Relaxed);
+        Ok(false)
+    }
+
+    /// Second half of parking: withdraws the announcement after waking.
+    #[inline]
+    pub fn finish_park(&self) {
+        self.ring.header().parked.store(0, Relaxed);
+    }
+
+    /// Whether the consumer currently says it is parked (for tests and statistics).
+    pub fn is_parked(&self) -> bool {
+        self.ring.header().parked.load(Relaxed) != 0
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::descriptor::Kind;
+
+    pub(crate) struct HeapRing {
+        pub header: Box<RingHeader>,
+        pub slots: Vec<Slot>,
+    }
+
+    fn heap(capacity: u64) -> (Producer, Consumer, Arc<HeapRing>) {
+        let mem = Arc::new(HeapRing {
+            header: Box::new(RingHeader::new(capacity)),
+            slots: (0..capacity).map(|_| Slot::default()).collect(),
+        });
+        let h = NonNull::from(&*mem.header);
+        let s = NonNull::new(mem.slots.as_ptr() as *mut Slot).unwrap();
+        // SAFETY: `mem` is kept alive by the returned Arc and the keep-alive.
+        let (p, c) = unsafe { Ring::from_parts(h, s, capacity, Some(mem.clone())) }.unwrap();
+        (p, c, mem)
+    }
+
+    fn d(i: u64) -> Descriptor {
+        Descriptor::new(Kind::Fire, 1, i)
+    }
+
+    #[test]
+    fn fifo_and_full() {
+        let (mut p, mut c, _m) = heap(4);
+        for i in 0..4 {
+            p.push(&d(i)).unwrap();
+        }
+        assert_eq!(p.push(&d(9)), Err(PushError::Full(d(9))));
+        for i in 0..4 {
+            assert_eq!(c.pop().unwrap().unwrap().correlation, i);
+        }
+        assert_eq!(c.pop().unwrap(), None);
+        p.push(&d(4)).unwrap();
+        assert_eq!(c.pop().unwrap().unwrap().correlation, 4);
+    }
+
+    #[test]
+    fn batches_wrap_around() {
+        let (mut p, mut c, _m) = heap(8);
+        let mut next = 0;
+        let mut expect = 0;
+        let mut buf = [d(0); 5];
+        for _ in 0..100 {
+            let batch: Vec<_> = (next..next + 5).map(d).collect();
+            let n = p.push_batch(&batch).unwrap();
+            next += n as u64;
+            let m = c.pop_batch(&mut buf).unwrap();
+            for x in &buf[..m] {
+                assert_eq!(x.correlation, expect);
+                expect += 1;
+            }
+        }
+        assert!(expect > 300);
+    }
+
+    #[test]
+    fn bad_capacity() {
+        let h = RingHeader::new(3);
+        let s = [Slot::default(), Slot::default(), Slot::default()];
+        // SAFETY: locals outlive the (failed) call.
+        let r = unsafe { Ring::from_parts(NonNull::from(&h), NonNull::from(&s[0]), 3, None) };
+        assert!(matches!(r, Err(RingError::BadCapacity(3))));
+    }
+
+    #[test]
+    fn park_handshake_withdraws_when_not_empty() {
+        let (mut p, mut c, _m) = heap(4);
+        assert!(c.prepare_park().unwrap());
+        assert!(c.is_parked());
+        p.push(&d(1)).unwrap();
+        assert!(p.needs_wake(), "parked consumer must be woken");
+        assert!(!p.needs_wake(), "the wake-up is claimed once");
+        c.finish_park();
+        assert!(!c.prepare_park().unwrap(), "ring not empty: do not sleep");
+        assert!(!c.is_parked());
+    }
+}

@@ -1,0 +1,2 @@
+//! hybusctl
+fn main() {}
