@@ -6,6 +6,7 @@
 //! * [`doorbell`] — spin, yield, park: the wake-up handshake;
 //! * [`pool`] — size-classed payload chunks and their owner-side allocator;
 //! * [`segment`] — memfd segments (create, seal, map) and eventfd doorbells (feature `os`);
+//! * [`socket`] — the control socket: SOCK_SEQPACKET datagrams with SCM_RIGHTS (feature `os`);
 //! * [`control`] — the control-protocol messages (rkyv, validated on receipt).
 //!
 //! Nothing here trusts shared memory: structures in it are made of atomics
@@ -23,6 +24,8 @@ pub mod ring;
 #[cfg(all(feature = "os", not(loom)))]
 pub mod segment;
 pub mod shm;
+#[cfg(all(feature = "os", not(loom)))]
+pub mod socket;
 mod sync;
 
 pub use descriptor::{ChunkRef, Descriptor, Kind};
