@@ -66,7 +66,12 @@ pub enum Request {
         /// The instance id.
         instance: u32,
     },
-    /// Look up the route id of a name.
+    /// Look up the route id of a topic to publish on, creating the topic if new.
+    Topic {
+        /// Dotted topic name.
+        name: String,
+    },
+    /// Look up the route id of a service; fails if no instance serves it.
     Resolve {
         /// Dotted service or topic name.
         name: String,
@@ -412,7 +417,8 @@ where
     }
     let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
     aligned.extend_from_slice(bytes);
-    rkyv::from_bytes::<T, rkyv::rancor::Error>(&aligned).map_err(|e| CodecError::Invalid(e.to_string()))
+    rkyv::from_bytes::<T, rkyv::rancor::Error>(&aligned)
+        .map_err(|e| CodecError::Invalid(e.to_string()))
 }
 
 /// Checks a dotted name: 1..=[`MAX_NAME`] bytes of `[A-Za-z0-9_-]` segments joined by dots.
@@ -424,8 +430,13 @@ pub fn check_name(name: &str) -> Result<(), String> {
         if part.is_empty() {
             return Err(format!("name {name:?} has an empty segment"));
         }
-        if let Some(c) = part.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-')) {
-            return Err(format!("name {name:?} contains {c:?}; use letters, digits, '_', '-' and '.'"));
+        if let Some(c) = part
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+        {
+            return Err(format!(
+                "name {name:?} contains {c:?}; use letters, digits, '_', '-' and '.'"
+            ));
         }
     }
     Ok(())
@@ -439,13 +450,20 @@ mod tests {
     fn round_trip() {
         let m = ClientMessage {
             id: 7,
-            request: Request::Register { name: "kv.store".into(), version: 2, weight: 1 },
+            request: Request::Register {
+                name: "kv.store".into(),
+                version: 2,
+                weight: 1,
+            },
         };
         let b = encode(&m).unwrap();
         assert_eq!(decode::<ClientMessage>(&b).unwrap(), m);
         let r = DaemonMessage::Reply {
             id: 7,
-            result: Err(ErrorReply { code: ErrorCode::NameOwned, message: "owned".into() }),
+            result: Err(ErrorReply {
+                code: ErrorCode::NameOwned,
+                message: "owned".into(),
+            }),
         };
         assert_eq!(decode::<DaemonMessage>(&encode(&r).unwrap()).unwrap(), r);
     }
@@ -463,9 +481,19 @@ mod tests {
                 .collect();
             assert!(decode::<ClientMessage>(&bytes).is_err());
         }
-        let good = encode(&ClientMessage { id: 1, request: Request::List }).unwrap();
-        assert!(decode::<ClientMessage>(&good[..good.len() - 3]).is_err(), "truncated");
-        assert!(matches!(decode::<ClientMessage>(&vec![0; MAX_MESSAGE + 1]), Err(CodecError::TooLarge(_))));
+        let good = encode(&ClientMessage {
+            id: 1,
+            request: Request::List,
+        })
+        .unwrap();
+        assert!(
+            decode::<ClientMessage>(&good[..good.len() - 3]).is_err(),
+            "truncated"
+        );
+        assert!(matches!(
+            decode::<ClientMessage>(&vec![0; MAX_MESSAGE + 1]),
+            Err(CodecError::TooLarge(_))
+        ));
     }
 
     #[test]

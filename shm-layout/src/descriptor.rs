@@ -27,7 +27,8 @@ pub enum Kind {
     Fire = 4,
     /// A message on a topic, delivered to every subscriber.
     Publish = 5,
-    /// Opens a stream (request-stream or request-channel); `aux` carries initial credits.
+    /// Opens a stream (request-stream or request-channel); `aux` carries the
+    /// initial credits in its low 32 bits and [`STREAM_CHANNEL`] for a channel.
     StreamOpen = 6,
     /// One item of a stream.
     StreamItem = 7,
@@ -81,12 +82,20 @@ impl Kind {
     }
 }
 
+/// Bit of a [`Kind::StreamOpen`]'s `aux`: the caller sends items too (request-channel).
+pub const STREAM_CHANNEL: u64 = 1 << 63;
+
 /// Flag bits of [`Descriptor::flags`].
 pub mod flags {
     /// The body holds a [`ChunkRef`](super::ChunkRef) instead of inline bytes.
     pub const CHUNK: u8 = 1 << 0;
+    /// The descriptor belongs to an exchange (request, stream, channel) that
+    /// the client at this end of the hop *serves*; without it, one the client
+    /// started. Correlation ids live in two namespaces per client (its own,
+    /// and the daemon's for exchanges it serves); this bit says which.
+    pub const SERVER: u8 = 1 << 1;
     /// All flag bits a sender may set; any other bit is a violation.
-    pub const ALL: u8 = CHUNK;
+    pub const ALL: u8 = CHUNK | SERVER;
 }
 
 /// A reference to a payload chunk in some client's pool: `(segment, offset, len)`.

@@ -59,7 +59,12 @@ pub struct ControlSocket {
 impl ControlSocket {
     /// Connects to the daemon's socket at `path` (blocking socket).
     pub fn connect(path: &Path) -> Result<ControlSocket, Errno> {
-        let fd = socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)?;
+        let fd = socket::socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
         let addr = UnixAddr::new(path)?;
         socket::connect(fd.as_raw_fd(), &addr)?;
         Ok(ControlSocket { fd })
@@ -90,7 +95,11 @@ impl ControlSocket {
     pub fn set_nonblocking(&self, on: bool) -> Result<(), Errno> {
         use nix::fcntl::{fcntl, FcntlArg, OFlag};
         let flags = OFlag::from_bits_truncate(fcntl(&self.fd, FcntlArg::F_GETFL)?);
-        let flags = if on { flags | OFlag::O_NONBLOCK } else { flags - OFlag::O_NONBLOCK };
+        let flags = if on {
+            flags | OFlag::O_NONBLOCK
+        } else {
+            flags - OFlag::O_NONBLOCK
+        };
         fcntl(&self.fd, FcntlArg::F_SETFL(flags)).map(drop)
     }
 
@@ -106,7 +115,13 @@ impl ControlSocket {
         let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsg };
         let iov = [IoSlice::new(bytes)];
         loop {
-            match socket::sendmsg::<()>(self.fd.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+            match socket::sendmsg::<()>(
+                self.fd.as_raw_fd(),
+                &iov,
+                cmsgs,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            ) {
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(e),
                 Ok(_) => return Ok(()),
@@ -146,7 +161,9 @@ impl ControlSocket {
                     }
                 }
             }
-            let truncated = msg.flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+            let truncated = msg
+                .flags
+                .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
             let n = msg.bytes;
             if truncated {
                 return Err(RecvError::Truncated);

@@ -1,0 +1,272 @@
+//! The daemon's configuration, read from a TOML file.
+//!
+//! Every field has a default, so an empty file (or none) is a working
+//! configuration for a user bus. Reloaded on SIGHUP.
+
+use std::path::{Path, PathBuf};
+
+use hybus_layout::pool::{PoolGeometry, SizeClass, DEFAULT_CLASSES};
+use hybus_layout::IdleStrategy;
+use serde::Deserialize;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Socket path; `--socket` and `HYBUS_SOCKET` override it.
+    pub socket: Option<PathBuf>,
+    /// Mode bits of the socket file (who may connect), e.g. `0o660`.
+    pub socket_mode: u32,
+    /// Capacity of each client ring (power of two).
+    pub ring_capacity: u64,
+    /// Size classes of each client's pool.
+    pub pool: Vec<PoolClass>,
+    /// How the daemon waits for traffic.
+    pub idle: IdleConfig,
+    /// Limits.
+    pub limits: Limits,
+    /// Who may do what.
+    pub policy: Policy,
+    /// Force the epoll event loop even where io_uring works.
+    pub force_epoll: bool,
+}
+
+/// One pool size class.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolClass {
+    /// Bytes per chunk (multiple of 64).
+    pub chunk_size: u32,
+    /// Number of chunks.
+    pub count: u32,
+}
+
+/// The daemon's idle strategy.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdleConfig {
+    /// Spins before yielding.
+    pub spins: u32,
+    /// Yields before parking.
+    pub yields: u32,
+}
+
+/// Limits, per uid unless said otherwise.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Connections per uid.
+    pub connections_per_uid: u32,
+    /// Registered instances per uid.
+    pub instances_per_uid: u32,
+    /// Subscriptions per uid.
+    pub subscriptions_per_uid: u32,
+    /// In-flight requests per uid.
+    pub in_flight_per_uid: u32,
+    /// Milliseconds a new connection has to say Hello.
+    pub hello_timeout_ms: u64,
+    /// Descriptors the daemon queues for a client whose ring is full.
+    pub queue_per_client: u32,
+}
+
+/// Access policy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Policy {
+    /// `true`: deny everything not allowed by a rule (system bus). `false`
+    /// (default, user bus): anyone who can connect may do everything.
+    pub default_deny: bool,
+    /// Rules, first match wins.
+    pub rules: Vec<Rule>,
+}
+
+/// One policy rule: a uid (or any) may do `actions` on names under `prefix`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// The uid this applies to; absent for everyone.
+    pub uid: Option<u32>,
+    /// Name prefix ("" for all names).
+    #[serde(default)]
+    pub prefix: String,
+    /// Allowed actions: "own", "call", "subscribe", "publish", "monitor".
+    pub allow: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            socket: None,
+            socket_mode: 0o666,
+            ring_capacity: 1024,
+            pool: DEFAULT_CLASSES
+                .iter()
+                .map(|c| PoolClass {
+                    chunk_size: c.chunk_size,
+                    count: c.count,
+                })
+                .collect(),
+            idle: IdleConfig::default(),
+            limits: Limits::default(),
+            policy: Policy::default(),
+            force_epoll: false,
+        }
+    }
+}
+
+impl Default for IdleConfig {
+    fn default() -> Self {
+        IdleConfig {
+            spins: IdleStrategy::DEFAULT.spins,
+            yields: IdleStrategy::DEFAULT.yields,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections_per_uid: 4096,
+            instances_per_uid: 4096,
+            subscriptions_per_uid: 4096,
+            in_flight_per_uid: 65536,
+            hello_timeout_ms: 5000,
+            queue_per_client: 65536,
+        }
+    }
+}
+
+/// Actions a policy decides on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Register an instance of a name.
+    Own,
+    /// Call or fire at a name.
+    Call,
+    /// Subscribe to a topic.
+    Subscribe,
+    /// Publish on a topic.
+    Publish,
+    /// Tap traffic.
+    Monitor,
+}
+
+impl Action {
+    fn word(self) -> &'static str {
+        match self {
+            Action::Own => "own",
+            Action::Call => "call",
+            Action::Subscribe => "subscribe",
+            Action::Publish => "publish",
+            Action::Monitor => "monitor",
+        }
+    }
+}
+
+impl Policy {
+    /// Whether `uid` may do `action` on `name`. Root may always.
+    pub fn allows(&self, uid: u32, action: Action, name: &str) -> bool {
+        if uid == 0 {
+            return true;
+        }
+        for r in &self.rules {
+            if r.uid.is_some_and(|u| u != uid) || !name.starts_with(&r.prefix) {
+                continue;
+            }
+            if r.allow.iter().any(|a| a == action.word() || a == "all") {
+                return true;
+            }
+        }
+        !self.default_deny
+    }
+}
+
+impl Config {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        use anyhow::Context;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        let c: Config =
+            toml::from_str(&text).with_context(|| format!("bad config {}", path.display()))?;
+        c.check()
+            .with_context(|| format!("bad config {}", path.display()))?;
+        Ok(c)
+    }
+
+    /// Checks values that TOML types cannot.
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.ring_capacity.is_power_of_two()
+                && (16..=hybus_layout::ring::MAX_CAPACITY).contains(&self.ring_capacity),
+            "ring_capacity {} must be a power of two between 16 and {}",
+            self.ring_capacity,
+            hybus_layout::ring::MAX_CAPACITY
+        );
+        self.pool_geometry()?;
+        for r in &self.policy.rules {
+            for a in &r.allow {
+                anyhow::ensure!(
+                    ["own", "call", "subscribe", "publish", "monitor", "all"].contains(&a.as_str()),
+                    "unknown policy action {a:?}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The pool geometry every client gets.
+    pub fn pool_geometry(&self) -> anyhow::Result<PoolGeometry> {
+        let classes: Vec<SizeClass> = self
+            .pool
+            .iter()
+            .map(|c| SizeClass {
+                chunk_size: c.chunk_size,
+                count: c.count,
+            })
+            .collect();
+        PoolGeometry::new(&classes).map_err(|e| anyhow::anyhow!("pool: {e}"))
+    }
+
+    /// The daemon's idle strategy.
+    pub fn idle_strategy(&self) -> IdleStrategy {
+        IdleStrategy {
+            spins: self.idle.spins,
+            yields: self.idle.yields,
+            park: true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_is_default_and_valid() {
+        let c: Config = toml::from_str("").unwrap();
+        c.check().unwrap();
+        assert_eq!(c.ring_capacity, 1024);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let c: Config = toml::from_str("ring_capacity = 1000").unwrap();
+        assert!(c.check().is_err());
+        assert!(toml::from_str::<Config>("nonsense = 1").is_err());
+        let c: Config = toml::from_str("[[pool]]\nchunk_size = 100\ncount = 1").unwrap();
+        assert!(c.check().is_err());
+    }
+
+    #[test]
+    fn policy() {
+        let c: Config = toml::from_str(
+            "[policy]\ndefault_deny = true\n[[policy.rules]]\nuid = 1000\nprefix = \"kv.\"\nallow = [\"own\"]\n",
+        )
+        .unwrap();
+        assert!(c.policy.allows(1000, Action::Own, "kv.store"));
+        assert!(!c.policy.allows(1000, Action::Own, "camera"));
+        assert!(!c.policy.allows(1001, Action::Own, "kv.store"));
+        assert!(c.policy.allows(0, Action::Own, "anything"));
+    }
+}

@@ -1,0 +1,669 @@
+//! The daemon: one thread, one event loop.
+//!
+//! The loop alternates between the data plane (draining the rings of
+//! recently active clients, see [`crate::router`]) and the control plane
+//! (accepting connections, reading control sockets, doorbells, signals).
+//! While traffic flows it polls only the active rings; when they stay
+//! empty for the idle budget it parks each of them (the doorbell
+//! handshake) and sleeps in the poller, so an idle daemon uses no CPU.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hybus_layout::control::{self, DaemonMessage, ErrorCode, ErrorReply, Event};
+use hybus_layout::pool::PoolGeometry;
+use hybus_layout::segment::EventFd;
+use hybus_layout::socket::ControlSocket;
+use hybus_layout::{IdleStrategy, Wake};
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
+
+use crate::chunks::Chunks;
+use crate::config::Config;
+use crate::exchange::Exchanges;
+use crate::poller::Poller;
+use crate::registry::Registry;
+use crate::session::{Credentials, Session};
+
+const LISTENER: u64 = 0;
+const STOP: u64 = 1;
+const SIGNALS: u64 = 2;
+const CONTROL: u64 = 1 << 32;
+pub(crate) const DOORBELL_TOKEN: u64 = 2 << 32;
+
+/// How the daemon gets its listening socket and where it reports.
+#[derive(Debug, Default)]
+pub struct Options {
+    /// The configuration.
+    pub config: Config,
+    /// Where the configuration came from (reloaded on SIGHUP).
+    pub config_path: Option<PathBuf>,
+    /// Socket path to bind (ignored when `listener` is given).
+    pub socket: PathBuf,
+    /// An already listening socket (systemd socket activation).
+    pub listener: Option<OwnedFd>,
+    /// Signals to handle (SIGTERM, SIGINT, SIGHUP), already blocked by the caller.
+    pub signals: Option<nix::sys::signalfd::SignalFd>,
+    /// Talk to systemd (`NOTIFY_SOCKET`, `WATCHDOG_USEC`).
+    pub systemd: bool,
+}
+
+/// Stops a running daemon from another thread.
+#[derive(Debug, Clone)]
+pub struct StopHandle(Arc<EventFd>);
+
+impl StopHandle {
+    /// Asks the daemon to drain and exit.
+    pub fn stop(&self) {
+        self.0.wake();
+    }
+}
+
+/// The daemon's state.
+#[derive(Debug)]
+pub struct Daemon {
+    pub(crate) config: Config,
+    config_path: Option<PathBuf>,
+    socket_path: Option<PathBuf>,
+    listener: OwnedFd,
+    pub(crate) poller: Poller,
+    pub(crate) sessions: HashMap<u32, Session>,
+    next_client: u32,
+    pub(crate) registry: Registry,
+    pub(crate) chunks: Chunks,
+    pub(crate) exchanges: Exchanges,
+    /// Clients whose tx ring is polled (not parked).
+    pub(crate) active: Vec<u32>,
+    stop: Arc<EventFd>,
+    signals: Option<nix::sys::signalfd::SignalFd>,
+    pub(crate) geometry: PoolGeometry,
+    idle: IdleStrategy,
+    buf: Vec<u8>,
+    uid_connections: HashMap<u32, u32>,
+    systemd: bool,
+    watchdog: Option<Duration>,
+    pub(crate) monitors: usize,
+    started: Instant,
+    /// Reused list of active ids for one polling round.
+    pub(crate) scratch: Vec<u32>,
+    /// Clients pushed to (or with queued descriptors) since the last flush.
+    pub(crate) touched: Vec<u32>,
+}
+
+fn bind_socket(path: &Path, mode: u32) -> anyhow::Result<OwnedFd> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
+    }
+    if path.exists() {
+        // A live daemon answers; a stale socket file from a crash does not.
+        match ControlSocket::connect(path) {
+            Ok(_) => anyhow::bail!("another hybusd is already listening on {}", path.display()),
+            Err(_) => {
+                std::fs::remove_file(path)
+                    .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+            }
+        }
+    }
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .context("cannot create socket")?;
+    let addr =
+        UnixAddr::new(path).with_context(|| format!("bad socket path {}", path.display()))?;
+    socket::bind(fd.as_raw_fd(), &addr)
+        .with_context(|| format!("cannot bind {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot chmod {}", path.display()))?;
+    socket::listen(
+        &fd,
+        socket::Backlog::new(1024).unwrap_or(socket::Backlog::MAXCONN),
+    )
+    .context("cannot listen")?;
+    Ok(fd)
+}
+
+/// Raises the soft open-files limit to the hard limit: each client costs
+/// the daemon five descriptors (socket, two memfds, two eventfds).
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
+impl Daemon {
+    /// Binds the socket (or takes the given listener) and prepares the loop.
+    pub fn new(opts: Options) -> anyhow::Result<Daemon> {
+        opts.config.check()?;
+        raise_fd_limit();
+        let (listener, socket_path) = match opts.listener {
+            Some(l) => {
+                nix::fcntl::fcntl(
+                    &l,
+                    nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+                )
+                .context("cannot make the inherited socket non-blocking")?;
+                (l, None)
+            }
+            None => (
+                bind_socket(&opts.socket, opts.config.socket_mode)?,
+                Some(opts.socket.clone()),
+            ),
+        };
+        let poller = Poller::new().context("cannot create the event loop")?;
+        poller.add(listener.as_fd(), LISTENER)?;
+        let stop = Arc::new(EventFd::new()?);
+        poller.add(stop.fd(), STOP)?;
+        if let Some(s) = &opts.signals {
+            poller.add(s.as_fd(), SIGNALS)?;
+        }
+        let mut watchdog = None;
+        if opts.systemd {
+            let mut usec = 0;
+            if sd_notify::watchdog_enabled(false, &mut usec) {
+                watchdog = Some(Duration::from_micros(usec / 2));
+            }
+        }
+        let geometry = opts.config.pool_geometry()?;
+        let idle = opts.config.idle_strategy();
+        Ok(Daemon {
+            config: opts.config,
+            config_path: opts.config_path,
+            socket_path,
+            listener,
+            poller,
+            sessions: HashMap::new(),
+            next_client: 0,
+            registry: Registry::default(),
+            chunks: Chunks::default(),
+            exchanges: Exchanges::default(),
+            active: Vec::new(),
+            stop,
+            signals: opts.signals,
+            geometry,
+            idle,
+            buf: vec![0; control::MAX_MESSAGE],
+            uid_connections: HashMap::new(),
+            systemd: opts.systemd,
+            watchdog,
+            monitors: 0,
+            started: Instant::now(),
+            scratch: Vec::new(),
+            touched: Vec::new(),
+        })
+    }
+
+    /// A handle that stops [`run`](Self::run) from another thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(self.stop.clone())
+    }
+
+    /// The backend of the event loop.
+    pub fn backend(&self) -> &'static str {
+        self.poller.backend()
+    }
+
+    fn notify(&self, states: &[sd_notify::NotifyState<'_>]) {
+        if self.systemd {
+            let _ = sd_notify::notify(false, states);
+        }
+    }
+
+    fn status(&self) -> String {
+        format!(
+            "{} clients, {} services, {} chunks lent",
+            self.sessions.len(),
+            self.registry
+                .routes()
+                .filter(|(_, r)| !r.instances.is_empty())
+                .count(),
+            self.chunks.len()
+        )
+    }
+
+    /// Runs until stopped (SIGTERM, SIGINT, or the [`StopHandle`]). Returns
+    /// after every client was disconnected and the socket file removed.
+    pub fn run(mut self) -> anyhow::Result<()> {
+        tracing::info!(backend = self.backend(), "hybusd ready");
+        let status = format!("STATUS=ready, {}", self.status());
+        self.notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Custom(&status),
+        ]);
+        let mut events = Vec::with_capacity(64);
+        let mut idle_rounds: u64 = 0;
+        let mut loops: u64 = 0;
+        let mut last_watchdog = Instant::now();
+        let mut last_status = Instant::now();
+        loop {
+            loops += 1;
+            let worked = self.poll_rings();
+            self.flush_clients();
+            let spin_budget = self.idle.spins as u64 + self.idle.yields as u64;
+            let timeout = if worked {
+                idle_rounds = 0;
+                if loops % 64 != 0 {
+                    continue;
+                }
+                Some(Duration::ZERO)
+            } else if !self.active.is_empty() && idle_rounds < spin_budget {
+                idle_rounds += 1;
+                if idle_rounds <= self.idle.spins as u64 {
+                    std::hint::spin_loop();
+                    if idle_rounds % 256 != 0 {
+                        continue;
+                    }
+                } else {
+                    std::thread::yield_now();
+                }
+                Some(Duration::ZERO)
+            } else {
+                // Park: every active ring must agree that it is empty.
+                if !self.park_active() {
+                    idle_rounds = 0;
+                    continue;
+                }
+                idle_rounds = 0;
+                self.sleep_timeout()
+            };
+            events.clear();
+            self.poller
+                .wait(&mut events, timeout)
+                .context("event loop wait failed")?;
+            for &ev in &events {
+                match ev {
+                    LISTENER => self.accept(),
+                    STOP => {
+                        self.stop.try_consume();
+                        return self.shutdown("stop requested");
+                    }
+                    SIGNALS => {
+                        if let Some(sig) = self.read_signal() {
+                            match sig {
+                                nix::sys::signal::Signal::SIGHUP => self.reload(),
+                                s => return self.shutdown(s.as_str()),
+                            }
+                        }
+                    }
+                    t if t & !0xffff_ffff == CONTROL => self.read_control(t as u32),
+                    t if t & !0xffff_ffff == DOORBELL_TOKEN => self.doorbell(t as u32),
+                    _ => {}
+                }
+            }
+            self.expire_hellos();
+            if let Some(w) = self.watchdog {
+                if last_watchdog.elapsed() >= w {
+                    last_watchdog = Instant::now();
+                    self.notify(&[sd_notify::NotifyState::Watchdog]);
+                }
+            }
+            if self.systemd && last_status.elapsed() >= Duration::from_secs(5) {
+                last_status = Instant::now();
+                let s = self.status();
+                self.notify(&[sd_notify::NotifyState::Status(&s)]);
+            }
+        }
+    }
+
+    /// How long the poller may sleep: until the next hello deadline,
+    /// watchdog ping, or queued-descriptor retry.
+    fn sleep_timeout(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let mut t: Option<Duration> = self.watchdog;
+        let mut bound = |d: Duration| t = Some(t.map_or(d, |x| x.min(d)));
+        for s in self.sessions.values() {
+            if let Some(dl) = s.hello_deadline {
+                bound(dl.saturating_duration_since(now));
+            }
+            if s.data.as_ref().is_some_and(|d| !d.queue.is_empty()) {
+                // A client with a full ring: retry soon (it does not ring us when it drains).
+                bound(Duration::from_millis(1));
+            }
+        }
+        if self.systemd {
+            bound(Duration::from_secs(5));
+        }
+        t
+    }
+
+    fn park_active(&mut self) -> bool {
+        let mut all = true;
+        let mut i = 0;
+        while i < self.active.len() {
+            let id = self.active[i];
+            let Some(d) = self.sessions.get_mut(&id).and_then(|s| s.data.as_mut()) else {
+                self.active.swap_remove(i);
+                continue;
+            };
+            match d.tx.prepare_park() {
+                Ok(true) => {
+                    d.active = false;
+                    self.active.swap_remove(i);
+                }
+                Ok(false) => {
+                    all = false;
+                    i += 1;
+                }
+                Err(e) => {
+                    self.disconnect(id, &format!("{e}"));
+                }
+            }
+        }
+        all
+    }
+
+    fn doorbell(&mut self, id: u32) {
+        let Some(d) = self.sessions.get_mut(&id).and_then(|s| s.data.as_mut()) else {
+            return;
+        };
+        d.tx_bell.try_consume();
+        d.tx.finish_park();
+        if !d.active {
+            d.active = true;
+            self.active.push(id);
+        }
+    }
+
+    fn read_signal(&mut self) -> Option<nix::sys::signal::Signal> {
+        let s = self.signals.as_ref()?.read_signal().ok()??;
+        nix::sys::signal::Signal::try_from(s.ssi_signo as i32).ok()
+    }
+
+    fn reload(&mut self) {
+        let Some(path) = self.config_path.clone() else {
+            tracing::info!("SIGHUP: no config file to reload");
+            return;
+        };
+        match Config::load(&path) {
+            Ok(c) => {
+                // Ring and pool sizes apply to new clients only; policy and limits at once.
+                self.idle = c.idle_strategy();
+                match c.pool_geometry() {
+                    Ok(g) => self.geometry = g,
+                    Err(e) => tracing::warn!("SIGHUP: keeping old pool geometry: {e}"),
+                }
+                self.config = c;
+                tracing::info!(path = %path.display(), "configuration reloaded");
+                self.notify(&[sd_notify::NotifyState::Custom("RELOADING=0")]);
+            }
+            Err(e) => tracing::warn!("SIGHUP: keeping the old configuration: {e:#}"),
+        }
+    }
+
+    fn shutdown(mut self, why: &str) -> anyhow::Result<()> {
+        tracing::info!(reason = why, "hybusd stopping");
+        self.notify(&[sd_notify::NotifyState::Stopping]);
+        // Drain: deliver what is queued as far as rings allow, then say goodbye.
+        self.poll_rings();
+        self.flush_clients();
+        let ids: Vec<u32> = self.sessions.keys().copied().collect();
+        for id in ids {
+            self.disconnect(id, "daemon shutting down");
+        }
+        if let Some(p) = &self.socket_path {
+            let _ = std::fs::remove_file(p);
+        }
+        tracing::info!(
+            uptime_s = self.started.elapsed().as_secs(),
+            "hybusd stopped"
+        );
+        Ok(())
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let fd = match socket::accept4(
+                self.listener.as_raw_fd(),
+                SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            ) {
+                // SAFETY: accept4 returned a new descriptor that nothing else owns.
+                Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
+                Err(nix::errno::Errno::EAGAIN) => return,
+                Err(nix::errno::Errno::EINTR | nix::errno::Errno::ECONNABORTED) => continue,
+                Err(e) => {
+                    // EMFILE and friends: log and let the backlog wait.
+                    tracing::warn!("accept failed: {}", e.desc());
+                    return;
+                }
+            };
+            let sock = ControlSocket::from_fd(fd);
+            let creds = match sock.peer_credentials() {
+                Ok(c) => Credentials {
+                    uid: c.uid(),
+                    gid: c.gid(),
+                    pid: c.pid(),
+                },
+                Err(e) => {
+                    tracing::warn!("SO_PEERCRED failed: {}", e.desc());
+                    continue;
+                }
+            };
+            let conns = self.uid_connections.entry(creds.uid).or_default();
+            if *conns >= self.config.limits.connections_per_uid {
+                let msg = format!(
+                    "uid {} already has {} connections (limit {})",
+                    creds.uid, conns, self.config.limits.connections_per_uid
+                );
+                tracing::warn!(pid = creds.pid, "{msg}");
+                send_to(&sock, &error_reply(0, ErrorCode::QuotaExceeded, msg), &[]);
+                continue;
+            }
+            *conns += 1;
+            let id = self.new_client_id();
+            if let Err(e) = self.poller.add(sock.fd(), CONTROL | id as u64) {
+                tracing::warn!("cannot watch a new connection: {}", e.desc());
+                continue;
+            }
+            let deadline =
+                Instant::now() + Duration::from_millis(self.config.limits.hello_timeout_ms);
+            tracing::debug!(client = id, uid = creds.uid, pid = creds.pid, "connected");
+            self.sessions.insert(
+                id,
+                Session {
+                    id,
+                    creds,
+                    sock,
+                    label: String::new(),
+                    data: None,
+                    hello_deadline: Some(deadline),
+                    watches: Vec::new(),
+                    monitor: None,
+                    subscriptions: Vec::new(),
+                },
+            );
+        }
+    }
+
+    fn new_client_id(&mut self) -> u32 {
+        loop {
+            self.next_client = self.next_client.wrapping_add(1);
+            if self.next_client != 0 && !self.sessions.contains_key(&self.next_client) {
+                return self.next_client;
+            }
+        }
+    }
+
+    fn expire_hellos(&mut self) {
+        let now = Instant::now();
+        let late: Vec<u32> = self
+            .sessions
+            .values()
+            .filter(|s| s.hello_deadline.is_some_and(|d| d <= now))
+            .map(|s| s.id)
+            .collect();
+        for id in late {
+            if let Some(s) = self.sessions.get(&id) {
+                send_to(
+                    &s.sock,
+                    &error_reply(
+                        0,
+                        ErrorCode::BadRequest,
+                        "no Hello within the timeout".into(),
+                    ),
+                    &[],
+                );
+            }
+            self.disconnect(id, "said nothing within the hello timeout");
+        }
+    }
+
+    fn read_control(&mut self, id: u32) {
+        // Bounded: a client cannot keep the loop here forever.
+        for _ in 0..64 {
+            let Some(s) = self.sessions.get(&id) else {
+                return;
+            };
+            let (n, fds) = match s.sock.recv(&mut self.buf) {
+                Ok(x) => x,
+                Err(hybus_layout::socket::RecvError::WouldBlock) => return,
+                Err(hybus_layout::socket::RecvError::Closed) => {
+                    self.disconnect(id, "closed the connection");
+                    return;
+                }
+                Err(e) => {
+                    let msg = format!("bad control message: {e}");
+                    send_to(
+                        &s.sock,
+                        &error_reply(0, ErrorCode::BadRequest, msg.clone()),
+                        &[],
+                    );
+                    self.disconnect(id, &msg);
+                    return;
+                }
+            };
+            drop(fds); // clients never send us descriptors; close any they attach
+            match control::decode::<control::ClientMessage>(&self.buf[..n]) {
+                Ok(m) => self.handle_request(id, m),
+                Err(e) => {
+                    let msg = format!("{e}");
+                    if let Some(s) = self.sessions.get(&id) {
+                        send_to(
+                            &s.sock,
+                            &error_reply(0, ErrorCode::BadRequest, msg.clone()),
+                            &[],
+                        );
+                    }
+                    self.disconnect(id, &msg);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sends `msg` to client `id`; a client that does not read its control
+    /// socket (buffer full) is disconnected rather than letting it stall us.
+    pub(crate) fn send(
+        &mut self,
+        id: u32,
+        msg: &DaemonMessage,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) {
+        let Some(s) = self.sessions.get(&id) else {
+            return;
+        };
+        if !send_to(&s.sock, msg, fds) {
+            self.disconnect(id, "does not read its control socket");
+        }
+    }
+
+    /// Removes a client and everything it held.
+    pub(crate) fn disconnect(&mut self, id: u32, why: &str) {
+        let Some(s) = self.sessions.remove(&id) else {
+            return;
+        };
+        tracing::info!(client = id, pid = s.creds.pid, uid = s.creds.uid, label = %s.label, "disconnected: {why}");
+        self.poller.remove(s.sock.fd());
+        if let Some(d) = &s.data {
+            self.poller.remove(d.tx_bell.fd());
+        }
+        if let Some(c) = self.uid_connections.get_mut(&s.creds.uid) {
+            *c = c.saturating_sub(1);
+        }
+        self.active.retain(|&a| a != id);
+        if s.monitor.is_some() {
+            self.monitors -= 1;
+        }
+        for route in &s.subscriptions {
+            if let Some(r) = self.registry.route_mut(*route) {
+                r.subscribers.retain(|&c| c != id);
+            }
+        }
+        for inst in self.registry.instances_of(id) {
+            self.remove_instance(inst);
+        }
+        self.fail_exchanges_of(id);
+        for chunk in self.chunks.drop_holder(id) {
+            self.return_chunk(chunk);
+        }
+        self.chunks.drop_pool(id);
+        // Dropping `s` closes its socket and unmaps its segments.
+    }
+
+    /// Removes an instance and tells watchers.
+    pub(crate) fn remove_instance(&mut self, inst: u32) {
+        let Some(i) = self.registry.unregister(inst) else {
+            return;
+        };
+        let name = self
+            .registry
+            .route(i.route)
+            .map(|r| r.name.clone())
+            .unwrap_or_default();
+        let pid = self.sessions.get(&i.client).map_or(0, |s| s.creds.pid);
+        self.fail_exchanges_served_by(inst);
+        self.broadcast_watch(
+            &name,
+            Event::ServiceDown {
+                name: name.clone(),
+                route: i.route,
+                instance: inst,
+                pid,
+            },
+        );
+    }
+
+    pub(crate) fn broadcast_watch(&mut self, name: &str, ev: Event) {
+        let targets: Vec<u32> = self
+            .sessions
+            .values()
+            .filter(|s| s.watches.iter().any(|p| name.starts_with(p.as_str())))
+            .map(|s| s.id)
+            .collect();
+        let msg = DaemonMessage::Event(ev);
+        for t in targets {
+            self.send(t, &msg, &[]);
+        }
+    }
+}
+
+/// Encodes and sends; returns false if the peer's buffer is full or the socket is gone.
+pub(crate) fn send_to(
+    sock: &ControlSocket,
+    msg: &DaemonMessage,
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> bool {
+    match control::encode(msg) {
+        Ok(bytes) => sock.send(&bytes, fds).is_ok(),
+        Err(e) => {
+            tracing::error!("cannot encode a control message: {e}");
+            true
+        }
+    }
+}
+
+pub(crate) fn error_reply(id: u64, code: ErrorCode, message: String) -> DaemonMessage {
+    DaemonMessage::Reply {
+        id,
+        result: Err(ErrorReply { code, message }),
+    }
+}

@@ -1,0 +1,104 @@
+//! Requests and streams in flight: the daemon's correlation table.
+//!
+//! A caller numbers its exchanges itself; the daemon gives each one its
+//! own id when it forwards it to a server, so that ids from different
+//! callers never collide at the server. The table maps both ways.
+
+use std::collections::HashMap;
+
+/// Credits of a stream or channel, enforced by the daemon so that a sender
+/// that ignores them is caught rather than trusted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Credits {
+    /// Items the server may still send to the caller.
+    pub to_caller: u64,
+    /// Items the caller may still send to the server (channels only).
+    pub to_server: u64,
+    /// The server ended its direction.
+    pub server_ended: bool,
+    /// The caller ended its direction.
+    pub caller_ended: bool,
+}
+
+/// One exchange in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exchange {
+    /// The client that started it.
+    pub caller: u32,
+    /// The caller's correlation id.
+    pub caller_corr: u64,
+    /// The route the caller addressed.
+    pub route: u32,
+    /// The client that serves it.
+    pub server: u32,
+    /// The serving instance.
+    pub instance: u32,
+    /// Present for streams and channels.
+    pub stream: Option<Credits>,
+}
+
+/// The table.
+#[derive(Debug, Default)]
+pub struct Exchanges {
+    by_id: HashMap<u64, Exchange>,
+    by_caller: HashMap<(u32, u64), u64>,
+    next: u64,
+}
+
+impl Exchanges {
+    /// Starts an exchange; returns the daemon's id for it, or `None` if the
+    /// caller already uses `caller_corr` for another one.
+    pub fn open(&mut self, ex: Exchange) -> Option<u64> {
+        use std::collections::hash_map::Entry;
+        self.next += 1;
+        let id = self.next;
+        match self.by_caller.entry((ex.caller, ex.caller_corr)) {
+            Entry::Occupied(_) => None,
+            Entry::Vacant(v) => {
+                v.insert(id);
+                self.by_id.insert(id, ex);
+                Some(id)
+            }
+        }
+    }
+
+    /// The exchange with the daemon's id `id`.
+    pub fn get_mut(&mut self, id: u64) -> Option<&mut Exchange> {
+        self.by_id.get_mut(&id)
+    }
+
+    /// The daemon's id of the caller's exchange `corr`.
+    pub fn id_of(&self, caller: u32, corr: u64) -> Option<u64> {
+        self.by_caller.get(&(caller, corr)).copied()
+    }
+
+    /// Ends an exchange.
+    pub fn close(&mut self, id: u64) -> Option<Exchange> {
+        let ex = self.by_id.remove(&id)?;
+        self.by_caller.remove(&(ex.caller, ex.caller_corr));
+        Some(ex)
+    }
+
+    /// Removes and returns every exchange matching `f`.
+    pub fn drain_where(&mut self, mut f: impl FnMut(&Exchange) -> bool) -> Vec<(u64, Exchange)> {
+        let ids: Vec<u64> = self
+            .by_id
+            .iter()
+            .filter(|(_, e)| f(e))
+            .map(|(id, _)| *id)
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| self.close(id).map(|e| (id, e)))
+            .collect()
+    }
+
+    /// Exchanges in flight.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether none are in flight.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+}

@@ -1,0 +1,287 @@
+//! Names, routes and service instances.
+//!
+//! A name gets a numeric route id the first time anyone registers,
+//! resolves or subscribes to it, and keeps it for the daemon's life, so a
+//! caller that resolved once keeps working while instances come and go
+//! (hot replacement). The data plane only ever sees route and instance ids.
+
+use std::collections::HashMap;
+
+/// How the router picks among a name's serving instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// Smooth weighted round-robin (nginx's): spreads by weight, evenly interleaved.
+    #[default]
+    WeightedRoundRobin,
+    /// The instance with the fewest requests in flight (ties by weight).
+    LeastOutstanding,
+}
+
+/// One name.
+#[derive(Debug)]
+pub struct RouteEntry {
+    /// The dotted name.
+    pub name: String,
+    /// Instances serving or draining this name, oldest first.
+    pub instances: Vec<u32>,
+    /// Clients subscribed (topics).
+    pub subscribers: Vec<u32>,
+    /// The uid that owns the name while it has instances.
+    pub owner_uid: Option<u32>,
+}
+
+/// One registered instance.
+#[derive(Debug)]
+pub struct InstanceEntry {
+    /// Its name's route.
+    pub route: u32,
+    /// The client that serves it.
+    pub client: u32,
+    /// Version it registered with.
+    pub version: u32,
+    /// Load-balancing weight (≥ 1).
+    pub weight: u32,
+    /// Draining: gets no new requests.
+    pub draining: bool,
+    /// Requests forwarded and not answered yet.
+    pub outstanding: u32,
+    /// Smooth-WRR state.
+    current: i64,
+    /// Traffic counters.
+    pub stats: Counters,
+}
+
+/// Traffic counters of an instance.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counters {
+    /// Descriptors delivered to it.
+    pub messages_in: u64,
+    /// Descriptors it sent.
+    pub messages_out: u64,
+    /// Payload bytes delivered to it.
+    pub bytes_in: u64,
+    /// Payload bytes it sent.
+    pub bytes_out: u64,
+    /// Error replies made on its behalf (peer gone, queue full).
+    pub errors: u64,
+}
+
+/// Why a registration was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegisterError {
+    /// Another uid owns the name.
+    Owned {
+        /// The owner.
+        uid: u32,
+    },
+}
+
+/// The registry.
+#[derive(Debug, Default)]
+pub struct Registry {
+    names: HashMap<String, u32>,
+    routes: HashMap<u32, RouteEntry>,
+    instances: HashMap<u32, InstanceEntry>,
+    next_route: u32,
+    next_instance: u32,
+    /// How to pick instances.
+    pub balance: Balance,
+}
+
+impl Registry {
+    /// The route of `name`, creating it if new.
+    pub fn route_for(&mut self, name: &str) -> u32 {
+        if let Some(&r) = self.names.get(name) {
+            return r;
+        }
+        self.next_route += 1;
+        let r = self.next_route;
+        self.names.insert(name.to_owned(), r);
+        self.routes.insert(
+            r,
+            RouteEntry {
+                name: name.to_owned(),
+                instances: Vec::new(),
+                subscribers: Vec::new(),
+                owner_uid: None,
+            },
+        );
+        r
+    }
+
+    /// The route of `name`, if it exists.
+    pub fn lookup(&self, name: &str) -> Option<u32> {
+        self.names.get(name).copied()
+    }
+
+    /// A route.
+    pub fn route(&self, route: u32) -> Option<&RouteEntry> {
+        self.routes.get(&route)
+    }
+
+    /// A route, mutably.
+    pub fn route_mut(&mut self, route: u32) -> Option<&mut RouteEntry> {
+        self.routes.get_mut(&route)
+    }
+
+    /// An instance.
+    pub fn instance(&self, id: u32) -> Option<&InstanceEntry> {
+        self.instances.get(&id)
+    }
+
+    /// An instance, mutably.
+    pub fn instance_mut(&mut self, id: u32) -> Option<&mut InstanceEntry> {
+        self.instances.get_mut(&id)
+    }
+
+    /// All routes, by id.
+    pub fn routes(&self) -> impl Iterator<Item = (u32, &RouteEntry)> {
+        self.routes.iter().map(|(k, v)| (*k, v))
+    }
+
+    /// Adds an instance of `name` served by `client` (owned by `uid`).
+    pub fn register(
+        &mut self,
+        name: &str,
+        client: u32,
+        uid: u32,
+        version: u32,
+        weight: u32,
+    ) -> Result<(u32, u32), RegisterError> {
+        let route = self.route_for(name);
+        let entry = self
+            .routes
+            .get_mut(&route)
+            .ok_or(RegisterError::Owned { uid })?;
+        match entry.owner_uid {
+            Some(owner) if owner != uid && !entry.instances.is_empty() => {
+                return Err(RegisterError::Owned { uid: owner })
+            }
+            _ => entry.owner_uid = Some(uid),
+        }
+        self.next_instance += 1;
+        let id = self.next_instance;
+        entry.instances.push(id);
+        self.instances.insert(
+            id,
+            InstanceEntry {
+                route,
+                client,
+                version,
+                weight: weight.max(1),
+                draining: false,
+                outstanding: 0,
+                current: 0,
+                stats: Counters::default(),
+            },
+        );
+        Ok((id, route))
+    }
+
+    /// Removes an instance; returns it.
+    pub fn unregister(&mut self, id: u32) -> Option<InstanceEntry> {
+        let inst = self.instances.remove(&id)?;
+        if let Some(r) = self.routes.get_mut(&inst.route) {
+            r.instances.retain(|&i| i != id);
+            if r.instances.is_empty() {
+                r.owner_uid = None;
+            }
+        }
+        Some(inst)
+    }
+
+    /// Picks a serving instance of `route` for a new request.
+    #[inline]
+    pub fn pick(&mut self, route: u32) -> Option<u32> {
+        let r = self.routes.get(&route)?;
+        match r.instances.len() {
+            0 => None,
+            1 => {
+                let id = r.instances[0];
+                (!self.instances.get(&id)?.draining).then_some(id)
+            }
+            _ => match self.balance {
+                Balance::WeightedRoundRobin => {
+                    let mut total = 0i64;
+                    let mut best: Option<(u32, i64)> = None;
+                    for &id in &r.instances {
+                        let Some(i) = self.instances.get_mut(&id) else {
+                            continue;
+                        };
+                        if i.draining {
+                            continue;
+                        }
+                        i.current += i.weight as i64;
+                        total += i.weight as i64;
+                        if best.is_none_or(|(_, c)| i.current > c) {
+                            best = Some((id, i.current));
+                        }
+                    }
+                    let (id, _) = best?;
+                    if let Some(i) = self.instances.get_mut(&id) {
+                        i.current -= total;
+                    }
+                    Some(id)
+                }
+                Balance::LeastOutstanding => r
+                    .instances
+                    .iter()
+                    .filter_map(|id| self.instances.get(id).map(|i| (*id, i)))
+                    .filter(|(_, i)| !i.draining)
+                    .min_by_key(|(_, i)| (i.outstanding, u32::MAX - i.weight))
+                    .map(|(id, _)| id),
+            },
+        }
+    }
+
+    /// Instances served by `client`.
+    pub fn instances_of(&self, client: u32) -> Vec<u32> {
+        self.instances
+            .iter()
+            .filter(|(_, i)| i.client == client)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// All instances.
+    pub fn instances(&self) -> impl Iterator<Item = (u32, &InstanceEntry)> {
+        self.instances.iter().map(|(k, v)| (*k, v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weighted_round_robin_spreads_by_weight() {
+        let mut r = Registry::default();
+        let (a, route) = r.register("svc", 1, 1000, 1, 1).unwrap();
+        let (b, _) = r.register("svc", 2, 1000, 1, 3).unwrap();
+        let picks: Vec<u32> = (0..8).map(|_| r.pick(route).unwrap()).collect();
+        assert_eq!(picks.iter().filter(|&&p| p == a).count(), 2);
+        assert_eq!(picks.iter().filter(|&&p| p == b).count(), 6);
+    }
+
+    #[test]
+    fn draining_gets_nothing_and_ownership_holds() {
+        let mut r = Registry::default();
+        let (a, route) = r.register("svc", 1, 1000, 1, 1).unwrap();
+        assert_eq!(
+            r.register("svc", 3, 1001, 1, 1),
+            Err(RegisterError::Owned { uid: 1000 })
+        );
+        let (b, _) = r.register("svc", 2, 1000, 2, 1).unwrap();
+        r.instance_mut(a).unwrap().draining = true;
+        assert!((0..5).all(|_| r.pick(route) == Some(b)));
+        r.unregister(b);
+        assert_eq!(r.pick(route), None);
+        r.unregister(a);
+        assert!(
+            r.register("svc", 3, 1001, 1, 1).is_ok(),
+            "a name with no instances is free"
+        );
+        assert_eq!(r.lookup("svc"), Some(route), "route ids are stable");
+    }
+}

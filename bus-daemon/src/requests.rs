@@ -1,0 +1,409 @@
+//! The control plane: what the daemon does for each [`Request`].
+
+use std::sync::Arc;
+
+use hybus_layout::control::{
+    self, ClientMessage, DaemonMessage, ErrorCode, Event, InstanceInfo, InstanceStats, Reply,
+    Request, ServiceInfo, Welcome,
+};
+use hybus_layout::header::{SegmentKind, HEADER_REGION, LAYOUT_HASH};
+use hybus_layout::ring;
+use hybus_layout::segment::{EventFd, Segment};
+
+use crate::config::Action;
+use crate::daemon::{error_reply, Daemon, DOORBELL_TOKEN};
+use crate::session::DataPlane;
+
+type Answer = Result<Reply, (ErrorCode, String)>;
+
+fn bad(msg: impl Into<String>) -> (ErrorCode, String) {
+    (ErrorCode::BadRequest, msg.into())
+}
+
+impl Daemon {
+    /// Handles one control request from client `id`.
+    pub(crate) fn handle_request(&mut self, id: u32, m: ClientMessage) {
+        let hello_done = self.sessions.get(&id).is_some_and(|s| s.data.is_some());
+        let answer = match m.request {
+            Request::Hello {
+                version,
+                layout_hash,
+                label,
+            } => {
+                if hello_done {
+                    Err(bad("Hello sent twice"))
+                } else {
+                    match self.hello(id, m.id, version, layout_hash, label) {
+                        Ok(()) => return,
+                        Err((code, msg)) => {
+                            self.send(id, &error_reply(m.id, code, msg.clone()), &[]);
+                            self.disconnect(id, &msg);
+                            return;
+                        }
+                    }
+                }
+            }
+            _ if !hello_done => {
+                let msg = "the first message must be Hello".to_string();
+                self.send(
+                    id,
+                    &error_reply(m.id, ErrorCode::BadRequest, msg.clone()),
+                    &[],
+                );
+                self.disconnect(id, &msg);
+                return;
+            }
+            Request::Register {
+                name,
+                version,
+                weight,
+            } => self.register(id, &name, version, weight),
+            Request::Unregister { instance } => self.owned_instance(id, instance).map(|_| {
+                self.remove_instance(instance);
+                Reply::Done
+            }),
+            Request::Drain { instance } => self.owned_instance(id, instance).map(|_| {
+                if let Some(i) = self.registry.instance_mut(instance) {
+                    i.draining = true;
+                }
+                Reply::Done
+            }),
+            Request::Resolve { name } => self.resolve(id, &name),
+            Request::Topic { name } => {
+                self.check(id, Action::Publish, &name)
+                    .map(|_| Reply::Resolved {
+                        route: self.registry.route_for(&name),
+                        instances: 0,
+                    })
+            }
+            Request::List => Ok(Reply::Services(self.list())),
+            Request::Watch { prefix } => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.watches.push(prefix.clone());
+                }
+                self.send(
+                    id,
+                    &DaemonMessage::Reply {
+                        id: m.id,
+                        result: Ok(Reply::Done),
+                    },
+                    &[],
+                );
+                // Then the current state, so a watcher needs no separate list.
+                for info in self.list() {
+                    if !info.name.starts_with(&prefix) {
+                        continue;
+                    }
+                    for i in info.instances {
+                        let ev = Event::ServiceUp {
+                            name: info.name.clone(),
+                            route: info.route,
+                            instance: i.instance,
+                            pid: i.pid,
+                        };
+                        self.send(id, &DaemonMessage::Event(ev), &[]);
+                    }
+                }
+                return;
+            }
+            Request::Subscribe { topic } => self.subscribe(id, &topic),
+            Request::Unsubscribe { route } => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.subscriptions.retain(|&r| r != route);
+                }
+                if let Some(r) = self.registry.route_mut(route) {
+                    r.subscribers.retain(|&c| c != id);
+                }
+                Ok(Reply::Done)
+            }
+            Request::Stats => Ok(Reply::Stats(self.stats())),
+            Request::Monitor { prefix } => self.check(id, Action::Monitor, &prefix).map(|_| {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    if s.monitor.replace(prefix).is_none() {
+                        self.monitors += 1;
+                    }
+                }
+                Reply::Done
+            }),
+        };
+        let msg = match answer {
+            Ok(r) => DaemonMessage::Reply {
+                id: m.id,
+                result: Ok(r),
+            },
+            Err((code, message)) => error_reply(m.id, code, message),
+        };
+        self.send(id, &msg, &[]);
+    }
+
+    fn check(&self, id: u32, action: Action, name: &str) -> Result<(), (ErrorCode, String)> {
+        let uid = self.sessions.get(&id).map_or(u32::MAX, |s| s.creds.uid);
+        if self.config.policy.allows(uid, action, name) {
+            Ok(())
+        } else {
+            Err((
+                ErrorCode::AccessDenied,
+                format!("uid {uid} may not {action:?} {name:?}").to_lowercase(),
+            ))
+        }
+    }
+
+    fn hello(
+        &mut self,
+        id: u32,
+        req: u64,
+        version: u32,
+        layout_hash: u64,
+        label: String,
+    ) -> Result<(), (ErrorCode, String)> {
+        if version != control::PROTOCOL_VERSION || layout_hash != LAYOUT_HASH {
+            return Err((
+                ErrorCode::VersionMismatch,
+                format!(
+                    "protocol version mismatch: client speaks {version} (layout {layout_hash:#x}), daemon speaks {} (layout {LAYOUT_HASH:#x})",
+                    control::PROTOCOL_VERSION
+                ),
+            ));
+        }
+        let os = |e: hybus_layout::segment::SegmentError| {
+            (
+                ErrorCode::QuotaExceeded,
+                format!("cannot create segments: {e}"),
+            )
+        };
+        let cap = self.config.ring_capacity;
+        let ring_bytes = ring::memory_size(cap);
+        let tx_offset = HEADER_REGION;
+        let rx_offset = (tx_offset + ring_bytes).next_multiple_of(4096);
+        let size = (rx_offset + ring_bytes).next_multiple_of(4096);
+        let rings = Arc::new(
+            Segment::create(c"hybus-rings", SegmentKind::ClientRings, size, cap).map_err(os)?,
+        );
+        let (_, tx) = rings.init_ring(tx_offset, cap).map_err(os)?;
+        let (rx, _) = rings.init_ring(rx_offset, cap).map_err(os)?;
+        let pool = Segment::create(
+            c"hybus-pool",
+            SegmentKind::Pool,
+            self.geometry.size() as usize,
+            id as u64,
+        )
+        .map_err(os)?;
+        let tx_bell = EventFd::new().map_err(os)?;
+        let rx_bell = EventFd::new().map_err(os)?;
+        let welcome = Welcome {
+            version: control::PROTOCOL_VERSION,
+            client_id: id,
+            ring_capacity: cap,
+            tx_offset: tx_offset as u64,
+            rx_offset: rx_offset as u64,
+            pool_classes: self
+                .geometry
+                .classes()
+                .map(|c| (c.chunk_size, c.count))
+                .collect(),
+        };
+        let msg = DaemonMessage::Reply {
+            id: req,
+            result: Ok(Reply::Welcome(welcome)),
+        };
+        self.send(
+            id,
+            &msg,
+            &[rings.fd(), pool.fd(), tx_bell.fd(), rx_bell.fd()],
+        );
+        if let Err(e) = self.poller.add(tx_bell.fd(), DOORBELL_TOKEN | id as u64) {
+            return Err((
+                ErrorCode::QuotaExceeded,
+                format!("cannot watch doorbell: {}", e.desc()),
+            ));
+        }
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return Ok(());
+        };
+        s.label = label;
+        s.hello_deadline = None;
+        s.data = Some(DataPlane {
+            tx,
+            rx,
+            tx_bell,
+            rx_bell,
+            _rings: rings,
+            pool,
+            geometry: self.geometry.clone(),
+            queue: Default::default(),
+            views: Default::default(),
+            dirty: false,
+            active: true,
+            drops: 0,
+            listed: false,
+        });
+        self.active.push(id);
+        tracing::debug!(client = id, "hello: segments handed out");
+        Ok(())
+    }
+
+    fn owned_instance(&self, id: u32, instance: u32) -> Result<(), (ErrorCode, String)> {
+        match self.registry.instance(instance) {
+            Some(i) if i.client == id => Ok(()),
+            Some(_) => Err((
+                ErrorCode::AccessDenied,
+                format!("instance {instance} is not yours"),
+            )),
+            None => Err((ErrorCode::NotFound, format!("no instance {instance}"))),
+        }
+    }
+
+    fn register(&mut self, id: u32, name: &str, version: u32, weight: u32) -> Answer {
+        control::check_name(name).map_err(bad)?;
+        self.check(id, Action::Own, name)?;
+        let Some(s) = self.sessions.get(&id) else {
+            return Err(bad("gone"));
+        };
+        let (uid, pid) = (s.creds.uid, s.creds.pid);
+        let owned = self
+            .registry
+            .instances()
+            .filter(|(_, i)| {
+                self.sessions
+                    .get(&i.client)
+                    .is_some_and(|s| s.creds.uid == uid)
+            })
+            .count();
+        if owned >= self.config.limits.instances_per_uid as usize {
+            return Err((
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "uid {uid} already has {owned} instances (limit {})",
+                    self.config.limits.instances_per_uid
+                ),
+            ));
+        }
+        let (instance, route) = self
+            .registry
+            .register(name, id, uid, version, weight)
+            .map_err(|crate::registry::RegisterError::Owned { uid: owner }| {
+                (
+                    ErrorCode::NameOwned,
+                    format!("name {name:?} is already owned by uid {owner}"),
+                )
+            })?;
+        tracing::info!(client = id, pid, name, instance, route, "registered");
+        self.broadcast_watch(
+            name,
+            Event::ServiceUp {
+                name: name.to_owned(),
+                route,
+                instance,
+                pid,
+            },
+        );
+        Ok(Reply::Registered { instance, route })
+    }
+
+    fn resolve(&mut self, id: u32, name: &str) -> Answer {
+        control::check_name(name).map_err(bad)?;
+        self.check(id, Action::Call, name)?;
+        let route = self.registry.lookup(name);
+        let instances = route
+            .and_then(|r| self.registry.route(r))
+            .map_or(0, |r| r.instances.len() as u32);
+        match route {
+            Some(route) if instances > 0 => Ok(Reply::Resolved { route, instances }),
+            _ => Err((ErrorCode::NotFound, format!("no service named {name:?}"))),
+        }
+    }
+
+    fn subscribe(&mut self, id: u32, topic: &str) -> Answer {
+        control::check_name(topic).map_err(bad)?;
+        self.check(id, Action::Subscribe, topic)?;
+        let Some(s) = self.sessions.get(&id) else {
+            return Err(bad("gone"));
+        };
+        let uid = s.creds.uid;
+        let subs: usize = self
+            .sessions
+            .values()
+            .filter(|s| s.creds.uid == uid)
+            .map(|s| s.subscriptions.len())
+            .sum();
+        if subs >= self.config.limits.subscriptions_per_uid as usize {
+            return Err((
+                ErrorCode::QuotaExceeded,
+                format!("uid {uid} has {subs} subscriptions (limit reached)"),
+            ));
+        }
+        let route = self.registry.route_for(topic);
+        if let Some(r) = self.registry.route_mut(route) {
+            if !r.subscribers.contains(&id) {
+                r.subscribers.push(id);
+            }
+        }
+        if let Some(s) = self.sessions.get_mut(&id) {
+            if !s.subscriptions.contains(&route) {
+                s.subscriptions.push(route);
+            }
+        }
+        Ok(Reply::Subscribed { route })
+    }
+
+    fn list(&self) -> Vec<ServiceInfo> {
+        let mut out: Vec<ServiceInfo> = self
+            .registry
+            .routes()
+            .filter(|(_, r)| !r.instances.is_empty())
+            .map(|(route, r)| ServiceInfo {
+                name: r.name.clone(),
+                route,
+                instances: r
+                    .instances
+                    .iter()
+                    .filter_map(|&iid| {
+                        let i = self.registry.instance(iid)?;
+                        let s = self.sessions.get(&i.client)?;
+                        Some(InstanceInfo {
+                            instance: iid,
+                            uid: s.creds.uid,
+                            pid: s.creds.pid,
+                            client_id: i.client,
+                            version: i.version,
+                            weight: i.weight,
+                            draining: i.draining,
+                        })
+                    })
+                    .collect(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    fn stats(&self) -> Vec<InstanceStats> {
+        let mut out: Vec<InstanceStats> = self
+            .registry
+            .instances()
+            .map(|(iid, i)| {
+                let s = self.sessions.get(&i.client);
+                let d = s.and_then(|s| s.data.as_ref());
+                InstanceStats {
+                    name: self
+                        .registry
+                        .route(i.route)
+                        .map(|r| r.name.clone())
+                        .unwrap_or_default(),
+                    instance: iid,
+                    pid: s.map_or(0, |s| s.creds.pid),
+                    messages_in: i.stats.messages_in,
+                    messages_out: i.stats.messages_out,
+                    bytes_in: i.stats.bytes_in,
+                    bytes_out: i.stats.bytes_out,
+                    in_flight: i.outstanding as u64,
+                    queued: d.map_or(0, |d| d.queue.len() as u64),
+                    drops: d.map_or(0, |d| d.drops),
+                    errors: i.stats.errors,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.name, a.instance).cmp(&(&b.name, b.instance)));
+        out
+    }
+}

@@ -1,0 +1,670 @@
+//! The data plane: descriptors off each client's ring, checked, forwarded.
+//!
+//! Routing is by numeric id (route, instance, exchange) through hash maps:
+//! O(1) per descriptor whatever the number of services and clients. No
+//! payload is touched: a chunk reference is checked against the sender's
+//! pool geometry and the daemon's loan table, and the receiver reads the
+//! bytes through its read-only view of the sender's pool, which it gets on
+//! the control socket before the first descriptor that needs it.
+//!
+//! Anything a client could not have sent legally is a [`Violation`]: the
+//! client is disconnected and everyone else goes on.
+
+use std::fmt;
+
+use hybus_layout::control::{DaemonMessage, DataError, Event};
+use hybus_layout::descriptor::{flags, DescriptorError, STREAM_CHANNEL};
+use hybus_layout::pool::ChunkError;
+use hybus_layout::{ChunkRef, Descriptor, Kind, RingError};
+
+use crate::chunks::Released;
+use crate::daemon::Daemon;
+use crate::exchange::{Credits, Exchange};
+use crate::session::Delivery;
+
+/// A descriptor no honest client sends.
+#[derive(Debug)]
+pub enum Violation {
+    /// The ring's indices are corrupt.
+    Ring(RingError),
+    /// The descriptor itself is malformed.
+    Descriptor(DescriptorError),
+    /// A chunk reference lies outside the pool or overruns its chunk.
+    Chunk(ChunkError),
+    /// A chunk of another client's pool was sent as if it were one's own.
+    ForeignChunk {
+        /// The pool named.
+        pool: u32,
+    },
+    /// A chunk the sender does not hold was sent or released.
+    NotHeld,
+    /// The flags say server side on a descriptor that cannot be, or the reverse.
+    WrongSide(Kind),
+    /// A correlation id reused while its exchange is open.
+    DuplicateCorrelation(u64),
+    /// A stream item beyond the credits the receiver granted.
+    CreditOverrun,
+    /// An answer or stream operation on an exchange of another kind or owner.
+    NotYours(u64),
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ring(e) => e.fmt(f),
+            Self::Descriptor(e) => write!(f, "bad descriptor: {e}"),
+            Self::Chunk(e) => write!(f, "bad chunk reference: {e}"),
+            Self::ForeignChunk { pool } => {
+                write!(f, "sent a chunk of pool {pool}, which is not its own")
+            }
+            Self::NotHeld => f.write_str("sent or released a chunk it does not hold"),
+            Self::WrongSide(k) => write!(f, "{k:?} descriptor with the wrong side flag"),
+            Self::DuplicateCorrelation(c) => write!(f, "correlation id {c} is already in flight"),
+            Self::CreditOverrun => f.write_str("sent a stream item without credit"),
+            Self::NotYours(c) => write!(f, "exchange {c} is not its own or not of that kind"),
+        }
+    }
+}
+
+impl From<RingError> for Violation {
+    fn from(e: RingError) -> Self {
+        Violation::Ring(e)
+    }
+}
+impl From<DescriptorError> for Violation {
+    fn from(e: DescriptorError) -> Self {
+        Violation::Descriptor(e)
+    }
+}
+impl From<ChunkError> for Violation {
+    fn from(e: ChunkError) -> Self {
+        Violation::Chunk(e)
+    }
+}
+
+/// A checked chunk: the reference and its index in the owner's pool.
+type Chunk = Option<(ChunkRef, u32)>;
+
+fn payload_len(d: &Descriptor) -> u64 {
+    d.chunk().map_or(d.inline_len as u64, |c| c.len as u64)
+}
+
+const BATCH: usize = 32;
+
+impl Daemon {
+    /// Drains the rings of active clients once. Returns whether anything moved.
+    pub(crate) fn poll_rings(&mut self) -> bool {
+        let mut worked = false;
+        let mut buf = [Descriptor::new(Kind::Fence, 0, 0); BATCH];
+        let ids = std::mem::take(&mut self.scratch);
+        let mut ids = ids;
+        ids.clear();
+        ids.extend_from_slice(&self.active);
+        for &id in &ids {
+            let n = match self.sessions.get_mut(&id).and_then(|s| s.data.as_mut()) {
+                Some(d) => match d.tx.pop_batch(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        self.disconnect(id, &format!("protocol violation: {e}"));
+                        continue;
+                    }
+                },
+                None => continue,
+            };
+            worked |= n > 0;
+            for d in &buf[..n] {
+                if let Err(v) = self.route(id, *d) {
+                    tracing::warn!(client = id, "protocol violation: {v}");
+                    self.disconnect(id, &format!("protocol violation: {v}"));
+                    break;
+                }
+            }
+        }
+        self.scratch = ids;
+        worked
+    }
+
+    /// Moves queued descriptors onto rings and rings the doorbells of clients we pushed to.
+    pub(crate) fn flush_clients(&mut self) {
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.retain(|id| {
+            let Some(d) = self.sessions.get_mut(id).and_then(|s| s.data.as_mut()) else {
+                return false;
+            };
+            if let Err(e) = d.flush_queue() {
+                tracing::warn!(client = id, "its ring is corrupt: {e}");
+                d.queue.clear();
+            }
+            d.ring_bell();
+            let keep = !d.queue.is_empty();
+            d.listed = keep;
+            keep
+        });
+        self.touched = touched;
+    }
+
+    /// Hands `d` to client `to`, first giving it a view of the chunk's pool if it has none.
+    fn forward(&mut self, to: u32, d: Descriptor, limit: usize) -> Option<Delivery> {
+        if let Some(c) = d.chunk() {
+            self.ensure_view(to, c.segment)?;
+        }
+        let s = self.sessions.get_mut(&to)?;
+        let data = s.data.as_mut()?;
+        let r = match data.deliver(d, limit) {
+            Ok(r) => r,
+            Err(e) => {
+                self.disconnect(to, &format!("protocol violation on its ring: {e}"));
+                return None;
+            }
+        };
+        if !data.listed {
+            data.listed = true;
+            self.touched.push(to);
+        }
+        Some(r)
+    }
+
+    fn ensure_view(&mut self, to: u32, pool: u32) -> Option<()> {
+        if self.sessions.get(&to)?.data.as_ref()?.views.contains(&pool) {
+            return Some(());
+        }
+        let owner = self.sessions.get(&pool)?.data.as_ref()?;
+        let fd = match owner.pool.read_only_fd() {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::error!("cannot make a read-only view of pool {pool}: {e}");
+                return None;
+            }
+        };
+        let classes = owner
+            .geometry
+            .classes()
+            .map(|c| (c.chunk_size, c.count))
+            .collect();
+        use std::os::fd::AsFd;
+        self.send(
+            to,
+            &DaemonMessage::Event(Event::PoolView { pool, classes }),
+            &[fd.as_fd()],
+        );
+        self.sessions
+            .get_mut(&to)?
+            .data
+            .as_mut()?
+            .views
+            .insert(pool);
+        Some(())
+    }
+
+    /// Gives a chunk back to its owner.
+    pub(crate) fn return_chunk(&mut self, c: ChunkRef) {
+        let d = Descriptor::new(Kind::Release, 0, 0).with_chunk(c);
+        self.forward(c.segment, d, usize::MAX);
+    }
+
+    fn error_to(&mut self, to: u32, route: u32, corr: u64, code: DataError, server_side: bool) {
+        let mut d = Descriptor::new(Kind::Error, route, corr).with_aux(code as u64);
+        if server_side {
+            d.flags |= flags::SERVER;
+        }
+        self.forward(to, d, usize::MAX);
+    }
+
+    fn route(&mut self, from: u32, d: Descriptor) -> Result<(), Violation> {
+        let kind = d.check()?;
+        if self.monitors > 0 {
+            self.monitor(from, &d);
+        }
+        match kind {
+            Kind::Release => return self.release(from, d),
+            Kind::Fence => return Ok(()),
+            _ => {}
+        }
+        let chunk = match d.chunk() {
+            Some(c) => {
+                if c.segment != from {
+                    return Err(Violation::ForeignChunk { pool: c.segment });
+                }
+                let geometry = &self
+                    .sessions
+                    .get(&from)
+                    .and_then(|s| s.data.as_ref())
+                    .ok_or(Violation::NotHeld)?
+                    .geometry;
+                let idx = geometry.check(c)?;
+                if self.chunks.is_lent(from, idx) {
+                    return Err(Violation::NotHeld);
+                }
+                Some((c, idx))
+            }
+            None => None,
+        };
+        let server_side = d.flags & flags::SERVER != 0;
+        let r = match kind {
+            Kind::Request | Kind::StreamOpen if !server_side => {
+                self.open_exchange(from, d, kind, chunk)
+            }
+            Kind::Fire if !server_side => self.fire(from, d, chunk),
+            Kind::Publish if !server_side => self.publish(from, d, chunk),
+            Kind::Response | Kind::Error if server_side => self.answer(from, d, chunk),
+            Kind::StreamItem | Kind::Credit | Kind::StreamEnd | Kind::Cancel => {
+                self.stream_op(from, d, kind, chunk, server_side)
+            }
+            k => Err(Violation::WrongSide(k)),
+        };
+        if r.is_err() {
+            if let Some((c, _)) = chunk {
+                self.return_chunk(c);
+            }
+        }
+        r
+    }
+
+    /// Delivers `d` (carrying `chunk`) to `to`; lends the chunk on success and
+    /// returns it to the sender on failure. Returns whether it was delivered.
+    fn hand_over(&mut self, to: u32, d: Descriptor, chunk: Chunk, limit: usize) -> bool {
+        let ok = self.forward(to, d, limit) == Some(Delivery::Queued);
+        if let Some((c, idx)) = chunk {
+            if ok {
+                self.chunks.lend(idx, c, vec![to]);
+            } else {
+                self.return_chunk(c);
+            }
+        }
+        ok
+    }
+
+    fn open_exchange(
+        &mut self,
+        from: u32,
+        d: Descriptor,
+        kind: Kind,
+        chunk: Chunk,
+    ) -> Result<(), Violation> {
+        let route = d.route;
+        let limit = self.config.limits.queue_per_client as usize;
+        let code = match self.registry.route(route) {
+            None => Some(DataError::NoSuchService),
+            Some(_) => None,
+        };
+        let instance = if code.is_none() {
+            self.registry.pick(route)
+        } else {
+            None
+        };
+        let Some(instance) = instance else {
+            if let Some((c, _)) = chunk {
+                self.return_chunk(c);
+            }
+            self.error_to(
+                from,
+                route,
+                d.correlation,
+                code.unwrap_or(DataError::NoInstance),
+                false,
+            );
+            return Ok(());
+        };
+        let server = self.registry.instance(instance).map_or(0, |i| i.client);
+        let stream = (kind == Kind::StreamOpen).then(|| Credits {
+            to_caller: d.aux & 0xffff_ffff,
+            to_server: 0,
+            server_ended: false,
+            caller_ended: d.aux & STREAM_CHANNEL == 0,
+        });
+        let ex = Exchange {
+            caller: from,
+            caller_corr: d.correlation,
+            route,
+            server,
+            instance,
+            stream,
+        };
+        let id = self
+            .exchanges
+            .open(ex)
+            .ok_or(Violation::DuplicateCorrelation(d.correlation))?;
+        let mut out = d;
+        out.route = instance;
+        out.correlation = id;
+        out.flags |= flags::SERVER;
+        if self.hand_over(server, out, chunk, limit) {
+            if let Some(i) = self.registry.instance_mut(instance) {
+                i.outstanding += 1;
+                i.stats.messages_in += 1;
+                i.stats.bytes_in += payload_len(&d);
+            }
+        } else {
+            self.exchanges.close(id);
+            if let Some(i) = self.registry.instance_mut(instance) {
+                i.stats.errors += 1;
+            }
+            self.error_to(from, route, d.correlation, DataError::QueueFull, false);
+        }
+        Ok(())
+    }
+
+    fn fire(&mut self, from: u32, d: Descriptor, chunk: Chunk) -> Result<(), Violation> {
+        let limit = self.config.limits.queue_per_client as usize;
+        let Some(instance) = self.registry.pick(d.route) else {
+            if let Some((c, _)) = chunk {
+                self.return_chunk(c);
+            }
+            let code = if self.registry.route(d.route).is_some() {
+                DataError::NoInstance
+            } else {
+                DataError::NoSuchService
+            };
+            self.error_to(from, d.route, d.correlation, code, false);
+            return Ok(());
+        };
+        let server = self.registry.instance(instance).map_or(0, |i| i.client);
+        let mut out = d;
+        out.route = instance;
+        if self.hand_over(server, out, chunk, limit) {
+            if let Some(i) = self.registry.instance_mut(instance) {
+                i.stats.messages_in += 1;
+                i.stats.bytes_in += payload_len(&d);
+            }
+        } else {
+            self.error_to(from, d.route, d.correlation, DataError::QueueFull, false);
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self, from: u32, d: Descriptor, chunk: Chunk) -> Result<(), Violation> {
+        let limit = self.config.limits.queue_per_client as usize;
+        let subs = match self.registry.route(d.route) {
+            Some(r) => r.subscribers.clone(),
+            None => {
+                if let Some((c, _)) = chunk {
+                    self.return_chunk(c);
+                }
+                self.error_to(
+                    from,
+                    d.route,
+                    d.correlation,
+                    DataError::NoSuchService,
+                    false,
+                );
+                return Ok(());
+            }
+        };
+        let mut holders = Vec::with_capacity(subs.len());
+        for sub in subs {
+            match self.forward(sub, d, limit) {
+                Some(Delivery::Queued) => holders.push(sub),
+                Some(Delivery::Full) => {
+                    // Slow subscriber: drop its oldest queued publication to
+                    // make room (the topic's drop-oldest policy); the others
+                    // never wait for it.
+                    if let Some(old) = self.drop_oldest_publication(sub) {
+                        if let Some(c) = old.chunk() {
+                            self.release_as(sub, c);
+                        }
+                        if self.forward(sub, d, limit) == Some(Delivery::Queued) {
+                            holders.push(sub);
+                        }
+                    }
+                }
+                None => {}
+            }
+        }
+        if let Some((c, idx)) = chunk {
+            if holders.is_empty() {
+                self.return_chunk(c);
+            } else {
+                self.chunks.lend(idx, c, holders);
+            }
+        }
+        Ok(())
+    }
+
+    fn drop_oldest_publication(&mut self, sub: u32) -> Option<Descriptor> {
+        let data = self.sessions.get_mut(&sub)?.data.as_mut()?;
+        let pos = data
+            .queue
+            .iter()
+            .position(|q| q.kind == Kind::Publish as u8)?;
+        data.drops += 1;
+        data.queue.remove(pos)
+    }
+
+    fn answer(&mut self, from: u32, d: Descriptor, chunk: Chunk) -> Result<(), Violation> {
+        let Some(ex) = self.exchanges.get_mut(d.correlation).copied() else {
+            // Stale: the caller cancelled or died. Not a violation.
+            if let Some((c, _)) = chunk {
+                self.return_chunk(c);
+            }
+            return Ok(());
+        };
+        if ex.server != from {
+            return Err(Violation::NotYours(d.correlation));
+        }
+        if ex.stream.is_some() && d.kind == Kind::Response as u8 {
+            return Err(Violation::NotYours(d.correlation));
+        }
+        self.exchanges.close(d.correlation);
+        if let Some(i) = self.registry.instance_mut(ex.instance) {
+            i.outstanding = i.outstanding.saturating_sub(1);
+            i.stats.messages_out += 1;
+            i.stats.bytes_out += payload_len(&d);
+        }
+        let mut out = d;
+        out.route = ex.route;
+        out.correlation = ex.caller_corr;
+        out.flags &= !flags::SERVER;
+        self.hand_over(ex.caller, out, chunk, usize::MAX);
+        Ok(())
+    }
+
+    fn stream_op(
+        &mut self,
+        from: u32,
+        d: Descriptor,
+        kind: Kind,
+        chunk: Chunk,
+        server_side: bool,
+    ) -> Result<(), Violation> {
+        let id = if server_side {
+            Some(d.correlation)
+        } else {
+            self.exchanges.id_of(from, d.correlation)
+        };
+        let Some(ex) = id.and_then(|id| self.exchanges.get_mut(id)) else {
+            // Unknown or already closed: a race with cancel or end. Not a violation.
+            if let Some((c, _)) = chunk {
+                self.return_chunk(c);
+            }
+            return Ok(());
+        };
+        let id = id.unwrap_or_default();
+        if server_side && ex.server != from {
+            return Err(Violation::NotYours(d.correlation));
+        }
+        let snapshot = *ex;
+        let Some(credits) = ex.stream.as_mut() else {
+            // A plain request: only the caller's Cancel applies.
+            if kind == Kind::Cancel && !server_side {
+                self.exchanges.close(id);
+                if let Some(i) = self.registry.instance_mut(snapshot.instance) {
+                    i.outstanding = i.outstanding.saturating_sub(1);
+                }
+                let mut out = Descriptor::new(Kind::Cancel, snapshot.instance, id);
+                out.flags |= flags::SERVER;
+                self.forward(snapshot.server, out, usize::MAX);
+                return Ok(());
+            }
+            return Err(Violation::NotYours(d.correlation));
+        };
+        let mut close = false;
+        match (kind, server_side) {
+            (Kind::StreamItem, true) => {
+                if credits.to_caller == 0 || credits.server_ended {
+                    return Err(Violation::CreditOverrun);
+                }
+                credits.to_caller -= 1;
+            }
+            (Kind::StreamItem, false) => {
+                if credits.to_server == 0 || credits.caller_ended {
+                    return Err(Violation::CreditOverrun);
+                }
+                credits.to_server -= 1;
+            }
+            (Kind::Credit, true) => credits.to_server = credits.to_server.saturating_add(d.aux),
+            (Kind::Credit, false) => credits.to_caller = credits.to_caller.saturating_add(d.aux),
+            (Kind::StreamEnd, true) => {
+                credits.server_ended = true;
+                close = credits.caller_ended;
+            }
+            (Kind::StreamEnd, false) => {
+                credits.caller_ended = true;
+                close = credits.server_ended;
+            }
+            (Kind::Cancel, _) => close = true,
+            _ => return Err(Violation::WrongSide(kind)),
+        }
+        if close {
+            self.exchanges.close(id);
+            if let Some(i) = self.registry.instance_mut(snapshot.instance) {
+                i.outstanding = i.outstanding.saturating_sub(1);
+            }
+        }
+        let mut out = d;
+        let to = if server_side {
+            out.route = snapshot.route;
+            out.correlation = snapshot.caller_corr;
+            out.flags &= !flags::SERVER;
+            if let Some(i) = self.registry.instance_mut(snapshot.instance) {
+                i.stats.messages_out += 1;
+                i.stats.bytes_out += payload_len(&d);
+            }
+            snapshot.caller
+        } else {
+            out.route = snapshot.instance;
+            out.correlation = id;
+            out.flags |= flags::SERVER;
+            if let Some(i) = self.registry.instance_mut(snapshot.instance) {
+                i.stats.messages_in += 1;
+                i.stats.bytes_in += payload_len(&d);
+            }
+            snapshot.server
+        };
+        // Credits bound what can be in flight, so the queue is not limited here.
+        self.hand_over(to, out, chunk, usize::MAX);
+        Ok(())
+    }
+
+    fn release(&mut self, from: u32, d: Descriptor) -> Result<(), Violation> {
+        let c = d.chunk().ok_or(Violation::NotHeld)?;
+        let Some(geometry) = self
+            .sessions
+            .get(&c.segment)
+            .and_then(|s| s.data.as_ref())
+            .map(|d| &d.geometry)
+        else {
+            // The owner is gone; its pool was forgotten. Nothing to return.
+            return Ok(());
+        };
+        let idx = geometry.check(ChunkRef { len: 0, ..c })?;
+        match self.chunks.release(c.segment, idx, from) {
+            None => Err(Violation::NotHeld),
+            Some(Released::Held) => Ok(()),
+            Some(Released::Last(chunk)) => {
+                self.return_chunk(chunk);
+                Ok(())
+            }
+        }
+    }
+
+    /// Releases `c` on behalf of `holder` (a dropped publication).
+    fn release_as(&mut self, holder: u32, c: ChunkRef) {
+        let Some(idx) = self
+            .sessions
+            .get(&c.segment)
+            .and_then(|s| s.data.as_ref())
+            .and_then(|d| d.geometry.check(ChunkRef { len: 0, ..c }).ok())
+        else {
+            return;
+        };
+        if let Some(Released::Last(chunk)) = self.chunks.release(c.segment, idx, holder) {
+            self.return_chunk(chunk);
+        }
+    }
+
+    /// The client `id` is gone: its calls are cancelled at their servers,
+    /// and calls it served fail with "peer gone" at their callers.
+    pub(crate) fn fail_exchanges_of(&mut self, id: u32) {
+        for (xid, ex) in self
+            .exchanges
+            .drain_where(|e| e.caller == id || e.server == id)
+        {
+            if let Some(i) = self.registry.instance_mut(ex.instance) {
+                i.outstanding = i.outstanding.saturating_sub(1);
+            }
+            if ex.server == id {
+                self.error_to(
+                    ex.caller,
+                    ex.route,
+                    ex.caller_corr,
+                    DataError::PeerGone,
+                    false,
+                );
+            } else {
+                let mut out = Descriptor::new(Kind::Cancel, ex.instance, xid);
+                out.flags |= flags::SERVER;
+                self.forward(ex.server, out, usize::MAX);
+            }
+        }
+    }
+
+    /// The instance is gone: calls it was serving fail with "peer gone".
+    pub(crate) fn fail_exchanges_served_by(&mut self, instance: u32) {
+        for (_, ex) in self.exchanges.drain_where(|e| e.instance == instance) {
+            if let Some(i) = self.registry.instance_mut(ex.instance) {
+                i.stats.errors += 1;
+            }
+            self.error_to(
+                ex.caller,
+                ex.route,
+                ex.caller_corr,
+                DataError::PeerGone,
+                false,
+            );
+        }
+    }
+
+    fn monitor(&mut self, client: u32, d: &Descriptor) {
+        let name = self
+            .registry
+            .route(d.route)
+            .map(|r| r.name.clone())
+            .or_else(|| {
+                let i = self.registry.instance(d.route)?;
+                self.registry.route(i.route).map(|r| r.name.clone())
+            })
+            .unwrap_or_default();
+        let targets: Vec<u32> = self
+            .sessions
+            .values()
+            .filter(|s| {
+                s.id != client
+                    && s.monitor
+                        .as_ref()
+                        .is_some_and(|p| name.starts_with(p.as_str()))
+            })
+            .map(|s| s.id)
+            .collect();
+        let ev = DaemonMessage::Event(Event::Traffic {
+            kind: d.kind,
+            from: client,
+            to: 0,
+            route: d.route,
+            correlation: d.correlation,
+            len: payload_len(d) as u32,
+        });
+        for t in targets {
+            self.send(t, &ev, &[]);
+        }
+    }
+}
