@@ -1,1 +1,161 @@
-//! The hybus client.
+//! `hybus`: the client of the hybus message bus.
+//!
+//! Services link this crate and talk through the local daemon `hybusd`.
+//! Payloads travel in shared memory and are never copied by the daemon.
+//!
+//! * [`Bus`] — a connection: register, resolve, call, fire, loan, watch;
+//! * [`Service`], [`Incoming`], [`Request`], [`StreamRequest`] — the serving side;
+//! * [`Publisher`], [`Subscription`] — topics;
+//! * [`Stream`] — the caller's end of a request-stream or request-channel;
+//! * [`Sample`], [`Loan`] — received payloads and in-place writes (zero-copy);
+//! * [`Error`] — what went wrong.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! # fn main() -> Result<(), hybus::Error> {
+//! use std::time::Duration;
+//! use hybus::{Bus, Incoming};
+//!
+//! // A service...
+//! let server = Bus::connect()?;
+//! let echo = server.register("demo.echo")?;
+//! std::thread::spawn(move || {
+//!     while let Ok(Some(Incoming::Request(req))) = echo.next(Duration::from_secs(60)) {
+//!         let answer = req.payload().to_ascii_uppercase();
+//!         let _ = req.reply(&answer);
+//!     }
+//! });
+//! // ...and a caller.
+//! let bus = Bus::connect()?;
+//! let route = bus.resolve("demo.echo")?;
+//! let answer = bus.call(&route, b"hello", Duration::from_secs(1))?;
+//! assert_eq!(&*answer, b"HELLO");
+//! # Ok(()) }
+//! ```
+#![deny(unsafe_op_in_unsafe_fn, missing_docs, missing_debug_implementations)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+mod bus;
+mod core;
+mod error;
+mod sample;
+mod service;
+mod stream;
+mod topic;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use bus::{Bus, BusOptions};
+pub use error::{Error, Result};
+pub use hybus_layout::control::{InstanceInfo, InstanceStats, ServiceInfo};
+pub use hybus_layout::socket::default_socket_path;
+pub use hybus_layout::IdleStrategy;
+pub use sample::{Loan, Sample, INLINE_PAYLOAD};
+pub use service::{Incoming, Request, Service, ServiceOptions, StreamRequest};
+pub use stream::Stream;
+pub use topic::{Publisher, Subscription};
+
+/// Something that happened on the bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusEvent {
+    /// An instance started serving a watched name.
+    ServiceUp {
+        /// Service name.
+        name: String,
+        /// Its route id.
+        route: u32,
+        /// The instance id.
+        instance: u32,
+        /// The serving process.
+        pid: i32,
+    },
+    /// An instance of a watched name is gone.
+    ServiceDown {
+        /// Service name.
+        name: String,
+        /// Its route id.
+        route: u32,
+        /// The instance id.
+        instance: u32,
+        /// The serving process.
+        pid: i32,
+    },
+    /// A fire could not be delivered.
+    FireFailed {
+        /// The route fired at.
+        route: u32,
+        /// Why.
+        error: Error,
+    },
+    /// A brokered descriptor (see [`Bus::monitor`]).
+    Traffic {
+        /// Descriptor kind byte ([`hybus_layout::Kind`]).
+        kind: u8,
+        /// Sender's client id.
+        from: u32,
+        /// Receiver's client id (0 when not yet known).
+        to: u32,
+        /// Route id.
+        route: u32,
+        /// Correlation id.
+        correlation: u64,
+        /// Payload bytes.
+        len: u32,
+    },
+    /// The connection to the daemon was lost; [`Bus::reconnect`] restores it.
+    Disconnected {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A resolved service name. Resolve once, call many times; after a
+/// reconnect it re-resolves by itself.
+#[derive(Debug)]
+pub struct Route {
+    name: String,
+    /// Route id in the low 32 bits, connection epoch in the high 32.
+    packed: AtomicU64,
+}
+
+impl Clone for Route {
+    fn clone(&self) -> Self {
+        Route {
+            name: self.name.clone(),
+            packed: AtomicU64::new(self.packed.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+impl Route {
+    pub(crate) fn new(name: &str, id: u32, epoch: u64) -> Route {
+        Route {
+            name: name.to_owned(),
+            packed: AtomicU64::new(pack(id, epoch)),
+        }
+    }
+
+    /// The service name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The route id (as of the last resolve).
+    pub fn id(&self) -> u32 {
+        self.packed.load(Ordering::Relaxed) as u32
+    }
+
+    pub(crate) fn id_at(&self, epoch: u64) -> Option<u32> {
+        let p = self.packed.load(Ordering::Relaxed);
+        ((p >> 32) == epoch & 0xffff_ffff).then_some(p as u32)
+    }
+
+    pub(crate) fn set(&self, id: u32, epoch: u64) {
+        self.packed.store(pack(id, epoch), Ordering::Relaxed);
+    }
+}
+
+fn pack(id: u32, epoch: u64) -> u64 {
+    (epoch & 0xffff_ffff) << 32 | id as u64
+}

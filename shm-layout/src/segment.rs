@@ -378,6 +378,12 @@ impl EventFd {
         self.fd.as_fd()
     }
 
+    /// Consumes a wake-up that poll/epoll reported as ready (one `read`).
+    pub fn consume_ready(&self) {
+        let mut b = [0u8; 8];
+        let _ = nix::unistd::read(&self.fd, &mut b);
+    }
+
     /// Consumes a pending wake-up without blocking; returns whether there was one.
     pub fn try_consume(&self) -> bool {
         let mut pfd = [nix::poll::PollFd::new(

@@ -1,0 +1,575 @@
+//! [`Bus`]: a connection to `hybusd`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use hybus_layout::control::{self, ClientMessage, DaemonMessage, Reply, Request, ServiceInfo};
+use hybus_layout::header::LAYOUT_HASH;
+use hybus_layout::segment::EventFd;
+use hybus_layout::socket::ControlSocket;
+use hybus_layout::{Descriptor, IdleStrategy, Kind};
+
+use crate::core::{error_of, Core, FIRE_BIT};
+use crate::error::{Error, Result};
+use crate::sample::{Loan, Sample};
+use crate::service::{Service, ServiceOptions};
+use crate::{BusEvent, Route};
+
+/// How long control requests may take before they fail.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Options for [`Bus::connect_with`].
+#[derive(Debug, Clone)]
+pub struct BusOptions {
+    /// Socket path; `None` for [`default_socket_path`](hybus_layout::socket::default_socket_path).
+    pub path: Option<PathBuf>,
+    /// A label for `hybusctl list` (defaults to the program name).
+    pub label: String,
+    /// How waiting calls spend their time before they sleep.
+    pub idle: IdleStrategy,
+}
+
+impl Default for BusOptions {
+    fn default() -> Self {
+        let label = std::env::args()
+            .next()
+            .and_then(|a| {
+                Path::new(&a)
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+            })
+            .unwrap_or_default();
+        BusOptions {
+            path: None,
+            label,
+            idle: IdleStrategy::DEFAULT,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    core: Mutex<Core>,
+    cv: Condvar,
+    pub(crate) idle: IdleStrategy,
+    path: PathBuf,
+    label: String,
+    /// What to restore on reconnect.
+    pub(crate) registrations: Mutex<Vec<crate::service::Registration>>,
+}
+
+/// A connection to the daemon. Cheap to clone; all clones share the connection.
+///
+/// # Examples
+///
+/// ```no_run
+/// # fn main() -> Result<(), hybus::Error> {
+/// use std::time::Duration;
+/// let bus = hybus::Bus::connect()?;
+/// let kv = bus.resolve("kv.store")?;
+/// let answer = bus.call(&kv, b"get colour", Duration::from_secs(1))?;
+/// println!("{}", String::from_utf8_lossy(&answer));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Bus {
+    pub(crate) shared: Arc<Shared>,
+}
+
+fn handshake(path: &Path, label: &str, epoch: u64) -> Result<Core> {
+    let sock = ControlSocket::connect(path).map_err(|e| Error::NoDaemon {
+        path: path.to_owned(),
+        reason: e.desc().to_owned(),
+    })?;
+    let hello = ClientMessage {
+        id: 1,
+        request: Request::Hello {
+            version: control::PROTOCOL_VERSION,
+            layout_hash: LAYOUT_HASH,
+            label: label.to_owned(),
+        },
+    };
+    let bytes = control::encode(&hello).map_err(|e| Error::BadRequest(e.to_string()))?;
+    sock.send(&bytes, &[])
+        .map_err(|e| Error::BusGone(format!("sending Hello: {}", e.desc())))?;
+    let mut buf = vec![0u8; control::MAX_MESSAGE];
+    // The daemon answers Hello at once; bound the wait so a wedged daemon is an error.
+    let mut pfd = [nix::poll::PollFd::new(
+        sock.fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let _ = nix::poll::poll(
+        &mut pfd,
+        nix::poll::PollTimeout::try_from(CONTROL_TIMEOUT.as_millis() as i32)
+            .unwrap_or(nix::poll::PollTimeout::MAX),
+    );
+    sock.set_nonblocking(true)
+        .map_err(|e| Error::os("control socket", e))?;
+    let (n, fds) = sock.recv(&mut buf).map_err(|e| match e {
+        hybus_layout::socket::RecvError::WouldBlock => {
+            Error::BusGone("the daemon did not answer Hello".into())
+        }
+        e => Error::BusGone(format!("waiting for Welcome: {e}")),
+    })?;
+    match control::decode::<DaemonMessage>(&buf[..n]) {
+        Ok(DaemonMessage::Reply {
+            result: Ok(Reply::Welcome(w)),
+            ..
+        }) => Core::new(sock, w, fds, epoch),
+        Ok(DaemonMessage::Reply { result: Err(e), .. }) => Err(e.into()),
+        Ok(other) => Err(Error::Protocol(format!("expected Welcome, got {other:?}"))),
+        Err(e) => Err(Error::Protocol(format!("Welcome: {e}"))),
+    }
+}
+
+impl Bus {
+    /// Connects to the daemon at the default socket path.
+    pub fn connect() -> Result<Bus> {
+        Bus::connect_with(BusOptions::default())
+    }
+
+    /// Connects to the daemon listening on `path`.
+    pub fn connect_to(path: impl AsRef<Path>) -> Result<Bus> {
+        Bus::connect_with(BusOptions {
+            path: Some(path.as_ref().to_owned()),
+            ..BusOptions::default()
+        })
+    }
+
+    /// Connects with explicit options.
+    pub fn connect_with(opts: BusOptions) -> Result<Bus> {
+        let path = opts
+            .path
+            .clone()
+            .unwrap_or_else(hybus_layout::socket::default_socket_path);
+        let core = handshake(&path, &opts.label, 1)?;
+        Ok(Bus {
+            shared: Arc::new(Shared {
+                core: Mutex::new(core),
+                cv: Condvar::new(),
+                idle: opts.idle,
+                path,
+                label: opts.label,
+                registrations: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// The socket path this bus is connected to.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// The daemon's id for this connection (also the id of its pool).
+    pub fn client_id(&self) -> u32 {
+        self.shared.lock().client_id
+    }
+
+    /// Whether the connection is still up (as far as last seen).
+    pub fn is_connected(&self) -> bool {
+        self.shared.lock().gone.is_none()
+    }
+
+    /// Reconnects after the connection was lost (daemon restarted) and
+    /// registers again every service registered through this bus. Route
+    /// handles re-resolve by themselves on next use.
+    pub fn reconnect(&self) -> Result<()> {
+        let epoch = self.shared.lock().epoch + 1;
+        let core = handshake(&self.shared.path, &self.shared.label, epoch)?;
+        *self.shared.lock() = core;
+        self.shared.cv.notify_all();
+        let regs: Vec<_> = self
+            .shared
+            .registrations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for r in regs {
+            let (instance, route) = self.register_raw(&r.name, &r.options)?;
+            r.slot.store(instance, route, epoch);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn control(&self, request: Request) -> Result<Reply> {
+        let id = self.shared.lock().send_control(request)?;
+        let deadline = Instant::now() + CONTROL_TIMEOUT;
+        let r = self
+            .shared
+            .wait(Some(deadline), true, |core| Ok(core.replies.remove(&id)));
+        match r {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(e)) => Err(e.into()),
+            Err(Error::DeadlineExceeded) => {
+                Err(Error::BusGone("the daemon did not answer in time".into()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(crate) fn register_raw(&self, name: &str, o: &ServiceOptions) -> Result<(u32, u32)> {
+        match self.control(Request::Register {
+            name: name.to_owned(),
+            version: o.version,
+            weight: o.weight,
+        })? {
+            Reply::Registered { instance, route } => Ok((instance, route)),
+            r => Err(Error::Protocol(format!("unexpected reply {r:?}"))),
+        }
+    }
+
+    /// Registers a service instance under a dotted name with default options.
+    pub fn register(&self, name: &str) -> Result<Service> {
+        self.register_with(name, ServiceOptions::default())
+    }
+
+    /// Registers a service instance under a dotted name.
+    pub fn register_with(&self, name: &str, options: ServiceOptions) -> Result<Service> {
+        let (instance, route) = self.register_raw(name, &options)?;
+        Ok(Service::new(self.clone(), name, options, instance, route))
+    }
+
+    /// Resolves a service name to a route. Fails with [`Error::NotFound`] if no instance serves it.
+    pub fn resolve(&self, name: &str) -> Result<Route> {
+        match self.control(Request::Resolve {
+            name: name.to_owned(),
+        })? {
+            Reply::Resolved { route, .. } => Ok(Route::new(name, route, self.shared.lock().epoch)),
+            r => Err(Error::Protocol(format!("unexpected reply {r:?}"))),
+        }
+    }
+
+    pub(crate) fn route_id(&self, route: &Route) -> Result<u32> {
+        let epoch = self.shared.lock().epoch;
+        if let Some(id) = route.id_at(epoch) {
+            return Ok(id);
+        }
+        let fresh = self.resolve(route.name())?;
+        let id = fresh.id_at(epoch).unwrap_or(0);
+        route.set(id, epoch);
+        Ok(id)
+    }
+
+    /// Lists services and their instances.
+    pub fn list(&self) -> Result<Vec<ServiceInfo>> {
+        match self.control(Request::List)? {
+            Reply::Services(s) => Ok(s),
+            r => Err(Error::Protocol(format!("unexpected reply {r:?}"))),
+        }
+    }
+
+    /// Traffic counters of every instance.
+    pub fn stats(&self) -> Result<Vec<control::InstanceStats>> {
+        match self.control(Request::Stats)? {
+            Reply::Stats(s) => Ok(s),
+            r => Err(Error::Protocol(format!("unexpected reply {r:?}"))),
+        }
+    }
+
+    /// Starts receiving [`BusEvent::ServiceUp`]/[`BusEvent::ServiceDown`] for
+    /// names under `prefix` ("" for all), beginning with one `ServiceUp` per
+    /// instance serving now.
+    pub fn watch(&self, prefix: &str) -> Result<()> {
+        self.control(Request::Watch {
+            prefix: prefix.to_owned(),
+        })
+        .map(drop)
+    }
+
+    /// Starts receiving [`BusEvent::Traffic`] for brokered traffic under `prefix`.
+    pub fn monitor(&self, prefix: &str) -> Result<()> {
+        self.control(Request::Monitor {
+            prefix: prefix.to_owned(),
+        })
+        .map(drop)
+    }
+
+    /// The next event, waiting up to `timeout`. `Ok(None)` if none came.
+    /// A lost connection is reported once as [`BusEvent::Disconnected`].
+    pub fn next_event(&self, timeout: Duration) -> Result<Option<BusEvent>> {
+        let deadline = Instant::now() + timeout;
+        match self.shared.wait_events(deadline) {
+            Ok(e) => Ok(Some(e)),
+            Err(Error::DeadlineExceeded) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Calls `route` with `payload` and waits up to `timeout` for the answer.
+    ///
+    /// Payloads up to 40 bytes travel inside the descriptor; larger ones are
+    /// copied once into a chunk of this client's pool (use [`Bus::loan`] and
+    /// [`Bus::call_loan`] to write them in place instead).
+    pub fn call(&self, route: &Route, payload: &[u8], timeout: Duration) -> Result<Sample> {
+        let id = self.route_id(route)?;
+        let deadline = Instant::now() + timeout;
+        let d = self
+            .shared
+            .build(Kind::Request, id, payload, Some(deadline))?;
+        self.call_desc(d, deadline)
+    }
+
+    /// Calls `route` with a loaned chunk written in place (zero-copy).
+    pub fn call_loan(&self, route: &Route, loan: Loan, timeout: Duration) -> Result<Sample> {
+        let id = self.route_id(route)?;
+        let d = loan.into_descriptor(Kind::Request, id)?;
+        self.call_desc(d, Instant::now() + timeout)
+    }
+
+    fn call_desc(&self, mut d: Descriptor, deadline: Instant) -> Result<Sample> {
+        let corr = {
+            let mut core = self.shared.lock();
+            let corr = core.next_id();
+            core.calls.insert(corr, None);
+            corr
+        };
+        d.correlation = corr;
+        if let Err(e) = self.shared.send(&d, Some(deadline)) {
+            let mut core = self.shared.lock();
+            core.calls.remove(&corr);
+            if let Some(c) = d.chunk() {
+                core.free_own(c);
+            }
+            return Err(e);
+        }
+        let r = self
+            .shared
+            .wait(Some(deadline), false, |core| match core.calls.get(&corr) {
+                Some(Some(_)) => Ok(core.calls.remove(&corr).flatten()),
+                _ => Ok(None),
+            });
+        match r {
+            Ok(answer) => self.shared.answer(Some(answer)),
+            Err(e) => {
+                let mut core = self.shared.lock();
+                core.calls.remove(&corr);
+                if matches!(e, Error::DeadlineExceeded) {
+                    // Tell the daemon and the server; a late answer is dropped there.
+                    let _ = core.try_send(&Descriptor::new(Kind::Cancel, d.route, corr));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends `payload` to one instance of `route`, expecting no answer.
+    /// Blocks while the ring is full; a delivery failure comes back later as
+    /// [`BusEvent::FireFailed`].
+    pub fn fire(&self, route: &Route, payload: &[u8]) -> Result<()> {
+        let id = self.route_id(route)?;
+        let mut d = self.shared.build(Kind::Fire, id, payload, None)?;
+        d.correlation = self.shared.lock().next_id() | FIRE_BIT;
+        self.shared.send(&d, None)
+    }
+
+    /// Like [`fire`](Self::fire), but fails with [`Error::WouldBlock`] or
+    /// [`Error::OutOfPool`] instead of waiting.
+    pub fn try_fire(&self, route: &Route, payload: &[u8]) -> Result<()> {
+        let id = self.route_id(route)?;
+        let mut core = self.shared.lock();
+        let mut d = core.payload(Descriptor::new(Kind::Fire, id, 0), payload)?;
+        d.correlation = core.next_id() | FIRE_BIT;
+        let r = core.try_send(&d);
+        if r.is_err() {
+            if let Some(c) = d.chunk() {
+                core.free_own(c);
+            }
+        }
+        r
+    }
+
+    /// Fires a loaned chunk at `route` (zero-copy).
+    pub fn fire_loan(&self, route: &Route, loan: Loan) -> Result<()> {
+        let id = self.route_id(route)?;
+        let mut d = loan.into_descriptor(Kind::Fire, id)?;
+        d.correlation = self.shared.lock().next_id() | FIRE_BIT;
+        self.shared.send(&d, None)
+    }
+
+    /// Borrows a chunk of `len` bytes from this client's pool to write a
+    /// payload in place. Waits up to `timeout` for a free chunk.
+    pub fn loan(&self, len: usize, timeout: Duration) -> Result<Loan> {
+        let deadline = Instant::now() + timeout;
+        let c = self
+            .shared
+            .wait(Some(deadline), false, |core| match core.alloc.alloc(len) {
+                Ok(c) => Ok(Some(c)),
+                Err(hybus_layout::pool::AllocError::Exhausted { .. }) => Ok(None),
+                Err(e) => Err(crate::core::alloc_error(e)),
+            });
+        let c = match c {
+            Err(Error::DeadlineExceeded) => return Err(Error::OutOfPool { len }),
+            r => r?,
+        };
+        Ok(Loan::new(self.shared.clone(), c, len))
+    }
+
+    /// Chunks of this client's pool currently lent out (loaned, or sent and not yet released).
+    pub fn chunks_in_use(&self) -> u32 {
+        let mut core = self.shared.lock();
+        core.pump_data();
+        core.alloc.in_use()
+    }
+
+    /// The largest payload this client can send.
+    pub fn max_payload(&self) -> u32 {
+        self.shared.lock().alloc.geometry().max_payload()
+    }
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Core> {
+        // A panic while holding the lock leaves the core consistent enough
+        // to report errors; do not propagate the poison.
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Builds a descriptor with `payload`, waiting for a pool chunk until `deadline`.
+    pub(crate) fn build(
+        &self,
+        kind: Kind,
+        route: u32,
+        payload: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<Descriptor> {
+        let base = Descriptor::new(kind, route, 0);
+        let r = self.wait(deadline, false, |core| match core.payload(base, payload) {
+            Ok(d) => Ok(Some(d)),
+            Err(Error::OutOfPool { .. }) => Ok(None),
+            Err(e) => Err(e),
+        });
+        match r {
+            Err(Error::DeadlineExceeded) => Err(Error::OutOfPool { len: payload.len() }),
+            r => r,
+        }
+    }
+
+    /// Sends `d`, waiting for room in the ring until `deadline`.
+    #[inline]
+    pub(crate) fn send(&self, d: &Descriptor, deadline: Option<Instant>) -> Result<()> {
+        {
+            let mut core = self.lock();
+            match core.try_send(d) {
+                Err(Error::WouldBlock) => {}
+                r => return r,
+            }
+        }
+        let r = self.wait(deadline, false, |core| match core.try_send(d) {
+            Ok(()) => Ok(Some(())),
+            Err(Error::WouldBlock) => Ok(None),
+            Err(e) => Err(e),
+        });
+        match r {
+            Err(Error::DeadlineExceeded) => Err(Error::WouldBlock),
+            r => r,
+        }
+    }
+
+    /// Turns an answer descriptor into a sample or an error.
+    pub(crate) fn answer(self: &Arc<Self>, d: Option<Descriptor>) -> Result<Sample> {
+        let Some(d) = d else {
+            return Err(Error::Protocol("empty answer".into()));
+        };
+        let sample = Sample::new(self, d)?;
+        if d.kind == Kind::Error as u8 {
+            return Err(error_of(&d, Some(&sample)));
+        }
+        Ok(sample)
+    }
+
+    fn wait_events(&self, deadline: Instant) -> Result<BusEvent> {
+        self.wait(Some(deadline), true, |core| Ok(core.events.pop_front()))
+    }
+
+    /// Waits until `check` yields a value, the connection is lost, or `deadline` passes.
+    ///
+    /// Follows the idle strategy: spin, yield, then park on the doorbell
+    /// (and the control socket, so that a dying daemon wakes us). Only one
+    /// thread parks on the doorbell; others wait on a condvar and are woken
+    /// when it has pumped.
+    pub(crate) fn wait<T>(
+        &self,
+        deadline: Option<Instant>,
+        control: bool,
+        mut check: impl FnMut(&mut Core) -> Result<Option<T>>,
+    ) -> Result<T> {
+        let idle = self.idle;
+        let mut round: u32 = 0;
+        loop {
+            let mut core = self.lock();
+            core.pump_data();
+            if control || round % 1024 == 1023 {
+                core.pump_control();
+            }
+            if let Some(v) = check(&mut core)? {
+                return Ok(v);
+            }
+            if let Some(g) = &core.gone {
+                return Err(Error::BusGone(g.clone()));
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Err(Error::DeadlineExceeded);
+            }
+            round = round.wrapping_add(1);
+            if round <= idle.spins {
+                drop(core);
+                std::hint::spin_loop();
+                continue;
+            }
+            if round <= idle.spins.saturating_add(idle.yields) || !idle.park {
+                drop(core);
+                std::thread::yield_now();
+                continue;
+            }
+            let remaining = deadline.map(|d| d.saturating_duration_since(now));
+            if core.parked_waiter {
+                let t = remaining
+                    .unwrap_or(Duration::from_millis(50))
+                    .min(Duration::from_millis(50));
+                let _ = self.cv.wait_timeout(core, t);
+                continue;
+            }
+            match core.rx.prepare_park() {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => return Err(Error::BusGone(format!("daemon ring corrupt: {e}"))),
+            }
+            core.parked_waiter = true;
+            let bell = core.rx_bell.clone();
+            let sock = core.sock.clone();
+            drop(core);
+            sleep_on(&bell, &sock, remaining);
+            let mut core = self.lock();
+            core.rx.finish_park();
+            core.parked_waiter = false;
+            core.pump_control();
+            drop(core);
+            self.cv.notify_all();
+        }
+    }
+}
+
+/// Sleeps until the doorbell rings, the control socket has something, or `timeout`.
+fn sleep_on(bell: &EventFd, sock: &ControlSocket, timeout: Option<Duration>) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let t = match timeout {
+        None => PollTimeout::NONE,
+        Some(t) => PollTimeout::try_from(t.as_millis().clamp(1, i32::MAX as u128) as i32)
+            .unwrap_or(PollTimeout::MAX),
+    };
+    let mut fds = [
+        PollFd::new(bell.fd(), PollFlags::POLLIN),
+        PollFd::new(sock.fd(), PollFlags::POLLIN),
+    ];
+    if let Ok(n) = poll(&mut fds, t) {
+        if n > 0
+            && fds[0]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLIN))
+        {
+            bell.consume_ready();
+        }
+    }
+}

@@ -1,0 +1,559 @@
+//! The connection's state behind the lock: rings, pool, inboxes, and the
+//! pump that moves descriptors from the rx ring into them.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use hybus_layout::control::{self, ClientMessage, DaemonMessage, Event, Reply, Request};
+use hybus_layout::descriptor::flags;
+use hybus_layout::header::SegmentKind;
+use hybus_layout::pool::{PoolAllocator, PoolGeometry, SizeClass};
+use hybus_layout::segment::{Access, EventFd, Segment};
+use hybus_layout::socket::{ControlSocket, RecvError};
+use hybus_layout::{ChunkRef, Consumer, Descriptor, Kind, Producer, PushError};
+
+use crate::error::{Error, Result};
+use crate::BusEvent;
+
+/// A read-only view of some client's pool (or our own, read-write).
+#[derive(Debug)]
+pub(crate) struct View {
+    pub seg: Segment,
+    pub geometry: PoolGeometry,
+}
+
+/// Caller side of a stream or channel.
+#[derive(Debug, Default)]
+pub(crate) struct StreamState {
+    pub items: VecDeque<Descriptor>,
+    pub ended: bool,
+    pub error: Option<Error>,
+    /// Items we may still send (channels).
+    pub send_credits: u64,
+}
+
+/// Server side of a stream or channel.
+#[derive(Debug, Default)]
+pub(crate) struct ServedState {
+    pub items: VecDeque<Descriptor>,
+    pub send_credits: u64,
+    pub peer_ended: bool,
+    pub cancelled: bool,
+}
+
+/// Largest number of unread publications kept per subscription before the oldest is dropped.
+pub(crate) const TOPIC_INBOX: usize = 65_536;
+
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub sock: Arc<ControlSocket>,
+    pub client_id: u32,
+    pub tx: Producer,
+    pub rx: Consumer,
+    pub tx_bell: EventFd,
+    pub rx_bell: Arc<EventFd>,
+    pub pool: Arc<View>,
+    pub alloc: PoolAllocator,
+    pub views: HashMap<u32, Arc<View>>,
+    pub next_id: u64,
+    pub replies: HashMap<u64, std::result::Result<Reply, control::ErrorReply>>,
+    pub events: VecDeque<BusEvent>,
+    /// Caller side: requests waiting for an answer (`None` until it comes).
+    pub calls: HashMap<u64, Option<Descriptor>>,
+    /// Server side: requests and fires per instance.
+    pub inboxes: HashMap<u32, VecDeque<Descriptor>>,
+    /// Publications per subscribed route.
+    pub topics: HashMap<u32, VecDeque<Descriptor>>,
+    pub streams: HashMap<u64, StreamState>,
+    pub served: HashMap<u64, ServedState>,
+    /// Server side: plain requests the caller cancelled.
+    pub cancelled: HashSet<u64>,
+    /// Descriptors that did not fit in the tx ring (releases); sent first next time.
+    pub backlog: VecDeque<Descriptor>,
+    /// Why the connection is gone, once it is.
+    pub gone: Option<String>,
+    /// Bumped on every reconnect; handles from an older epoch re-resolve.
+    pub epoch: u64,
+    /// A thread sleeps on the doorbell; others wait on the condvar.
+    pub parked_waiter: bool,
+    pub dropped_publications: u64,
+}
+
+fn gone(e: impl std::fmt::Display) -> Error {
+    Error::BusGone(e.to_string())
+}
+
+impl Core {
+    /// Builds the core from the Welcome and its four descriptors.
+    pub fn new(
+        sock: ControlSocket,
+        w: control::Welcome,
+        fds: Vec<OwnedFd>,
+        epoch: u64,
+    ) -> Result<Core> {
+        let proto = |m: String| Error::Protocol(m);
+        let mut fds = fds.into_iter();
+        let (Some(rings), Some(pool), Some(txb), Some(rxb)) =
+            (fds.next(), fds.next(), fds.next(), fds.next())
+        else {
+            return Err(proto("Welcome came without its four descriptors".into()));
+        };
+        let (rings, _) = Segment::open(rings, Access::ReadWrite, SegmentKind::ClientRings)
+            .map_err(|e| proto(format!("rings segment: {e}")))?;
+        let rings = Arc::new(rings);
+        let cap = w.ring_capacity;
+        let tx = rings
+            .ring_producer(w.tx_offset as usize, cap)
+            .map_err(|e| proto(format!("tx ring: {e}")))?;
+        let rx = rings
+            .ring_consumer(w.rx_offset as usize, cap)
+            .map_err(|e| proto(format!("rx ring: {e}")))?;
+        let (pool_seg, info) = Segment::open(pool, Access::ReadWrite, SegmentKind::Pool)
+            .map_err(|e| proto(format!("pool: {e}")))?;
+        let geometry = geometry_of(&w.pool_classes)?;
+        if info.param != w.client_id as u64 || geometry.size() > pool_seg.len() as u64 {
+            return Err(proto("pool segment does not match the Welcome".into()));
+        }
+        let alloc = PoolAllocator::new(geometry.clone(), w.client_id);
+        sock.set_nonblocking(true)
+            .map_err(|e| Error::os("control socket", e))?;
+        Ok(Core {
+            sock: Arc::new(sock),
+            client_id: w.client_id,
+            tx,
+            rx,
+            tx_bell: EventFd::from_fd(txb),
+            rx_bell: Arc::new(EventFd::from_fd(rxb)),
+            pool: Arc::new(View {
+                seg: pool_seg,
+                geometry,
+            }),
+            alloc,
+            views: HashMap::new(),
+            next_id: 1,
+            replies: HashMap::new(),
+            events: VecDeque::new(),
+            calls: HashMap::new(),
+            inboxes: HashMap::new(),
+            topics: HashMap::new(),
+            streams: HashMap::new(),
+            served: HashMap::new(),
+            cancelled: HashSet::new(),
+            backlog: VecDeque::new(),
+            gone: None,
+            epoch,
+            parked_waiter: false,
+            dropped_publications: 0,
+        })
+    }
+
+    /// A fresh id for a control request or a correlation.
+    #[inline]
+    pub fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    pub fn check_alive(&self) -> Result<()> {
+        match &self.gone {
+            Some(g) => Err(Error::BusGone(g.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends a control request; the reply is collected by [`pump_control`](Self::pump_control).
+    pub fn send_control(&mut self, request: Request) -> Result<u64> {
+        self.check_alive()?;
+        let id = self.next_id();
+        let bytes = control::encode(&ClientMessage { id, request })
+            .map_err(|e| Error::BadRequest(e.to_string()))?;
+        // The socket is non-blocking; a control message that does not fit
+        // means the daemon is not reading: give it a moment, then give up.
+        for _ in 0..1000 {
+            match self.sock.send(&bytes, &[]) {
+                Ok(()) => return Ok(id),
+                Err(nix::errno::Errno::EAGAIN) => {
+                    std::thread::sleep(std::time::Duration::from_millis(1))
+                }
+                Err(e) => {
+                    self.gone = Some(format!("control socket: {}", e.desc()));
+                    return Err(gone(e.desc()));
+                }
+            }
+        }
+        Err(Error::BusGone(
+            "daemon does not read its control socket".into(),
+        ))
+    }
+
+    /// Reads every control message that is ready.
+    pub fn pump_control(&mut self) {
+        let mut buf = vec![0u8; control::MAX_MESSAGE];
+        while self.gone.is_none() {
+            let (n, fds) = match self.sock.recv(&mut buf) {
+                Ok(x) => x,
+                Err(RecvError::WouldBlock) => return,
+                Err(RecvError::Closed) => {
+                    self.lost("the daemon closed the connection");
+                    return;
+                }
+                Err(e) => {
+                    self.lost(&format!("control socket: {e}"));
+                    return;
+                }
+            };
+            match control::decode::<DaemonMessage>(&buf[..n]) {
+                Ok(DaemonMessage::Reply { id, result }) => {
+                    self.replies.insert(id, result);
+                }
+                Ok(DaemonMessage::Event(ev)) => self.on_event(ev, fds),
+                Err(e) => self.lost(&format!("daemon sent a malformed message: {e}")),
+            }
+        }
+    }
+
+    fn lost(&mut self, why: &str) {
+        if self.gone.is_none() {
+            self.gone = Some(why.to_owned());
+            self.events.push_back(BusEvent::Disconnected {
+                reason: why.to_owned(),
+            });
+        }
+    }
+
+    fn on_event(&mut self, ev: Event, fds: Vec<OwnedFd>) {
+        match ev {
+            Event::PoolView { pool, classes } => {
+                let Some(fd) = fds.into_iter().next() else {
+                    return;
+                };
+                let view = geometry_of(&classes).and_then(|g| {
+                    let (seg, info) = Segment::open(fd, Access::ReadOnly, SegmentKind::Pool)
+                        .map_err(|e| Error::Protocol(format!("pool view: {e}")))?;
+                    if info.param != pool as u64 || g.size() > seg.len() as u64 {
+                        return Err(Error::Protocol(
+                            "pool view does not match its geometry".into(),
+                        ));
+                    }
+                    Ok(View { seg, geometry: g })
+                });
+                match view {
+                    Ok(v) => {
+                        self.views.insert(pool, Arc::new(v));
+                    }
+                    Err(e) => self.lost(&e.to_string()),
+                }
+            }
+            Event::PoolGone { pool } => {
+                self.views.remove(&pool);
+            }
+            Event::ServiceUp {
+                name,
+                route,
+                instance,
+                pid,
+            } => self.events.push_back(BusEvent::ServiceUp {
+                name,
+                route,
+                instance,
+                pid,
+            }),
+            Event::ServiceDown {
+                name,
+                route,
+                instance,
+                pid,
+            } => self.events.push_back(BusEvent::ServiceDown {
+                name,
+                route,
+                instance,
+                pid,
+            }),
+            Event::Traffic {
+                kind,
+                from,
+                to,
+                route,
+                correlation,
+                len,
+            } => self.events.push_back(BusEvent::Traffic {
+                kind,
+                from,
+                to,
+                route,
+                correlation,
+                len,
+            }),
+        }
+    }
+
+    /// Moves every ready descriptor from the rx ring to its inbox. Returns how many.
+    #[inline]
+    pub fn pump_data(&mut self) -> usize {
+        let mut buf = [Descriptor::new(Kind::Fence, 0, 0); 32];
+        let mut total = 0;
+        loop {
+            let n = match self.rx.pop_batch(&mut buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.lost(&format!("daemon ring corrupt: {e}"));
+                    return total;
+                }
+            };
+            for d in &buf[..n] {
+                self.dispatch(*d);
+            }
+            total += n;
+            if n < buf.len() {
+                break;
+            }
+        }
+        if !self.backlog.is_empty() {
+            self.flush_backlog();
+        }
+        total
+    }
+
+    /// The view of the pool a chunk lives in, reading the control socket for it if new.
+    pub fn view_for(&mut self, c: ChunkRef) -> Option<Arc<View>> {
+        if c.segment == self.client_id {
+            return Some(self.pool.clone());
+        }
+        if !self.views.contains_key(&c.segment) {
+            // The daemon sends the view before the first descriptor that needs it.
+            self.pump_control();
+        }
+        let v = self.views.get(&c.segment)?;
+        v.geometry.check(c).ok()?;
+        Some(v.clone())
+    }
+
+    fn dispatch(&mut self, d: Descriptor) {
+        let Ok(kind) = d.check() else {
+            self.lost("daemon sent a malformed descriptor");
+            return;
+        };
+        if let Some(c) = d.chunk() {
+            if kind != Kind::Release && self.view_for(c).is_none() {
+                self.lost(&format!(
+                    "daemon sent a chunk of pool {} without a valid view",
+                    c.segment
+                ));
+                return;
+            }
+        }
+        let server = d.flags & flags::SERVER != 0;
+        match (kind, server) {
+            (Kind::Release, _) => {
+                if let Some(c) = d.chunk() {
+                    if self.alloc.free(c).is_err() {
+                        self.lost("daemon returned a chunk we did not lend");
+                    }
+                }
+            }
+            (Kind::Request, true) | (Kind::Fire, _) => {
+                self.inboxes.entry(d.route).or_default().push_back(d);
+            }
+            (Kind::StreamOpen, true) => {
+                self.served.insert(
+                    d.correlation,
+                    ServedState {
+                        send_credits: d.aux & 0xffff_ffff,
+                        ..ServedState::default()
+                    },
+                );
+                self.inboxes.entry(d.route).or_default().push_back(d);
+            }
+            (Kind::Publish, _) => {
+                let q = self.topics.entry(d.route).or_default();
+                q.push_back(d);
+                if q.len() > TOPIC_INBOX {
+                    if let Some(old) = q.pop_front() {
+                        self.dropped_publications += 1;
+                        self.release(old);
+                    }
+                }
+            }
+            (Kind::Response | Kind::Error, false) => {
+                if let Some(slot) = self.calls.get_mut(&d.correlation) {
+                    *slot = Some(d);
+                } else if let Some(s) = self.streams.get_mut(&d.correlation) {
+                    s.ended = true;
+                    s.error = Some(error_of(&d, None));
+                    self.release(d);
+                } else if kind == Kind::Error && d.correlation & FIRE_BIT != 0 {
+                    self.events.push_back(BusEvent::FireFailed {
+                        route: d.route,
+                        error: error_of(&d, None),
+                    });
+                } else {
+                    // An answer to a call that timed out: give the chunk back.
+                    self.release(d);
+                }
+            }
+            (Kind::StreamItem, false) => match self.streams.get_mut(&d.correlation) {
+                Some(s) => s.items.push_back(d),
+                None => self.release(d),
+            },
+            (Kind::StreamItem, true) => match self.served.get_mut(&d.correlation) {
+                Some(s) => s.items.push_back(d),
+                None => self.release(d),
+            },
+            (Kind::Credit, false) => {
+                if let Some(s) = self.streams.get_mut(&d.correlation) {
+                    s.send_credits = s.send_credits.saturating_add(d.aux);
+                }
+            }
+            (Kind::Credit, true) => {
+                if let Some(s) = self.served.get_mut(&d.correlation) {
+                    s.send_credits = s.send_credits.saturating_add(d.aux);
+                }
+            }
+            (Kind::StreamEnd, false) => {
+                if let Some(s) = self.streams.get_mut(&d.correlation) {
+                    s.ended = true;
+                }
+            }
+            (Kind::StreamEnd, true) => {
+                if let Some(s) = self.served.get_mut(&d.correlation) {
+                    s.peer_ended = true;
+                }
+            }
+            (Kind::Cancel, true) => match self.served.get_mut(&d.correlation) {
+                Some(s) => s.cancelled = true,
+                None => {
+                    self.cancelled.insert(d.correlation);
+                }
+            },
+            (Kind::Cancel, false) => {
+                if let Some(s) = self.streams.get_mut(&d.correlation) {
+                    s.ended = true;
+                    s.error = Some(Error::Cancelled);
+                }
+            }
+            _ => self.lost(&format!("daemon sent an unexpected {kind:?}")),
+        }
+    }
+
+    /// Hands a received chunk back (through the daemon). Inline payloads need nothing.
+    #[inline]
+    pub fn release(&mut self, d: Descriptor) {
+        if let Some(c) = d.chunk() {
+            self.push_or_backlog(Descriptor::new(Kind::Release, 0, 0).with_chunk(c));
+        }
+    }
+
+    /// Queues a chunk of our own pool for release (a loan that was never sent).
+    pub fn free_own(&mut self, c: ChunkRef) {
+        let _ = self.alloc.free(c);
+    }
+
+    fn push_or_backlog(&mut self, d: Descriptor) {
+        if self.gone.is_some() {
+            return;
+        }
+        if self.backlog.is_empty() {
+            match self.tx.push(&d) {
+                Ok(()) => {
+                    self.tx.notify(&self.tx_bell);
+                    return;
+                }
+                Err(PushError::Full(_)) => {}
+                Err(PushError::Ring(e)) => {
+                    self.lost(&format!("tx ring corrupt: {e}"));
+                    return;
+                }
+            }
+        }
+        self.backlog.push_back(d);
+    }
+
+    fn flush_backlog(&mut self) {
+        while let Some(d) = self.backlog.front() {
+            match self.tx.push(d) {
+                Ok(()) => {
+                    self.backlog.pop_front();
+                }
+                Err(PushError::Full(_)) => break,
+                Err(PushError::Ring(e)) => {
+                    self.lost(&format!("tx ring corrupt: {e}"));
+                    return;
+                }
+            }
+        }
+        self.tx.notify(&self.tx_bell);
+    }
+
+    /// Tries to push `d` now. `Err(WouldBlock)` if the ring is full.
+    #[inline]
+    pub fn try_send(&mut self, d: &Descriptor) -> Result<()> {
+        self.check_alive()?;
+        if !self.backlog.is_empty() {
+            self.flush_backlog();
+            if !self.backlog.is_empty() {
+                return Err(Error::WouldBlock);
+            }
+        }
+        match self.tx.push(d) {
+            Ok(()) => {
+                self.tx.notify(&self.tx_bell);
+                Ok(())
+            }
+            Err(PushError::Full(_)) => Err(Error::WouldBlock),
+            Err(PushError::Ring(e)) => {
+                self.lost(&format!("tx ring corrupt: {e}"));
+                Err(gone(e))
+            }
+        }
+    }
+
+    /// Builds the payload part of a descriptor: inline if it fits, else a
+    /// chunk of our pool with the bytes copied in.
+    pub fn payload(&mut self, d: Descriptor, bytes: &[u8]) -> Result<Descriptor> {
+        if let Some(d) = d.with_inline(bytes) {
+            return Ok(d);
+        }
+        let c = self.alloc.alloc(bytes.len()).map_err(alloc_error)?;
+        // SAFETY: `c` was just allocated to us; no one else writes it, and no
+        // receiver reads it before we send it.
+        let dst = unsafe { self.pool.seg.bytes_mut(c.offset, bytes.len()) };
+        match dst {
+            Some(dst) => dst.copy_from_slice(bytes),
+            None => {
+                let _ = self.alloc.free(c);
+                return Err(Error::Protocol("pool chunk outside the mapping".into()));
+            }
+        }
+        Ok(d.with_chunk(c))
+    }
+}
+
+/// Correlation ids of fires have this bit set, so that an error for a fire
+/// is told apart from an error for a call.
+pub(crate) const FIRE_BIT: u64 = 1 << 62;
+
+pub(crate) fn alloc_error(e: hybus_layout::pool::AllocError) -> Error {
+    match e {
+        hybus_layout::pool::AllocError::TooLarge { len, max } => {
+            Error::PayloadTooLarge { len, max }
+        }
+        hybus_layout::pool::AllocError::Exhausted { len } => Error::OutOfPool { len },
+    }
+}
+
+/// The error an Error descriptor carries.
+pub(crate) fn error_of(d: &Descriptor, payload: Option<&[u8]>) -> Error {
+    Error::from_data(
+        control::DataError::from_aux(d.aux),
+        payload.unwrap_or(d.inline()),
+    )
+}
+
+fn geometry_of(classes: &[(u32, u32)]) -> Result<PoolGeometry> {
+    let c: Vec<SizeClass> = classes
+        .iter()
+        .map(|&(chunk_size, count)| SizeClass { chunk_size, count })
+        .collect();
+    PoolGeometry::new(&c).map_err(|e| Error::Protocol(format!("pool geometry: {e}")))
+}

@@ -1,0 +1,156 @@
+//! What can go wrong, in words the caller can act on.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use hybus_layout::control::{DataError, ErrorCode, ErrorReply};
+
+/// Every failure of the client library.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// Nothing listens at the socket path.
+    NoDaemon {
+        /// The path tried.
+        path: PathBuf,
+        /// What connect(2) said.
+        reason: String,
+    },
+    /// Client and daemon speak different protocol or layout versions.
+    VersionMismatch(String),
+    /// The name is owned by another user.
+    NameOwned(String),
+    /// Policy forbids it.
+    AccessDenied(String),
+    /// No service, topic or instance of that name or id.
+    NotFound(String),
+    /// A per-user quota is exhausted.
+    QuotaExceeded(String),
+    /// The daemon refused a malformed request.
+    BadRequest(String),
+    /// No service has this route (it was never known to the daemon).
+    NoSuchService,
+    /// The service has no serving instance right now.
+    NoInstance,
+    /// The deadline passed before an answer came.
+    DeadlineExceeded,
+    /// The serving instance died or left with the request in flight.
+    PeerGone,
+    /// The payload is larger than the largest chunk of the pool.
+    PayloadTooLarge {
+        /// Bytes asked for.
+        len: usize,
+        /// Largest chunk.
+        max: u32,
+    },
+    /// Every chunk large enough is in use (wait for receivers to release some).
+    OutOfPool {
+        /// Bytes asked for.
+        len: usize,
+    },
+    /// The receiver's queue is full.
+    QueueFull,
+    /// The exchange was cancelled (by the caller, or the server refused it).
+    Cancelled,
+    /// The service answered with an error of its own.
+    Service(String),
+    /// The ring is full and the caller asked not to block.
+    WouldBlock,
+    /// The connection to the daemon is lost (it stopped or disconnected us).
+    BusGone(String),
+    /// The daemon or a peer broke the protocol.
+    Protocol(String),
+    /// A system call failed.
+    Os(String),
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoDaemon { path, reason } => {
+                write!(
+                    f,
+                    "no daemon at {}: {reason} — is hybusd running?",
+                    path.display()
+                )
+            }
+            Self::VersionMismatch(m) => write!(f, "protocol version mismatch: {m}"),
+            Self::NameOwned(m) => write!(f, "name already owned: {m}"),
+            Self::AccessDenied(m) => write!(f, "access denied: {m}"),
+            Self::NotFound(m) => write!(f, "not found: {m}"),
+            Self::QuotaExceeded(m) => write!(f, "quota exceeded: {m}"),
+            Self::BadRequest(m) => write!(f, "bad request: {m}"),
+            Self::NoSuchService => f.write_str("no such service"),
+            Self::NoInstance => f.write_str("no instance is serving this service"),
+            Self::DeadlineExceeded => f.write_str("deadline exceeded"),
+            Self::PeerGone => {
+                f.write_str("peer gone: the serving instance went away with the request in flight")
+            }
+            Self::PayloadTooLarge { len, max } => {
+                write!(
+                    f,
+                    "payload too large: {len} bytes, the largest chunk holds {max}"
+                )
+            }
+            Self::OutOfPool { len } => write!(f, "out of pool memory for a {len}-byte payload"),
+            Self::QueueFull => f.write_str("the receiver's queue is full"),
+            Self::Cancelled => f.write_str("cancelled"),
+            Self::Service(m) => write!(f, "service error: {m}"),
+            Self::WouldBlock => f.write_str("would block: the ring is full"),
+            Self::BusGone(m) => write!(f, "bus gone: {m}"),
+            Self::Protocol(m) => write!(f, "protocol error: {m}"),
+            Self::Os(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<ErrorReply> for Error {
+    fn from(e: ErrorReply) -> Self {
+        let m = e.message;
+        match e.code {
+            ErrorCode::BadRequest => Error::BadRequest(m),
+            ErrorCode::VersionMismatch => Error::VersionMismatch(m),
+            ErrorCode::NotFound => Error::NotFound(m),
+            ErrorCode::NameOwned => Error::NameOwned(m),
+            ErrorCode::AccessDenied => Error::AccessDenied(m),
+            ErrorCode::QuotaExceeded => Error::QuotaExceeded(m),
+            ErrorCode::ShuttingDown => Error::BusGone(m),
+        }
+    }
+}
+
+impl Error {
+    /// The error a data-plane error code stands for; `payload` is the
+    /// service's own message for [`DataError::Service`].
+    pub fn from_data(code: DataError, payload: &[u8]) -> Error {
+        match code {
+            DataError::NoSuchService => Error::NoSuchService,
+            DataError::NoInstance => Error::NoInstance,
+            DataError::DeadlineExceeded => Error::DeadlineExceeded,
+            DataError::PeerGone => Error::PeerGone,
+            DataError::PayloadTooLarge => Error::PayloadTooLarge { len: 0, max: 0 },
+            DataError::OutOfPool => Error::OutOfPool { len: 0 },
+            DataError::QueueFull => Error::QueueFull,
+            DataError::Cancelled => Error::Cancelled,
+            DataError::AccessDenied => Error::AccessDenied("by policy".into()),
+            DataError::Service => Error::Service(String::from_utf8_lossy(payload).into_owned()),
+        }
+    }
+
+    pub(crate) fn os(what: &str, e: impl fmt::Display) -> Error {
+        Error::Os(format!("{what}: {e}"))
+    }
+
+    /// Whether retrying later may succeed (no instance, full queue, empty pool, full ring).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::NoInstance | Error::QueueFull | Error::OutOfPool { .. } | Error::WouldBlock
+        )
+    }
+}

@@ -1,0 +1,194 @@
+//! Payloads: [`Sample`] (received, borrowed from the sender's pool) and
+//! [`Loan`] (a chunk of our own pool, written in place before sending).
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
+use hybus_layout::descriptor::INLINE_CAPACITY;
+use hybus_layout::{ChunkRef, Descriptor, Kind};
+
+use crate::bus::Shared;
+use crate::core::View;
+use crate::error::{Error, Result};
+
+/// A received payload. Derefs to its bytes.
+///
+/// Small payloads were carried inside the descriptor; larger ones are read
+/// in place from the sender's pool through a read-only mapping, and the
+/// chunk goes back to the sender when the sample is dropped. Hold samples
+/// briefly: the sender cannot reuse the chunk meanwhile.
+///
+/// The sender keeps a writable mapping of its pool, so a misbehaving sender
+/// could change the bytes while you read them: copy them out before
+/// validating anything that must stay valid (the typed API does so).
+pub struct Sample {
+    d: Descriptor,
+    view: Option<Arc<View>>,
+    shared: Option<Arc<Shared>>,
+    epoch: u64,
+}
+
+impl Sample {
+    pub(crate) fn new(shared: &Arc<Shared>, d: Descriptor) -> Result<Sample> {
+        let Some(c) = d.chunk() else {
+            return Ok(Sample {
+                d,
+                view: None,
+                shared: None,
+                epoch: 0,
+            });
+        };
+        let mut core = shared.lock();
+        let epoch = core.epoch;
+        let view = core.view_for(c).ok_or_else(|| {
+            Error::Protocol(format!(
+                "no view of pool {} for a received chunk",
+                c.segment
+            ))
+        })?;
+        Ok(Sample {
+            d,
+            view: Some(view),
+            shared: Some(shared.clone()),
+            epoch,
+        })
+    }
+
+    /// The payload bytes.
+    #[inline]
+    pub fn bytes(&self) -> &[u8] {
+        match (&self.view, self.d.chunk()) {
+            (Some(v), Some(c)) => v.seg.bytes(c.offset, c.len as usize).unwrap_or(&[]),
+            _ => self.d.inline(),
+        }
+    }
+
+    /// Whether the payload was read in place from the sender's pool (zero-copy).
+    pub fn is_zero_copy(&self) -> bool {
+        self.view.is_some()
+    }
+
+    /// The correlation id the descriptor carried.
+    pub fn correlation(&self) -> u64 {
+        self.d.correlation
+    }
+}
+
+impl Deref for Sample {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
+impl fmt::Debug for Sample {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sample")
+            .field("len", &self.bytes().len())
+            .field("zero_copy", &self.is_zero_copy())
+            .finish()
+    }
+}
+
+impl Drop for Sample {
+    fn drop(&mut self) {
+        if let Some(shared) = &self.shared {
+            let mut core = shared.lock();
+            // After a reconnect the old daemon's loans are gone with it.
+            if core.epoch == self.epoch {
+                core.release(self.d);
+            }
+        }
+    }
+}
+
+/// A chunk of this client's pool, lent to the application to write a payload in place.
+///
+/// Derefs mutably to its bytes. Send it with [`Bus::call_loan`](crate::Bus::call_loan),
+/// [`Bus::fire_loan`](crate::Bus::fire_loan), [`Publisher::publish_loan`](crate::Publisher::publish_loan)
+/// or [`Request::reply_loan`](crate::Request::reply_loan); dropped unsent, it goes back to the pool.
+pub struct Loan {
+    shared: Arc<Shared>,
+    /// Our pool's mapping, held so the bytes stay mapped whatever the connection does.
+    pool: Arc<View>,
+    chunk: ChunkRef,
+    len: usize,
+    epoch: u64,
+    sent: bool,
+}
+
+impl Loan {
+    pub(crate) fn new(shared: Arc<Shared>, chunk: ChunkRef, len: usize) -> Loan {
+        let (epoch, pool) = {
+            let core = shared.lock();
+            (core.epoch, core.pool.clone())
+        };
+        Loan {
+            shared,
+            pool,
+            chunk,
+            len,
+            epoch,
+            sent: false,
+        }
+    }
+
+    /// Shrinks the payload to `len` bytes (it cannot grow past the loan).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    pub(crate) fn into_descriptor(mut self, kind: Kind, route: u32) -> Result<Descriptor> {
+        if self.shared.lock().epoch != self.epoch {
+            return Err(Error::BusGone("the loan is from before a reconnect".into()));
+        }
+        self.sent = true;
+        let c = ChunkRef {
+            len: self.len as u32,
+            ..self.chunk
+        };
+        Ok(Descriptor::new(kind, route, 0).with_chunk(c))
+    }
+}
+
+impl Deref for Loan {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.pool
+            .seg
+            .bytes(self.chunk.offset, self.len)
+            .unwrap_or(&[])
+    }
+}
+
+impl DerefMut for Loan {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: the chunk was allocated to this loan alone; nobody else
+        // writes or reads it until it is sent, which consumes the loan.
+        unsafe { self.pool.seg.bytes_mut(self.chunk.offset, self.len) }.unwrap_or(&mut [])
+    }
+}
+
+impl fmt::Debug for Loan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Loan")
+            .field("len", &self.len)
+            .field("offset", &self.chunk.offset)
+            .finish()
+    }
+}
+
+impl Drop for Loan {
+    fn drop(&mut self) {
+        if !self.sent {
+            let mut core = self.shared.lock();
+            if core.epoch == self.epoch {
+                core.free_own(self.chunk);
+            }
+        }
+    }
+}
+
+/// Payloads up to this many bytes travel inside the descriptor.
+pub const INLINE_PAYLOAD: usize = INLINE_CAPACITY;

@@ -1,0 +1,386 @@
+//! The serving side: [`Service`], and what arrives at it ([`Incoming`]).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hybus_layout::control::Request as ControlRequest;
+use hybus_layout::descriptor::flags;
+use hybus_layout::{Descriptor, Kind};
+
+use crate::bus::{Bus, Shared};
+use crate::error::{Error, Result};
+use crate::sample::{Loan, Sample};
+use crate::stream::{recv_item, send_item, service_error, Side};
+
+/// How an instance registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceOptions {
+    /// The instance's version (shown in listings).
+    pub version: u32,
+    /// Load-balancing weight (≥ 1): an instance of weight 3 gets three times the requests of one of weight 1.
+    pub weight: u32,
+}
+
+impl Default for ServiceOptions {
+    fn default() -> Self {
+        ServiceOptions {
+            version: 1,
+            weight: 1,
+        }
+    }
+}
+
+/// Where a registration currently lives: (instance, route, epoch).
+#[derive(Debug, Default)]
+pub(crate) struct Slot(Mutex<(u32, u32, u64)>);
+
+impl Slot {
+    pub(crate) fn store(&self, instance: u32, route: u32, epoch: u64) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = (instance, route, epoch);
+    }
+    fn load(&self) -> (u32, u32, u64) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A registration to restore after a reconnect.
+#[derive(Debug, Clone)]
+pub(crate) struct Registration {
+    pub name: String,
+    pub options: ServiceOptions,
+    pub slot: Arc<Slot>,
+}
+
+/// A registered service instance. Dropping it unregisters the instance.
+#[derive(Debug)]
+pub struct Service {
+    bus: Bus,
+    name: String,
+    slot: Arc<Slot>,
+}
+
+/// Something sent to a service.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A request that expects an answer.
+    Request(Request),
+    /// A fire-and-forget message.
+    Fire(Sample),
+    /// A request-stream or request-channel.
+    Stream(StreamRequest),
+}
+
+impl Service {
+    pub(crate) fn new(
+        bus: Bus,
+        name: &str,
+        options: ServiceOptions,
+        instance: u32,
+        route: u32,
+    ) -> Service {
+        let epoch = bus.shared.lock().epoch;
+        let slot = Arc::new(Slot::default());
+        slot.store(instance, route, epoch);
+        bus.shared
+            .registrations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Registration {
+                name: name.to_owned(),
+                options,
+                slot: slot.clone(),
+            });
+        Service {
+            bus,
+            name: name.to_owned(),
+            slot,
+        }
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The daemon's id of this instance.
+    pub fn instance(&self) -> u32 {
+        self.slot.load().0
+    }
+
+    /// The route id of the name.
+    pub fn route(&self) -> u32 {
+        self.slot.load().1
+    }
+
+    /// Waits up to `timeout` for the next request, fire or stream. `Ok(None)` if none came.
+    pub fn next(&self, timeout: Duration) -> Result<Option<Incoming>> {
+        let deadline = Instant::now() + timeout;
+        let (instance, _, epoch) = self.slot.load();
+        let r = self.bus.shared.wait(Some(deadline), false, |core| {
+            Ok(core.inboxes.get_mut(&instance).and_then(|q| q.pop_front()))
+        });
+        let d = match r {
+            Ok(d) => d,
+            Err(Error::DeadlineExceeded) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let shared = &self.bus.shared;
+        let payload = Sample::new(shared, d)?;
+        Ok(Some(match Kind::from_u8(d.kind) {
+            Some(Kind::Fire) => Incoming::Fire(payload),
+            Some(Kind::StreamOpen) => {
+                let channel = d.aux & hybus_layout::descriptor::STREAM_CHANNEL != 0;
+                Incoming::Stream(StreamRequest {
+                    shared: shared.clone(),
+                    corr: d.correlation,
+                    instance,
+                    epoch,
+                    payload,
+                    channel,
+                    window: 64,
+                    granted: false,
+                    consumed: 0,
+                    done: false,
+                })
+            }
+            _ => Incoming::Request(Request {
+                shared: shared.clone(),
+                corr: d.correlation,
+                instance,
+                epoch,
+                payload: Some(payload),
+                answered: false,
+            }),
+        }))
+    }
+
+    /// Stops getting new requests; requests in flight still arrive and may be answered.
+    pub fn drain(&self) -> Result<()> {
+        self.bus
+            .control(ControlRequest::Drain {
+                instance: self.instance(),
+            })
+            .map(drop)
+    }
+
+    /// Unregisters now. Requests in flight fail at their callers with [`Error::PeerGone`].
+    pub fn unregister(self) -> Result<()> {
+        self.unregister_inner()
+    }
+
+    fn unregister_inner(&self) -> Result<()> {
+        self.bus
+            .shared
+            .registrations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|r| !Arc::ptr_eq(&r.slot, &self.slot));
+        let (instance, _, epoch) = self.slot.load();
+        if self.bus.shared.lock().epoch != epoch || !self.bus.is_connected() {
+            return Ok(());
+        }
+        self.bus
+            .control(ControlRequest::Unregister { instance })
+            .map(drop)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.unregister_inner();
+    }
+}
+
+/// A request waiting for its answer. Dropped unanswered, it fails at the
+/// caller with a service error rather than leaving it to time out.
+#[derive(Debug)]
+pub struct Request {
+    shared: Arc<Shared>,
+    corr: u64,
+    instance: u32,
+    epoch: u64,
+    payload: Option<Sample>,
+    answered: bool,
+}
+
+impl Request {
+    /// The request's payload.
+    pub fn payload(&self) -> &[u8] {
+        self.payload.as_deref().unwrap_or(&[])
+    }
+
+    /// Whether the caller cancelled (or timed out) meanwhile.
+    pub fn is_cancelled(&self) -> bool {
+        let mut core = self.shared.lock();
+        core.pump_data();
+        core.cancelled.contains(&self.corr)
+    }
+
+    fn finish(&mut self, d: Result<Descriptor>) -> Result<()> {
+        self.answered = true;
+        // Release the request's chunk before answering, so the caller's pool
+        // gets it back no later than the answer.
+        self.payload = None;
+        let mut d = d?;
+        if self.shared.lock().epoch != self.epoch {
+            return Err(Error::BusGone(
+                "the request is from before a reconnect".into(),
+            ));
+        }
+        if self.shared.lock().cancelled.remove(&self.corr) {
+            if let Some(c) = d.chunk() {
+                self.shared.lock().free_own(c);
+            }
+            return Err(Error::Cancelled);
+        }
+        d.correlation = self.corr;
+        d.flags |= flags::SERVER;
+        self.shared.send(&d, None)
+    }
+
+    /// Answers with `payload` (copied into a chunk if larger than 40 bytes).
+    pub fn reply(mut self, payload: &[u8]) -> Result<()> {
+        let d = self.shared.build(
+            Kind::Response,
+            self.instance,
+            payload,
+            Some(Instant::now() + Duration::from_secs(10)),
+        );
+        self.finish(d)
+    }
+
+    /// Answers with a loaned chunk written in place (zero-copy).
+    pub fn reply_loan(mut self, loan: Loan) -> Result<()> {
+        let d = loan.into_descriptor(Kind::Response, self.instance);
+        self.finish(d)
+    }
+
+    /// Answers with an error the caller sees as [`Error::Service`] (first 40 bytes of `message`).
+    pub fn fail(mut self, message: &str) -> Result<()> {
+        let d = service_error(self.instance, 0, message);
+        self.finish(Ok(d))
+    }
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        if !self.answered {
+            let d = service_error(self.instance, 0, "request dropped without an answer");
+            let _ = self.finish(Ok(d));
+        }
+    }
+}
+
+/// The serving end of a request-stream or request-channel.
+///
+/// Dropping it ends the stream (StreamEnd).
+#[derive(Debug)]
+pub struct StreamRequest {
+    shared: Arc<Shared>,
+    corr: u64,
+    instance: u32,
+    epoch: u64,
+    payload: Sample,
+    channel: bool,
+    window: u32,
+    granted: bool,
+    consumed: u32,
+    done: bool,
+}
+
+impl StreamRequest {
+    /// The payload that opened the stream.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// Whether the caller may send items too (request-channel).
+    pub fn is_channel(&self) -> bool {
+        self.channel
+    }
+
+    /// Sends one item, waiting up to `timeout` for the caller to grant a credit.
+    /// Fails with [`Error::Cancelled`] once the caller cancelled or went away.
+    pub fn send(&mut self, payload: &[u8], timeout: Duration) -> Result<()> {
+        send_item(
+            &self.shared,
+            Side::Server,
+            self.corr,
+            self.instance,
+            payload,
+            Instant::now() + timeout,
+        )
+    }
+
+    /// Receives the caller's next item (channels); `Ok(None)` once the caller ended its direction.
+    pub fn recv(&mut self, timeout: Duration) -> Result<Option<Sample>> {
+        if !self.channel {
+            return Ok(None);
+        }
+        if !self.granted {
+            self.granted = true;
+            let mut c = Descriptor::new(Kind::Credit, self.instance, self.corr)
+                .with_aux(self.window as u64);
+            c.flags |= flags::SERVER;
+            self.shared.send(&c, None)?;
+        }
+        recv_item(
+            &self.shared,
+            Side::Server,
+            self.corr,
+            self.instance,
+            self.window,
+            &mut self.consumed,
+            Instant::now() + timeout,
+        )
+    }
+
+    /// Ends the stream (our direction).
+    pub fn end(mut self) -> Result<()> {
+        self.close(None)
+    }
+
+    /// Ends the stream with an error the caller sees as [`Error::Service`].
+    pub fn fail(mut self, message: &str) -> Result<()> {
+        self.close(Some(message))
+    }
+
+    fn close(&mut self, error: Option<&str>) -> Result<()> {
+        if self.done {
+            return Ok(());
+        }
+        self.done = true;
+        let cancelled = {
+            let mut core = self.shared.lock();
+            let st = core.served.remove(&self.corr);
+            if let Some(st) = &st {
+                for d in st.items.iter() {
+                    core.release(*d);
+                }
+            }
+            st.is_none_or(|s| s.cancelled) || core.epoch != self.epoch
+        };
+        if cancelled {
+            return Ok(());
+        }
+        let d = match error {
+            Some(m) => {
+                let mut d = service_error(self.instance, self.corr, m);
+                d.correlation = self.corr;
+                d
+            }
+            None => {
+                let mut d = Descriptor::new(Kind::StreamEnd, self.instance, self.corr);
+                d.flags |= flags::SERVER;
+                d
+            }
+        };
+        self.shared.send(&d, None)
+    }
+}
+
+impl Drop for StreamRequest {
+    fn drop(&mut self) {
+        let _ = self.close(None);
+    }
+}
