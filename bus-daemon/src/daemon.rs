@@ -86,7 +86,9 @@ pub struct Daemon {
     systemd: bool,
     watchdog: Option<Duration>,
     pub(crate) monitors: usize,
-    started: Instant,
+    pub(crate) started: Instant,
+    /// Clients disconnected for protocol violations.
+    pub(crate) violations: u64,
     /// Reused list of active ids for one polling round.
     pub(crate) scratch: Vec<u32>,
     /// Clients pushed to (or with queued descriptors) since the last flush.
@@ -198,6 +200,7 @@ impl Daemon {
             watchdog,
             monitors: 0,
             started: Instant::now(),
+            violations: 0,
             scratch: Vec::new(),
             touched: Vec::new(),
         })
@@ -355,7 +358,7 @@ impl Daemon {
                     i += 1;
                 }
                 Err(e) => {
-                    self.disconnect(id, &format!("{e}"));
+                    self.violation(id, &crate::router::Violation::Ring(e));
                 }
             }
         }

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use hybus_layout::control::{
-    self, ClientMessage, DaemonMessage, ErrorCode, Event, InstanceInfo, InstanceStats, Reply,
-    Request, ServiceInfo, Welcome,
+    self, ClientMessage, DaemonMessage, DaemonStatus, ErrorCode, Event, InstanceInfo,
+    InstanceStats, Reply, Request, ServiceInfo, Welcome,
 };
 use hybus_layout::header::{SegmentKind, HEADER_REGION, LAYOUT_HASH};
 use hybus_layout::ring;
@@ -117,6 +117,7 @@ impl Daemon {
                 Ok(Reply::Done)
             }
             Request::Stats => Ok(Reply::Stats(self.stats())),
+            Request::Status => Ok(Reply::Status(self.daemon_status())),
             Request::Monitor { prefix } => self.check(id, Action::Monitor, &prefix).map(|_| {
                 if let Some(s) = self.sessions.get_mut(&id) {
                     if s.monitor.replace(prefix).is_none() {
@@ -375,6 +376,30 @@ impl Daemon {
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
+    }
+
+    fn daemon_status(&self) -> DaemonStatus {
+        DaemonStatus {
+            pid: std::process::id() as i32,
+            uptime_s: self.started.elapsed().as_secs(),
+            backend: self.backend().to_owned(),
+            clients: self.sessions.len() as u32,
+            services: self
+                .registry
+                .routes()
+                .filter(|(_, r)| !r.instances.is_empty())
+                .count() as u32,
+            instances: self.registry.instances().count() as u32,
+            exchanges: self.exchanges.len() as u64,
+            chunks_lent: self.chunks.len() as u64,
+            queued: self
+                .sessions
+                .values()
+                .filter_map(|s| s.data.as_ref())
+                .map(|d| d.queue.len() as u64)
+                .sum(),
+            violations: self.violations,
+        }
     }
 
     fn stats(&self) -> Vec<InstanceStats> {

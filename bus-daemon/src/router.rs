@@ -46,6 +46,8 @@ pub enum Violation {
     CreditOverrun,
     /// An answer or stream operation on an exchange of another kind or owner.
     NotYours(u64),
+    /// A route id the daemon never handed out.
+    BadRoute(u32),
 }
 
 impl fmt::Display for Violation {
@@ -62,6 +64,7 @@ impl fmt::Display for Violation {
             Self::DuplicateCorrelation(c) => write!(f, "correlation id {c} is already in flight"),
             Self::CreditOverrun => f.write_str("sent a stream item without credit"),
             Self::NotYours(c) => write!(f, "exchange {c} is not its own or not of that kind"),
+            Self::BadRoute(r) => write!(f, "route {r} was never handed out"),
         }
     }
 }
@@ -105,7 +108,7 @@ impl Daemon {
                 Some(d) => match d.tx.pop_batch(&mut buf) {
                     Ok(n) => n,
                     Err(e) => {
-                        self.disconnect(id, &format!("protocol violation: {e}"));
+                        self.violation(id, &Violation::Ring(e));
                         continue;
                     }
                 },
@@ -114,14 +117,20 @@ impl Daemon {
             worked |= n > 0;
             for d in &buf[..n] {
                 if let Err(v) = self.route(id, *d) {
-                    tracing::warn!(client = id, "protocol violation: {v}");
-                    self.disconnect(id, &format!("protocol violation: {v}"));
+                    self.violation(id, &v);
                     break;
                 }
             }
         }
         self.scratch = ids;
         worked
+    }
+
+    /// Disconnects a client that broke the protocol.
+    pub(crate) fn violation(&mut self, id: u32, v: &Violation) {
+        tracing::warn!(client = id, "protocol violation: {v}");
+        self.violations += 1;
+        self.disconnect(id, &format!("protocol violation: {v}"));
     }
 
     /// Moves queued descriptors onto rings and rings the doorbells of clients we pushed to.

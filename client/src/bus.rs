@@ -267,6 +267,14 @@ impl Bus {
         }
     }
 
+    /// The daemon's own state (clients, services, loans, backend).
+    pub fn status(&self) -> Result<control::DaemonStatus> {
+        match self.control(Request::Status)? {
+            Reply::Status(s) => Ok(s),
+            r => Err(Error::Protocol(format!("unexpected reply {r:?}"))),
+        }
+    }
+
     /// Starts receiving [`BusEvent::ServiceUp`]/[`BusEvent::ServiceDown`] for
     /// names under `prefix` ("" for all), beginning with one `ServiceUp` per
     /// instance serving now.

@@ -48,7 +48,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use bus::{Bus, BusOptions};
 pub use error::{Error, Result};
-pub use hybus_layout::control::{InstanceInfo, InstanceStats, ServiceInfo};
+pub use hybus_layout::control::{DaemonStatus, InstanceInfo, InstanceStats, ServiceInfo};
 pub use hybus_layout::socket::default_socket_path;
 pub use hybus_layout::IdleStrategy;
 pub use sample::{Loan, Sample, INLINE_PAYLOAD};

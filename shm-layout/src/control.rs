@@ -95,6 +95,8 @@ pub enum Request {
     },
     /// Traffic counters of every instance and connection.
     Stats,
+    /// The daemon's own state: clients, services, loans, backend.
+    Status,
     /// Receive a copy of every brokered descriptor's header (like `busctl monitor`).
     Monitor {
         /// Only traffic to or from names under this prefix ("" for all).
@@ -146,6 +148,8 @@ pub enum Reply {
     },
     /// Traffic counters.
     Stats(Vec<InstanceStats>),
+    /// The daemon's state.
+    Status(DaemonStatus),
     /// Done, nothing to report.
     Done,
 }
@@ -195,6 +199,31 @@ pub struct InstanceInfo {
     pub weight: u32,
     /// `true` while draining.
     pub draining: bool,
+}
+
+/// The daemon's own state.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct DaemonStatus {
+    /// The daemon's pid.
+    pub pid: i32,
+    /// Seconds since start.
+    pub uptime_s: u64,
+    /// Event-loop backend ("epoll" or "io_uring").
+    pub backend: String,
+    /// Connected clients (including ones still in the handshake).
+    pub clients: u32,
+    /// Names with at least one instance.
+    pub services: u32,
+    /// Registered instances.
+    pub instances: u32,
+    /// Requests and streams in flight.
+    pub exchanges: u64,
+    /// Payload chunks lent out (sent and not yet released by every receiver).
+    pub chunks_lent: u64,
+    /// Descriptors queued in the daemon for clients whose rings are full.
+    pub queued: u64,
+    /// Clients disconnected for protocol violations since start.
+    pub violations: u64,
 }
 
 /// Traffic counters of one service instance.

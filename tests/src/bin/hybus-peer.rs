@@ -1,0 +1,137 @@
+//! `hybus-peer`: a real client process for the end-to-end tests.
+//!
+//! `hybus-peer SOCKET ROLE [ARGS]`. Prints `ready ...` once set up, other
+//! lines as it goes, and exits when its stdin closes (so a test that dies
+//! leaves no peers behind). Roles:
+//!
+//! * `serve NAME [hold] [weight=W] [delay_ms=D]` — answers each request
+//!   with its payload reversed (`hold`: keeps requests unanswered);
+//!   streams answer `n=<count>` with that many items `item-<i>`; channels
+//!   echo every item back; fires print `fire len=<n>`;
+//! * `subscribe TOPIC [hold]` — prints `got seq=<i> len=<n>` per
+//!   publication (`hold`: keeps every sample, never releasing its chunk);
+//! * `connect N` — opens N connections and keeps them.
+
+use std::io::BufRead;
+use std::time::Duration;
+
+use hybus::{Bus, Incoming, ServiceOptions};
+
+fn arg<'a>(args: &'a [String], key: &str) -> Option<&'a str> {
+    args.iter()
+        .find_map(|a| a.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.len() < 2 {
+        eprintln!("usage: hybus-peer SOCKET ROLE [ARGS]");
+        std::process::exit(2);
+    }
+    // Exit when the test closes our stdin.
+    std::thread::spawn(|| {
+        let stdin = std::io::stdin();
+        for _ in stdin.lock().lines().map_while(Result::ok) {}
+        std::process::exit(0);
+    });
+    let socket = &args[0];
+    let rest = &args[2..];
+    let r = match args[1].as_str() {
+        "serve" => serve(socket, rest),
+        "subscribe" => subscribe(socket, rest),
+        "connect" => connect(socket, rest),
+        other => Err(format!("unknown role {other}").into()),
+    };
+    if let Err(e) = r {
+        println!("error {e}");
+        std::process::exit(1);
+    }
+}
+
+type R = Result<(), Box<dyn std::error::Error>>;
+
+fn serve(socket: &str, args: &[String]) -> R {
+    let name = args.first().ok_or("serve NAME")?;
+    let hold = args.iter().any(|a| a == "hold");
+    let weight = arg(args, "weight").map_or(Ok(1), str::parse)?;
+    let delay = Duration::from_millis(arg(args, "delay_ms").map_or(Ok(0), str::parse)?);
+    let bus = Bus::connect_to(socket)?;
+    let svc = bus.register_with(name, ServiceOptions { version: 1, weight })?;
+    println!(
+        "ready instance={} route={} pid={}",
+        svc.instance(),
+        svc.route(),
+        std::process::id()
+    );
+    let mut held = Vec::new();
+    loop {
+        let Some(inc) = svc.next(Duration::from_secs(3600))? else {
+            continue;
+        };
+        match inc {
+            Incoming::Request(req) => {
+                if hold {
+                    held.push(req);
+                    println!("holding {}", held.len());
+                    continue;
+                }
+                if !delay.is_zero() {
+                    std::thread::sleep(delay);
+                }
+                let mut v = req.payload().to_vec();
+                v.reverse();
+                req.reply(&v)?;
+            }
+            Incoming::Fire(s) => println!("fire len={}", s.len()),
+            Incoming::Stream(mut st) => {
+                if st.is_channel() {
+                    while let Some(item) = st.recv(Duration::from_secs(60))? {
+                        st.send(&item, Duration::from_secs(60))?;
+                    }
+                    st.end()?;
+                } else {
+                    let text = String::from_utf8_lossy(st.payload()).into_owned();
+                    let n: u64 = text
+                        .strip_prefix("n=")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    for i in 0..n {
+                        st.send(format!("item-{i}").as_bytes(), Duration::from_secs(60))?;
+                    }
+                    st.end()?;
+                }
+            }
+        }
+    }
+}
+
+fn subscribe(socket: &str, args: &[String]) -> R {
+    let topic = args.first().ok_or("subscribe TOPIC")?;
+    let hold = args.iter().any(|a| a == "hold");
+    let bus = Bus::connect_to(socket)?;
+    let sub = bus.subscribe(topic)?;
+    println!("ready client={}", bus.client_id());
+    let mut held = Vec::new();
+    let mut seq = 0u64;
+    loop {
+        if let Some(s) = sub.next(Duration::from_secs(3600))? {
+            println!("got seq={seq} len={}", s.len());
+            seq += 1;
+            if hold {
+                held.push(s);
+            }
+        }
+    }
+}
+
+fn connect(socket: &str, args: &[String]) -> R {
+    let n: usize = args.first().ok_or("connect N")?.parse()?;
+    let mut buses = Vec::with_capacity(n);
+    for _ in 0..n {
+        buses.push(Bus::connect_to(socket)?);
+    }
+    println!("ready connections={n}");
+    loop {
+        std::thread::park();
+    }
+}
