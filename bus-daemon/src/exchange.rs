@@ -35,6 +35,8 @@ pub struct Exchange {
     pub instance: u32,
     /// Present for streams and channels.
     pub stream: Option<Credits>,
+    /// When the daemon forwarded it (for the latency histogram).
+    pub opened: std::time::Instant,
 }
 
 /// The table.

@@ -53,7 +53,7 @@ pub struct InstanceEntry {
 }
 
 /// Traffic counters of an instance.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Counters {
     /// Descriptors delivered to it.
     pub messages_in: u64,
@@ -65,6 +65,25 @@ pub struct Counters {
     pub bytes_out: u64,
     /// Error replies made on its behalf (peer gone, queue full).
     pub errors: u64,
+    /// Request-to-answer latency in nanoseconds, as the daemon saw it.
+    pub latency: hdrhistogram::Histogram<u64>,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            messages_in: 0,
+            messages_out: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            errors: 0,
+            // 1 ns .. 100 s at two significant digits: a few KiB per instance.
+            latency: hdrhistogram::Histogram::new_with_bounds(1, 100_000_000_000, 2)
+                .unwrap_or_else(|_| {
+                    hdrhistogram::Histogram::new(2).unwrap_or_else(|_| unreachable!())
+                }),
+        }
+    }
 }
 
 /// Why a registration was refused.

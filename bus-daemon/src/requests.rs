@@ -425,6 +425,17 @@ impl Daemon {
                     queued: d.map_or(0, |d| d.queue.len() as u64),
                     drops: d.map_or(0, |d| d.drops),
                     errors: i.stats.errors,
+                    latency_ns: if i.stats.latency.is_empty() {
+                        [0; 4]
+                    } else {
+                        let h = &i.stats.latency;
+                        [
+                            h.value_at_quantile(0.5),
+                            h.value_at_quantile(0.99),
+                            h.value_at_quantile(0.999),
+                            h.max(),
+                        ]
+                    },
                 }
             })
             .collect();

@@ -315,7 +315,7 @@ impl Daemon {
             return Ok(());
         };
         let server = self.registry.instance(instance).map_or(0, |i| i.client);
-        let stream = (kind == Kind::StreamOpen).then(|| Credits {
+        let stream = (kind == Kind::StreamOpen).then_some(Credits {
             to_caller: d.aux & 0xffff_ffff,
             to_server: 0,
             server_ended: false,
@@ -328,6 +328,7 @@ impl Daemon {
             server,
             instance,
             stream,
+            opened: std::time::Instant::now(),
         };
         let id = self
             .exchanges
@@ -458,6 +459,10 @@ impl Daemon {
             i.outstanding = i.outstanding.saturating_sub(1);
             i.stats.messages_out += 1;
             i.stats.bytes_out += payload_len(&d);
+            let _ = i
+                .stats
+                .latency
+                .record(ex.opened.elapsed().as_nanos() as u64);
         }
         let mut out = d;
         out.route = ex.route;

@@ -251,6 +251,9 @@ pub struct InstanceStats {
     pub drops: u64,
     /// Error replies produced for requests to it.
     pub errors: u64,
+    /// Request-to-answer latency through the daemon, in nanoseconds:
+    /// p50, p99, p99.9, max (zeros before the first answer).
+    pub latency_ns: [u64; 4],
 }
 
 /// Something the client hears without asking each time.

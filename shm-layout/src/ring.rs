@@ -69,7 +69,9 @@ impl RingHeader {
 
 /// Bytes a ring of `capacity` slots occupies: header plus slots.
 pub const fn memory_size(capacity: u64) -> usize {
-    std::mem::size_of::<RingHeader>() + capacity as usize * std::mem::size_of::<Slot>()
+    (capacity as usize)
+        .saturating_mul(std::mem::size_of::<Slot>())
+        .saturating_add(std::mem::size_of::<RingHeader>())
 }
 
 /// What went wrong with a ring.
@@ -385,7 +387,7 @@ impl Producer {
     #[inline]
     pub fn free(&mut self) -> Result<u64, RingError> {
         self.reload_head()?;
-        Ok(self.capacity() - (self.tail - self.cached_head))
+        Ok(self.capacity() - (self.tail.wrapping_sub(self.cached_head)))
     }
 
     #[cold]
@@ -395,7 +397,7 @@ impl Producer {
         // overwrite them.
         let head = self.ring.header().head.load(Acquire);
         // The consumer may only move `head` forward, up to our `tail`.
-        if head.wrapping_sub(self.cached_head) > self.tail - self.cached_head {
+        if head.wrapping_sub(self.cached_head) > self.tail.wrapping_sub(self.cached_head) {
             return Err(RingError::Violation {
                 head,
                 tail: self.tail,
@@ -408,14 +410,14 @@ impl Producer {
     /// Pushes one descriptor and publishes it at once.
     #[inline]
     pub fn push(&mut self, d: &Descriptor) -> Result<(), PushError> {
-        if self.tail - self.cached_head == self.capacity() {
+        if self.tail.wrapping_sub(self.cached_head) == self.capacity() {
             self.reload_head()?;
-            if self.tail - self.cached_head == self.capacity() {
+            if self.tail.wrapping_sub(self.cached_head) == self.capacity() {
                 return Err(PushError::Full(*d));
             }
         }
         self.ring.slot(self.tail).store(d);
-        self.tail += 1;
+        self.tail = self.tail.wrapping_add(1);
         // SYNC: Release publishes the slot contents written above; pairs with
         // the consumer's Acquire load of `tail`.
         self.ring.header().tail.store(self.tail, Release);
@@ -427,15 +429,15 @@ impl Producer {
     /// Returns how many were pushed (0 when full).
     #[inline]
     pub fn push_batch(&mut self, ds: &[Descriptor]) -> Result<usize, RingError> {
-        let mut room = self.capacity() - (self.tail - self.cached_head);
+        let mut room = self.capacity() - (self.tail.wrapping_sub(self.cached_head));
         if room < ds.len() as u64 {
             self.reload_head()?;
-            room = self.capacity() - (self.tail - self.cached_head);
+            room = self.capacity() - (self.tail.wrapping_sub(self.cached_head));
         }
         let n = (room as usize).min(ds.len());
         for d in &ds[..n] {
             self.ring.slot(self.tail).store(d);
-            self.tail += 1;
+            self.tail = self.tail.wrapping_add(1);
         }
         if n > 0 {
             // SYNC: as in `push`.
@@ -459,7 +461,13 @@ impl Producer {
     pub fn needs_wake(&self) -> bool {
         fence(SeqCst);
         let parked = &self.ring.header().parked;
-        parked.load(Relaxed) != 0 && parked.swap(0, Relaxed) != 0
+        // Claim the wake-up with a CAS from the value seen rather than a
+        // swap: equivalent here, and loom models it faithfully (its swap
+        // does not order against a later store from the other thread,
+        // tokio-rs/loom#254). Any non-zero value, even garbage from a
+        // hostile peer, is claimed and cleared.
+        let v = parked.load(Relaxed);
+        v != 0 && parked.compare_exchange(v, 0, Relaxed, Relaxed).is_ok()
     }
 
     /// Rings `bell` if the consumer is parked. Call after a push or a batch.
@@ -539,7 +547,7 @@ impl Consumer {
             return Ok(None);
         }
         let d = self.ring.slot(self.head).load();
-        self.head += 1;
+        self.head = self.head.wrapping_add(1);
         // SYNC: Release tells the producer we are done with the slot; pairs
         // with its Acquire load of `head` in `reload_head`.
         self.ring.header().head.store(self.head, Release);
@@ -549,14 +557,14 @@ impl Consumer {
     /// Copies out up to `out.len()` descriptors and consumes them with one index store.
     #[inline]
     pub fn pop_batch(&mut self, out: &mut [Descriptor]) -> Result<usize, RingError> {
-        let mut ready = self.cached_tail - self.head;
+        let mut ready = self.cached_tail.wrapping_sub(self.head);
         if ready < out.len() as u64 {
             ready = self.reload_tail()?;
         }
         let n = (ready as usize).min(out.len());
         for o in &mut out[..n] {
             *o = self.ring.slot(self.head).load();
-            self.head += 1;
+            self.head = self.head.wrapping_add(1);
         }
         if n > 0 {
             // SYNC: as in `pop`.

@@ -151,7 +151,7 @@ impl Segment {
         len: usize,
         param: u64,
     ) -> Result<Segment, SegmentError> {
-        if len < HEADER_REGION || len > MAX_SEGMENT {
+        if !(HEADER_REGION..=MAX_SEGMENT).contains(&len) {
             return Err(SegmentError::BadSize { size: len as u64 });
         }
         let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)
@@ -251,7 +251,7 @@ impl Segment {
     fn ring_region(&self, offset: usize, len: usize) -> Result<NonNull<u8>, SegmentError> {
         if offset % crate::shm::LINE != 0 || offset.checked_add(len).is_none_or(|e| e > self.len) {
             return Err(SegmentError::BadSize {
-                size: (offset + len) as u64,
+                size: (offset as u64).saturating_add(len as u64),
             });
         }
         // SAFETY: `offset + len <= self.len` (checked above).

@@ -182,6 +182,21 @@ impl AsFd for ControlSocket {
     }
 }
 
+/// Environment variable naming the daemon's socket.
+pub const SOCKET_ENV: &str = "HYBUS_SOCKET";
+
+/// The default socket path: `$HYBUS_SOCKET`, else `$XDG_RUNTIME_DIR/hybus/bus.sock`,
+/// else `/run/hybus/bus.sock`.
+pub fn default_socket_path() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os(SOCKET_ENV).filter(|p| !p.is_empty()) {
+        return p.into();
+    }
+    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
+        return Path::new(&d).join("hybus/bus.sock");
+    }
+    "/run/hybus/bus.sock".into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,19 +219,4 @@ mod tests {
         drop(a);
         assert_eq!(b.recv(&mut buf).unwrap_err(), RecvError::Closed);
     }
-}
-
-/// Environment variable naming the daemon's socket.
-pub const SOCKET_ENV: &str = "HYBUS_SOCKET";
-
-/// The default socket path: `$HYBUS_SOCKET`, else `$XDG_RUNTIME_DIR/hybus/bus.sock`,
-/// else `/run/hybus/bus.sock`.
-pub fn default_socket_path() -> std::path::PathBuf {
-    if let Some(p) = std::env::var_os(SOCKET_ENV).filter(|p| !p.is_empty()) {
-        return p.into();
-    }
-    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
-        return Path::new(&d).join("hybus/bus.sock");
-    }
-    "/run/hybus/bus.sock".into()
 }
