@@ -1,0 +1,67 @@
+//! `hybusctl list`.
+
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::table::Table;
+
+/// Arguments of `list`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `list`.
+pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
+    let bus = super::connect(socket)?;
+    let services = bus.list()?;
+    if a.json {
+        let v: Vec<_> = services
+            .iter()
+            .map(|s| {
+                json!({
+                    "name": s.name,
+                    "route": s.route,
+                    "instances": s.instances.iter().map(|i| json!({
+                        "instance": i.instance, "state": if i.draining { "draining" } else { "serving" },
+                        "uid": i.uid, "pid": i.pid, "client": i.client_id, "version": i.version, "weight": i.weight,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        return super::print_json(&json!({ "services": v }));
+    }
+    let mut t = Table::new(&[
+        "SERVICE",
+        ">ROUTE",
+        ">INSTANCE",
+        "STATE",
+        ">UID",
+        ">PID",
+        ">VERSION",
+        ">WEIGHT",
+    ]);
+    for s in &services {
+        for i in &s.instances {
+            t.row(vec![
+                s.name.clone(),
+                s.route.to_string(),
+                i.instance.to_string(),
+                if i.draining { "draining" } else { "serving" }.into(),
+                i.uid.to_string(),
+                i.pid.to_string(),
+                i.version.to_string(),
+                i.weight.to_string(),
+            ]);
+        }
+    }
+    if t.is_empty() {
+        println!("no services registered");
+    } else {
+        print!("{}", t.render());
+    }
+    Ok(())
+}

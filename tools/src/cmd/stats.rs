@@ -1,0 +1,248 @@
+//! `hybusctl stats [--watch] [--prometheus] [--json]`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hybus::InstanceStats;
+use serde_json::json;
+
+use crate::table::{bytes_rate, ns, rate, Table};
+
+/// Arguments of `stats`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Refresh like `top`, showing rates.
+    #[arg(long)]
+    watch: bool,
+    /// Seconds between refreshes with --watch.
+    #[arg(long, default_value = "1", value_parser = super::parse_duration)]
+    interval: Duration,
+    /// Stop after this many refreshes (with --watch).
+    #[arg(long)]
+    count: Option<u64>,
+    /// Print the Prometheus text exposition format.
+    #[arg(long, conflicts_with = "json")]
+    prometheus: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `stats`.
+pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
+    let bus = super::connect(socket)?;
+    if !a.watch {
+        let s = bus.stats()?;
+        if a.prometheus {
+            print!("{}", prometheus(&s));
+        } else if a.json {
+            super::print_json(&to_json(&s, None))?;
+        } else {
+            print!("{}", table(&s, None));
+        }
+        return Ok(());
+    }
+    let mut prev: Option<(Instant, Vec<InstanceStats>)> = None;
+    let mut n = 0u64;
+    loop {
+        let now = Instant::now();
+        let s = bus.stats()?;
+        let rates = prev
+            .as_ref()
+            .map(|(t, p)| rates(p, &s, now.duration_since(*t)));
+        if a.json {
+            println!("{}", serde_json::to_string(&to_json(&s, rates.as_ref()))?);
+        } else if a.prometheus {
+            print!("{}", prometheus(&s));
+        } else {
+            // Clear the screen and home the cursor, like top.
+            print!("\x1b[2J\x1b[H");
+            println!(
+                "hybus stats — {} every {:?} (Ctrl-C to quit)",
+                bus.path().display(),
+                a.interval
+            );
+            print!("{}", table(&s, rates.as_ref()));
+        }
+        prev = Some((now, s));
+        n += 1;
+        if a.count.is_some_and(|c| n >= c) {
+            return Ok(());
+        }
+        std::thread::sleep(a.interval);
+    }
+}
+
+/// Messages/s and bytes/s (in+out) per instance between two snapshots.
+fn rates(prev: &[InstanceStats], cur: &[InstanceStats], dt: Duration) -> HashMap<u32, (f64, f64)> {
+    let secs = dt.as_secs_f64().max(1e-9);
+    cur.iter()
+        .map(|c| {
+            let p = prev.iter().find(|p| p.instance == c.instance);
+            let m = (c.messages_in + c.messages_out)
+                .saturating_sub(p.map_or(0, |p| p.messages_in + p.messages_out));
+            let b = (c.bytes_in + c.bytes_out)
+                .saturating_sub(p.map_or(0, |p| p.bytes_in + p.bytes_out));
+            (c.instance, (m as f64 / secs, b as f64 / secs))
+        })
+        .collect()
+}
+
+fn table(s: &[InstanceStats], rates: Option<&HashMap<u32, (f64, f64)>>) -> String {
+    if s.is_empty() {
+        return "no service instances\n".into();
+    }
+    let mut t = Table::new(&[
+        "SERVICE",
+        ">INST",
+        ">PID",
+        ">MSG/S",
+        ">BYTES/S",
+        ">IN",
+        ">OUT",
+        ">INFLIGHT",
+        ">QUEUE",
+        ">DROPS",
+        ">ERRORS",
+        ">P50",
+        ">P99",
+        ">P99.9",
+    ]);
+    for i in s {
+        let (m, b) = rates
+            .and_then(|r| r.get(&i.instance))
+            .copied()
+            .unwrap_or((f64::NAN, f64::NAN));
+        let lat = |v: u64| if v == 0 { "-".into() } else { ns(v) };
+        t.row(vec![
+            i.name.clone(),
+            i.instance.to_string(),
+            i.pid.to_string(),
+            if m.is_nan() { "-".into() } else { rate(m) },
+            if b.is_nan() {
+                "-".into()
+            } else {
+                bytes_rate(b)
+            },
+            i.messages_in.to_string(),
+            i.messages_out.to_string(),
+            i.in_flight.to_string(),
+            i.queued.to_string(),
+            i.drops.to_string(),
+            i.errors.to_string(),
+            lat(i.latency_ns[0]),
+            lat(i.latency_ns[1]),
+            lat(i.latency_ns[2]),
+        ]);
+    }
+    t.render()
+}
+
+fn to_json(s: &[InstanceStats], rates: Option<&HashMap<u32, (f64, f64)>>) -> serde_json::Value {
+    let v: Vec<_> = s
+        .iter()
+        .map(|i| {
+            let r = rates.and_then(|r| r.get(&i.instance));
+            json!({
+                "service": i.name, "instance": i.instance, "pid": i.pid,
+                "messages_in": i.messages_in, "messages_out": i.messages_out,
+                "bytes_in": i.bytes_in, "bytes_out": i.bytes_out,
+                "in_flight": i.in_flight, "queued": i.queued, "drops": i.drops, "errors": i.errors,
+                "msgs_per_s": r.map(|r| r.0), "bytes_per_s": r.map(|r| r.1),
+                "latency_ns": {"p50": i.latency_ns[0], "p99": i.latency_ns[1], "p999": i.latency_ns[2], "max": i.latency_ns[3]},
+            })
+        })
+        .collect();
+    json!({ "instances": v })
+}
+
+/// The Prometheus text exposition format (version 0.0.4).
+fn prometheus(s: &[InstanceStats]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let metrics: [(&str, &str, &str, fn(&InstanceStats) -> u64); 9] = [
+        (
+            "hybus_messages_in_total",
+            "counter",
+            "Descriptors delivered to the instance.",
+            |i| i.messages_in,
+        ),
+        (
+            "hybus_messages_out_total",
+            "counter",
+            "Descriptors the instance sent.",
+            |i| i.messages_out,
+        ),
+        (
+            "hybus_bytes_in_total",
+            "counter",
+            "Payload bytes delivered to the instance.",
+            |i| i.bytes_in,
+        ),
+        (
+            "hybus_bytes_out_total",
+            "counter",
+            "Payload bytes the instance sent.",
+            |i| i.bytes_out,
+        ),
+        (
+            "hybus_in_flight",
+            "gauge",
+            "Requests forwarded and not answered yet.",
+            |i| i.in_flight,
+        ),
+        (
+            "hybus_queue_depth",
+            "gauge",
+            "Descriptors queued in the daemon for the instance.",
+            |i| i.queued,
+        ),
+        (
+            "hybus_drops_total",
+            "counter",
+            "Descriptors dropped for the instance (slow subscriber).",
+            |i| i.drops,
+        ),
+        (
+            "hybus_errors_total",
+            "counter",
+            "Error answers made on the instance's behalf.",
+            |i| i.errors,
+        ),
+        (
+            "hybus_latency_max_nanoseconds",
+            "gauge",
+            "Largest request-to-answer latency seen.",
+            |i| i.latency_ns[3],
+        ),
+    ];
+    for (name, kind, help, f) in metrics {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for i in s {
+            let _ = writeln!(
+                out,
+                "{name}{{service=\"{}\",instance=\"{}\",pid=\"{}\"}} {}",
+                i.name,
+                i.instance,
+                i.pid,
+                f(i)
+            );
+        }
+    }
+    let _ = writeln!(out, "# HELP hybus_latency_nanoseconds Request-to-answer latency through the daemon.\n# TYPE hybus_latency_nanoseconds summary");
+    for i in s {
+        for (q, v) in [
+            ("0.5", i.latency_ns[0]),
+            ("0.99", i.latency_ns[1]),
+            ("0.999", i.latency_ns[2]),
+        ] {
+            let _ = writeln!(
+                out,
+                "hybus_latency_nanoseconds{{service=\"{}\",instance=\"{}\",quantile=\"{q}\"}} {v}",
+                i.name, i.instance
+            );
+        }
+    }
+    out
+}
