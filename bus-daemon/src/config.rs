@@ -29,6 +29,45 @@ pub struct Config {
     pub policy: Policy,
     /// Force the epoll event loop even where io_uring works.
     pub force_epoll: bool,
+    /// Pairs that always talk over a direct channel.
+    pub direct: Vec<DirectPair>,
+    /// Automatic promotion of busy brokered pairs to direct channels.
+    pub promotion: Promotion,
+}
+
+/// A `[[direct]]` pair: a client that owns `caller` gets a direct channel
+/// to `service` when it resolves it.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DirectPair {
+    /// A name the calling client has registered.
+    pub caller: String,
+    /// The service it calls.
+    pub service: String,
+    /// Only for callers of this uid.
+    pub uid: Option<u32>,
+}
+
+/// `[promotion]`: make a pair direct when its brokered traffic stays high.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Promotion {
+    /// Off by default.
+    pub enabled: bool,
+    /// Messages per second (caller → service) that count as busy.
+    pub min_rate: u64,
+    /// How long the rate must hold, in milliseconds.
+    pub for_ms: u64,
+}
+
+impl Default for Promotion {
+    fn default() -> Self {
+        Promotion {
+            enabled: false,
+            min_rate: 10_000,
+            for_ms: 1_000,
+        }
+    }
 }
 
 /// One pool size class.
@@ -89,7 +128,7 @@ pub struct Rule {
     /// Name prefix ("" for all names).
     #[serde(default)]
     pub prefix: String,
-    /// Allowed actions: "own", "call", "subscribe", "publish", "monitor".
+    /// Allowed actions: "own", "call", "subscribe", "publish", "monitor", "direct".
     pub allow: Vec<String>,
 }
 
@@ -110,6 +149,8 @@ impl Default for Config {
             limits: Limits::default(),
             policy: Policy::default(),
             force_epoll: false,
+            direct: Vec::new(),
+            promotion: Promotion::default(),
         }
     }
 }
@@ -149,6 +190,8 @@ pub enum Action {
     Publish,
     /// Tap traffic.
     Monitor,
+    /// Open a direct channel to a service.
+    Direct,
 }
 
 impl Action {
@@ -159,6 +202,7 @@ impl Action {
             Action::Subscribe => "subscribe",
             Action::Publish => "publish",
             Action::Monitor => "monitor",
+            Action::Direct => "direct",
         }
     }
 }
@@ -207,7 +251,16 @@ impl Config {
         for r in &self.policy.rules {
             for a in &r.allow {
                 anyhow::ensure!(
-                    ["own", "call", "subscribe", "publish", "monitor", "all"].contains(&a.as_str()),
+                    [
+                        "own",
+                        "call",
+                        "subscribe",
+                        "publish",
+                        "monitor",
+                        "direct",
+                        "all"
+                    ]
+                    .contains(&a.as_str()),
                     "unknown policy action {a:?}"
                 );
             }

@@ -93,6 +93,11 @@ pub struct Daemon {
     pub(crate) scratch: Vec<u32>,
     /// Clients pushed to (or with queued descriptors) since the last flush.
     pub(crate) touched: Vec<u32>,
+    /// Live direct channels.
+    pub(crate) channels: HashMap<u32, crate::direct::Channel>,
+    pub(crate) next_channel: u32,
+    /// Brokered rates per (caller, route), when promotion is on.
+    pub(crate) pair_rates: HashMap<(u32, u32), crate::direct::PairRate>,
 }
 
 fn bind_socket(path: &Path, mode: u32) -> anyhow::Result<OwnedFd> {
@@ -162,7 +167,9 @@ impl Daemon {
                 Some(opts.socket.clone()),
             ),
         };
-        let poller = Poller::new().context("cannot create the event loop")?;
+        let mut poller =
+            Poller::new(opts.config.force_epoll).context("cannot create the event loop")?;
+        tracing::info!(backend = poller.backend(), "event loop");
         poller.add(listener.as_fd(), LISTENER)?;
         let stop = Arc::new(EventFd::new()?);
         poller.add(stop.fd(), STOP)?;
@@ -203,6 +210,9 @@ impl Daemon {
             violations: 0,
             scratch: Vec::new(),
             touched: Vec::new(),
+            channels: HashMap::new(),
+            next_channel: 0,
+            pair_rates: HashMap::new(),
         })
     }
 
@@ -248,6 +258,7 @@ impl Daemon {
         let mut loops: u64 = 0;
         let mut last_watchdog = Instant::now();
         let mut last_status = Instant::now();
+        let mut last_tick = Instant::now();
         loop {
             loops += 1;
             let worked = self.poll_rings();
@@ -304,6 +315,10 @@ impl Daemon {
                 }
             }
             self.expire_hellos();
+            if last_tick.elapsed() >= Duration::from_millis(100) {
+                last_tick = Instant::now();
+                self.promote_busy_pairs();
+            }
             if let Some(w) = self.watchdog {
                 if last_watchdog.elapsed() >= w {
                     last_watchdog = Instant::now();
@@ -335,6 +350,9 @@ impl Daemon {
         }
         if self.systemd {
             bound(Duration::from_secs(5));
+        }
+        if self.config.promotion.enabled && !self.pair_rates.is_empty() {
+            bound(Duration::from_millis(100));
         }
         t
     }
@@ -544,9 +562,8 @@ impl Daemon {
                     return;
                 }
             };
-            drop(fds); // clients never send us descriptors; close any they attach
             match control::decode::<control::ClientMessage>(&self.buf[..n]) {
-                Ok(m) => self.handle_request(id, m),
+                Ok(m) => self.handle_request(id, m, fds),
                 Err(e) => {
                     let msg = format!("{e}");
                     if let Some(s) = self.sessions.get(&id) {
@@ -609,6 +626,7 @@ impl Daemon {
             self.return_chunk(chunk);
         }
         self.chunks.drop_pool(id);
+        self.close_channels_of(id);
         // Dropping `s` closes its socket and unmaps its segments.
     }
 

@@ -4,6 +4,7 @@
 //! * [`daemon`] — the event loop, connections and lifecycle;
 //! * [`requests`](crate::daemon::Daemon) — the control plane (module `requests`);
 //! * [`router`] — the data plane: checking and forwarding descriptors;
+//! * [`direct`] — the direct-channel broker and automatic promotion;
 //! * [`registry`] — names, routes, instances, load balancing;
 //! * [`exchange`] — requests and streams in flight;
 //! * [`chunks`] — who holds which payload chunk;
@@ -17,6 +18,7 @@
 pub mod chunks;
 pub mod config;
 pub mod daemon;
+pub mod direct;
 pub mod exchange;
 pub mod poller;
 pub mod registry;

@@ -19,6 +19,9 @@ struct Args {
     /// Log filter, e.g. `info` or `hybusd=debug` (also RUST_LOG).
     #[arg(long, default_value = "info")]
     log: String,
+    /// Use the epoll event loop even where io_uring works (same as `force_epoll = true`).
+    #[arg(long)]
+    force_epoll: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,10 +42,11 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(p) => Config::load(p)?,
         None => Config::default(),
     };
+    config.force_epoll |= args.force_epoll;
     let socket = args
         .socket
         .clone()

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use hybus_layout::control::{
     self, ClientMessage, DaemonMessage, DaemonStatus, ErrorCode, Event, InstanceInfo,
-    InstanceStats, Reply, Request, ServiceInfo, Welcome,
+    InstanceStats, Reply, Request, ServiceInfo, StatsReport, Welcome,
 };
 use hybus_layout::header::{SegmentKind, HEADER_REGION, LAYOUT_HASH};
 use hybus_layout::ring;
@@ -22,7 +22,12 @@ fn bad(msg: impl Into<String>) -> (ErrorCode, String) {
 
 impl Daemon {
     /// Handles one control request from client `id`.
-    pub(crate) fn handle_request(&mut self, id: u32, m: ClientMessage) {
+    pub(crate) fn handle_request(
+        &mut self,
+        id: u32,
+        m: ClientMessage,
+        fds: Vec<std::os::fd::OwnedFd>,
+    ) {
         let hello_done = self.sessions.get(&id).is_some_and(|s| s.data.is_some());
         let answer = match m.request {
             Request::Hello {
@@ -116,7 +121,41 @@ impl Daemon {
                 }
                 Ok(Reply::Done)
             }
-            Request::Stats => Ok(Reply::Stats(self.stats())),
+            Request::Stats => Ok(Reply::Stats(StatsReport {
+                instances: self.stats(),
+                channels: self.channel_stats(),
+            })),
+            Request::Direct { route } => {
+                let name = self
+                    .registry
+                    .route(route)
+                    .map(|r| r.name.clone())
+                    .unwrap_or_default();
+                self.check(id, Action::Direct, &name)
+                    .and_then(|_| self.open_channel(id, route, "requested by the caller"))
+                    .map(|channel| Reply::DirectGranted { channel })
+            }
+            Request::CloseDirect { channel } => match self.channels.get(&channel) {
+                Some(c) if c.a == id || c.b == id => {
+                    self.close_channel(channel, "closed at one side's request", None);
+                    Ok(Reply::Done)
+                }
+                _ => Err((
+                    ErrorCode::NotFound,
+                    format!("no channel {channel} of yours"),
+                )),
+            },
+            Request::AdoptChannel {
+                token,
+                side,
+                service,
+                peer_pid,
+            } => match fds.into_iter().next() {
+                Some(fd) => self
+                    .adopt_channel(id, token, side, &service, peer_pid, fd)
+                    .map(|channel| Reply::DirectGranted { channel }),
+                None => Err(bad("AdoptChannel needs the channel segment attached")),
+            },
             Request::Status => Ok(Reply::Status(self.daemon_status())),
             Request::Monitor { prefix } => self.check(id, Action::Monitor, &prefix).map(|_| {
                 if let Some(s) = self.sessions.get_mut(&id) {
@@ -309,7 +348,19 @@ impl Daemon {
             .and_then(|r| self.registry.route(r))
             .map_or(0, |r| r.instances.len() as u32);
         match route {
-            Some(route) if instances > 0 => Ok(Reply::Resolved { route, instances }),
+            Some(route) if instances > 0 => {
+                if self.configured_pair(id, name) {
+                    if let Err((_, e)) = self.open_channel(id, route, "configured [[direct]] pair")
+                    {
+                        tracing::warn!(
+                            client = id,
+                            service = name,
+                            "cannot open the configured direct channel: {e}"
+                        );
+                    }
+                }
+                Ok(Reply::Resolved { route, instances })
+            }
             _ => Err((ErrorCode::NotFound, format!("no service named {name:?}"))),
         }
     }

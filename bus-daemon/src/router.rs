@@ -205,6 +205,11 @@ impl Daemon {
         Some(())
     }
 
+    /// Delivers a descriptor the daemon made itself (never refused).
+    pub(crate) fn deliver_raw(&mut self, to: u32, d: Descriptor) {
+        self.forward(to, d, usize::MAX);
+    }
+
     /// Gives a chunk back to its owner.
     pub(crate) fn return_chunk(&mut self, c: ChunkRef) {
         let d = Descriptor::new(Kind::Release, 0, 0).with_chunk(c);
@@ -226,7 +231,13 @@ impl Daemon {
         }
         match kind {
             Kind::Release => return self.release(from, d),
-            Kind::Fence => return Ok(()),
+            Kind::Fence => {
+                return if self.forward_fence(from, d) {
+                    Ok(())
+                } else {
+                    Err(Violation::NotYours(d.aux))
+                };
+            }
             _ => {}
         }
         let chunk = match d.chunk() {
@@ -315,6 +326,9 @@ impl Daemon {
             return Ok(());
         };
         let server = self.registry.instance(instance).map_or(0, |i| i.client);
+        if self.config.promotion.enabled {
+            self.count_pair(from, route);
+        }
         let stream = (kind == Kind::StreamOpen).then_some(Credits {
             to_caller: d.aux & 0xffff_ffff,
             to_server: 0,
@@ -369,6 +383,9 @@ impl Daemon {
             return Ok(());
         };
         let server = self.registry.instance(instance).map_or(0, |i| i.client);
+        if self.config.promotion.enabled {
+            self.count_pair(from, d.route);
+        }
         let mut out = d;
         out.route = instance;
         if self.hand_over(server, out, chunk, limit) {

@@ -10,7 +10,7 @@ use hybus_layout::segment::EventFd;
 use hybus_layout::socket::ControlSocket;
 use hybus_layout::{Descriptor, IdleStrategy, Kind};
 
-use crate::core::{error_of, Core, FIRE_BIT};
+use crate::core::{error_of, Core, Origin, FIRE_BIT};
 use crate::error::{Error, Result};
 use crate::sample::{Loan, Sample};
 use crate::service::{Service, ServiceOptions};
@@ -259,12 +259,37 @@ impl Bus {
         }
     }
 
-    /// Traffic counters of every instance.
-    pub fn stats(&self) -> Result<Vec<control::InstanceStats>> {
+    /// Traffic counters of every instance and direct channel.
+    pub fn stats(&self) -> Result<control::StatsReport> {
         match self.control(Request::Stats)? {
             Reply::Stats(s) => Ok(s),
             r => Err(Error::Protocol(format!("unexpected reply {r:?}"))),
         }
+    }
+
+    /// Asks the daemon for a direct channel to (one instance of) `route`;
+    /// from then on this bus talks to that instance without the daemon in
+    /// the path. Subject to the daemon's policy (action `direct`).
+    pub fn request_direct(&self, route: &Route) -> Result<u32> {
+        let id = self.route_id(route)?;
+        match self.control(Request::Direct { route: id })? {
+            Reply::DirectGranted { channel } => Ok(channel),
+            r => Err(Error::Protocol(format!("unexpected reply {r:?}"))),
+        }
+    }
+
+    /// Closes a direct channel: traffic of that pair goes back through the
+    /// daemon, with nothing lost, duplicated or reordered.
+    pub fn close_direct(&self, channel: u32) -> Result<()> {
+        self.control(Request::CloseDirect { channel }).map(drop)
+    }
+
+    /// Whether new calls to `route` currently go over a direct channel.
+    pub fn is_direct(&self, route: &Route) -> bool {
+        let core = self.shared.lock();
+        route
+            .id_at(core.epoch)
+            .is_some_and(|id| core.direct_for(id).is_some())
     }
 
     /// The daemon's own state (clients, services, loans, backend).
@@ -326,16 +351,17 @@ impl Bus {
     }
 
     fn call_desc(&self, mut d: Descriptor, deadline: Instant) -> Result<Sample> {
-        let corr = {
+        let (corr, origin) = {
             let mut core = self.shared.lock();
             let corr = core.next_id();
             core.calls.insert(corr, None);
-            corr
+            let origin = core.route_call(&mut d, corr);
+            (corr, origin)
         };
         d.correlation = corr;
-        if let Err(e) = self.shared.send(&d, Some(deadline)) {
+        if let Err(e) = self.shared.send_on(origin, &d, Some(deadline)) {
             let mut core = self.shared.lock();
-            core.calls.remove(&corr);
+            core.forget_call(corr, origin);
             if let Some(c) = d.chunk() {
                 core.free_own(c);
             }
@@ -345,16 +371,19 @@ impl Bus {
             .shared
             .wait(Some(deadline), false, |core| match core.calls.get(&corr) {
                 Some(Some(_)) => Ok(core.calls.remove(&corr).flatten()),
+                _ if origin == Origin::Daemon && core.gone.is_some() => {
+                    Err(Error::BusGone(core.gone.clone().unwrap_or_default()))
+                }
                 _ => Ok(None),
             });
         match r {
             Ok(answer) => self.shared.answer(Some(answer)),
             Err(e) => {
                 let mut core = self.shared.lock();
-                core.calls.remove(&corr);
+                core.forget_call(corr, origin);
                 if matches!(e, Error::DeadlineExceeded) {
-                    // Tell the daemon and the server; a late answer is dropped there.
-                    let _ = core.try_send(&Descriptor::new(Kind::Cancel, d.route, corr));
+                    // Tell the server (through the daemon, or directly); a late answer is dropped.
+                    let _ = core.try_send_on(origin, &Descriptor::new(Kind::Cancel, d.route, corr));
                 }
                 Err(e)
             }
@@ -366,9 +395,17 @@ impl Bus {
     /// [`BusEvent::FireFailed`].
     pub fn fire(&self, route: &Route, payload: &[u8]) -> Result<()> {
         let id = self.route_id(route)?;
-        let mut d = self.shared.build(Kind::Fire, id, payload, None)?;
-        d.correlation = self.shared.lock().next_id() | FIRE_BIT;
-        self.shared.send(&d, None)
+        let d = self.shared.build(Kind::Fire, id, payload, None)?;
+        self.fire_desc(d)
+    }
+
+    fn fire_desc(&self, mut d: Descriptor) -> Result<()> {
+        let origin = {
+            let mut core = self.shared.lock();
+            d.correlation = core.next_id() | FIRE_BIT;
+            core.route_fire(&mut d)
+        };
+        self.shared.send_on(origin, &d, None)
     }
 
     /// Like [`fire`](Self::fire), but fails with [`Error::WouldBlock`] or
@@ -378,7 +415,8 @@ impl Bus {
         let mut core = self.shared.lock();
         let mut d = core.payload(Descriptor::new(Kind::Fire, id, 0), payload)?;
         d.correlation = core.next_id() | FIRE_BIT;
-        let r = core.try_send(&d);
+        let origin = core.route_fire(&mut d);
+        let r = core.try_send_on(origin, &d);
         if r.is_err() {
             if let Some(c) = d.chunk() {
                 core.free_own(c);
@@ -390,9 +428,8 @@ impl Bus {
     /// Fires a loaned chunk at `route` (zero-copy).
     pub fn fire_loan(&self, route: &Route, loan: Loan) -> Result<()> {
         let id = self.route_id(route)?;
-        let mut d = loan.into_descriptor(Kind::Fire, id)?;
-        d.correlation = self.shared.lock().next_id() | FIRE_BIT;
-        self.shared.send(&d, None)
+        let d = loan.into_descriptor(Kind::Fire, id)?;
+        self.fire_desc(d)
     }
 
     /// Borrows a chunk of `len` bytes from this client's pool to write a
@@ -453,17 +490,28 @@ impl Shared {
         }
     }
 
-    /// Sends `d`, waiting for room in the ring until `deadline`.
+    /// Sends `d` through the daemon, waiting for room in the ring until `deadline`.
     #[inline]
     pub(crate) fn send(&self, d: &Descriptor, deadline: Option<Instant>) -> Result<()> {
+        self.send_on(Origin::Daemon, d, deadline)
+    }
+
+    /// Sends `d` on the path `origin`, waiting for room until `deadline`.
+    #[inline]
+    pub(crate) fn send_on(
+        &self,
+        origin: Origin,
+        d: &Descriptor,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
         {
             let mut core = self.lock();
-            match core.try_send(d) {
+            match core.try_send_on(origin, d) {
                 Err(Error::WouldBlock) => {}
                 r => return r,
             }
         }
-        let r = self.wait(deadline, false, |core| match core.try_send(d) {
+        let r = self.wait(deadline, false, |core| match core.try_send_on(origin, d) {
             Ok(()) => Ok(Some(())),
             Err(Error::WouldBlock) => Ok(None),
             Err(e) => Err(e),
@@ -475,11 +523,11 @@ impl Shared {
     }
 
     /// Turns an answer descriptor into a sample or an error.
-    pub(crate) fn answer(self: &Arc<Self>, d: Option<Descriptor>) -> Result<Sample> {
-        let Some(d) = d else {
+    pub(crate) fn answer(self: &Arc<Self>, d: Option<(Descriptor, Origin)>) -> Result<Sample> {
+        let Some((d, origin)) = d else {
             return Err(Error::Protocol("empty answer".into()));
         };
-        let sample = Sample::new(self, d)?;
+        let sample = Sample::new(self, d, origin)?;
         if d.kind == Kind::Error as u8 {
             return Err(error_of(&d, Some(&sample)));
         }
@@ -509,12 +557,18 @@ impl Shared {
             core.pump_data();
             if control || round % 1024 == 1023 {
                 core.pump_control();
+                if !core.channels.is_empty() {
+                    core.check_peers();
+                }
             }
             if let Some(v) = check(&mut core)? {
                 return Ok(v);
             }
             if let Some(g) = &core.gone {
-                return Err(Error::BusGone(g.clone()));
+                // Direct channels work without the daemon; only then keep waiting.
+                if core.channels.is_empty() {
+                    return Err(Error::BusGone(g.clone()));
+                }
             }
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
@@ -539,7 +593,7 @@ impl Shared {
                 let _ = self.cv.wait_timeout(core, t);
                 continue;
             }
-            match core.rx.prepare_park() {
+            match core.prepare_park() {
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(e) => return Err(Error::BusGone(format!("daemon ring corrupt: {e}"))),
@@ -547,12 +601,16 @@ impl Shared {
             core.parked_waiter = true;
             let bell = core.rx_bell.clone();
             let sock = core.sock.clone();
+            let pidfds: Vec<_> = core.channels.values().map(|c| c.pidfd.clone()).collect();
             drop(core);
-            sleep_on(&bell, &sock, remaining);
+            sleep_on(&bell, &sock, &pidfds, remaining);
             let mut core = self.lock();
-            core.rx.finish_park();
+            core.finish_park();
             core.parked_waiter = false;
             core.pump_control();
+            if !pidfds.is_empty() {
+                core.check_peers();
+            }
             drop(core);
             self.cv.notify_all();
         }
@@ -560,17 +618,28 @@ impl Shared {
 }
 
 /// Sleeps until the doorbell rings, the control socket has something, or `timeout`.
-fn sleep_on(bell: &EventFd, sock: &ControlSocket, timeout: Option<Duration>) {
+fn sleep_on(
+    bell: &EventFd,
+    sock: &ControlSocket,
+    pidfds: &[Arc<std::os::fd::OwnedFd>],
+    timeout: Option<Duration>,
+) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
     let t = match timeout {
         None => PollTimeout::NONE,
         Some(t) => PollTimeout::try_from(t.as_millis().clamp(1, i32::MAX as u128) as i32)
             .unwrap_or(PollTimeout::MAX),
     };
-    let mut fds = [
+    let mut fds = vec![
         PollFd::new(bell.fd(), PollFlags::POLLIN),
         PollFd::new(sock.fd(), PollFlags::POLLIN),
     ];
+    fds.extend(
+        pidfds
+            .iter()
+            .map(|p| PollFd::new(p.as_fd(), PollFlags::POLLIN)),
+    );
     if let Ok(n) = poll(&mut fds, t) {
         if n > 0
             && fds[0]

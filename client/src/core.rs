@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
+use hybus_layout::channel::Side;
 use hybus_layout::control::{self, ClientMessage, DaemonMessage, Event, Reply, Request};
 use hybus_layout::descriptor::flags;
 use hybus_layout::header::SegmentKind;
@@ -13,6 +14,7 @@ use hybus_layout::segment::{Access, EventFd, Segment};
 use hybus_layout::socket::{ControlSocket, RecvError};
 use hybus_layout::{ChunkRef, Consumer, Descriptor, Kind, Producer, PushError};
 
+use crate::direct::{Direct, State};
 use crate::error::{Error, Result};
 use crate::BusEvent;
 
@@ -24,8 +26,10 @@ pub(crate) struct View {
 }
 
 /// Caller side of a stream or channel.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct StreamState {
+    /// The path the stream was opened on; all its traffic stays there.
+    pub origin: Origin,
     pub items: VecDeque<Descriptor>,
     pub ended: bool,
     pub error: Option<Error>,
@@ -40,6 +44,15 @@ pub(crate) struct ServedState {
     pub send_credits: u64,
     pub peer_ended: bool,
     pub cancelled: bool,
+}
+
+/// Which path a descriptor came by (and so which path answers and releases take).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Origin {
+    /// Through the daemon.
+    Daemon,
+    /// Over the direct channel with this id.
+    Direct(u32),
 }
 
 /// Largest number of unread publications kept per subscription before the oldest is dropped.
@@ -60,15 +73,21 @@ pub(crate) struct Core {
     pub replies: HashMap<u64, std::result::Result<Reply, control::ErrorReply>>,
     pub events: VecDeque<BusEvent>,
     /// Caller side: requests waiting for an answer (`None` until it comes).
-    pub calls: HashMap<u64, Option<Descriptor>>,
+    pub calls: HashMap<u64, Option<(Descriptor, Origin)>>,
     /// Server side: requests and fires per instance.
-    pub inboxes: HashMap<u32, VecDeque<Descriptor>>,
+    pub inboxes: HashMap<u32, VecDeque<(Descriptor, Origin)>>,
     /// Publications per subscribed route.
     pub topics: HashMap<u32, VecDeque<Descriptor>>,
     pub streams: HashMap<u64, StreamState>,
-    pub served: HashMap<u64, ServedState>,
+    pub served: HashMap<(Origin, u64), ServedState>,
     /// Server side: plain requests the caller cancelled.
-    pub cancelled: HashSet<u64>,
+    pub cancelled: HashSet<(Origin, u64)>,
+    /// Direct channels by id.
+    pub channels: HashMap<u32, Direct>,
+    /// Caller side: the channel that carries new exchanges to a route.
+    pub route_direct: HashMap<u32, u32>,
+    /// Whether any channel is downgrading (the ordering rule in `pump_data` applies).
+    pub closing: usize,
     /// Descriptors that did not fit in the tx ring (releases); sent first next time.
     pub backlog: VecDeque<Descriptor>,
     /// Why the connection is gone, once it is.
@@ -140,6 +159,9 @@ impl Core {
             streams: HashMap::new(),
             served: HashMap::new(),
             cancelled: HashSet::new(),
+            channels: HashMap::new(),
+            route_direct: HashMap::new(),
+            closing: 0,
             backlog: VecDeque::new(),
             gone: None,
             epoch,
@@ -285,14 +307,294 @@ impl Core {
                 correlation,
                 len,
             }),
+            Event::DirectOpen(info) => match Direct::open(&info, fds, self.client_id) {
+                Ok(ch) => {
+                    // The upgrade fence: everything we sent brokered before it
+                    // is dispatched at the peer before anything we send direct.
+                    self.push_or_backlog(Descriptor::new(Kind::Fence, 0, 0).with_aux(ch.id as u64));
+                    if ch.side == Side::A {
+                        self.route_direct.insert(ch.route, ch.id);
+                    }
+                    self.events.push_back(BusEvent::DirectOpened {
+                        channel: ch.id,
+                        service: ch.service.clone(),
+                        peer_pid: ch.peer_pid,
+                        reason: ch.reason.clone(),
+                    });
+                    self.channels.insert(ch.id, ch);
+                }
+                Err(e) => {
+                    // Unusable: ask the daemon to close it so the peer falls back too.
+                    let _ = self.send_control(Request::CloseDirect {
+                        channel: info.channel,
+                    });
+                    self.events.push_back(BusEvent::DirectClosed {
+                        channel: info.channel,
+                        service: info.service,
+                        reason: e.to_string(),
+                    });
+                }
+            },
+            Event::DirectClosed {
+                channel,
+                reason,
+                peer_died,
+            } => {
+                if peer_died {
+                    self.kill_channel(channel, &reason);
+                } else {
+                    self.close_channel(channel, &reason);
+                }
+            }
         }
     }
 
-    /// Moves every ready descriptor from the rx ring to its inbox. Returns how many.
+    /// Starts a downgrade: no new exchanges on the channel, an end fence on it.
+    pub fn close_channel(&mut self, id: u32, reason: &str) {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return;
+        };
+        if ch.state == State::Closing {
+            return;
+        }
+        ch.state = State::Closing;
+        self.closing += 1;
+        let (route, side, service) = (ch.route, ch.side, ch.service.clone());
+        // Best effort: a full ring means the peer is not reading; it will
+        // then be declared dead or reconnect, and the fence does not matter.
+        let _ = ch.push(&Descriptor::new(Kind::Fence, 0, 0).with_aux(id as u64));
+        if side == Side::A && self.route_direct.get(&route) == Some(&id) {
+            self.route_direct.remove(&route);
+        }
+        self.events.push_back(BusEvent::DirectClosed {
+            channel: id,
+            service,
+            reason: reason.to_owned(),
+        });
+        self.reap_channel(id);
+    }
+
+    /// The peer died: calls over the channel fail with "peer gone", its
+    /// streams end, our chunks it held come back, traffic falls back.
+    pub fn kill_channel(&mut self, id: u32, reason: &str) {
+        let Some(ch) = self.channels.remove(&id) else {
+            return;
+        };
+        if ch.state == State::Closing {
+            self.closing -= 1;
+        }
+        if self.route_direct.get(&ch.route) == Some(&id) {
+            self.route_direct.remove(&ch.route);
+        }
+        let gone =
+            Descriptor::new(Kind::Error, ch.route, 0).with_aux(control::DataError::PeerGone as u64);
+        for corr in &ch.calls {
+            if let Some(slot) = self.calls.get_mut(corr) {
+                *slot = Some((
+                    Descriptor {
+                        correlation: *corr,
+                        ..gone
+                    },
+                    Origin::Daemon,
+                ));
+            }
+        }
+        let origin = Origin::Direct(id);
+        for s in self.streams.values_mut().filter(|s| s.origin == origin) {
+            s.ended = true;
+            s.error.get_or_insert(Error::PeerGone);
+        }
+        for ((o, _), s) in self.served.iter_mut() {
+            if *o == origin {
+                s.cancelled = true;
+            }
+        }
+        for q in self.inboxes.values_mut() {
+            q.retain(|(_, o)| *o != origin);
+        }
+        for off in &ch.lent {
+            let _ = self.alloc.free(ChunkRef {
+                segment: self.client_id,
+                len: 0,
+                offset: *off,
+            });
+        }
+        self.events.push_back(BusEvent::DirectClosed {
+            channel: id,
+            service: ch.service.clone(),
+            reason: reason.to_owned(),
+        });
+    }
+
+    fn reap_channel(&mut self, id: u32) {
+        if self.channels.get(&id).is_some_and(|c| c.finished()) {
+            self.channels.remove(&id);
+            self.closing -= 1;
+        }
+    }
+
+    /// Picks the path for a new call: a direct channel to the route if one
+    /// is open (the descriptor is then addressed to the channel's instance
+    /// and the call remembered for "peer gone"), else the daemon.
+    #[inline]
+    pub fn route_call(&mut self, d: &mut Descriptor, corr: u64) -> Origin {
+        match self
+            .direct_for(d.route)
+            .and_then(|id| self.channels.get_mut(&id))
+        {
+            Some(ch) => {
+                ch.calls.insert(corr);
+                d.route = ch.instance;
+                Origin::Direct(ch.id)
+            }
+            None => Origin::Daemon,
+        }
+    }
+
+    /// Picks the path for a fire (or a stream's opening): like [`route_call`](Self::route_call) without the bookkeeping.
+    #[inline]
+    pub fn route_fire(&mut self, d: &mut Descriptor) -> Origin {
+        match self
+            .direct_for(d.route)
+            .and_then(|id| self.channels.get(&id))
+        {
+            Some(ch) => {
+                d.route = ch.instance;
+                Origin::Direct(ch.id)
+            }
+            None => Origin::Daemon,
+        }
+    }
+
+    /// Forgets a call that failed or timed out.
+    pub fn forget_call(&mut self, corr: u64, origin: Origin) {
+        self.calls.remove(&corr);
+        if let Origin::Direct(id) = origin {
+            if let Some(ch) = self.channels.get_mut(&id) {
+                ch.calls.remove(&corr);
+            }
+            self.reap_channel(id);
+        }
+    }
+
+    /// Declares dead every channel whose peer process has exited (pidfd readable).
+    pub fn check_peers(&mut self) {
+        let dead: Vec<u32> = self
+            .channels
+            .values()
+            .filter(|c| c.peer_exited())
+            .map(|c| c.id)
+            .collect();
+        for id in dead {
+            self.kill_channel(id, "peer process exited");
+        }
+    }
+
+    /// The channel that carries new exchanges to `route`, if any.
+    #[inline]
+    pub fn direct_for(&self, route: u32) -> Option<u32> {
+        if self.route_direct.is_empty() {
+            return None;
+        }
+        self.route_direct.get(&route).copied()
+    }
+
+    fn channel_violation(&mut self, id: u32, why: String) {
+        let _ = self.send_control(Request::CloseDirect { channel: id });
+        self.kill_channel(id, &format!("peer broke the protocol: {why}"));
+    }
+
+    /// Drains the rings of every channel whose peer has fenced.
+    fn pump_channels(&mut self, only_closing: bool) -> usize {
+        let mut total = 0;
+        let ids: Vec<u32> = self
+            .channels
+            .values()
+            .filter(|c| {
+                c.peer_fenced && (!only_closing || (c.state == State::Closing && !c.peer_ended))
+            })
+            .map(|c| c.id)
+            .collect();
+        let mut buf = [Descriptor::new(Kind::Fence, 0, 0); 32];
+        for id in ids {
+            // Returned chunks first: they free pool space for what follows.
+            loop {
+                let Some(ch) = self.channels.get_mut(&id) else {
+                    break;
+                };
+                let n = match ch.rel_rx.pop_batch(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        self.channel_violation(id, e.to_string());
+                        break;
+                    }
+                };
+                for d in &buf[..n] {
+                    let ok = d.kind == Kind::Release as u8
+                        && d.chunk()
+                            .is_some_and(|c| c.segment == ch.my_pool && ch.lent.remove(&c.offset));
+                    if !ok {
+                        self.channel_violation(id, "returned a chunk it was not lent".into());
+                        break;
+                    }
+                    if let Some(c) = d.chunk() {
+                        let _ = self.alloc.free(ChunkRef {
+                            segment: self.client_id,
+                            ..c
+                        });
+                    }
+                }
+                if n < buf.len() {
+                    break;
+                }
+            }
+            loop {
+                let Some(ch) = self.channels.get_mut(&id) else {
+                    break;
+                };
+                let n = match ch.rx.pop_batch(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        self.channel_violation(id, e.to_string());
+                        break;
+                    }
+                };
+                total += n;
+                for d in &buf[..n] {
+                    let Some(ch) = self.channels.get_mut(&id) else {
+                        break;
+                    };
+                    match ch.accept(*d) {
+                        Ok(d) if d.kind == Kind::Fence as u8 => ch.peer_ended = true,
+                        Ok(d) => {
+                            if d.chunk().is_some() {
+                                ch.held += 1;
+                            }
+                            self.dispatch(d, Origin::Direct(id));
+                        }
+                        Err(why) => {
+                            self.channel_violation(id, why);
+                            break;
+                        }
+                    }
+                }
+                if n < buf.len() {
+                    break;
+                }
+            }
+            self.reap_channel(id);
+        }
+        total
+    }
+
+    /// Moves every ready descriptor from the rx ring (and the channels' rings) to its inbox. Returns how many.
     #[inline]
     pub fn pump_data(&mut self) -> usize {
         let mut buf = [Descriptor::new(Kind::Fence, 0, 0); 32];
         let mut total = 0;
+        if !self.channels.is_empty() {
+            total += self.pump_channels(false);
+        }
         loop {
             let n = match self.rx.pop_batch(&mut buf) {
                 Ok(n) => n,
@@ -301,8 +603,14 @@ impl Core {
                     return total;
                 }
             };
+            if n > 0 && self.closing > 0 {
+                // Downgrade order: anything a peer pushed on its channel
+                // before its end fence happened before what it then sent
+                // through the daemon, which we just acquired; dispatch it first.
+                total += self.pump_channels(true);
+            }
             for d in &buf[..n] {
-                self.dispatch(*d);
+                self.dispatch(*d, Origin::Daemon);
             }
             total += n;
             if n < buf.len() {
@@ -316,7 +624,10 @@ impl Core {
     }
 
     /// The view of the pool a chunk lives in, reading the control socket for it if new.
-    pub fn view_for(&mut self, c: ChunkRef) -> Option<Arc<View>> {
+    pub fn view_for(&mut self, c: ChunkRef, origin: Origin) -> Option<Arc<View>> {
+        if let Origin::Direct(id) = origin {
+            return self.channels.get(&id).map(|ch| ch.peer_view.clone());
+        }
         if c.segment == self.client_id {
             return Some(self.pool.clone());
         }
@@ -329,13 +640,13 @@ impl Core {
         Some(v.clone())
     }
 
-    fn dispatch(&mut self, d: Descriptor) {
+    fn dispatch(&mut self, d: Descriptor, origin: Origin) {
         let Ok(kind) = d.check() else {
             self.lost("daemon sent a malformed descriptor");
             return;
         };
-        if let Some(c) = d.chunk() {
-            if kind != Kind::Release && self.view_for(c).is_none() {
+        if let (Some(c), Origin::Daemon) = (d.chunk(), origin) {
+            if kind != Kind::Release && self.view_for(c, origin).is_none() {
                 self.lost(&format!(
                     "daemon sent a chunk of pool {} without a valid view",
                     c.segment
@@ -344,6 +655,7 @@ impl Core {
             }
         }
         let server = d.flags & flags::SERVER != 0;
+        let key = (origin, d.correlation);
         match (kind, server) {
             (Kind::Release, _) => {
                 if let Some(c) = d.chunk() {
@@ -352,18 +664,34 @@ impl Core {
                     }
                 }
             }
+            (Kind::Fence, _) => {
+                // A peer's upgrade fence, forwarded by the daemon.
+                let id = d.aux as u32;
+                if !self.channels.contains_key(&id) {
+                    self.pump_control();
+                }
+                if let Some(ch) = self.channels.get_mut(&id) {
+                    ch.peer_fenced = true;
+                }
+            }
             (Kind::Request, true) | (Kind::Fire, _) => {
-                self.inboxes.entry(d.route).or_default().push_back(d);
+                self.inboxes
+                    .entry(d.route)
+                    .or_default()
+                    .push_back((d, origin));
             }
             (Kind::StreamOpen, true) => {
                 self.served.insert(
-                    d.correlation,
+                    key,
                     ServedState {
                         send_credits: d.aux & 0xffff_ffff,
                         ..ServedState::default()
                     },
                 );
-                self.inboxes.entry(d.route).or_default().push_back(d);
+                self.inboxes
+                    .entry(d.route)
+                    .or_default()
+                    .push_back((d, origin));
             }
             (Kind::Publish, _) => {
                 let q = self.topics.entry(d.route).or_default();
@@ -371,17 +699,23 @@ impl Core {
                 if q.len() > TOPIC_INBOX {
                     if let Some(old) = q.pop_front() {
                         self.dropped_publications += 1;
-                        self.release(old);
+                        self.release(old, Origin::Daemon);
                     }
                 }
             }
             (Kind::Response | Kind::Error, false) => {
                 if let Some(slot) = self.calls.get_mut(&d.correlation) {
-                    *slot = Some(d);
+                    *slot = Some((d, origin));
+                    if let Origin::Direct(id) = origin {
+                        if let Some(ch) = self.channels.get_mut(&id) {
+                            ch.calls.remove(&d.correlation);
+                        }
+                        self.reap_channel(id);
+                    }
                 } else if let Some(s) = self.streams.get_mut(&d.correlation) {
                     s.ended = true;
                     s.error = Some(error_of(&d, None));
-                    self.release(d);
+                    self.release(d, origin);
                 } else if kind == Kind::Error && d.correlation & FIRE_BIT != 0 {
                     self.events.push_back(BusEvent::FireFailed {
                         route: d.route,
@@ -389,16 +723,16 @@ impl Core {
                     });
                 } else {
                     // An answer to a call that timed out: give the chunk back.
-                    self.release(d);
+                    self.release(d, origin);
                 }
             }
             (Kind::StreamItem, false) => match self.streams.get_mut(&d.correlation) {
                 Some(s) => s.items.push_back(d),
-                None => self.release(d),
+                None => self.release(d, origin),
             },
-            (Kind::StreamItem, true) => match self.served.get_mut(&d.correlation) {
+            (Kind::StreamItem, true) => match self.served.get_mut(&key) {
                 Some(s) => s.items.push_back(d),
-                None => self.release(d),
+                None => self.release(d, origin),
             },
             (Kind::Credit, false) => {
                 if let Some(s) = self.streams.get_mut(&d.correlation) {
@@ -406,7 +740,7 @@ impl Core {
                 }
             }
             (Kind::Credit, true) => {
-                if let Some(s) = self.served.get_mut(&d.correlation) {
+                if let Some(s) = self.served.get_mut(&key) {
                     s.send_credits = s.send_credits.saturating_add(d.aux);
                 }
             }
@@ -416,14 +750,14 @@ impl Core {
                 }
             }
             (Kind::StreamEnd, true) => {
-                if let Some(s) = self.served.get_mut(&d.correlation) {
+                if let Some(s) = self.served.get_mut(&key) {
                     s.peer_ended = true;
                 }
             }
-            (Kind::Cancel, true) => match self.served.get_mut(&d.correlation) {
+            (Kind::Cancel, true) => match self.served.get_mut(&key) {
                 Some(s) => s.cancelled = true,
                 None => {
-                    self.cancelled.insert(d.correlation);
+                    self.cancelled.insert(key);
                 }
             },
             (Kind::Cancel, false) => {
@@ -432,19 +766,39 @@ impl Core {
                     s.error = Some(Error::Cancelled);
                 }
             }
-            _ => self.lost(&format!("daemon sent an unexpected {kind:?}")),
+            _ => match origin {
+                Origin::Daemon => self.lost(&format!("daemon sent an unexpected {kind:?}")),
+                Origin::Direct(id) => self.channel_violation(id, format!("unexpected {kind:?}")),
+            },
         }
     }
 
-    /// Hands a received chunk back (through the daemon). Inline payloads need nothing.
+    /// Hands a received chunk back, by the path it came. Inline payloads need nothing.
     #[inline]
-    pub fn release(&mut self, d: Descriptor) {
-        if let Some(c) = d.chunk() {
-            self.push_or_backlog(Descriptor::new(Kind::Release, 0, 0).with_chunk(c));
+    pub fn release(&mut self, d: Descriptor, origin: Origin) {
+        let Some(c) = d.chunk() else { return };
+        match origin {
+            Origin::Daemon => {
+                self.push_or_backlog(Descriptor::new(Kind::Release, 0, 0).with_chunk(c))
+            }
+            Origin::Direct(id) => {
+                if let Some(ch) = self.channels.get_mut(&id) {
+                    // The return ring has a slot per chunk the peer can lend
+                    // at once only if its pool is smaller than the ring; if
+                    // not, wait for the peer to drain it (it never blocks on us).
+                    while let Err(Error::WouldBlock) = ch.release(c) {
+                        std::thread::yield_now();
+                        if ch.peer_exited() {
+                            break;
+                        }
+                    }
+                    self.reap_channel(id);
+                }
+            }
         }
     }
 
-    /// Queues a chunk of our own pool for release (a loan that was never sent).
+    /// Frees a chunk of our own pool (a loan that was never sent).
     pub fn free_own(&mut self, c: ChunkRef) {
         let _ = self.alloc.free(c);
     }
@@ -483,6 +837,50 @@ impl Core {
             }
         }
         self.tx.notify(&self.tx_bell);
+    }
+
+    /// Tries to push `d` on the path `origin`: the daemon's ring or a channel.
+    #[inline]
+    pub fn try_send_on(&mut self, origin: Origin, d: &Descriptor) -> Result<()> {
+        match origin {
+            Origin::Daemon => self.try_send(d),
+            Origin::Direct(id) => match self.channels.get_mut(&id) {
+                Some(ch) => ch.push(d),
+                None => Err(Error::PeerGone),
+            },
+        }
+    }
+
+    /// Arms every ring we read for parking; `false` if one is not empty
+    /// (then nothing stays armed). The first half of the doorbell handshake
+    /// over all our rings: the daemon and every peer ring the same eventfd.
+    pub fn prepare_park(&mut self) -> std::result::Result<bool, hybus_layout::RingError> {
+        if !self.rx.prepare_park()? {
+            return Ok(false);
+        }
+        let mut ok = true;
+        for ch in self.channels.values_mut() {
+            if !ch.peer_fenced {
+                continue;
+            }
+            if !ch.rx.prepare_park()? || !ch.rel_rx.prepare_park()? {
+                ok = false;
+                break;
+            }
+        }
+        if !ok {
+            self.finish_park();
+        }
+        Ok(ok)
+    }
+
+    /// Withdraws the parking announcement on every ring.
+    pub fn finish_park(&mut self) {
+        self.rx.finish_park();
+        for ch in self.channels.values() {
+            ch.rx.finish_park();
+            ch.rel_rx.finish_park();
+        }
     }
 
     /// Tries to push `d` now. `Err(WouldBlock)` if the ring is full.

@@ -38,6 +38,7 @@
 
 mod bus;
 mod core;
+mod direct;
 mod error;
 mod sample;
 mod service;
@@ -48,7 +49,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use bus::{Bus, BusOptions};
 pub use error::{Error, Result};
-pub use hybus_layout::control::{DaemonStatus, InstanceInfo, InstanceStats, ServiceInfo};
+pub use hybus_layout::control::{
+    ChannelStats, DaemonStatus, InstanceInfo, InstanceStats, ServiceInfo, StatsReport,
+};
 pub use hybus_layout::socket::default_socket_path;
 pub use hybus_layout::IdleStrategy;
 pub use sample::{Loan, Sample, INLINE_PAYLOAD};
@@ -102,6 +105,26 @@ pub enum BusEvent {
         correlation: u64,
         /// Payload bytes.
         len: u32,
+    },
+    /// A direct channel to a peer is open: traffic of that pair bypasses the daemon.
+    DirectOpened {
+        /// Channel id.
+        channel: u32,
+        /// The service it serves.
+        service: String,
+        /// The peer's pid.
+        peer_pid: i32,
+        /// Why the daemon made it.
+        reason: String,
+    },
+    /// A direct channel closed; traffic falls back to the daemon.
+    DirectClosed {
+        /// Channel id.
+        channel: u32,
+        /// The service it served.
+        service: String,
+        /// Why.
+        reason: String,
     },
     /// The connection to the daemon was lost; [`Bus::reconnect`] restores it.
     Disconnected {

@@ -9,7 +9,7 @@ use hybus_layout::descriptor::INLINE_CAPACITY;
 use hybus_layout::{ChunkRef, Descriptor, Kind};
 
 use crate::bus::Shared;
-use crate::core::View;
+use crate::core::{Origin, View};
 use crate::error::{Error, Result};
 
 /// A received payload. Derefs to its bytes.
@@ -24,16 +24,18 @@ use crate::error::{Error, Result};
 /// validating anything that must stay valid (the typed API does so).
 pub struct Sample {
     d: Descriptor,
+    origin: Origin,
     view: Option<Arc<View>>,
     shared: Option<Arc<Shared>>,
     epoch: u64,
 }
 
 impl Sample {
-    pub(crate) fn new(shared: &Arc<Shared>, d: Descriptor) -> Result<Sample> {
+    pub(crate) fn new(shared: &Arc<Shared>, d: Descriptor, origin: Origin) -> Result<Sample> {
         let Some(c) = d.chunk() else {
             return Ok(Sample {
                 d,
+                origin,
                 view: None,
                 shared: None,
                 epoch: 0,
@@ -41,7 +43,7 @@ impl Sample {
         };
         let mut core = shared.lock();
         let epoch = core.epoch;
-        let view = core.view_for(c).ok_or_else(|| {
+        let view = core.view_for(c, origin).ok_or_else(|| {
             Error::Protocol(format!(
                 "no view of pool {} for a received chunk",
                 c.segment
@@ -49,6 +51,7 @@ impl Sample {
         })?;
         Ok(Sample {
             d,
+            origin,
             view: Some(view),
             shared: Some(shared.clone()),
             epoch,
@@ -96,8 +99,10 @@ impl Drop for Sample {
         if let Some(shared) = &self.shared {
             let mut core = shared.lock();
             // After a reconnect the old daemon's loans are gone with it.
-            if core.epoch == self.epoch {
-                core.release(self.d);
+            // After a reconnect the old daemon's loans are gone with it;
+            // a direct channel's are not.
+            if core.epoch == self.epoch || matches!(self.origin, Origin::Direct(_)) {
+                core.release(self.d, self.origin);
             }
         }
     }

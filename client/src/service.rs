@@ -8,6 +8,7 @@ use hybus_layout::descriptor::flags;
 use hybus_layout::{Descriptor, Kind};
 
 use crate::bus::{Bus, Shared};
+use crate::core::Origin;
 use crate::error::{Error, Result};
 use crate::sample::{Loan, Sample};
 use crate::stream::{recv_item, send_item, service_error, Side};
@@ -119,13 +120,13 @@ impl Service {
         let r = self.bus.shared.wait(Some(deadline), false, |core| {
             Ok(core.inboxes.get_mut(&instance).and_then(|q| q.pop_front()))
         });
-        let d = match r {
+        let (d, origin) = match r {
             Ok(d) => d,
             Err(Error::DeadlineExceeded) => return Ok(None),
             Err(e) => return Err(e),
         };
         let shared = &self.bus.shared;
-        let payload = Sample::new(shared, d)?;
+        let payload = Sample::new(shared, d, origin)?;
         Ok(Some(match Kind::from_u8(d.kind) {
             Some(Kind::Fire) => Incoming::Fire(payload),
             Some(Kind::StreamOpen) => {
@@ -133,6 +134,7 @@ impl Service {
                 Incoming::Stream(StreamRequest {
                     shared: shared.clone(),
                     corr: d.correlation,
+                    origin,
                     instance,
                     epoch,
                     payload,
@@ -146,6 +148,7 @@ impl Service {
             _ => Incoming::Request(Request {
                 shared: shared.clone(),
                 corr: d.correlation,
+                origin,
                 instance,
                 epoch,
                 payload: Some(payload),
@@ -197,6 +200,8 @@ impl Drop for Service {
 pub struct Request {
     shared: Arc<Shared>,
     corr: u64,
+    /// The path it came by; the answer goes back the same way.
+    origin: Origin,
     instance: u32,
     epoch: u64,
     payload: Option<Sample>,
@@ -213,7 +218,7 @@ impl Request {
     pub fn is_cancelled(&self) -> bool {
         let mut core = self.shared.lock();
         core.pump_data();
-        core.cancelled.contains(&self.corr)
+        core.cancelled.contains(&(self.origin, self.corr))
     }
 
     fn finish(&mut self, d: Result<Descriptor>) -> Result<()> {
@@ -222,12 +227,17 @@ impl Request {
         // gets it back no later than the answer.
         self.payload = None;
         let mut d = d?;
-        if self.shared.lock().epoch != self.epoch {
+        if self.origin == Origin::Daemon && self.shared.lock().epoch != self.epoch {
             return Err(Error::BusGone(
                 "the request is from before a reconnect".into(),
             ));
         }
-        if self.shared.lock().cancelled.remove(&self.corr) {
+        if self
+            .shared
+            .lock()
+            .cancelled
+            .remove(&(self.origin, self.corr))
+        {
             if let Some(c) = d.chunk() {
                 self.shared.lock().free_own(c);
             }
@@ -235,7 +245,7 @@ impl Request {
         }
         d.correlation = self.corr;
         d.flags |= flags::SERVER;
-        self.shared.send(&d, None)
+        self.shared.send_on(self.origin, &d, None)
     }
 
     /// Answers with `payload` (copied into a chunk if larger than 40 bytes).
@@ -278,6 +288,7 @@ impl Drop for Request {
 pub struct StreamRequest {
     shared: Arc<Shared>,
     corr: u64,
+    origin: Origin,
     instance: u32,
     epoch: u64,
     payload: Sample,
@@ -305,6 +316,7 @@ impl StreamRequest {
         send_item(
             &self.shared,
             Side::Server,
+            self.origin,
             self.corr,
             self.instance,
             payload,
@@ -322,11 +334,12 @@ impl StreamRequest {
             let mut c = Descriptor::new(Kind::Credit, self.instance, self.corr)
                 .with_aux(self.window as u64);
             c.flags |= flags::SERVER;
-            self.shared.send(&c, None)?;
+            self.shared.send_on(self.origin, &c, None)?;
         }
         recv_item(
             &self.shared,
             Side::Server,
+            self.origin,
             self.corr,
             self.instance,
             self.window,
@@ -352,13 +365,14 @@ impl StreamRequest {
         self.done = true;
         let cancelled = {
             let mut core = self.shared.lock();
-            let st = core.served.remove(&self.corr);
+            let st = core.served.remove(&(self.origin, self.corr));
             if let Some(st) = &st {
                 for d in st.items.iter() {
-                    core.release(*d);
+                    core.release(*d, self.origin);
                 }
             }
-            st.is_none_or(|s| s.cancelled) || core.epoch != self.epoch
+            st.is_none_or(|s| s.cancelled)
+                || (self.origin == Origin::Daemon && core.epoch != self.epoch)
         };
         if cancelled {
             return Ok(());
@@ -375,7 +389,7 @@ impl StreamRequest {
                 d
             }
         };
-        self.shared.send(&d, None)
+        self.shared.send_on(self.origin, &d, None)
     }
 }
 

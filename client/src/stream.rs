@@ -1,17 +1,19 @@
 //! Streams and channels: items under credit-based flow control.
 //!
 //! The receiver grants credits; the sender sends at most that many items
-//! and then waits for more. The daemon enforces the same count, so a
-//! sender that ignores it is disconnected rather than trusted. Both sides
-//! of both models share the two helpers here.
+//! and then waits for more. On the brokered path the daemon enforces the
+//! same count, so a sender that ignores it is disconnected rather than
+//! trusted. Both sides of both models share the two helpers here. A stream
+//! stays on the path it was opened on (daemon or direct channel).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hybus_layout::descriptor::{flags, STREAM_CHANNEL};
 use hybus_layout::{Descriptor, Kind};
 
 use crate::bus::{Bus, Shared};
-use crate::core::{Core, StreamState};
+use crate::core::{Core, Origin, StreamState};
 use crate::error::{Error, Result};
 use crate::sample::Sample;
 use crate::Route;
@@ -21,11 +23,11 @@ use crate::Route;
 pub(crate) enum Side {
     /// We opened it (correlation ids are ours).
     Caller,
-    /// We serve it (correlation ids are the daemon's).
+    /// We serve it (correlation ids are the daemon's, or the caller's on a channel).
     Server,
 }
 
-fn credits(core: &mut Core, side: Side, corr: u64) -> Result<Option<&mut u64>> {
+fn credits(core: &mut Core, side: Side, origin: Origin, corr: u64) -> Result<Option<&mut u64>> {
     match side {
         Side::Caller => {
             let s = core.streams.get_mut(&corr).ok_or(Error::Cancelled)?;
@@ -38,7 +40,10 @@ fn credits(core: &mut Core, side: Side, corr: u64) -> Result<Option<&mut u64>> {
             Ok(Some(&mut s.send_credits))
         }
         Side::Server => {
-            let s = core.served.get_mut(&corr).ok_or(Error::Cancelled)?;
+            let s = core
+                .served
+                .get_mut(&(origin, corr))
+                .ok_or(Error::Cancelled)?;
             if s.cancelled {
                 return Err(Error::Cancelled);
             }
@@ -49,15 +54,16 @@ fn credits(core: &mut Core, side: Side, corr: u64) -> Result<Option<&mut u64>> {
 
 /// Sends one item once the peer has granted a credit.
 pub(crate) fn send_item(
-    shared: &std::sync::Arc<Shared>,
+    shared: &Arc<Shared>,
     side: Side,
+    origin: Origin,
     corr: u64,
     route: u32,
     payload: &[u8],
     deadline: Instant,
 ) -> Result<()> {
     shared.wait(Some(deadline), false, |core| {
-        match credits(core, side, corr)? {
+        match credits(core, side, origin, corr)? {
             Some(c) if *c > 0 => {
                 *c -= 1;
                 Ok(Some(()))
@@ -71,14 +77,16 @@ pub(crate) fn send_item(
     if side == Side::Server {
         d.flags |= flags::SERVER;
     }
-    shared.send(&d, Some(deadline))
+    shared.send_on(origin, &d, Some(deadline))
 }
 
 /// Receives one item; `Ok(None)` once the peer ended its direction.
 /// Grants the peer new credits after every half window consumed.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn recv_item(
-    shared: &std::sync::Arc<Shared>,
+    shared: &Arc<Shared>,
     side: Side,
+    origin: Origin,
     corr: u64,
     route: u32,
     window: u32,
@@ -92,7 +100,10 @@ pub(crate) fn recv_item(
                 (&mut s.items, s.ended, s.error.clone())
             }
             Side::Server => {
-                let s = core.served.get_mut(&corr).ok_or(Error::Cancelled)?;
+                let s = core
+                    .served
+                    .get_mut(&(origin, corr))
+                    .ok_or(Error::Cancelled)?;
                 let err = s.cancelled.then_some(Error::Cancelled);
                 (&mut s.items, s.peer_ended, err)
             }
@@ -113,9 +124,9 @@ pub(crate) fn recv_item(
             c.flags |= flags::SERVER;
         }
         *consumed = 0;
-        shared.send(&c, Some(deadline))?;
+        shared.send_on(origin, &c, Some(deadline))?;
     }
-    Ok(Some(Sample::new(shared, d)?))
+    Ok(Some(Sample::new(shared, d, origin)?))
 }
 
 /// The caller's end of a request-stream or request-channel.
@@ -126,6 +137,7 @@ pub struct Stream {
     bus: Bus,
     corr: u64,
     route: u32,
+    origin: Origin,
     window: u32,
     consumed: u32,
     channel: bool,
@@ -153,28 +165,37 @@ impl Bus {
     ) -> Result<Stream> {
         let id = self.route_id(route)?;
         let window = window.max(1);
-        let mut d = self.shared.build(
-            Kind::StreamOpen,
-            id,
-            payload,
-            Some(Instant::now() + Duration::from_secs(10)),
-        )?;
-        let corr = {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut d = self
+            .shared
+            .build(Kind::StreamOpen, id, payload, Some(deadline))?;
+        let (corr, origin) = {
             let mut core = self.shared.lock();
             let corr = core.next_id();
-            core.streams.insert(corr, StreamState::default());
-            corr
+            let origin = core.route_fire(&mut d);
+            core.streams.insert(
+                corr,
+                StreamState {
+                    origin,
+                    items: Default::default(),
+                    ended: false,
+                    error: None,
+                    send_credits: 0,
+                },
+            );
+            (corr, origin)
         };
         d.correlation = corr;
         d.aux = window as u64 | if channel { STREAM_CHANNEL } else { 0 };
-        if let Err(e) = self.shared.send(&d, None) {
+        if let Err(e) = self.shared.send_on(origin, &d, None) {
             self.shared.lock().streams.remove(&corr);
             return Err(e);
         }
         Ok(Stream {
             bus: self.clone(),
             corr,
-            route: id,
+            route: d.route,
+            origin,
             window,
             consumed: 0,
             channel,
@@ -189,6 +210,7 @@ impl Stream {
         let r = recv_item(
             &self.bus.shared,
             Side::Caller,
+            self.origin,
             self.corr,
             self.route,
             self.window,
@@ -212,6 +234,7 @@ impl Stream {
         send_item(
             &self.bus.shared,
             Side::Caller,
+            self.origin,
             self.corr,
             self.route,
             payload,
@@ -224,7 +247,8 @@ impl Stream {
         if !self.channel {
             return Ok(());
         }
-        self.bus.shared.send(
+        self.bus.shared.send_on(
+            self.origin,
             &Descriptor::new(Kind::StreamEnd, self.route, self.corr),
             None,
         )
@@ -236,7 +260,7 @@ impl Stream {
             let mut core = self.bus.shared.lock();
             if let Some(s) = core.streams.remove(&self.corr) {
                 for d in s.items {
-                    core.release(d);
+                    core.release(d, self.origin);
                 }
             }
         }
@@ -254,11 +278,8 @@ impl Drop for Stream {
                 .get(&self.corr)
                 .is_some_and(|s| s.ended);
             if !ended {
-                let _ = self.bus.shared.lock().try_send(&Descriptor::new(
-                    Kind::Cancel,
-                    self.route,
-                    self.corr,
-                ));
+                let cancel = Descriptor::new(Kind::Cancel, self.route, self.corr);
+                let _ = self.bus.shared.lock().try_send_on(self.origin, &cancel);
             }
             self.finish();
         }

@@ -6,6 +6,7 @@ use hybus_layout::control::{Reply, Request};
 use hybus_layout::Kind;
 
 use crate::bus::Bus;
+use crate::core::Origin;
 use crate::error::{Error, Result};
 use crate::sample::{Loan, Sample};
 
@@ -113,7 +114,7 @@ impl Subscription {
                 Ok(core.topics.get_mut(&route).and_then(|q| q.pop_front()))
             });
         match r {
-            Ok(d) => Sample::new(&self.bus.shared, d).map(Some),
+            Ok(d) => Sample::new(&self.bus.shared, d, Origin::Daemon).map(Some),
             Err(Error::DeadlineExceeded) => Ok(None),
             Err(e) => Err(e),
         }
@@ -133,7 +134,7 @@ impl Drop for Subscription {
         let mut core = self.bus.shared.lock();
         if let Some(q) = core.topics.remove(&self.route) {
             for d in q {
-                core.release(d);
+                core.release(d, Origin::Daemon);
             }
         }
     }

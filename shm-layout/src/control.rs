@@ -97,6 +97,28 @@ pub enum Request {
     Stats,
     /// The daemon's own state: clients, services, loans, backend.
     Status,
+    /// Ask for a direct channel to an instance of `route` (subject to policy).
+    Direct {
+        /// The service's route id.
+        route: u32,
+    },
+    /// Close a direct channel; both sides fall back to the brokered path.
+    CloseDirect {
+        /// The channel id.
+        channel: u32,
+    },
+    /// After a daemon restart: tell the new daemon about a live channel.
+    /// The channel segment comes with it as the one attached fd.
+    AdoptChannel {
+        /// The channel's token (from [`DirectInfo::token`]).
+        token: u64,
+        /// 0 for side A (caller), 1 for side B (service).
+        side: u8,
+        /// The service the channel serves.
+        service: String,
+        /// The peer's pid.
+        peer_pid: i32,
+    },
     /// Receive a copy of every brokered descriptor's header (like `busctl monitor`).
     Monitor {
         /// Only traffic to or from names under this prefix ("" for all).
@@ -147,7 +169,12 @@ pub enum Reply {
         route: u32,
     },
     /// Traffic counters.
-    Stats(Vec<InstanceStats>),
+    Stats(StatsReport),
+    /// A direct channel was set up; its [`Event::DirectOpen`] was sent before this reply.
+    DirectGranted {
+        /// The channel id.
+        channel: u32,
+    },
     /// The daemon's state.
     Status(DaemonStatus),
     /// Done, nothing to report.
@@ -199,6 +226,67 @@ pub struct InstanceInfo {
     pub weight: u32,
     /// `true` while draining.
     pub draining: bool,
+}
+
+/// Traffic counters of instances and direct channels.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct StatsReport {
+    /// Per service instance (brokered traffic).
+    pub instances: Vec<InstanceStats>,
+    /// Per direct channel (read from the channel's own counters).
+    pub channels: Vec<ChannelStats>,
+}
+
+/// Traffic of one direct channel.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ChannelStats {
+    /// Channel id.
+    pub channel: u32,
+    /// The service it serves.
+    pub service: String,
+    /// Caller's pid.
+    pub a_pid: i32,
+    /// Service instance's pid.
+    pub b_pid: i32,
+    /// Descriptors caller → service.
+    pub a_messages: u64,
+    /// Payload bytes caller → service.
+    pub a_bytes: u64,
+    /// Descriptors service → caller.
+    pub b_messages: u64,
+    /// Payload bytes service → caller.
+    pub b_bytes: u64,
+    /// Why and how it was made ("config", "requested", "promoted: ...", "adopted after restart").
+    pub reason: String,
+    /// Seconds since it was made (or adopted).
+    pub age_s: u64,
+}
+
+/// How a direct channel is described to each of its two sides.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct DirectInfo {
+    /// Channel id (unique per daemon).
+    pub channel: u32,
+    /// Random token identifying the channel across daemon restarts.
+    pub token: u64,
+    /// 0: you are side A (the caller); 1: side B (the service instance).
+    pub side: u8,
+    /// The service's name.
+    pub service: String,
+    /// The service's route id.
+    pub route: u32,
+    /// The serving instance.
+    pub instance: u32,
+    /// The peer's client id (= the id of its pool).
+    pub peer: u32,
+    /// The peer's pid.
+    pub peer_pid: i32,
+    /// Ring capacity of the channel segment.
+    pub capacity: u64,
+    /// The peer's pool classes as `(chunk_size, count)`.
+    pub peer_classes: Vec<(u32, u32)>,
+    /// Why the channel was made.
+    pub reason: String,
 }
 
 /// The daemon's own state.
@@ -293,6 +381,18 @@ pub enum Event {
     PoolGone {
         /// The pool's id.
         pool: u32,
+    },
+    /// A direct channel to a peer. Four fds follow: the channel segment,
+    /// the peer's pool (read-only), the peer's doorbell, the peer's pidfd.
+    DirectOpen(DirectInfo),
+    /// A direct channel is closed (peer gone, or either side asked); fall back to the daemon.
+    DirectClosed {
+        /// The channel id.
+        channel: u32,
+        /// Why.
+        reason: String,
+        /// Whether the peer died (in-flight calls over the channel fail with "peer gone").
+        peer_died: bool,
     },
     /// A copy of a brokered descriptor's header, for monitors.
     Traffic {

@@ -4,6 +4,7 @@
 //! * [`descriptor`] — the 64-byte descriptor, the only thing that travels on rings;
 //! * [`ring`] — the SPSC descriptor ring, safe against a hostile peer;
 //! * [`doorbell`] — spin, yield, park: the wake-up handshake;
+//! * [`channel`] — the direct-channel segment: four rings and per-side counters;
 //! * [`pool`] — size-classed payload chunks and their owner-side allocator;
 //! * [`segment`] — memfd segments (create, seal, map) and eventfd doorbells (feature `os`);
 //! * [`socket`] — the control socket: SOCK_SEQPACKET datagrams with SCM_RIGHTS (feature `os`);
@@ -15,6 +16,7 @@
 #![deny(unsafe_op_in_unsafe_fn, missing_docs, missing_debug_implementations)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod channel;
 pub mod control;
 pub mod descriptor;
 pub mod doorbell;

@@ -316,6 +316,21 @@ impl Segment {
         }
     }
 
+    /// The direct-channel counters of a [`SegmentKind::Channel`] segment.
+    pub fn channel_counters(&self) -> &crate::channel::ChannelCounters {
+        const OFF: usize = crate::channel::ChannelLayout::new(1).counters;
+        const _: () = assert!(OFF % 128 == 0 && OFF + 256 <= HEADER_REGION);
+        // SAFETY: every mapping is at least HEADER_REGION bytes (checked at
+        // create/open) and page aligned, so OFF..OFF+256 is in bounds and
+        // 128-aligned; the counters are atomics only.
+        unsafe {
+            self.ptr
+                .add(OFF)
+                .cast::<crate::channel::ChannelCounters>()
+                .as_ref()
+        }
+    }
+
     /// The bytes at `offset..offset + len`, or `None` if out of bounds.
     ///
     /// The slice aliases memory another process may write (the pool's

@@ -50,7 +50,7 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
     let Some(svc) = services.into_iter().find(|s| s.name == name) else {
         anyhow::bail!("no service named {name:?} (see `hybusctl list`)");
     };
-    let stats = bus.stats()?;
+    let stats = bus.stats()?.instances;
     if a.json {
         let inst: Vec<_> = svc
             .instances

@@ -1,0 +1,71 @@
+//! In-process smoke test of direct channels (embedded daemon).
+use std::time::Duration;
+
+use hybus::{Bus, BusEvent, Incoming};
+
+#[test]
+fn configured_pair_goes_direct_and_back() {
+    let dir = std::env::temp_dir().join(format!("hybus-dsmoke-{}", std::process::id()));
+    let path = dir.join("bus.sock");
+    let mut cfg = hybusd::Config::default();
+    cfg.direct.push(hybusd::config::DirectPair {
+        caller: "cam.front".into(),
+        service: "det".into(),
+        uid: None,
+    });
+    let _d = hybusd::Embedded::start(&path, cfg).unwrap();
+    let server = Bus::connect_to(&path).unwrap();
+    let svc = server.register("det").unwrap();
+    let t = std::thread::spawn(move || {
+        let mut n = 0;
+        while n < 200 {
+            if let Some(Incoming::Request(r)) = svc.next(Duration::from_secs(10)).unwrap() {
+                let mut v = r.payload().to_vec();
+                v.reverse();
+                r.reply(&v).unwrap();
+                n += 1;
+            }
+        }
+    });
+    let cam = Bus::connect_to(&path).unwrap();
+    let _me = cam.register("cam.front").unwrap();
+    let route = cam.resolve("det").unwrap();
+    assert!(
+        cam.is_direct(&route),
+        "configured pair should be direct after resolve"
+    );
+    let big: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+    for i in 0..100u32 {
+        let a = cam
+            .call(&route, &i.to_le_bytes(), Duration::from_secs(5))
+            .unwrap();
+        let mut e = i.to_le_bytes().to_vec();
+        e.reverse();
+        assert_eq!(&*a, &e[..]);
+    }
+    let b = cam.call(&route, &big, Duration::from_secs(5)).unwrap();
+    assert_eq!(b.len(), big.len());
+    drop(b);
+    let stats = cam.stats().unwrap();
+    assert_eq!(stats.channels.len(), 1);
+    assert!(stats.channels[0].a_messages >= 101, "{:?}", stats.channels);
+    // Downgrade: traffic goes back through the daemon.
+    let ch = stats.channels[0].channel;
+    cam.close_direct(ch).unwrap();
+    let mut saw_closed = false;
+    while let Some(ev) = cam.next_event(Duration::from_millis(200)).unwrap() {
+        if let BusEvent::DirectClosed { .. } = ev {
+            saw_closed = true;
+        }
+    }
+    assert!(saw_closed);
+    assert!(!cam.is_direct(&route));
+    for i in 0..99u32 {
+        let a = cam
+            .call(&route, &i.to_le_bytes(), Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(a.len(), 4);
+    }
+    t.join().unwrap();
+    assert_eq!(cam.chunks_in_use(), 0);
+}
