@@ -112,11 +112,7 @@ mod tests {
     #[test]
     fn fan_out_returns_after_last_release() {
         let mut t = Chunks::default();
-        let c = ChunkRef {
-            segment: 1,
-            len: 10,
-            offset: 4096,
-        };
+        let c = ChunkRef { segment: 1, len: 10, offset: 4096 };
         assert!(t.lend(0, c, vec![2, 3]));
         assert!(!t.lend(0, c, vec![4]), "owner cannot send a chunk it lent");
         assert_eq!(t.release(1, 0, 9), None, "not a holder");
@@ -129,20 +125,9 @@ mod tests {
     #[test]
     fn dead_holder_and_dead_owner() {
         let mut t = Chunks::default();
-        let c = ChunkRef {
-            segment: 1,
-            len: 10,
-            offset: 4096,
-        };
+        let c = ChunkRef { segment: 1, len: 10, offset: 4096 };
         t.lend(0, c, vec![2]);
-        t.lend(
-            1,
-            ChunkRef {
-                offset: 4096 + 256,
-                ..c
-            },
-            vec![2, 3],
-        );
+        t.lend(1, ChunkRef { offset: 4096 + 256, ..c }, vec![2, 3]);
         assert_eq!(t.drop_holder(2), vec![c]);
         assert_eq!(t.lent_from(1), 1);
         t.drop_pool(1);

@@ -62,11 +62,7 @@ pub struct Promotion {
 
 impl Default for Promotion {
     fn default() -> Self {
-        Promotion {
-            enabled: false,
-            min_rate: 10_000,
-            for_ms: 1_000,
-        }
+        Promotion { enabled: false, min_rate: 10_000, for_ms: 1_000 }
     }
 }
 
@@ -138,13 +134,7 @@ impl Default for Config {
             socket: None,
             socket_mode: 0o666,
             ring_capacity: 1024,
-            pool: DEFAULT_CLASSES
-                .iter()
-                .map(|c| PoolClass {
-                    chunk_size: c.chunk_size,
-                    count: c.count,
-                })
-                .collect(),
+            pool: DEFAULT_CLASSES.iter().map(|c| PoolClass { chunk_size: c.chunk_size, count: c.count }).collect(),
             idle: IdleConfig::default(),
             limits: Limits::default(),
             policy: Policy::default(),
@@ -157,10 +147,7 @@ impl Default for Config {
 
 impl Default for IdleConfig {
     fn default() -> Self {
-        IdleConfig {
-            spins: IdleStrategy::DEFAULT.spins,
-            yields: IdleStrategy::DEFAULT.yields,
-        }
+        IdleConfig { spins: IdleStrategy::DEFAULT.spins, yields: IdleStrategy::DEFAULT.yields }
     }
 }
 
@@ -229,12 +216,9 @@ impl Config {
     /// Reads and checks a configuration file.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         use anyhow::Context;
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config {}", path.display()))?;
-        let c: Config =
-            toml::from_str(&text).with_context(|| format!("bad config {}", path.display()))?;
-        c.check()
-            .with_context(|| format!("bad config {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        let c: Config = toml::from_str(&text).with_context(|| format!("bad config {}", path.display()))?;
+        c.check().with_context(|| format!("bad config {}", path.display()))?;
         Ok(c)
     }
 
@@ -251,16 +235,7 @@ impl Config {
         for r in &self.policy.rules {
             for a in &r.allow {
                 anyhow::ensure!(
-                    [
-                        "own",
-                        "call",
-                        "subscribe",
-                        "publish",
-                        "monitor",
-                        "direct",
-                        "all"
-                    ]
-                    .contains(&a.as_str()),
+                    ["own", "call", "subscribe", "publish", "monitor", "direct", "all"].contains(&a.as_str()),
                     "unknown policy action {a:?}"
                 );
             }
@@ -270,24 +245,14 @@ impl Config {
 
     /// The pool geometry every client gets.
     pub fn pool_geometry(&self) -> anyhow::Result<PoolGeometry> {
-        let classes: Vec<SizeClass> = self
-            .pool
-            .iter()
-            .map(|c| SizeClass {
-                chunk_size: c.chunk_size,
-                count: c.count,
-            })
-            .collect();
+        let classes: Vec<SizeClass> =
+            self.pool.iter().map(|c| SizeClass { chunk_size: c.chunk_size, count: c.count }).collect();
         PoolGeometry::new(&classes).map_err(|e| anyhow::anyhow!("pool: {e}"))
     }
 
     /// The daemon's idle strategy.
     pub fn idle_strategy(&self) -> IdleStrategy {
-        IdleStrategy {
-            spins: self.idle.spins,
-            yields: self.idle.yields,
-            park: true,
-        }
+        IdleStrategy { spins: self.idle.spins, yields: self.idle.yields, park: true }
     }
 }
 

@@ -102,16 +102,14 @@ pub struct Daemon {
 
 fn bind_socket(path: &Path, mode: u32) -> anyhow::Result<OwnedFd> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create socket directory {}", dir.display()))?;
     }
     if path.exists() {
         // A live daemon answers; a stale socket file from a crash does not.
         match ControlSocket::connect(path) {
             Ok(_) => anyhow::bail!("another hybusd is already listening on {}", path.display()),
             Err(_) => {
-                std::fs::remove_file(path)
-                    .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+                std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
             }
         }
     }
@@ -122,18 +120,12 @@ fn bind_socket(path: &Path, mode: u32) -> anyhow::Result<OwnedFd> {
         None,
     )
     .context("cannot create socket")?;
-    let addr =
-        UnixAddr::new(path).with_context(|| format!("bad socket path {}", path.display()))?;
-    socket::bind(fd.as_raw_fd(), &addr)
-        .with_context(|| format!("cannot bind {}", path.display()))?;
+    let addr = UnixAddr::new(path).with_context(|| format!("bad socket path {}", path.display()))?;
+    socket::bind(fd.as_raw_fd(), &addr).with_context(|| format!("cannot bind {}", path.display()))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot chmod {}", path.display()))?;
-    socket::listen(
-        &fd,
-        socket::Backlog::new(1024).unwrap_or(socket::Backlog::MAXCONN),
-    )
-    .context("cannot listen")?;
+    socket::listen(&fd, socket::Backlog::new(1024).unwrap_or(socket::Backlog::MAXCONN)).context("cannot listen")?;
     Ok(fd)
 }
 
@@ -155,20 +147,13 @@ impl Daemon {
         raise_fd_limit();
         let (listener, socket_path) = match opts.listener {
             Some(l) => {
-                nix::fcntl::fcntl(
-                    &l,
-                    nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-                )
-                .context("cannot make the inherited socket non-blocking")?;
+                nix::fcntl::fcntl(&l, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
+                    .context("cannot make the inherited socket non-blocking")?;
                 (l, None)
             }
-            None => (
-                bind_socket(&opts.socket, opts.config.socket_mode)?,
-                Some(opts.socket.clone()),
-            ),
+            None => (bind_socket(&opts.socket, opts.config.socket_mode)?, Some(opts.socket.clone())),
         };
-        let mut poller =
-            Poller::new(opts.config.force_epoll).context("cannot create the event loop")?;
+        let mut poller = Poller::new(opts.config.force_epoll).context("cannot create the event loop")?;
         tracing::info!(backend = poller.backend(), "event loop");
         poller.add(listener.as_fd(), LISTENER)?;
         let stop = Arc::new(EventFd::new()?);
@@ -236,10 +221,7 @@ impl Daemon {
         format!(
             "{} clients, {} services, {} chunks lent",
             self.sessions.len(),
-            self.registry
-                .routes()
-                .filter(|(_, r)| !r.instances.is_empty())
-                .count(),
+            self.registry.routes().filter(|(_, r)| !r.instances.is_empty()).count(),
             self.chunks.len()
         )
     }
@@ -249,10 +231,7 @@ impl Daemon {
     pub fn run(mut self) -> anyhow::Result<()> {
         tracing::info!(backend = self.backend(), "hybusd ready");
         let status = format!("STATUS=ready, {}", self.status());
-        self.notify(&[
-            sd_notify::NotifyState::Ready,
-            sd_notify::NotifyState::Custom(&status),
-        ]);
+        self.notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Custom(&status)]);
         let mut events = Vec::with_capacity(64);
         let mut idle_rounds: u64 = 0;
         let mut loops: u64 = 0;
@@ -291,9 +270,7 @@ impl Daemon {
                 self.sleep_timeout()
             };
             events.clear();
-            self.poller
-                .wait(&mut events, timeout)
-                .context("event loop wait failed")?;
+            self.poller.wait(&mut events, timeout).context("event loop wait failed")?;
             for &ev in &events {
                 match ev {
                     LISTENER => self.accept(),
@@ -434,19 +411,14 @@ impl Daemon {
         if let Some(p) = &self.socket_path {
             let _ = std::fs::remove_file(p);
         }
-        tracing::info!(
-            uptime_s = self.started.elapsed().as_secs(),
-            "hybusd stopped"
-        );
+        tracing::info!(uptime_s = self.started.elapsed().as_secs(), "hybusd stopped");
         Ok(())
     }
 
     fn accept(&mut self) {
         loop {
-            let fd = match socket::accept4(
-                self.listener.as_raw_fd(),
-                SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-            ) {
+            let fd = match socket::accept4(self.listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK)
+            {
                 // SAFETY: accept4 returned a new descriptor that nothing else owns.
                 Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
                 Err(nix::errno::Errno::EAGAIN) => return,
@@ -459,11 +431,7 @@ impl Daemon {
             };
             let sock = ControlSocket::from_fd(fd);
             let creds = match sock.peer_credentials() {
-                Ok(c) => Credentials {
-                    uid: c.uid(),
-                    gid: c.gid(),
-                    pid: c.pid(),
-                },
+                Ok(c) => Credentials { uid: c.uid(), gid: c.gid(), pid: c.pid() },
                 Err(e) => {
                     tracing::warn!("SO_PEERCRED failed: {}", e.desc());
                     continue;
@@ -485,8 +453,7 @@ impl Daemon {
                 tracing::warn!("cannot watch a new connection: {}", e.desc());
                 continue;
             }
-            let deadline =
-                Instant::now() + Duration::from_millis(self.config.limits.hello_timeout_ms);
+            let deadline = Instant::now() + Duration::from_millis(self.config.limits.hello_timeout_ms);
             tracing::debug!(client = id, uid = creds.uid, pid = creds.pid, "connected");
             self.sessions.insert(
                 id,
@@ -516,23 +483,11 @@ impl Daemon {
 
     fn expire_hellos(&mut self) {
         let now = Instant::now();
-        let late: Vec<u32> = self
-            .sessions
-            .values()
-            .filter(|s| s.hello_deadline.is_some_and(|d| d <= now))
-            .map(|s| s.id)
-            .collect();
+        let late: Vec<u32> =
+            self.sessions.values().filter(|s| s.hello_deadline.is_some_and(|d| d <= now)).map(|s| s.id).collect();
         for id in late {
             if let Some(s) = self.sessions.get(&id) {
-                send_to(
-                    &s.sock,
-                    &error_reply(
-                        0,
-                        ErrorCode::BadRequest,
-                        "no Hello within the timeout".into(),
-                    ),
-                    &[],
-                );
+                send_to(&s.sock, &error_reply(0, ErrorCode::BadRequest, "no Hello within the timeout".into()), &[]);
             }
             self.disconnect(id, "said nothing within the hello timeout");
         }
@@ -548,30 +503,26 @@ impl Daemon {
                 Ok(x) => x,
                 Err(hybus_layout::socket::RecvError::WouldBlock) => return,
                 Err(hybus_layout::socket::RecvError::Closed) => {
+                    self.drain_client(id);
                     self.disconnect(id, "closed the connection");
                     return;
                 }
                 Err(e) => {
                     let msg = format!("bad control message: {e}");
-                    send_to(
-                        &s.sock,
-                        &error_reply(0, ErrorCode::BadRequest, msg.clone()),
-                        &[],
-                    );
+                    send_to(&s.sock, &error_reply(0, ErrorCode::BadRequest, msg.clone()), &[]);
                     self.disconnect(id, &msg);
                     return;
                 }
             };
             match control::decode::<control::ClientMessage>(&self.buf[..n]) {
-                Ok(m) => self.handle_request(id, m, fds),
+                Ok(m) => {
+                    self.drain_client(id);
+                    self.handle_request(id, m, fds)
+                }
                 Err(e) => {
                     let msg = format!("{e}");
                     if let Some(s) = self.sessions.get(&id) {
-                        send_to(
-                            &s.sock,
-                            &error_reply(0, ErrorCode::BadRequest, msg.clone()),
-                            &[],
-                        );
+                        send_to(&s.sock, &error_reply(0, ErrorCode::BadRequest, msg.clone()), &[]);
                     }
                     self.disconnect(id, &msg);
                     return;
@@ -582,12 +533,7 @@ impl Daemon {
 
     /// Sends `msg` to client `id`; a client that does not read its control
     /// socket (buffer full) is disconnected rather than letting it stall us.
-    pub(crate) fn send(
-        &mut self,
-        id: u32,
-        msg: &DaemonMessage,
-        fds: &[std::os::fd::BorrowedFd<'_>],
-    ) {
+    pub(crate) fn send(&mut self, id: u32, msg: &DaemonMessage, fds: &[std::os::fd::BorrowedFd<'_>]) {
         let Some(s) = self.sessions.get(&id) else {
             return;
         };
@@ -635,22 +581,10 @@ impl Daemon {
         let Some(i) = self.registry.unregister(inst) else {
             return;
         };
-        let name = self
-            .registry
-            .route(i.route)
-            .map(|r| r.name.clone())
-            .unwrap_or_default();
+        let name = self.registry.route(i.route).map(|r| r.name.clone()).unwrap_or_default();
         let pid = self.sessions.get(&i.client).map_or(0, |s| s.creds.pid);
         self.fail_exchanges_served_by(inst);
-        self.broadcast_watch(
-            &name,
-            Event::ServiceDown {
-                name: name.clone(),
-                route: i.route,
-                instance: inst,
-                pid,
-            },
-        );
+        self.broadcast_watch(&name, Event::ServiceDown { name: name.clone(), route: i.route, instance: inst, pid });
     }
 
     pub(crate) fn broadcast_watch(&mut self, name: &str, ev: Event) {
@@ -668,11 +602,7 @@ impl Daemon {
 }
 
 /// Encodes and sends; returns false if the peer's buffer is full or the socket is gone.
-pub(crate) fn send_to(
-    sock: &ControlSocket,
-    msg: &DaemonMessage,
-    fds: &[std::os::fd::BorrowedFd<'_>],
-) -> bool {
+pub(crate) fn send_to(sock: &ControlSocket, msg: &DaemonMessage, fds: &[std::os::fd::BorrowedFd<'_>]) -> bool {
     match control::encode(msg) {
         Ok(bytes) => sock.send(&bytes, fds).is_ok(),
         Err(e) => {
@@ -683,8 +613,5 @@ pub(crate) fn send_to(
 }
 
 pub(crate) fn error_reply(id: u64, code: ErrorCode, message: String) -> DaemonMessage {
-    DaemonMessage::Reply {
-        id,
-        result: Err(ErrorReply { code, message }),
-    }
+    DaemonMessage::Reply { id, result: Err(ErrorReply { code, message }) }
 }

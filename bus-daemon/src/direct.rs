@@ -61,13 +61,8 @@ fn pidfd_open(pid: i32) -> Option<OwnedFd> {
 
 fn token() -> u64 {
     let mut b = [0u8; 8];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .is_err()
-    {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+    if std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b)).is_err() {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         return t.as_nanos() as u64 ^ (std::process::id() as u64) << 32;
     }
     u64::from_ne_bytes(b)
@@ -75,53 +70,25 @@ fn token() -> u64 {
 
 impl Daemon {
     /// Opens (or returns the existing) direct channel from `caller` to an instance of `route`.
-    pub(crate) fn open_channel(
-        &mut self,
-        caller: u32,
-        route: u32,
-        reason: &str,
-    ) -> Result<u32, (ErrorCode, String)> {
-        if let Some((id, _)) = self
-            .channels
-            .iter()
-            .find(|(_, c)| c.a == caller && c.route == route)
-        {
+    pub(crate) fn open_channel(&mut self, caller: u32, route: u32, reason: &str) -> Result<u32, (ErrorCode, String)> {
+        if let Some((id, _)) = self.channels.iter().find(|(_, c)| c.a == caller && c.route == route) {
             return Ok(*id);
         }
-        let r = self
-            .registry
-            .route(route)
-            .ok_or((ErrorCode::NotFound, format!("no route {route}")))?;
+        let r = self.registry.route(route).ok_or((ErrorCode::NotFound, format!("no route {route}")))?;
         let service = r.name.clone();
-        let instance = self.registry.pick(route).ok_or((
-            ErrorCode::NotFound,
-            format!("no instance serves {service:?}"),
-        ))?;
+        let instance =
+            self.registry.pick(route).ok_or((ErrorCode::NotFound, format!("no instance serves {service:?}")))?;
         let server = self.registry.instance(instance).map_or(0, |i| i.client);
         if server == caller {
-            return Err((
-                ErrorCode::BadRequest,
-                "a client cannot open a direct channel to itself".into(),
-            ));
+            return Err((ErrorCode::BadRequest, "a client cannot open a direct channel to itself".into()));
         }
         let cap = self.config.ring_capacity;
         let layout = ChannelLayout::new(cap);
         let err = |e: hybus_layout::segment::SegmentError| {
-            (
-                ErrorCode::QuotaExceeded,
-                format!("cannot create a channel: {e}"),
-            )
+            (ErrorCode::QuotaExceeded, format!("cannot create a channel: {e}"))
         };
-        let seg = Arc::new(
-            Segment::create(c"hybus-direct", SegmentKind::Channel, layout.size, cap)
-                .map_err(err)?,
-        );
-        for off in [
-            layout.a_to_b,
-            layout.b_to_a,
-            layout.a_release,
-            layout.b_release,
-        ] {
+        let seg = Arc::new(Segment::create(c"hybus-direct", SegmentKind::Channel, layout.size, cap).map_err(err)?);
+        for off in [layout.a_to_b, layout.b_to_a, layout.a_release, layout.b_release] {
             seg.init_ring(off, cap).map_err(err)?;
         }
         self.next_channel += 1;
@@ -129,9 +96,7 @@ impl Daemon {
         let token = token();
         let pid = |c: u32| self.sessions.get(&c).map_or(0, |s| s.creds.pid);
         let (a_pid, b_pid) = (pid(caller), pid(server));
-        for (me, peer, side, peer_pid) in
-            [(caller, server, 0u8, b_pid), (server, caller, 1u8, a_pid)]
-        {
+        for (me, peer, side, peer_pid) in [(caller, server, 0u8, b_pid), (server, caller, 1u8, a_pid)] {
             let Some(p) = self.sessions.get(&peer).and_then(|s| s.data.as_ref()) else {
                 return Err((ErrorCode::NotFound, "peer gone".into()));
             };
@@ -149,33 +114,14 @@ impl Daemon {
                 peer,
                 peer_pid,
                 capacity: cap,
-                peer_classes: p
-                    .geometry
-                    .classes()
-                    .map(|c| (c.chunk_size, c.count))
-                    .collect(),
+                peer_classes: p.geometry.classes().map(|c| (c.chunk_size, c.count)).collect(),
                 reason: reason.to_owned(),
             };
-            let bell = p
-                .rx_bell
-                .fd()
-                .try_clone_to_owned()
-                .map_err(|e| (ErrorCode::QuotaExceeded, e.to_string()))?;
+            let bell = p.rx_bell.fd().try_clone_to_owned().map_err(|e| (ErrorCode::QuotaExceeded, e.to_string()))?;
             let msg = DaemonMessage::Event(Event::DirectOpen(info));
-            self.send(
-                me,
-                &msg,
-                &[seg.fd(), pool_ro.as_fd(), bell.as_fd(), pidfd.as_fd()],
-            );
+            self.send(me, &msg, &[seg.fd(), pool_ro.as_fd(), bell.as_fd(), pidfd.as_fd()]);
         }
-        tracing::info!(
-            channel = id,
-            service,
-            caller,
-            server,
-            reason,
-            "direct channel opened"
-        );
+        tracing::info!(channel = id, service, caller, server, reason, "direct channel opened");
         self.channels.insert(
             id,
             Channel {
@@ -202,11 +148,7 @@ impl Daemon {
         tracing::info!(channel = id, service = %c.service, "direct channel closed: {reason}");
         for side in [c.a, c.b] {
             if Some(side) != died && side != 0 {
-                let ev = Event::DirectClosed {
-                    channel: id,
-                    reason: reason.to_owned(),
-                    peer_died: died.is_some(),
-                };
+                let ev = Event::DirectClosed { channel: id, reason: reason.to_owned(), peer_died: died.is_some() };
                 self.send(side, &DaemonMessage::Event(ev), &[]);
             }
         }
@@ -214,12 +156,8 @@ impl Daemon {
 
     /// A client left: close its channels, telling the survivors.
     pub(crate) fn close_channels_of(&mut self, client: u32) {
-        let ids: Vec<u32> = self
-            .channels
-            .iter()
-            .filter(|(_, c)| c.a == client || c.b == client)
-            .map(|(id, _)| *id)
-            .collect();
+        let ids: Vec<u32> =
+            self.channels.iter().filter(|(_, c)| c.a == client || c.b == client).map(|(id, _)| *id).collect();
         for id in ids {
             self.close_channel(id, "peer gone", Some(client));
         }
@@ -256,12 +194,8 @@ impl Daemon {
         peer_pid: i32,
         fd: OwnedFd,
     ) -> Result<u32, (ErrorCode, String)> {
-        let (seg, info) = Segment::open(
-            fd,
-            hybus_layout::segment::Access::ReadOnly,
-            SegmentKind::Channel,
-        )
-        .map_err(|e| (ErrorCode::BadRequest, format!("not a channel segment: {e}")))?;
+        let (seg, info) = Segment::open(fd, hybus_layout::segment::Access::ReadOnly, SegmentKind::Channel)
+            .map_err(|e| (ErrorCode::BadRequest, format!("not a channel segment: {e}")))?;
         let my_pid = self.sessions.get(&client).map_or(0, |s| s.creds.pid);
         if let Some((id, c)) = self.channels.iter_mut().find(|(_, c)| c.token == token) {
             if side == 0 {
@@ -276,11 +210,8 @@ impl Daemon {
         let route = self.registry.route_for(service);
         self.next_channel += 1;
         let id = self.next_channel;
-        let (a, b, a_pid, b_pid) = if side == 0 {
-            (client, 0, my_pid, peer_pid)
-        } else {
-            (0, client, peer_pid, my_pid)
-        };
+        let (a, b, a_pid, b_pid) =
+            if side == 0 { (client, 0, my_pid, peer_pid) } else { (0, client, peer_pid, my_pid) };
         let _ = info;
         self.channels.insert(
             id,
@@ -362,16 +293,12 @@ impl Daemon {
         }
         for (caller, route, rate) in promote {
             self.pair_rates.remove(&(caller, route));
-            let reason = format!(
-                "promoted: {:.0} msg/s ≥ {} for {} ms",
-                rate, p.min_rate, p.for_ms
-            );
+            let reason = format!("promoted: {:.0} msg/s ≥ {} for {} ms", rate, p.min_rate, p.for_ms);
             if let Err((_, e)) = self.open_channel(caller, route, &reason) {
                 tracing::debug!(caller, route, "promotion failed: {e}");
             }
         }
-        self.pair_rates
-            .retain(|(c, _), _| self.sessions.contains_key(c));
+        self.pair_rates.retain(|(c, _), _| self.sessions.contains_key(c));
     }
 
     /// Whether `[[direct]]` config asks for a channel from `client` to `service`.
@@ -384,16 +311,11 @@ impl Daemon {
             .instances_of(client)
             .into_iter()
             .filter_map(|i| {
-                self.registry
-                    .instance(i)
-                    .and_then(|i| self.registry.route(i.route))
-                    .map(|r| r.name.clone())
+                self.registry.instance(i).and_then(|i| self.registry.route(i.route)).map(|r| r.name.clone())
             })
             .collect();
         self.config.direct.iter().any(|p| {
-            p.service == service
-                && p.uid.is_none_or(|u| u == s.creds.uid)
-                && owned.iter().any(|n| *n == p.caller)
+            p.service == service && p.uid.is_none_or(|u| u == s.creds.uid) && owned.iter().any(|n| *n == p.caller)
         })
     }
 }

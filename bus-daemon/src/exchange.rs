@@ -83,15 +83,8 @@ impl Exchanges {
 
     /// Removes and returns every exchange matching `f`.
     pub fn drain_where(&mut self, mut f: impl FnMut(&Exchange) -> bool) -> Vec<(u64, Exchange)> {
-        let ids: Vec<u64> = self
-            .by_id
-            .iter()
-            .filter(|(_, e)| f(e))
-            .map(|(id, _)| *id)
-            .collect();
-        ids.into_iter()
-            .filter_map(|id| self.close(id).map(|e| (id, e)))
-            .collect()
+        let ids: Vec<u64> = self.by_id.iter().filter(|(_, e)| f(e)).map(|(id, _)| *id).collect();
+        ids.into_iter().filter_map(|id| self.close(id).map(|e| (id, e))).collect()
     }
 
     /// Exchanges in flight.

@@ -45,20 +45,10 @@ pub struct Embedded {
 impl Embedded {
     /// Starts a daemon with `config` listening on `path`.
     pub fn start(path: &Path, config: Config) -> anyhow::Result<Embedded> {
-        let d = Daemon::new(Options {
-            config,
-            socket: path.to_owned(),
-            ..Options::default()
-        })?;
+        let d = Daemon::new(Options { config, socket: path.to_owned(), ..Options::default() })?;
         let stop = d.stop_handle();
-        let thread = std::thread::Builder::new()
-            .name("hybusd".into())
-            .spawn(move || d.run())?;
-        Ok(Embedded {
-            path: path.to_owned(),
-            stop,
-            thread: Some(thread),
-        })
+        let thread = std::thread::Builder::new().name("hybusd".into()).spawn(move || d.run())?;
+        Ok(Embedded { path: path.to_owned(), stop, thread: Some(thread) })
     }
 
     /// The socket path.

@@ -50,12 +50,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let socket = args
         .socket
         .clone()
-        .or_else(|| {
-            config
-                .socket
-                .clone()
-                .filter(|_| std::env::var_os("HYBUS_SOCKET").is_none())
-        })
+        .or_else(|| config.socket.clone().filter(|_| std::env::var_os("HYBUS_SOCKET").is_none()))
         .unwrap_or_else(hybus_layout::socket::default_socket_path);
     // Signals are handled in the event loop through a signalfd; block them
     // first so that no thread takes them the default way.

@@ -61,6 +61,27 @@ use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 
 /// Waits for readiness of many fds at once.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::io::Write;
+/// use std::os::fd::AsFd;
+/// use std::time::Duration;
+/// use hybusd::poller::Poller;
+///
+/// let mut poller = Poller::new(false)?; // io_uring where the kernel allows it
+/// let (a, mut b) = std::os::unix::net::UnixStream::pair()?;
+/// poller.add(a.as_fd(), 7)?;
+/// b.write_all(b"x")?;
+/// let mut ready = Vec::new();
+/// while !ready.contains(&7) {
+///     poller.wait(&mut ready, Some(Duration::from_secs(1)))?;
+/// }
+/// poller.remove(a.as_fd()); // before `a` is closed
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Poller {
     backend: Backend,
@@ -78,16 +99,10 @@ impl Poller {
     pub fn new(force_epoll: bool) -> nix::Result<Poller> {
         if !force_epoll {
             match Uring::new() {
-                Ok(u) => {
-                    return Ok(Poller {
-                        backend: Backend::Uring(Box::new(u)),
-                    })
-                }
+                Ok(u) => return Ok(Poller { backend: Backend::Uring(Box::new(u)) }),
                 Err(e) => {
                     let why = match e.raw_os_error() {
-                        Some(libc::EPERM | libc::EACCES) => {
-                            " (kernel.io_uring_disabled or a seccomp filter)"
-                        }
+                        Some(libc::EPERM | libc::EACCES) => " (kernel.io_uring_disabled or a seccomp filter)",
                         Some(libc::ENOSYS) => " (not in this kernel, or hidden by seccomp)",
                         Some(libc::ENOMEM) => " (no memory for the ring: RLIMIT_MEMLOCK?)",
                         _ => "",
@@ -96,9 +111,7 @@ impl Poller {
                 }
             }
         }
-        Ok(Poller {
-            backend: Backend::Epoll(EpollPoller::new()?),
-        })
+        Ok(Poller { backend: Backend::Epoll(EpollPoller::new()?) })
     }
 
     /// The backend's name, "io_uring" or "epoll", for logs and `hybusctl stats`.
@@ -228,23 +241,21 @@ impl Uring {
             tracing::debug!(fd, "fd re-added without remove; replacing its poll");
             self.forget(old);
         }
-        self.watches.insert(
-            key,
-            Watch {
-                fd,
-                token,
-                armed: false,
-                ready: false,
-            },
-        );
-        self.unarmed.push(key);
-        if self.looping {
-            let r = self.arm().and_then(|()| self.ring.submit());
-            match r {
-                Ok(_) => {}
-                // Still queued (or still unarmed); the next wait submits it.
-                Err(e) if transient(&e) => {}
-                Err(e) => tracing::warn!(fd, "cannot arm an io_uring poll: {e}"),
+        self.watches.insert(key, Watch { fd, token, armed: false, ready: false });
+        if !self.looping {
+            self.unarmed.push(key);
+            return;
+        }
+        // Only this key: the others wait for the next `wait`, so that fds
+        // the daemon is still draining are not re-armed under its feet.
+        let r = self.arm_one(key).and_then(|()| self.ring.submit());
+        match r {
+            Ok(_) => {}
+            // Still queued; the next wait submits it.
+            Err(e) if transient(&e) => {}
+            Err(e) => {
+                self.unarmed.push(key);
+                tracing::warn!(fd, "cannot arm an io_uring poll: {e}");
             }
         }
     }
@@ -278,11 +289,7 @@ impl Uring {
     fn wait(&mut self, out: &mut Vec<u64>, timeout: Option<Duration>) -> io::Result<()> {
         self.looping = true;
         self.arm()?;
-        let timeout = if self.ready.is_empty() {
-            timeout
-        } else {
-            Some(Duration::ZERO)
-        };
+        let timeout = if self.ready.is_empty() { timeout } else { Some(Duration::ZERO) };
         let r = match timeout {
             None => self.ring.submit_and_wait(1),
             // A timed io_uring_enter sleeps on an hrtimer even for a zero
@@ -303,9 +310,7 @@ impl Uring {
             }
             Some(d) => {
                 let ts = Timespec::from(d);
-                self.ring
-                    .submitter()
-                    .submit_with_args(1, &SubmitArgs::new().timespec(&ts))
+                self.ring.submitter().submit_with_args(1, &SubmitArgs::new().timespec(&ts))
             }
         };
         match r {
@@ -327,22 +332,26 @@ impl Uring {
     /// Queues a poll for every registration that has none.
     fn arm(&mut self) -> io::Result<()> {
         while let Some(key) = self.unarmed.pop() {
-            let Some(w) = self.watches.get(&key) else {
-                continue; // removed since
-            };
-            if w.armed {
-                continue;
-            }
-            let sqe = opcode::PollAdd::new(types::Fd(w.fd), POLL_MASK)
-                .build()
-                .user_data(key);
-            if let Err(e) = self.push(&sqe) {
+            if let Err(e) = self.arm_one(key) {
                 self.unarmed.push(key);
                 return Err(e);
             }
-            if let Some(w) = self.watches.get_mut(&key) {
-                w.armed = true;
-            }
+        }
+        Ok(())
+    }
+
+    /// Queues a poll for `key` unless it is gone or has one.
+    fn arm_one(&mut self, key: u64) -> io::Result<()> {
+        let Some(w) = self.watches.get(&key) else {
+            return Ok(()); // removed since
+        };
+        if w.armed {
+            return Ok(());
+        }
+        let sqe = opcode::PollAdd::new(types::Fd(w.fd), POLL_MASK).build().user_data(key);
+        self.push(&sqe)?;
+        if let Some(w) = self.watches.get_mut(&key) {
+            w.armed = true;
         }
         Ok(())
     }
@@ -386,12 +395,7 @@ impl Uring {
             } else {
                 // EBADF, EINVAL: polling again would fail again. Report the
                 // token so that its owner reads the fd and finds the error.
-                tracing::warn!(
-                    fd = w.fd,
-                    token = w.token,
-                    "io_uring poll failed: {}",
-                    Errno::from_raw(-res).desc()
-                );
+                tracing::warn!(fd = w.fd, token = w.token, "io_uring poll failed: {}", Errno::from_raw(-res).desc());
             }
             if !w.ready {
                 w.ready = true;
@@ -403,10 +407,7 @@ impl Uring {
 
 /// Errors after which the submission is simply tried again later.
 fn transient(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
-    )
+    matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY | libc::EAGAIN))
 }
 
 /// The epoll backend.
@@ -418,17 +419,11 @@ struct EpollPoller {
 
 impl EpollPoller {
     fn new() -> nix::Result<EpollPoller> {
-        Ok(EpollPoller {
-            epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
-            buf: vec![EpollEvent::empty(); 256],
-        })
+        Ok(EpollPoller { epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?, buf: vec![EpollEvent::empty(); 256] })
     }
 
     fn add(&self, fd: BorrowedFd<'_>, token: u64) -> nix::Result<()> {
-        self.epoll.add(
-            fd,
-            EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP, token),
-        )
+        self.epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP, token))
     }
 
     fn remove(&self, fd: BorrowedFd<'_>) {
@@ -440,10 +435,8 @@ impl EpollPoller {
         let t = match timeout {
             None => EpollTimeout::NONE,
             // Round up, so that a sub-millisecond timeout does not spin.
-            Some(d) => EpollTimeout::try_from(
-                d.as_micros().div_ceil(1000).min(i32::MAX as u128 - 1) as i32,
-            )
-            .unwrap_or(EpollTimeout::NONE),
+            Some(d) => EpollTimeout::try_from(d.as_micros().div_ceil(1000).min(i32::MAX as u128 - 1) as i32)
+                .unwrap_or(EpollTimeout::NONE),
         };
         let n = match self.epoll.wait(&mut self.buf, t) {
             Ok(n) => n,

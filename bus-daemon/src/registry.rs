@@ -79,9 +79,7 @@ impl Default for Counters {
             errors: 0,
             // 1 ns .. 100 s at two significant digits: a few KiB per instance.
             latency: hdrhistogram::Histogram::new_with_bounds(1, 100_000_000_000, 2)
-                .unwrap_or_else(|_| {
-                    hdrhistogram::Histogram::new(2).unwrap_or_else(|_| unreachable!())
-                }),
+                .unwrap_or_else(|_| hdrhistogram::Histogram::new(2).unwrap_or_else(|_| unreachable!())),
         }
     }
 }
@@ -119,12 +117,7 @@ impl Registry {
         self.names.insert(name.to_owned(), r);
         self.routes.insert(
             r,
-            RouteEntry {
-                name: name.to_owned(),
-                instances: Vec::new(),
-                subscribers: Vec::new(),
-                owner_uid: None,
-            },
+            RouteEntry { name: name.to_owned(), instances: Vec::new(), subscribers: Vec::new(), owner_uid: None },
         );
         r
     }
@@ -169,10 +162,7 @@ impl Registry {
         weight: u32,
     ) -> Result<(u32, u32), RegisterError> {
         let route = self.route_for(name);
-        let entry = self
-            .routes
-            .get_mut(&route)
-            .ok_or(RegisterError::Owned { uid })?;
+        let entry = self.routes.get_mut(&route).ok_or(RegisterError::Owned { uid })?;
         match entry.owner_uid {
             Some(owner) if owner != uid && !entry.instances.is_empty() => {
                 return Err(RegisterError::Owned { uid: owner })
@@ -256,11 +246,7 @@ impl Registry {
 
     /// Instances served by `client`.
     pub fn instances_of(&self, client: u32) -> Vec<u32> {
-        self.instances
-            .iter()
-            .filter(|(_, i)| i.client == client)
-            .map(|(id, _)| *id)
-            .collect()
+        self.instances.iter().filter(|(_, i)| i.client == client).map(|(id, _)| *id).collect()
     }
 
     /// All instances.
@@ -287,20 +273,14 @@ mod tests {
     fn draining_gets_nothing_and_ownership_holds() {
         let mut r = Registry::default();
         let (a, route) = r.register("svc", 1, 1000, 1, 1).unwrap();
-        assert_eq!(
-            r.register("svc", 3, 1001, 1, 1),
-            Err(RegisterError::Owned { uid: 1000 })
-        );
+        assert_eq!(r.register("svc", 3, 1001, 1, 1), Err(RegisterError::Owned { uid: 1000 }));
         let (b, _) = r.register("svc", 2, 1000, 2, 1).unwrap();
         r.instance_mut(a).unwrap().draining = true;
         assert!((0..5).all(|_| r.pick(route) == Some(b)));
         r.unregister(b);
         assert_eq!(r.pick(route), None);
         r.unregister(a);
-        assert!(
-            r.register("svc", 3, 1001, 1, 1).is_ok(),
-            "a name with no instances is free"
-        );
+        assert!(r.register("svc", 3, 1001, 1, 1).is_ok(), "a name with no instances is free");
         assert_eq!(r.lookup("svc"), Some(route), "route ids are stable");
     }
 }

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use hybus_layout::control::{
-    self, ClientMessage, DaemonMessage, DaemonStatus, ErrorCode, Event, InstanceInfo,
-    InstanceStats, Reply, Request, ServiceInfo, StatsReport, Welcome,
+    self, ClientMessage, DaemonMessage, DaemonStatus, ErrorCode, Event, InstanceInfo, InstanceStats, Reply, Request,
+    ServiceInfo, StatsReport, Welcome,
 };
 use hybus_layout::header::{SegmentKind, HEADER_REGION, LAYOUT_HASH};
 use hybus_layout::ring;
@@ -22,23 +22,15 @@ fn bad(msg: impl Into<String>) -> (ErrorCode, String) {
 
 impl Daemon {
     /// Handles one control request from client `id`.
-    pub(crate) fn handle_request(
-        &mut self,
-        id: u32,
-        m: ClientMessage,
-        fds: Vec<std::os::fd::OwnedFd>,
-    ) {
+    pub(crate) fn handle_request(&mut self, id: u32, m: ClientMessage, fds: Vec<std::os::fd::OwnedFd>) {
         let hello_done = self.sessions.get(&id).is_some_and(|s| s.data.is_some());
         let answer = match m.request {
-            Request::Hello {
-                version,
-                layout_hash,
-                label,
-            } => {
+            Request::Hello { version, layout_hash, label, reuse_pool } => {
                 if hello_done {
                     Err(bad("Hello sent twice"))
                 } else {
-                    match self.hello(id, m.id, version, layout_hash, label) {
+                    let pool = if reuse_pool { fds.into_iter().next() } else { None };
+                    match self.hello(id, m.id, version, layout_hash, label, pool) {
                         Ok(()) => return,
                         Err((code, msg)) => {
                             self.send(id, &error_reply(m.id, code, msg.clone()), &[]);
@@ -50,19 +42,11 @@ impl Daemon {
             }
             _ if !hello_done => {
                 let msg = "the first message must be Hello".to_string();
-                self.send(
-                    id,
-                    &error_reply(m.id, ErrorCode::BadRequest, msg.clone()),
-                    &[],
-                );
+                self.send(id, &error_reply(m.id, ErrorCode::BadRequest, msg.clone()), &[]);
                 self.disconnect(id, &msg);
                 return;
             }
-            Request::Register {
-                name,
-                version,
-                weight,
-            } => self.register(id, &name, version, weight),
+            Request::Register { name, version, weight } => self.register(id, &name, version, weight),
             Request::Unregister { instance } => self.owned_instance(id, instance).map(|_| {
                 self.remove_instance(instance);
                 Reply::Done
@@ -74,26 +58,15 @@ impl Daemon {
                 Reply::Done
             }),
             Request::Resolve { name } => self.resolve(id, &name),
-            Request::Topic { name } => {
-                self.check(id, Action::Publish, &name)
-                    .map(|_| Reply::Resolved {
-                        route: self.registry.route_for(&name),
-                        instances: 0,
-                    })
-            }
+            Request::Topic { name } => self
+                .check(id, Action::Publish, &name)
+                .map(|_| Reply::Resolved { route: self.registry.route_for(&name), instances: 0 }),
             Request::List => Ok(Reply::Services(self.list())),
             Request::Watch { prefix } => {
                 if let Some(s) = self.sessions.get_mut(&id) {
                     s.watches.push(prefix.clone());
                 }
-                self.send(
-                    id,
-                    &DaemonMessage::Reply {
-                        id: m.id,
-                        result: Ok(Reply::Done),
-                    },
-                    &[],
-                );
+                self.send(id, &DaemonMessage::Reply { id: m.id, result: Ok(Reply::Done) }, &[]);
                 // Then the current state, so a watcher needs no separate list.
                 for info in self.list() {
                     if !info.name.starts_with(&prefix) {
@@ -121,16 +94,9 @@ impl Daemon {
                 }
                 Ok(Reply::Done)
             }
-            Request::Stats => Ok(Reply::Stats(StatsReport {
-                instances: self.stats(),
-                channels: self.channel_stats(),
-            })),
+            Request::Stats => Ok(Reply::Stats(StatsReport { instances: self.stats(), channels: self.channel_stats() })),
             Request::Direct { route } => {
-                let name = self
-                    .registry
-                    .route(route)
-                    .map(|r| r.name.clone())
-                    .unwrap_or_default();
+                let name = self.registry.route(route).map(|r| r.name.clone()).unwrap_or_default();
                 self.check(id, Action::Direct, &name)
                     .and_then(|_| self.open_channel(id, route, "requested by the caller"))
                     .map(|channel| Reply::DirectGranted { channel })
@@ -140,17 +106,9 @@ impl Daemon {
                     self.close_channel(channel, "closed at one side's request", None);
                     Ok(Reply::Done)
                 }
-                _ => Err((
-                    ErrorCode::NotFound,
-                    format!("no channel {channel} of yours"),
-                )),
+                _ => Err((ErrorCode::NotFound, format!("no channel {channel} of yours"))),
             },
-            Request::AdoptChannel {
-                token,
-                side,
-                service,
-                peer_pid,
-            } => match fds.into_iter().next() {
+            Request::AdoptChannel { token, side, service, peer_pid } => match fds.into_iter().next() {
                 Some(fd) => self
                     .adopt_channel(id, token, side, &service, peer_pid, fd)
                     .map(|channel| Reply::DirectGranted { channel }),
@@ -167,10 +125,7 @@ impl Daemon {
             }),
         };
         let msg = match answer {
-            Ok(r) => DaemonMessage::Reply {
-                id: m.id,
-                result: Ok(r),
-            },
+            Ok(r) => DaemonMessage::Reply { id: m.id, result: Ok(r) },
             Err((code, message)) => error_reply(m.id, code, message),
         };
         self.send(id, &msg, &[]);
@@ -181,10 +136,7 @@ impl Daemon {
         if self.config.policy.allows(uid, action, name) {
             Ok(())
         } else {
-            Err((
-                ErrorCode::AccessDenied,
-                format!("uid {uid} may not {action:?} {name:?}").to_lowercase(),
-            ))
+            Err((ErrorCode::AccessDenied, format!("uid {uid} may not {action:?} {name:?}").to_lowercase()))
         }
     }
 
@@ -195,6 +147,7 @@ impl Daemon {
         version: u32,
         layout_hash: u64,
         label: String,
+        old_pool: Option<std::os::fd::OwnedFd>,
     ) -> Result<(), (ErrorCode, String)> {
         if version != control::PROTOCOL_VERSION || layout_hash != LAYOUT_HASH {
             return Err((
@@ -205,29 +158,32 @@ impl Daemon {
                 ),
             ));
         }
-        let os = |e: hybus_layout::segment::SegmentError| {
-            (
-                ErrorCode::QuotaExceeded,
-                format!("cannot create segments: {e}"),
-            )
-        };
+        let os =
+            |e: hybus_layout::segment::SegmentError| (ErrorCode::QuotaExceeded, format!("cannot create segments: {e}"));
         let cap = self.config.ring_capacity;
         let ring_bytes = ring::memory_size(cap);
         let tx_offset = HEADER_REGION;
         let rx_offset = (tx_offset + ring_bytes).next_multiple_of(4096);
         let size = (rx_offset + ring_bytes).next_multiple_of(4096);
-        let rings = Arc::new(
-            Segment::create(c"hybus-rings", SegmentKind::ClientRings, size, cap).map_err(os)?,
-        );
+        let rings = Arc::new(Segment::create(c"hybus-rings", SegmentKind::ClientRings, size, cap).map_err(os)?);
         let (_, tx) = rings.init_ring(tx_offset, cap).map_err(os)?;
         let (rx, _) = rings.init_ring(rx_offset, cap).map_err(os)?;
-        let pool = Segment::create(
-            c"hybus-pool",
-            SegmentKind::Pool,
-            self.geometry.size() as usize,
-            id as u64,
-        )
-        .map_err(os)?;
+        // A client back after a daemon restart brings its pool: its direct
+        // channels' peers map it. Adopt it if it is a sealed pool of our
+        // geometry (re-stamped with the new id); otherwise make a new one.
+        let size = self.geometry.size() as usize;
+        let adopted = old_pool.and_then(|fd| {
+            let (seg, _) = Segment::open(fd, hybus_layout::segment::Access::ReadWrite, SegmentKind::Pool).ok()?;
+            (seg.len() == size).then(|| {
+                seg.header().init(SegmentKind::Pool, size as u64, id as u64);
+                seg
+            })
+        });
+        let pool_reused = adopted.is_some();
+        let pool = match adopted {
+            Some(p) => p,
+            None => Segment::create(c"hybus-pool", SegmentKind::Pool, size, id as u64).map_err(os)?,
+        };
         let tx_bell = EventFd::new().map_err(os)?;
         let rx_bell = EventFd::new().map_err(os)?;
         let welcome = Welcome {
@@ -236,26 +192,17 @@ impl Daemon {
             ring_capacity: cap,
             tx_offset: tx_offset as u64,
             rx_offset: rx_offset as u64,
-            pool_classes: self
-                .geometry
-                .classes()
-                .map(|c| (c.chunk_size, c.count))
-                .collect(),
+            pool_classes: self.geometry.classes().map(|c| (c.chunk_size, c.count)).collect(),
+            pool_reused,
         };
-        let msg = DaemonMessage::Reply {
-            id: req,
-            result: Ok(Reply::Welcome(welcome)),
-        };
-        self.send(
-            id,
-            &msg,
-            &[rings.fd(), pool.fd(), tx_bell.fd(), rx_bell.fd()],
-        );
+        let msg = DaemonMessage::Reply { id: req, result: Ok(Reply::Welcome(welcome)) };
+        self.send(id, &msg, &[rings.fd(), pool.fd(), tx_bell.fd(), rx_bell.fd()]);
+        if !self.sessions.contains_key(&id) {
+            // The Welcome could not be sent and the client is gone already.
+            return Ok(());
+        }
         if let Err(e) = self.poller.add(tx_bell.fd(), DOORBELL_TOKEN | id as u64) {
-            return Err((
-                ErrorCode::QuotaExceeded,
-                format!("cannot watch doorbell: {}", e.desc()),
-            ));
+            return Err((ErrorCode::QuotaExceeded, format!("cannot watch doorbell: {}", e.desc())));
         }
         let Some(s) = self.sessions.get_mut(&id) else {
             return Ok(());
@@ -285,10 +232,7 @@ impl Daemon {
     fn owned_instance(&self, id: u32, instance: u32) -> Result<(), (ErrorCode, String)> {
         match self.registry.instance(instance) {
             Some(i) if i.client == id => Ok(()),
-            Some(_) => Err((
-                ErrorCode::AccessDenied,
-                format!("instance {instance} is not yours"),
-            )),
+            Some(_) => Err((ErrorCode::AccessDenied, format!("instance {instance} is not yours"))),
             None => Err((ErrorCode::NotFound, format!("no instance {instance}"))),
         }
     }
@@ -303,40 +247,21 @@ impl Daemon {
         let owned = self
             .registry
             .instances()
-            .filter(|(_, i)| {
-                self.sessions
-                    .get(&i.client)
-                    .is_some_and(|s| s.creds.uid == uid)
-            })
+            .filter(|(_, i)| self.sessions.get(&i.client).is_some_and(|s| s.creds.uid == uid))
             .count();
         if owned >= self.config.limits.instances_per_uid as usize {
             return Err((
                 ErrorCode::QuotaExceeded,
-                format!(
-                    "uid {uid} already has {owned} instances (limit {})",
-                    self.config.limits.instances_per_uid
-                ),
+                format!("uid {uid} already has {owned} instances (limit {})", self.config.limits.instances_per_uid),
             ));
         }
-        let (instance, route) = self
-            .registry
-            .register(name, id, uid, version, weight)
-            .map_err(|crate::registry::RegisterError::Owned { uid: owner }| {
-                (
-                    ErrorCode::NameOwned,
-                    format!("name {name:?} is already owned by uid {owner}"),
-                )
-            })?;
-        tracing::info!(client = id, pid, name, instance, route, "registered");
-        self.broadcast_watch(
-            name,
-            Event::ServiceUp {
-                name: name.to_owned(),
-                route,
-                instance,
-                pid,
+        let (instance, route) = self.registry.register(name, id, uid, version, weight).map_err(
+            |crate::registry::RegisterError::Owned { uid: owner }| {
+                (ErrorCode::NameOwned, format!("name {name:?} is already owned by uid {owner}"))
             },
-        );
+        )?;
+        tracing::info!(client = id, pid, name, instance, route, "registered");
+        self.broadcast_watch(name, Event::ServiceUp { name: name.to_owned(), route, instance, pid });
         Ok(Reply::Registered { instance, route })
     }
 
@@ -344,19 +269,12 @@ impl Daemon {
         control::check_name(name).map_err(bad)?;
         self.check(id, Action::Call, name)?;
         let route = self.registry.lookup(name);
-        let instances = route
-            .and_then(|r| self.registry.route(r))
-            .map_or(0, |r| r.instances.len() as u32);
+        let instances = route.and_then(|r| self.registry.route(r)).map_or(0, |r| r.instances.len() as u32);
         match route {
             Some(route) if instances > 0 => {
                 if self.configured_pair(id, name) {
-                    if let Err((_, e)) = self.open_channel(id, route, "configured [[direct]] pair")
-                    {
-                        tracing::warn!(
-                            client = id,
-                            service = name,
-                            "cannot open the configured direct channel: {e}"
-                        );
+                    if let Err((_, e)) = self.open_channel(id, route, "configured [[direct]] pair") {
+                        tracing::warn!(client = id, service = name, "cannot open the configured direct channel: {e}");
                     }
                 }
                 Ok(Reply::Resolved { route, instances })
@@ -372,17 +290,9 @@ impl Daemon {
             return Err(bad("gone"));
         };
         let uid = s.creds.uid;
-        let subs: usize = self
-            .sessions
-            .values()
-            .filter(|s| s.creds.uid == uid)
-            .map(|s| s.subscriptions.len())
-            .sum();
+        let subs: usize = self.sessions.values().filter(|s| s.creds.uid == uid).map(|s| s.subscriptions.len()).sum();
         if subs >= self.config.limits.subscriptions_per_uid as usize {
-            return Err((
-                ErrorCode::QuotaExceeded,
-                format!("uid {uid} has {subs} subscriptions (limit reached)"),
-            ));
+            return Err((ErrorCode::QuotaExceeded, format!("uid {uid} has {subs} subscriptions (limit reached)")));
         }
         let route = self.registry.route_for(topic);
         if let Some(r) = self.registry.route_mut(route) {
@@ -435,20 +345,11 @@ impl Daemon {
             uptime_s: self.started.elapsed().as_secs(),
             backend: self.backend().to_owned(),
             clients: self.sessions.len() as u32,
-            services: self
-                .registry
-                .routes()
-                .filter(|(_, r)| !r.instances.is_empty())
-                .count() as u32,
+            services: self.registry.routes().filter(|(_, r)| !r.instances.is_empty()).count() as u32,
             instances: self.registry.instances().count() as u32,
             exchanges: self.exchanges.len() as u64,
             chunks_lent: self.chunks.len() as u64,
-            queued: self
-                .sessions
-                .values()
-                .filter_map(|s| s.data.as_ref())
-                .map(|d| d.queue.len() as u64)
-                .sum(),
+            queued: self.sessions.values().filter_map(|s| s.data.as_ref()).map(|d| d.queue.len() as u64).sum(),
             violations: self.violations,
         }
     }
@@ -461,11 +362,7 @@ impl Daemon {
                 let s = self.sessions.get(&i.client);
                 let d = s.and_then(|s| s.data.as_ref());
                 InstanceStats {
-                    name: self
-                        .registry
-                        .route(i.route)
-                        .map(|r| r.name.clone())
-                        .unwrap_or_default(),
+                    name: self.registry.route(i.route).map(|r| r.name.clone()).unwrap_or_default(),
                     instance: iid,
                     pid: s.map_or(0, |s| s.creds.pid),
                     messages_in: i.stats.messages_in,
@@ -480,12 +377,7 @@ impl Daemon {
                         [0; 4]
                     } else {
                         let h = &i.stats.latency;
-                        [
-                            h.value_at_quantile(0.5),
-                            h.value_at_quantile(0.99),
-                            h.value_at_quantile(0.999),
-                            h.max(),
-                        ]
+                        [h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.value_at_quantile(0.999), h.max()]
                     },
                 }
             })

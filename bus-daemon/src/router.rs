@@ -126,6 +126,37 @@ impl Daemon {
         worked
     }
 
+    /// Routes everything client `id` has pushed so far. Called before its
+    /// control messages are handled and before it is dropped after closing
+    /// its socket: the client wrote its ring before it wrote the socket,
+    /// so what the daemon does must follow the same order (a reply pushed
+    /// before an Unregister is delivered, not failed as "peer gone").
+    pub(crate) fn drain_client(&mut self, id: u32) {
+        let mut buf = [Descriptor::new(Kind::Fence, 0, 0); BATCH];
+        // Bounded: a ring holds at most `capacity` descriptors anyway.
+        for _ in 0..(hybus_layout::ring::MAX_CAPACITY as usize / BATCH) {
+            let n = match self.sessions.get_mut(&id).and_then(|s| s.data.as_mut()) {
+                Some(d) => match d.tx.pop_batch(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        self.violation(id, &Violation::Ring(e));
+                        return;
+                    }
+                },
+                None => return,
+            };
+            for d in &buf[..n] {
+                if let Err(v) = self.route(id, *d) {
+                    self.violation(id, &v);
+                    return;
+                }
+            }
+            if n < BATCH {
+                return;
+            }
+        }
+    }
+
     /// Disconnects a client that broke the protocol.
     pub(crate) fn violation(&mut self, id: u32, v: &Violation) {
         tracing::warn!(client = id, "protocol violation: {v}");
@@ -185,23 +216,10 @@ impl Daemon {
                 return None;
             }
         };
-        let classes = owner
-            .geometry
-            .classes()
-            .map(|c| (c.chunk_size, c.count))
-            .collect();
+        let classes = owner.geometry.classes().map(|c| (c.chunk_size, c.count)).collect();
         use std::os::fd::AsFd;
-        self.send(
-            to,
-            &DaemonMessage::Event(Event::PoolView { pool, classes }),
-            &[fd.as_fd()],
-        );
-        self.sessions
-            .get_mut(&to)?
-            .data
-            .as_mut()?
-            .views
-            .insert(pool);
+        self.send(to, &DaemonMessage::Event(Event::PoolView { pool, classes }), &[fd.as_fd()]);
+        self.sessions.get_mut(&to)?.data.as_mut()?.views.insert(pool);
         Some(())
     }
 
@@ -232,11 +250,7 @@ impl Daemon {
         match kind {
             Kind::Release => return self.release(from, d),
             Kind::Fence => {
-                return if self.forward_fence(from, d) {
-                    Ok(())
-                } else {
-                    Err(Violation::NotYours(d.aux))
-                };
+                return if self.forward_fence(from, d) { Ok(()) } else { Err(Violation::NotYours(d.aux)) };
             }
             _ => {}
         }
@@ -245,12 +259,8 @@ impl Daemon {
                 if c.segment != from {
                     return Err(Violation::ForeignChunk { pool: c.segment });
                 }
-                let geometry = &self
-                    .sessions
-                    .get(&from)
-                    .and_then(|s| s.data.as_ref())
-                    .ok_or(Violation::NotHeld)?
-                    .geometry;
+                let geometry =
+                    &self.sessions.get(&from).and_then(|s| s.data.as_ref()).ok_or(Violation::NotHeld)?.geometry;
                 let idx = geometry.check(c)?;
                 if self.chunks.is_lent(from, idx) {
                     return Err(Violation::NotHeld);
@@ -261,9 +271,7 @@ impl Daemon {
         };
         let server_side = d.flags & flags::SERVER != 0;
         let r = match kind {
-            Kind::Request | Kind::StreamOpen if !server_side => {
-                self.open_exchange(from, d, kind, chunk)
-            }
+            Kind::Request | Kind::StreamOpen if !server_side => self.open_exchange(from, d, kind, chunk),
             Kind::Fire if !server_side => self.fire(from, d, chunk),
             Kind::Publish if !server_side => self.publish(from, d, chunk),
             Kind::Response | Kind::Error if server_side => self.answer(from, d, chunk),
@@ -294,35 +302,19 @@ impl Daemon {
         ok
     }
 
-    fn open_exchange(
-        &mut self,
-        from: u32,
-        d: Descriptor,
-        kind: Kind,
-        chunk: Chunk,
-    ) -> Result<(), Violation> {
+    fn open_exchange(&mut self, from: u32, d: Descriptor, kind: Kind, chunk: Chunk) -> Result<(), Violation> {
         let route = d.route;
         let limit = self.config.limits.queue_per_client as usize;
         let code = match self.registry.route(route) {
             None => Some(DataError::NoSuchService),
             Some(_) => None,
         };
-        let instance = if code.is_none() {
-            self.registry.pick(route)
-        } else {
-            None
-        };
+        let instance = if code.is_none() { self.registry.pick(route) } else { None };
         let Some(instance) = instance else {
             if let Some((c, _)) = chunk {
                 self.return_chunk(c);
             }
-            self.error_to(
-                from,
-                route,
-                d.correlation,
-                code.unwrap_or(DataError::NoInstance),
-                false,
-            );
+            self.error_to(from, route, d.correlation, code.unwrap_or(DataError::NoInstance), false);
             return Ok(());
         };
         let server = self.registry.instance(instance).map_or(0, |i| i.client);
@@ -344,10 +336,7 @@ impl Daemon {
             stream,
             opened: std::time::Instant::now(),
         };
-        let id = self
-            .exchanges
-            .open(ex)
-            .ok_or(Violation::DuplicateCorrelation(d.correlation))?;
+        let id = self.exchanges.open(ex).ok_or(Violation::DuplicateCorrelation(d.correlation))?;
         let mut out = d;
         out.route = instance;
         out.correlation = id;
@@ -374,11 +363,8 @@ impl Daemon {
             if let Some((c, _)) = chunk {
                 self.return_chunk(c);
             }
-            let code = if self.registry.route(d.route).is_some() {
-                DataError::NoInstance
-            } else {
-                DataError::NoSuchService
-            };
+            let code =
+                if self.registry.route(d.route).is_some() { DataError::NoInstance } else { DataError::NoSuchService };
             self.error_to(from, d.route, d.correlation, code, false);
             return Ok(());
         };
@@ -407,13 +393,7 @@ impl Daemon {
                 if let Some((c, _)) = chunk {
                     self.return_chunk(c);
                 }
-                self.error_to(
-                    from,
-                    d.route,
-                    d.correlation,
-                    DataError::NoSuchService,
-                    false,
-                );
+                self.error_to(from, d.route, d.correlation, DataError::NoSuchService, false);
                 return Ok(());
             }
         };
@@ -449,10 +429,7 @@ impl Daemon {
 
     fn drop_oldest_publication(&mut self, sub: u32) -> Option<Descriptor> {
         let data = self.sessions.get_mut(&sub)?.data.as_mut()?;
-        let pos = data
-            .queue
-            .iter()
-            .position(|q| q.kind == Kind::Publish as u8)?;
+        let pos = data.queue.iter().position(|q| q.kind == Kind::Publish as u8)?;
         data.drops += 1;
         data.queue.remove(pos)
     }
@@ -476,10 +453,7 @@ impl Daemon {
             i.outstanding = i.outstanding.saturating_sub(1);
             i.stats.messages_out += 1;
             i.stats.bytes_out += payload_len(&d);
-            let _ = i
-                .stats
-                .latency
-                .record(ex.opened.elapsed().as_nanos() as u64);
+            let _ = i.stats.latency.record(ex.opened.elapsed().as_nanos() as u64);
         }
         let mut out = d;
         out.route = ex.route;
@@ -497,11 +471,7 @@ impl Daemon {
         chunk: Chunk,
         server_side: bool,
     ) -> Result<(), Violation> {
-        let id = if server_side {
-            Some(d.correlation)
-        } else {
-            self.exchanges.id_of(from, d.correlation)
-        };
+        let id = if server_side { Some(d.correlation) } else { self.exchanges.id_of(from, d.correlation) };
         let Some(ex) = id.and_then(|id| self.exchanges.get_mut(id)) else {
             // Unknown or already closed: a race with cancel or end. Not a violation.
             if let Some((c, _)) = chunk {
@@ -588,12 +558,7 @@ impl Daemon {
 
     fn release(&mut self, from: u32, d: Descriptor) -> Result<(), Violation> {
         let c = d.chunk().ok_or(Violation::NotHeld)?;
-        let Some(geometry) = self
-            .sessions
-            .get(&c.segment)
-            .and_then(|s| s.data.as_ref())
-            .map(|d| &d.geometry)
-        else {
+        let Some(geometry) = self.sessions.get(&c.segment).and_then(|s| s.data.as_ref()).map(|d| &d.geometry) else {
             // The owner is gone; its pool was forgotten. Nothing to return.
             return Ok(());
         };
@@ -626,21 +591,12 @@ impl Daemon {
     /// The client `id` is gone: its calls are cancelled at their servers,
     /// and calls it served fail with "peer gone" at their callers.
     pub(crate) fn fail_exchanges_of(&mut self, id: u32) {
-        for (xid, ex) in self
-            .exchanges
-            .drain_where(|e| e.caller == id || e.server == id)
-        {
+        for (xid, ex) in self.exchanges.drain_where(|e| e.caller == id || e.server == id) {
             if let Some(i) = self.registry.instance_mut(ex.instance) {
                 i.outstanding = i.outstanding.saturating_sub(1);
             }
             if ex.server == id {
-                self.error_to(
-                    ex.caller,
-                    ex.route,
-                    ex.caller_corr,
-                    DataError::PeerGone,
-                    false,
-                );
+                self.error_to(ex.caller, ex.route, ex.caller_corr, DataError::PeerGone, false);
             } else {
                 let mut out = Descriptor::new(Kind::Cancel, ex.instance, xid);
                 out.flags |= flags::SERVER;
@@ -655,13 +611,7 @@ impl Daemon {
             if let Some(i) = self.registry.instance_mut(ex.instance) {
                 i.stats.errors += 1;
             }
-            self.error_to(
-                ex.caller,
-                ex.route,
-                ex.caller_corr,
-                DataError::PeerGone,
-                false,
-            );
+            self.error_to(ex.caller, ex.route, ex.caller_corr, DataError::PeerGone, false);
         }
     }
 
@@ -678,12 +628,7 @@ impl Daemon {
         let targets: Vec<u32> = self
             .sessions
             .values()
-            .filter(|s| {
-                s.id != client
-                    && s.monitor
-                        .as_ref()
-                        .is_some_and(|p| name.starts_with(p.as_str()))
-            })
+            .filter(|s| s.id != client && s.monitor.as_ref().is_some_and(|p| name.starts_with(p.as_str())))
             .map(|s| s.id)
             .collect();
         let ev = DaemonMessage::Event(Event::Traffic {

@@ -101,10 +101,8 @@ impl DataPlane {
                 Err(PushError::Ring(e)) => return Err(e),
             }
         }
-        let refusable = matches!(
-            Kind::from_u8(d.kind),
-            Some(Kind::Request | Kind::Fire | Kind::Publish | Kind::StreamOpen)
-        );
+        let refusable =
+            matches!(Kind::from_u8(d.kind), Some(Kind::Request | Kind::Fire | Kind::Publish | Kind::StreamOpen));
         if refusable && self.queue.len() >= limit {
             return Ok(Delivery::Full);
         }

@@ -17,11 +17,7 @@ pub fn listen_fd() -> anyhow::Result<Option<OwnedFd>> {
         Ok(f) => f.collect(),
         Err(_) => return Ok(None),
     };
-    let Some(&(raw, _)) = fds
-        .iter()
-        .find(|(_, n)| n == "hybus")
-        .or_else(|| fds.first())
-    else {
+    let Some(&(raw, _)) = fds.iter().find(|(_, n)| n == "hybus").or_else(|| fds.first()) else {
         return Ok(None);
     };
     // SAFETY: systemd passed this descriptor to us (LISTEN_PID matched) and

@@ -28,23 +28,18 @@ pub struct BusOptions {
     pub label: String,
     /// How waiting calls spend their time before they sleep.
     pub idle: IdleStrategy,
+    /// Reconnect and re-register by ourselves when the daemon goes away
+    /// (while some call waits on the bus). Direct channels keep working meanwhile.
+    pub reconnect: bool,
 }
 
 impl Default for BusOptions {
     fn default() -> Self {
         let label = std::env::args()
             .next()
-            .and_then(|a| {
-                Path::new(&a)
-                    .file_name()
-                    .map(|f| f.to_string_lossy().into_owned())
-            })
+            .and_then(|a| Path::new(&a).file_name().map(|f| f.to_string_lossy().into_owned()))
             .unwrap_or_default();
-        BusOptions {
-            path: None,
-            label,
-            idle: IdleStrategy::DEFAULT,
-        }
+        BusOptions { path: None, label, idle: IdleStrategy::DEFAULT, reconnect: true }
     }
 }
 
@@ -57,6 +52,10 @@ pub(crate) struct Shared {
     label: String,
     /// What to restore on reconnect.
     pub(crate) registrations: Mutex<Vec<crate::service::Registration>>,
+    /// Reconnect by ourselves when the daemon goes away.
+    auto_reconnect: bool,
+    /// A reconnect is under way (its own control requests must not start another).
+    reconnecting: std::sync::atomic::AtomicBool,
 }
 
 /// A connection to the daemon. Cheap to clone; all clones share the connection.
@@ -77,46 +76,37 @@ pub struct Bus {
     pub(crate) shared: Arc<Shared>,
 }
 
-fn handshake(path: &Path, label: &str, epoch: u64) -> Result<Core> {
-    let sock = ControlSocket::connect(path).map_err(|e| Error::NoDaemon {
-        path: path.to_owned(),
-        reason: e.desc().to_owned(),
-    })?;
+type Welcomed = (ControlSocket, control::Welcome, Vec<std::os::fd::OwnedFd>);
+
+fn handshake(path: &Path, label: &str, pool: Option<std::os::fd::BorrowedFd<'_>>) -> Result<Welcomed> {
+    let sock = ControlSocket::connect(path)
+        .map_err(|e| Error::NoDaemon { path: path.to_owned(), reason: e.desc().to_owned() })?;
     let hello = ClientMessage {
         id: 1,
         request: Request::Hello {
             version: control::PROTOCOL_VERSION,
             layout_hash: LAYOUT_HASH,
             label: label.to_owned(),
+            reuse_pool: pool.is_some(),
         },
     };
     let bytes = control::encode(&hello).map_err(|e| Error::BadRequest(e.to_string()))?;
-    sock.send(&bytes, &[])
-        .map_err(|e| Error::BusGone(format!("sending Hello: {}", e.desc())))?;
+    let fds: Vec<_> = pool.into_iter().collect();
+    sock.send(&bytes, &fds).map_err(|e| Error::BusGone(format!("sending Hello: {}", e.desc())))?;
     let mut buf = vec![0u8; control::MAX_MESSAGE];
     // The daemon answers Hello at once; bound the wait so a wedged daemon is an error.
-    let mut pfd = [nix::poll::PollFd::new(
-        sock.fd(),
-        nix::poll::PollFlags::POLLIN,
-    )];
+    let mut pfd = [nix::poll::PollFd::new(sock.fd(), nix::poll::PollFlags::POLLIN)];
     let _ = nix::poll::poll(
         &mut pfd,
-        nix::poll::PollTimeout::try_from(CONTROL_TIMEOUT.as_millis() as i32)
-            .unwrap_or(nix::poll::PollTimeout::MAX),
+        nix::poll::PollTimeout::try_from(CONTROL_TIMEOUT.as_millis() as i32).unwrap_or(nix::poll::PollTimeout::MAX),
     );
-    sock.set_nonblocking(true)
-        .map_err(|e| Error::os("control socket", e))?;
+    sock.set_nonblocking(true).map_err(|e| Error::os("control socket", e))?;
     let (n, fds) = sock.recv(&mut buf).map_err(|e| match e {
-        hybus_layout::socket::RecvError::WouldBlock => {
-            Error::BusGone("the daemon did not answer Hello".into())
-        }
+        hybus_layout::socket::RecvError::WouldBlock => Error::BusGone("the daemon did not answer Hello".into()),
         e => Error::BusGone(format!("waiting for Welcome: {e}")),
     })?;
     match control::decode::<DaemonMessage>(&buf[..n]) {
-        Ok(DaemonMessage::Reply {
-            result: Ok(Reply::Welcome(w)),
-            ..
-        }) => Core::new(sock, w, fds, epoch),
+        Ok(DaemonMessage::Reply { result: Ok(Reply::Welcome(w)), .. }) => Ok((sock, w, fds)),
         Ok(DaemonMessage::Reply { result: Err(e), .. }) => Err(e.into()),
         Ok(other) => Err(Error::Protocol(format!("expected Welcome, got {other:?}"))),
         Err(e) => Err(Error::Protocol(format!("Welcome: {e}"))),
@@ -131,19 +121,14 @@ impl Bus {
 
     /// Connects to the daemon listening on `path`.
     pub fn connect_to(path: impl AsRef<Path>) -> Result<Bus> {
-        Bus::connect_with(BusOptions {
-            path: Some(path.as_ref().to_owned()),
-            ..BusOptions::default()
-        })
+        Bus::connect_with(BusOptions { path: Some(path.as_ref().to_owned()), ..BusOptions::default() })
     }
 
     /// Connects with explicit options.
     pub fn connect_with(opts: BusOptions) -> Result<Bus> {
-        let path = opts
-            .path
-            .clone()
-            .unwrap_or_else(hybus_layout::socket::default_socket_path);
-        let core = handshake(&path, &opts.label, 1)?;
+        let path = opts.path.clone().unwrap_or_else(hybus_layout::socket::default_socket_path);
+        let (sock, w, fds) = handshake(&path, &opts.label, None)?;
+        let core = Core::new(sock, w, fds, 1)?;
         Ok(Bus {
             shared: Arc::new(Shared {
                 core: Mutex::new(core),
@@ -152,6 +137,8 @@ impl Bus {
                 path,
                 label: opts.label,
                 registrations: Mutex::new(Vec::new()),
+                auto_reconnect: opts.reconnect,
+                reconnecting: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -175,45 +162,83 @@ impl Bus {
     /// registers again every service registered through this bus. Route
     /// handles re-resolve by themselves on next use.
     pub fn reconnect(&self) -> Result<()> {
-        let epoch = self.shared.lock().epoch + 1;
-        let core = handshake(&self.shared.path, &self.shared.label, epoch)?;
-        *self.shared.lock() = core;
+        if self.shared.reconnecting.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return Err(Error::BusGone("a reconnect is already under way".into()));
+        }
+        let r = self.reconnect_inner();
+        self.shared.reconnecting.store(false, std::sync::atomic::Ordering::Release);
+        r
+    }
+
+    fn reconnect_inner(&self) -> Result<()> {
+        // Bring our pool along: direct-channel peers map it.
+        let pool = {
+            let core = self.shared.lock();
+            core.pool.seg.fd().try_clone_to_owned().map_err(|e| Error::os("dup pool fd", e))?
+        };
+        let (sock, w, fds) = handshake(&self.shared.path, &self.shared.label, Some(std::os::fd::AsFd::as_fd(&pool)))?;
+        let (epoch, channels) = {
+            let mut core = self.shared.lock();
+            core.reattach(sock, w, fds)?;
+            let chans: Vec<_> = core
+                .channels
+                .values()
+                .map(|c| (c.id, c.token, c.side, c.service.clone(), c.peer_pid, c.seg.clone()))
+                .collect();
+            (core.epoch, chans)
+        };
         self.shared.cv.notify_all();
-        let regs: Vec<_> = self
-            .shared
-            .registrations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let regs: Vec<_> = self.shared.registrations.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for r in regs {
+            let old = r.slot.load().0;
             let (instance, route) = self.register_raw(&r.name, &r.options)?;
             r.slot.store(instance, route, epoch);
+            let mut core = self.shared.lock();
+            for v in core.instance_alias.values_mut() {
+                if *v == old {
+                    *v = instance;
+                }
+            }
+            core.instance_alias.insert(old, instance);
+        }
+        // Tell the new daemon about our live channels (for its stats), and
+        // point the callers' routes at them again.
+        for (id, token, side, service, peer_pid, seg) in channels {
+            if side == hybus_layout::channel::Side::A {
+                if let Ok(Reply::Resolved { route, .. }) = self.control(Request::Resolve { name: service.clone() }) {
+                    self.shared.lock().route_direct.insert(route, id);
+                }
+            }
+            let side = if side == hybus_layout::channel::Side::A { 0 } else { 1 };
+            let req = Request::AdoptChannel { token, side, service, peer_pid };
+            let _ = self.control_with_fds(req, &[seg.fd()]);
         }
         Ok(())
     }
 
+    fn control_with_fds(&self, request: Request, fds: &[std::os::fd::BorrowedFd<'_>]) -> Result<Reply> {
+        let id = self.shared.lock().send_control_fds(request, fds)?;
+        self.await_reply(id)
+    }
+
     pub(crate) fn control(&self, request: Request) -> Result<Reply> {
         let id = self.shared.lock().send_control(request)?;
+        self.await_reply(id)
+    }
+
+    fn await_reply(&self, id: u64) -> Result<Reply> {
         let deadline = Instant::now() + CONTROL_TIMEOUT;
-        let r = self
-            .shared
-            .wait(Some(deadline), true, |core| Ok(core.replies.remove(&id)));
+        let r = self.shared.wait(Some(deadline), true, |core| Ok(core.replies.remove(&id)));
         match r {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(e)) => Err(e.into()),
-            Err(Error::DeadlineExceeded) => {
-                Err(Error::BusGone("the daemon did not answer in time".into()))
-            }
+            Err(Error::DeadlineExceeded) => Err(Error::BusGone("the daemon did not answer in time".into())),
             Err(e) => Err(e),
         }
     }
 
     pub(crate) fn register_raw(&self, name: &str, o: &ServiceOptions) -> Result<(u32, u32)> {
-        match self.control(Request::Register {
-            name: name.to_owned(),
-            version: o.version,
-            weight: o.weight,
-        })? {
+        match self.control(Request::Register { name: name.to_owned(), version: o.version, weight: o.weight })? {
             Reply::Registered { instance, route } => Ok((instance, route)),
             r => Err(Error::Protocol(format!("unexpected reply {r:?}"))),
         }
@@ -232,9 +257,7 @@ impl Bus {
 
     /// Resolves a service name to a route. Fails with [`Error::NotFound`] if no instance serves it.
     pub fn resolve(&self, name: &str) -> Result<Route> {
-        match self.control(Request::Resolve {
-            name: name.to_owned(),
-        })? {
+        match self.control(Request::Resolve { name: name.to_owned() })? {
             Reply::Resolved { route, .. } => Ok(Route::new(name, route, self.shared.lock().epoch)),
             r => Err(Error::Protocol(format!("unexpected reply {r:?}"))),
         }
@@ -287,9 +310,7 @@ impl Bus {
     /// Whether new calls to `route` currently go over a direct channel.
     pub fn is_direct(&self, route: &Route) -> bool {
         let core = self.shared.lock();
-        route
-            .id_at(core.epoch)
-            .is_some_and(|id| core.direct_for(id).is_some())
+        route.id_at(core.epoch).is_some_and(|id| core.direct_for(id).is_some())
     }
 
     /// The daemon's own state (clients, services, loans, backend).
@@ -304,18 +325,12 @@ impl Bus {
     /// names under `prefix` ("" for all), beginning with one `ServiceUp` per
     /// instance serving now.
     pub fn watch(&self, prefix: &str) -> Result<()> {
-        self.control(Request::Watch {
-            prefix: prefix.to_owned(),
-        })
-        .map(drop)
+        self.control(Request::Watch { prefix: prefix.to_owned() }).map(drop)
     }
 
     /// Starts receiving [`BusEvent::Traffic`] for brokered traffic under `prefix`.
     pub fn monitor(&self, prefix: &str) -> Result<()> {
-        self.control(Request::Monitor {
-            prefix: prefix.to_owned(),
-        })
-        .map(drop)
+        self.control(Request::Monitor { prefix: prefix.to_owned() }).map(drop)
     }
 
     /// The next event, waiting up to `timeout`. `Ok(None)` if none came.
@@ -337,9 +352,7 @@ impl Bus {
     pub fn call(&self, route: &Route, payload: &[u8], timeout: Duration) -> Result<Sample> {
         let id = self.route_id(route)?;
         let deadline = Instant::now() + timeout;
-        let d = self
-            .shared
-            .build(Kind::Request, id, payload, Some(deadline))?;
+        let d = self.shared.build(Kind::Request, id, payload, Some(deadline))?;
         self.call_desc(d, deadline)
     }
 
@@ -367,15 +380,13 @@ impl Bus {
             }
             return Err(e);
         }
-        let r = self
-            .shared
-            .wait(Some(deadline), false, |core| match core.calls.get(&corr) {
-                Some(Some(_)) => Ok(core.calls.remove(&corr).flatten()),
-                _ if origin == Origin::Daemon && core.gone.is_some() => {
-                    Err(Error::BusGone(core.gone.clone().unwrap_or_default()))
-                }
-                _ => Ok(None),
-            });
+        let r = self.shared.wait(Some(deadline), false, |core| match core.calls.get(&corr) {
+            Some(Some(_)) => Ok(core.calls.remove(&corr).flatten()),
+            _ if origin == Origin::Daemon && core.gone.is_some() => {
+                Err(Error::BusGone(core.gone.clone().unwrap_or_default()))
+            }
+            _ => Ok(None),
+        });
         match r {
             Ok(answer) => self.shared.answer(Some(answer)),
             Err(e) => {
@@ -436,13 +447,11 @@ impl Bus {
     /// payload in place. Waits up to `timeout` for a free chunk.
     pub fn loan(&self, len: usize, timeout: Duration) -> Result<Loan> {
         let deadline = Instant::now() + timeout;
-        let c = self
-            .shared
-            .wait(Some(deadline), false, |core| match core.alloc.alloc(len) {
-                Ok(c) => Ok(Some(c)),
-                Err(hybus_layout::pool::AllocError::Exhausted { .. }) => Ok(None),
-                Err(e) => Err(crate::core::alloc_error(e)),
-            });
+        let c = self.shared.wait(Some(deadline), false, |core| match core.alloc.alloc(len) {
+            Ok(c) => Ok(Some(c)),
+            Err(hybus_layout::pool::AllocError::Exhausted { .. }) => Ok(None),
+            Err(e) => Err(crate::core::alloc_error(e)),
+        });
         let c = match c {
             Err(Error::DeadlineExceeded) => return Err(Error::OutOfPool { len }),
             r => r?,
@@ -472,7 +481,7 @@ impl Shared {
 
     /// Builds a descriptor with `payload`, waiting for a pool chunk until `deadline`.
     pub(crate) fn build(
-        &self,
+        self: &Arc<Self>,
         kind: Kind,
         route: u32,
         payload: &[u8],
@@ -492,18 +501,13 @@ impl Shared {
 
     /// Sends `d` through the daemon, waiting for room in the ring until `deadline`.
     #[inline]
-    pub(crate) fn send(&self, d: &Descriptor, deadline: Option<Instant>) -> Result<()> {
+    pub(crate) fn send(self: &Arc<Self>, d: &Descriptor, deadline: Option<Instant>) -> Result<()> {
         self.send_on(Origin::Daemon, d, deadline)
     }
 
     /// Sends `d` on the path `origin`, waiting for room until `deadline`.
     #[inline]
-    pub(crate) fn send_on(
-        &self,
-        origin: Origin,
-        d: &Descriptor,
-        deadline: Option<Instant>,
-    ) -> Result<()> {
+    pub(crate) fn send_on(self: &Arc<Self>, origin: Origin, d: &Descriptor, deadline: Option<Instant>) -> Result<()> {
         {
             let mut core = self.lock();
             match core.try_send_on(origin, d) {
@@ -534,7 +538,7 @@ impl Shared {
         Ok(sample)
     }
 
-    fn wait_events(&self, deadline: Instant) -> Result<BusEvent> {
+    fn wait_events(self: &Arc<Self>, deadline: Instant) -> Result<BusEvent> {
         self.wait(Some(deadline), true, |core| Ok(core.events.pop_front()))
     }
 
@@ -545,7 +549,7 @@ impl Shared {
     /// thread parks on the doorbell; others wait on a condvar and are woken
     /// when it has pumped.
     pub(crate) fn wait<T>(
-        &self,
+        self: &Arc<Self>,
         deadline: Option<Instant>,
         control: bool,
         mut check: impl FnMut(&mut Core) -> Result<Option<T>>,
@@ -564,13 +568,21 @@ impl Shared {
             if let Some(v) = check(&mut core)? {
                 return Ok(v);
             }
+            let now = Instant::now();
             if let Some(g) = &core.gone {
-                // Direct channels work without the daemon; only then keep waiting.
-                if core.channels.is_empty() {
+                if self.auto_reconnect && !self.reconnecting.load(std::sync::atomic::Ordering::Acquire) {
+                    // Try to get the daemon back every 200 ms while we wait;
+                    // direct channels keep working meanwhile.
+                    if core.last_reconnect.is_none_or(|t| now.duration_since(t) >= Duration::from_millis(200)) {
+                        core.last_reconnect = Some(now);
+                        drop(core);
+                        let _ = (Bus { shared: self.clone() }).reconnect();
+                        continue;
+                    }
+                } else if core.channels.is_empty() {
                     return Err(Error::BusGone(g.clone()));
                 }
             }
-            let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
                 return Err(Error::DeadlineExceeded);
             }
@@ -587,9 +599,7 @@ impl Shared {
             }
             let remaining = deadline.map(|d| d.saturating_duration_since(now));
             if core.parked_waiter {
-                let t = remaining
-                    .unwrap_or(Duration::from_millis(50))
-                    .min(Duration::from_millis(50));
+                let t = remaining.unwrap_or(Duration::from_millis(50)).min(Duration::from_millis(50));
                 let _ = self.cv.wait_timeout(core, t);
                 continue;
             }
@@ -602,8 +612,16 @@ impl Shared {
             let bell = core.rx_bell.clone();
             let sock = core.sock.clone();
             let pidfds: Vec<_> = core.channels.values().map(|c| c.pidfd.clone()).collect();
+            let bells: Vec<_> =
+                core.channels.values().filter(|c| !Arc::ptr_eq(&c.my_bell, &bell)).map(|c| c.my_bell.clone()).collect();
+            // While the daemon is gone, wake up to retry the connection.
+            let remaining = if core.gone.is_some() && self.auto_reconnect {
+                Some(remaining.map_or(Duration::from_millis(200), |r| r.min(Duration::from_millis(200))))
+            } else {
+                remaining
+            };
             drop(core);
-            sleep_on(&bell, &sock, &pidfds, remaining);
+            sleep_on(&bell, &sock, &bells, &pidfds, remaining);
             let mut core = self.lock();
             core.finish_park();
             core.parked_waiter = false;
@@ -621,6 +639,7 @@ impl Shared {
 fn sleep_on(
     bell: &EventFd,
     sock: &ControlSocket,
+    bells: &[Arc<EventFd>],
     pidfds: &[Arc<std::os::fd::OwnedFd>],
     timeout: Option<Duration>,
 ) {
@@ -628,25 +647,20 @@ fn sleep_on(
     use std::os::fd::AsFd;
     let t = match timeout {
         None => PollTimeout::NONE,
-        Some(t) => PollTimeout::try_from(t.as_millis().clamp(1, i32::MAX as u128) as i32)
-            .unwrap_or(PollTimeout::MAX),
+        Some(t) => PollTimeout::try_from(t.as_millis().clamp(1, i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX),
     };
-    let mut fds = vec![
-        PollFd::new(bell.fd(), PollFlags::POLLIN),
-        PollFd::new(sock.fd(), PollFlags::POLLIN),
-    ];
-    fds.extend(
-        pidfds
-            .iter()
-            .map(|p| PollFd::new(p.as_fd(), PollFlags::POLLIN)),
-    );
+    let mut fds = vec![PollFd::new(bell.fd(), PollFlags::POLLIN), PollFd::new(sock.fd(), PollFlags::POLLIN)];
+    fds.extend(bells.iter().map(|b| PollFd::new(b.fd(), PollFlags::POLLIN)));
+    fds.extend(pidfds.iter().map(|p| PollFd::new(p.as_fd(), PollFlags::POLLIN)));
     if let Ok(n) = poll(&mut fds, t) {
-        if n > 0
-            && fds[0]
-                .revents()
-                .is_some_and(|r| r.contains(PollFlags::POLLIN))
-        {
+        let ready = |i: usize| fds[i].revents().is_some_and(|r| r.contains(PollFlags::POLLIN));
+        if n > 0 && ready(0) {
             bell.consume_ready();
+        }
+        for (i, b) in bells.iter().enumerate() {
+            if n > 0 && ready(2 + i) {
+                b.consume_ready();
+            }
         }
     }
 }

@@ -88,6 +88,12 @@ pub(crate) struct Core {
     pub route_direct: HashMap<u32, u32>,
     /// Whether any channel is downgrading (the ordering rule in `pump_data` applies).
     pub closing: usize,
+    /// Chunks of our pool the application holds as unsent [`Loan`](crate::Loan)s.
+    pub loaned: HashSet<u64>,
+    /// Instance ids from before a daemon restart → the ids now (direct requests still carry the old ones).
+    pub instance_alias: HashMap<u32, u32>,
+    /// When the last automatic reconnect was tried.
+    pub last_reconnect: Option<std::time::Instant>,
     /// Descriptors that did not fit in the tx ring (releases); sent first next time.
     pub backlog: VecDeque<Descriptor>,
     /// Why the connection is gone, once it is.
@@ -105,38 +111,26 @@ fn gone(e: impl std::fmt::Display) -> Error {
 
 impl Core {
     /// Builds the core from the Welcome and its four descriptors.
-    pub fn new(
-        sock: ControlSocket,
-        w: control::Welcome,
-        fds: Vec<OwnedFd>,
-        epoch: u64,
-    ) -> Result<Core> {
+    pub fn new(sock: ControlSocket, w: control::Welcome, fds: Vec<OwnedFd>, epoch: u64) -> Result<Core> {
         let proto = |m: String| Error::Protocol(m);
         let mut fds = fds.into_iter();
-        let (Some(rings), Some(pool), Some(txb), Some(rxb)) =
-            (fds.next(), fds.next(), fds.next(), fds.next())
-        else {
+        let (Some(rings), Some(pool), Some(txb), Some(rxb)) = (fds.next(), fds.next(), fds.next(), fds.next()) else {
             return Err(proto("Welcome came without its four descriptors".into()));
         };
         let (rings, _) = Segment::open(rings, Access::ReadWrite, SegmentKind::ClientRings)
             .map_err(|e| proto(format!("rings segment: {e}")))?;
         let rings = Arc::new(rings);
         let cap = w.ring_capacity;
-        let tx = rings
-            .ring_producer(w.tx_offset as usize, cap)
-            .map_err(|e| proto(format!("tx ring: {e}")))?;
-        let rx = rings
-            .ring_consumer(w.rx_offset as usize, cap)
-            .map_err(|e| proto(format!("rx ring: {e}")))?;
-        let (pool_seg, info) = Segment::open(pool, Access::ReadWrite, SegmentKind::Pool)
-            .map_err(|e| proto(format!("pool: {e}")))?;
+        let tx = rings.ring_producer(w.tx_offset as usize, cap).map_err(|e| proto(format!("tx ring: {e}")))?;
+        let rx = rings.ring_consumer(w.rx_offset as usize, cap).map_err(|e| proto(format!("rx ring: {e}")))?;
+        let (pool_seg, info) =
+            Segment::open(pool, Access::ReadWrite, SegmentKind::Pool).map_err(|e| proto(format!("pool: {e}")))?;
         let geometry = geometry_of(&w.pool_classes)?;
         if info.param != w.client_id as u64 || geometry.size() > pool_seg.len() as u64 {
             return Err(proto("pool segment does not match the Welcome".into()));
         }
         let alloc = PoolAllocator::new(geometry.clone(), w.client_id);
-        sock.set_nonblocking(true)
-            .map_err(|e| Error::os("control socket", e))?;
+        sock.set_nonblocking(true).map_err(|e| Error::os("control socket", e))?;
         Ok(Core {
             sock: Arc::new(sock),
             client_id: w.client_id,
@@ -144,10 +138,7 @@ impl Core {
             rx,
             tx_bell: EventFd::from_fd(txb),
             rx_bell: Arc::new(EventFd::from_fd(rxb)),
-            pool: Arc::new(View {
-                seg: pool_seg,
-                geometry,
-            }),
+            pool: Arc::new(View { seg: pool_seg, geometry }),
             alloc,
             views: HashMap::new(),
             next_id: 1,
@@ -162,12 +153,74 @@ impl Core {
             channels: HashMap::new(),
             route_direct: HashMap::new(),
             closing: 0,
+            loaned: HashSet::new(),
+            instance_alias: HashMap::new(),
+            last_reconnect: None,
             backlog: VecDeque::new(),
             gone: None,
             epoch,
             parked_waiter: false,
             dropped_publications: 0,
         })
+    }
+
+    /// Attaches to a new daemon after the old one went away, keeping what
+    /// does not depend on it: the pool (if the daemon adopted it), direct
+    /// channels, and everything in flight over them. Whatever was in flight
+    /// through the old daemon is failed or forgotten here.
+    pub fn reattach(&mut self, sock: ControlSocket, w: control::Welcome, fds: Vec<OwnedFd>) -> Result<()> {
+        let fresh = Core::new(sock, w.clone(), fds, self.epoch + 1)?;
+        if w.pool_reused {
+            self.alloc.set_segment(w.client_id);
+        } else {
+            // Our channels' peers map the old pool; without it they cannot go on.
+            let ids: Vec<u32> = self.channels.keys().copied().collect();
+            for id in ids {
+                self.kill_channel(id, "the new daemon could not adopt our pool");
+            }
+            self.pool = fresh.pool.clone();
+            self.alloc = PoolAllocator::new(fresh.pool.geometry.clone(), w.client_id);
+        }
+        // Chunks lent through the old daemon never come back: reclaim every
+        // chunk that no channel peer and no unsent loan holds. (A receiver
+        // that still reads such a payload may see it overwritten: the cost
+        // of a daemon restart for brokered payloads in flight.)
+        let keep: HashSet<u64> =
+            self.channels.values().flat_map(|c| c.lent.iter().copied()).chain(self.loaned.iter().copied()).collect();
+        for c in self.alloc.held() {
+            if !keep.contains(&c.offset) {
+                let _ = self.alloc.free(c);
+            }
+        }
+        self.sock = fresh.sock;
+        self.client_id = fresh.client_id;
+        self.tx = fresh.tx;
+        self.rx = fresh.rx;
+        self.tx_bell = fresh.tx_bell;
+        self.rx_bell = fresh.rx_bell;
+        self.views.clear();
+        self.replies.clear();
+        self.backlog.clear();
+        self.topics.clear();
+        self.gone = None;
+        self.epoch += 1;
+        let gone = Descriptor::new(Kind::Error, 0, 0).with_aux(control::DataError::PeerGone as u64);
+        let direct: HashSet<u64> = self.channels.values().flat_map(|c| c.calls.iter().copied()).collect();
+        for (corr, slot) in self.calls.iter_mut() {
+            if slot.is_none() && !direct.contains(corr) {
+                *slot = Some((Descriptor { correlation: *corr, ..gone }, Origin::Daemon));
+            }
+        }
+        for s in self.streams.values_mut().filter(|s| s.origin == Origin::Daemon) {
+            s.ended = true;
+            s.error.get_or_insert(Error::BusGone("the daemon restarted".into()));
+        }
+        for q in self.inboxes.values_mut() {
+            q.retain(|(_, o)| *o != Origin::Daemon);
+        }
+        self.served.retain(|(o, _), _| *o != Origin::Daemon);
+        self.cancelled.retain(|(o, _)| *o != Origin::Daemon);
+        Ok(())
     }
 
     /// A fresh id for a control request or a correlation.
@@ -186,27 +239,27 @@ impl Core {
 
     /// Sends a control request; the reply is collected by [`pump_control`](Self::pump_control).
     pub fn send_control(&mut self, request: Request) -> Result<u64> {
+        self.send_control_fds(request, &[])
+    }
+
+    /// Sends a control request with descriptors attached.
+    pub fn send_control_fds(&mut self, request: Request, fds: &[std::os::fd::BorrowedFd<'_>]) -> Result<u64> {
         self.check_alive()?;
         let id = self.next_id();
-        let bytes = control::encode(&ClientMessage { id, request })
-            .map_err(|e| Error::BadRequest(e.to_string()))?;
+        let bytes = control::encode(&ClientMessage { id, request }).map_err(|e| Error::BadRequest(e.to_string()))?;
         // The socket is non-blocking; a control message that does not fit
         // means the daemon is not reading: give it a moment, then give up.
         for _ in 0..1000 {
-            match self.sock.send(&bytes, &[]) {
+            match self.sock.send(&bytes, fds) {
                 Ok(()) => return Ok(id),
-                Err(nix::errno::Errno::EAGAIN) => {
-                    std::thread::sleep(std::time::Duration::from_millis(1))
-                }
+                Err(nix::errno::Errno::EAGAIN) => std::thread::sleep(std::time::Duration::from_millis(1)),
                 Err(e) => {
                     self.gone = Some(format!("control socket: {}", e.desc()));
                     return Err(gone(e.desc()));
                 }
             }
         }
-        Err(Error::BusGone(
-            "daemon does not read its control socket".into(),
-        ))
+        Err(Error::BusGone("daemon does not read its control socket".into()))
     }
 
     /// Reads every control message that is ready.
@@ -238,9 +291,7 @@ impl Core {
     fn lost(&mut self, why: &str) {
         if self.gone.is_none() {
             self.gone = Some(why.to_owned());
-            self.events.push_back(BusEvent::Disconnected {
-                reason: why.to_owned(),
-            });
+            self.events.push_back(BusEvent::Disconnected { reason: why.to_owned() });
         }
     }
 
@@ -254,9 +305,7 @@ impl Core {
                     let (seg, info) = Segment::open(fd, Access::ReadOnly, SegmentKind::Pool)
                         .map_err(|e| Error::Protocol(format!("pool view: {e}")))?;
                     if info.param != pool as u64 || g.size() > seg.len() as u64 {
-                        return Err(Error::Protocol(
-                            "pool view does not match its geometry".into(),
-                        ));
+                        return Err(Error::Protocol("pool view does not match its geometry".into()));
                     }
                     Ok(View { seg, geometry: g })
                 });
@@ -270,44 +319,16 @@ impl Core {
             Event::PoolGone { pool } => {
                 self.views.remove(&pool);
             }
-            Event::ServiceUp {
-                name,
-                route,
-                instance,
-                pid,
-            } => self.events.push_back(BusEvent::ServiceUp {
-                name,
-                route,
-                instance,
-                pid,
-            }),
-            Event::ServiceDown {
-                name,
-                route,
-                instance,
-                pid,
-            } => self.events.push_back(BusEvent::ServiceDown {
-                name,
-                route,
-                instance,
-                pid,
-            }),
-            Event::Traffic {
-                kind,
-                from,
-                to,
-                route,
-                correlation,
-                len,
-            } => self.events.push_back(BusEvent::Traffic {
-                kind,
-                from,
-                to,
-                route,
-                correlation,
-                len,
-            }),
-            Event::DirectOpen(info) => match Direct::open(&info, fds, self.client_id) {
+            Event::ServiceUp { name, route, instance, pid } => {
+                self.events.push_back(BusEvent::ServiceUp { name, route, instance, pid })
+            }
+            Event::ServiceDown { name, route, instance, pid } => {
+                self.events.push_back(BusEvent::ServiceDown { name, route, instance, pid })
+            }
+            Event::Traffic { kind, from, to, route, correlation, len } => {
+                self.events.push_back(BusEvent::Traffic { kind, from, to, route, correlation, len })
+            }
+            Event::DirectOpen(info) => match Direct::open(&info, fds, self.client_id, self.rx_bell.clone()) {
                 Ok(ch) => {
                     // The upgrade fence: everything we sent brokered before it
                     // is dispatched at the peer before anything we send direct.
@@ -325,9 +346,7 @@ impl Core {
                 }
                 Err(e) => {
                     // Unusable: ask the daemon to close it so the peer falls back too.
-                    let _ = self.send_control(Request::CloseDirect {
-                        channel: info.channel,
-                    });
+                    let _ = self.send_control(Request::CloseDirect { channel: info.channel });
                     self.events.push_back(BusEvent::DirectClosed {
                         channel: info.channel,
                         service: info.service,
@@ -335,11 +354,7 @@ impl Core {
                     });
                 }
             },
-            Event::DirectClosed {
-                channel,
-                reason,
-                peer_died,
-            } => {
+            Event::DirectClosed { channel, reason, peer_died } => {
                 if peer_died {
                     self.kill_channel(channel, &reason);
                 } else {
@@ -366,11 +381,7 @@ impl Core {
         if side == Side::A && self.route_direct.get(&route) == Some(&id) {
             self.route_direct.remove(&route);
         }
-        self.events.push_back(BusEvent::DirectClosed {
-            channel: id,
-            service,
-            reason: reason.to_owned(),
-        });
+        self.events.push_back(BusEvent::DirectClosed { channel: id, service, reason: reason.to_owned() });
         self.reap_channel(id);
     }
 
@@ -386,17 +397,10 @@ impl Core {
         if self.route_direct.get(&ch.route) == Some(&id) {
             self.route_direct.remove(&ch.route);
         }
-        let gone =
-            Descriptor::new(Kind::Error, ch.route, 0).with_aux(control::DataError::PeerGone as u64);
+        let gone = Descriptor::new(Kind::Error, ch.route, 0).with_aux(control::DataError::PeerGone as u64);
         for corr in &ch.calls {
             if let Some(slot) = self.calls.get_mut(corr) {
-                *slot = Some((
-                    Descriptor {
-                        correlation: *corr,
-                        ..gone
-                    },
-                    Origin::Daemon,
-                ));
+                *slot = Some((Descriptor { correlation: *corr, ..gone }, Origin::Daemon));
             }
         }
         let origin = Origin::Direct(id);
@@ -413,11 +417,7 @@ impl Core {
             q.retain(|(_, o)| *o != origin);
         }
         for off in &ch.lent {
-            let _ = self.alloc.free(ChunkRef {
-                segment: self.client_id,
-                len: 0,
-                offset: *off,
-            });
+            let _ = self.alloc.free(ChunkRef { segment: self.client_id, len: 0, offset: *off });
         }
         self.events.push_back(BusEvent::DirectClosed {
             channel: id,
@@ -438,10 +438,7 @@ impl Core {
     /// and the call remembered for "peer gone"), else the daemon.
     #[inline]
     pub fn route_call(&mut self, d: &mut Descriptor, corr: u64) -> Origin {
-        match self
-            .direct_for(d.route)
-            .and_then(|id| self.channels.get_mut(&id))
-        {
+        match self.direct_for(d.route).and_then(|id| self.channels.get_mut(&id)) {
             Some(ch) => {
                 ch.calls.insert(corr);
                 d.route = ch.instance;
@@ -454,10 +451,7 @@ impl Core {
     /// Picks the path for a fire (or a stream's opening): like [`route_call`](Self::route_call) without the bookkeeping.
     #[inline]
     pub fn route_fire(&mut self, d: &mut Descriptor) -> Origin {
-        match self
-            .direct_for(d.route)
-            .and_then(|id| self.channels.get(&id))
-        {
+        match self.direct_for(d.route).and_then(|id| self.channels.get(&id)) {
             Some(ch) => {
                 d.route = ch.instance;
                 Origin::Direct(ch.id)
@@ -479,12 +473,7 @@ impl Core {
 
     /// Declares dead every channel whose peer process has exited (pidfd readable).
     pub fn check_peers(&mut self) {
-        let dead: Vec<u32> = self
-            .channels
-            .values()
-            .filter(|c| c.peer_exited())
-            .map(|c| c.id)
-            .collect();
+        let dead: Vec<u32> = self.channels.values().filter(|c| c.peer_exited()).map(|c| c.id).collect();
         for id in dead {
             self.kill_channel(id, "peer process exited");
         }
@@ -510,9 +499,7 @@ impl Core {
         let ids: Vec<u32> = self
             .channels
             .values()
-            .filter(|c| {
-                c.peer_fenced && (!only_closing || (c.state == State::Closing && !c.peer_ended))
-            })
+            .filter(|c| c.peer_fenced && (!only_closing || (c.state == State::Closing && !c.peer_ended)))
             .map(|c| c.id)
             .collect();
         let mut buf = [Descriptor::new(Kind::Fence, 0, 0); 32];
@@ -531,17 +518,13 @@ impl Core {
                 };
                 for d in &buf[..n] {
                     let ok = d.kind == Kind::Release as u8
-                        && d.chunk()
-                            .is_some_and(|c| c.segment == ch.my_pool && ch.lent.remove(&c.offset));
+                        && d.chunk().is_some_and(|c| c.segment == ch.my_pool && ch.lent.remove(&c.offset));
                     if !ok {
                         self.channel_violation(id, "returned a chunk it was not lent".into());
                         break;
                     }
                     if let Some(c) = d.chunk() {
-                        let _ = self.alloc.free(ChunkRef {
-                            segment: self.client_id,
-                            ..c
-                        });
+                        let _ = self.alloc.free(ChunkRef { segment: self.client_id, ..c });
                     }
                 }
                 if n < buf.len() {
@@ -623,6 +606,17 @@ impl Core {
         total
     }
 
+    /// The inbox (instance id) a request addressed to `route` lands in: a
+    /// peer on a direct channel may still use an instance id from before a
+    /// daemon restart.
+    #[inline]
+    fn inbox_of(&self, route: u32, origin: Origin) -> u32 {
+        match origin {
+            Origin::Daemon => route,
+            Origin::Direct(_) => self.instance_alias.get(&route).copied().unwrap_or(route),
+        }
+    }
+
     /// The view of the pool a chunk lives in, reading the control socket for it if new.
     pub fn view_for(&mut self, c: ChunkRef, origin: Origin) -> Option<Arc<View>> {
         if let Origin::Direct(id) = origin {
@@ -647,10 +641,7 @@ impl Core {
         };
         if let (Some(c), Origin::Daemon) = (d.chunk(), origin) {
             if kind != Kind::Release && self.view_for(c, origin).is_none() {
-                self.lost(&format!(
-                    "daemon sent a chunk of pool {} without a valid view",
-                    c.segment
-                ));
+                self.lost(&format!("daemon sent a chunk of pool {} without a valid view", c.segment));
                 return;
             }
         }
@@ -675,23 +666,13 @@ impl Core {
                 }
             }
             (Kind::Request, true) | (Kind::Fire, _) => {
-                self.inboxes
-                    .entry(d.route)
-                    .or_default()
-                    .push_back((d, origin));
+                let inbox = self.inbox_of(d.route, origin);
+                self.inboxes.entry(inbox).or_default().push_back((d, origin));
             }
             (Kind::StreamOpen, true) => {
-                self.served.insert(
-                    key,
-                    ServedState {
-                        send_credits: d.aux & 0xffff_ffff,
-                        ..ServedState::default()
-                    },
-                );
-                self.inboxes
-                    .entry(d.route)
-                    .or_default()
-                    .push_back((d, origin));
+                self.served.insert(key, ServedState { send_credits: d.aux & 0xffff_ffff, ..ServedState::default() });
+                let inbox = self.inbox_of(d.route, origin);
+                self.inboxes.entry(inbox).or_default().push_back((d, origin));
             }
             (Kind::Publish, _) => {
                 let q = self.topics.entry(d.route).or_default();
@@ -717,10 +698,7 @@ impl Core {
                     s.error = Some(error_of(&d, None));
                     self.release(d, origin);
                 } else if kind == Kind::Error && d.correlation & FIRE_BIT != 0 {
-                    self.events.push_back(BusEvent::FireFailed {
-                        route: d.route,
-                        error: error_of(&d, None),
-                    });
+                    self.events.push_back(BusEvent::FireFailed { route: d.route, error: error_of(&d, None) });
                 } else {
                     // An answer to a call that timed out: give the chunk back.
                     self.release(d, origin);
@@ -778,9 +756,7 @@ impl Core {
     pub fn release(&mut self, d: Descriptor, origin: Origin) {
         let Some(c) = d.chunk() else { return };
         match origin {
-            Origin::Daemon => {
-                self.push_or_backlog(Descriptor::new(Kind::Release, 0, 0).with_chunk(c))
-            }
+            Origin::Daemon => self.push_or_backlog(Descriptor::new(Kind::Release, 0, 0).with_chunk(c)),
             Origin::Direct(id) => {
                 if let Some(ch) = self.channels.get_mut(&id) {
                     // The return ring has a slot per chunk the peer can lend
@@ -933,25 +909,17 @@ pub(crate) const FIRE_BIT: u64 = 1 << 62;
 
 pub(crate) fn alloc_error(e: hybus_layout::pool::AllocError) -> Error {
     match e {
-        hybus_layout::pool::AllocError::TooLarge { len, max } => {
-            Error::PayloadTooLarge { len, max }
-        }
+        hybus_layout::pool::AllocError::TooLarge { len, max } => Error::PayloadTooLarge { len, max },
         hybus_layout::pool::AllocError::Exhausted { len } => Error::OutOfPool { len },
     }
 }
 
 /// The error an Error descriptor carries.
 pub(crate) fn error_of(d: &Descriptor, payload: Option<&[u8]>) -> Error {
-    Error::from_data(
-        control::DataError::from_aux(d.aux),
-        payload.unwrap_or(d.inline()),
-    )
+    Error::from_data(control::DataError::from_aux(d.aux), payload.unwrap_or(d.inline()))
 }
 
 fn geometry_of(classes: &[(u32, u32)]) -> Result<PoolGeometry> {
-    let c: Vec<SizeClass> = classes
-        .iter()
-        .map(|&(chunk_size, count)| SizeClass { chunk_size, count })
-        .collect();
+    let c: Vec<SizeClass> = classes.iter().map(|&(chunk_size, count)| SizeClass { chunk_size, count }).collect();
     PoolGeometry::new(&c).map_err(|e| Error::Protocol(format!("pool geometry: {e}")))
 }

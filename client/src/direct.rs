@@ -60,6 +60,9 @@ pub(crate) struct Direct {
     pub rel_tx: Producer,
     pub rel_rx: Consumer,
     pub peer_bell: EventFd,
+    /// The doorbell the peer rings for us (our daemon doorbell when the
+    /// channel was made; kept across daemon restarts).
+    pub my_bell: Arc<EventFd>,
     pub pidfd: Arc<OwnedFd>,
     pub peer_view: Arc<View>,
     pub state: State,
@@ -78,16 +81,13 @@ pub(crate) struct Direct {
 
 impl Direct {
     /// Maps a channel the daemon handed over: segment, peer pool, peer doorbell, peer pidfd.
-    pub fn open(info: &DirectInfo, fds: Vec<OwnedFd>, my_pool: u32) -> Result<Direct> {
+    pub fn open(info: &DirectInfo, fds: Vec<OwnedFd>, my_pool: u32, my_bell: Arc<EventFd>) -> Result<Direct> {
         let proto = |m: String| Error::Protocol(format!("direct channel {}: {m}", info.channel));
         let mut fds = fds.into_iter();
-        let (Some(seg), Some(pool), Some(bell), Some(pidfd)) =
-            (fds.next(), fds.next(), fds.next(), fds.next())
-        else {
+        let (Some(seg), Some(pool), Some(bell), Some(pidfd)) = (fds.next(), fds.next(), fds.next(), fds.next()) else {
             return Err(proto("came without its four descriptors".into()));
         };
-        let (seg, h) = Segment::open(seg, Access::ReadWrite, SegmentKind::Channel)
-            .map_err(|e| proto(e.to_string()))?;
+        let (seg, h) = Segment::open(seg, Access::ReadWrite, SegmentKind::Channel).map_err(|e| proto(e.to_string()))?;
         let layout = ChannelLayout::new(info.capacity);
         if h.param != info.capacity || seg.len() < layout.size {
             return Err(proto("segment does not match its capacity".into()));
@@ -101,11 +101,8 @@ impl Direct {
         let rx = seg.ring_consumer(inn, cap).map_err(e)?;
         let rel_tx = seg.ring_producer(rel_out, cap).map_err(e)?;
         let rel_rx = seg.ring_consumer(rel_in, cap).map_err(e)?;
-        let classes: Vec<SizeClass> = info
-            .peer_classes
-            .iter()
-            .map(|&(chunk_size, count)| SizeClass { chunk_size, count })
-            .collect();
+        let classes: Vec<SizeClass> =
+            info.peer_classes.iter().map(|&(chunk_size, count)| SizeClass { chunk_size, count }).collect();
         let geometry = PoolGeometry::new(&classes).map_err(|e| proto(e.to_string()))?;
         let (pool, ph) = Segment::open(pool, Access::ReadOnly, SegmentKind::Pool).map_err(e)?;
         if ph.param != info.peer as u64 || geometry.size() > pool.len() as u64 {
@@ -127,11 +124,9 @@ impl Direct {
             rel_tx,
             rel_rx,
             peer_bell: EventFd::from_fd(bell),
+            my_bell,
             pidfd: Arc::new(pidfd),
-            peer_view: Arc::new(View {
-                seg: pool,
-                geometry,
-            }),
+            peer_view: Arc::new(View { seg: pool, geometry }),
             state: State::Open,
             peer_fenced: false,
             peer_ended: false,
@@ -157,18 +152,14 @@ impl Direct {
         let mut d = *d;
         let chunk = d.chunk();
         if let Some(c) = chunk {
-            d = d.with_chunk(ChunkRef {
-                segment: self.my_pool,
-                ..c
-            });
+            d = d.with_chunk(ChunkRef { segment: self.my_pool, ..c });
         }
         match self.tx.push(&d) {
             Ok(()) => {
                 if let Some(c) = chunk {
                     self.lent.insert(c.offset);
                 }
-                self.counters()
-                    .count(chunk.map_or(d.inline_len as u64, |c| c.len as u64));
+                self.counters().count(chunk.map_or(d.inline_len as u64, |c| c.len as u64));
                 self.tx.notify(&self.peer_bell);
                 Ok(())
             }
@@ -203,10 +194,7 @@ impl Direct {
                     c.segment, self.peer_pool
                 ));
             }
-            self.peer_view
-                .geometry
-                .check(c)
-                .map_err(|e| e.to_string())?;
+            self.peer_view.geometry.check(c).map_err(|e| e.to_string())?;
         }
         if kind == hybus_layout::Kind::Release {
             return Err("a release on a data ring".into());

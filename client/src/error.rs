@@ -71,11 +71,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::NoDaemon { path, reason } => {
-                write!(
-                    f,
-                    "no daemon at {}: {reason} — is hybusd running?",
-                    path.display()
-                )
+                write!(f, "no daemon at {}: {reason} — is hybusd running?", path.display())
             }
             Self::VersionMismatch(m) => write!(f, "protocol version mismatch: {m}"),
             Self::NameOwned(m) => write!(f, "name already owned: {m}"),
@@ -86,14 +82,9 @@ impl fmt::Display for Error {
             Self::NoSuchService => f.write_str("no such service"),
             Self::NoInstance => f.write_str("no instance is serving this service"),
             Self::DeadlineExceeded => f.write_str("deadline exceeded"),
-            Self::PeerGone => {
-                f.write_str("peer gone: the serving instance went away with the request in flight")
-            }
+            Self::PeerGone => f.write_str("peer gone: the serving instance went away with the request in flight"),
             Self::PayloadTooLarge { len, max } => {
-                write!(
-                    f,
-                    "payload too large: {len} bytes, the largest chunk holds {max}"
-                )
+                write!(f, "payload too large: {len} bytes, the largest chunk holds {max}")
             }
             Self::OutOfPool { len } => write!(f, "out of pool memory for a {len}-byte payload"),
             Self::QueueFull => f.write_str("the receiver's queue is full"),
@@ -148,9 +139,6 @@ impl Error {
 
     /// Whether retrying later may succeed (no instance, full queue, empty pool, full ring).
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Error::NoInstance | Error::QueueFull | Error::OutOfPool { .. } | Error::WouldBlock
-        )
+        matches!(self, Error::NoInstance | Error::QueueFull | Error::OutOfPool { .. } | Error::WouldBlock)
     }
 }

@@ -49,9 +49,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use bus::{Bus, BusOptions};
 pub use error::{Error, Result};
-pub use hybus_layout::control::{
-    ChannelStats, DaemonStatus, InstanceInfo, InstanceStats, ServiceInfo, StatsReport,
-};
+pub use hybus_layout::control::{ChannelStats, DaemonStatus, InstanceInfo, InstanceStats, ServiceInfo, StatsReport};
 pub use hybus_layout::socket::default_socket_path;
 pub use hybus_layout::IdleStrategy;
 pub use sample::{Loan, Sample, INLINE_PAYLOAD};
@@ -144,19 +142,13 @@ pub struct Route {
 
 impl Clone for Route {
     fn clone(&self) -> Self {
-        Route {
-            name: self.name.clone(),
-            packed: AtomicU64::new(self.packed.load(Ordering::Relaxed)),
-        }
+        Route { name: self.name.clone(), packed: AtomicU64::new(self.packed.load(Ordering::Relaxed)) }
     }
 }
 
 impl Route {
     pub(crate) fn new(name: &str, id: u32, epoch: u64) -> Route {
-        Route {
-            name: name.to_owned(),
-            packed: AtomicU64::new(pack(id, epoch)),
-        }
+        Route { name: name.to_owned(), packed: AtomicU64::new(pack(id, epoch)) }
     }
 
     /// The service name.

@@ -33,29 +33,14 @@ pub struct Sample {
 impl Sample {
     pub(crate) fn new(shared: &Arc<Shared>, d: Descriptor, origin: Origin) -> Result<Sample> {
         let Some(c) = d.chunk() else {
-            return Ok(Sample {
-                d,
-                origin,
-                view: None,
-                shared: None,
-                epoch: 0,
-            });
+            return Ok(Sample { d, origin, view: None, shared: None, epoch: 0 });
         };
         let mut core = shared.lock();
         let epoch = core.epoch;
-        let view = core.view_for(c, origin).ok_or_else(|| {
-            Error::Protocol(format!(
-                "no view of pool {} for a received chunk",
-                c.segment
-            ))
-        })?;
-        Ok(Sample {
-            d,
-            origin,
-            view: Some(view),
-            shared: Some(shared.clone()),
-            epoch,
-        })
+        let view = core
+            .view_for(c, origin)
+            .ok_or_else(|| Error::Protocol(format!("no view of pool {} for a received chunk", c.segment)))?;
+        Ok(Sample { d, origin, view: Some(view), shared: Some(shared.clone()), epoch })
     }
 
     /// The payload bytes.
@@ -87,10 +72,7 @@ impl Deref for Sample {
 
 impl fmt::Debug for Sample {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sample")
-            .field("len", &self.bytes().len())
-            .field("zero_copy", &self.is_zero_copy())
-            .finish()
+        f.debug_struct("Sample").field("len", &self.bytes().len()).field("zero_copy", &self.is_zero_copy()).finish()
     }
 }
 
@@ -129,14 +111,7 @@ impl Loan {
             let core = shared.lock();
             (core.epoch, core.pool.clone())
         };
-        Loan {
-            shared,
-            pool,
-            chunk,
-            len,
-            epoch,
-            sent: false,
-        }
+        Loan { shared, pool, chunk, len, epoch, sent: false }
     }
 
     /// Shrinks the payload to `len` bytes (it cannot grow past the loan).
@@ -149,10 +124,7 @@ impl Loan {
             return Err(Error::BusGone("the loan is from before a reconnect".into()));
         }
         self.sent = true;
-        let c = ChunkRef {
-            len: self.len as u32,
-            ..self.chunk
-        };
+        let c = ChunkRef { len: self.len as u32, ..self.chunk };
         Ok(Descriptor::new(kind, route, 0).with_chunk(c))
     }
 }
@@ -160,10 +132,7 @@ impl Loan {
 impl Deref for Loan {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        self.pool
-            .seg
-            .bytes(self.chunk.offset, self.len)
-            .unwrap_or(&[])
+        self.pool.seg.bytes(self.chunk.offset, self.len).unwrap_or(&[])
     }
 }
 
@@ -177,10 +146,7 @@ impl DerefMut for Loan {
 
 impl fmt::Debug for Loan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Loan")
-            .field("len", &self.len)
-            .field("offset", &self.chunk.offset)
-            .finish()
+        f.debug_struct("Loan").field("len", &self.len).field("offset", &self.chunk.offset).finish()
     }
 }
 

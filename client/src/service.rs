@@ -24,10 +24,7 @@ pub struct ServiceOptions {
 
 impl Default for ServiceOptions {
     fn default() -> Self {
-        ServiceOptions {
-            version: 1,
-            weight: 1,
-        }
+        ServiceOptions { version: 1, weight: 1 }
     }
 }
 
@@ -39,7 +36,7 @@ impl Slot {
     pub(crate) fn store(&self, instance: u32, route: u32, epoch: u64) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = (instance, route, epoch);
     }
-    fn load(&self) -> (u32, u32, u64) {
+    pub(crate) fn load(&self) -> (u32, u32, u64) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -72,30 +69,16 @@ pub enum Incoming {
 }
 
 impl Service {
-    pub(crate) fn new(
-        bus: Bus,
-        name: &str,
-        options: ServiceOptions,
-        instance: u32,
-        route: u32,
-    ) -> Service {
+    pub(crate) fn new(bus: Bus, name: &str, options: ServiceOptions, instance: u32, route: u32) -> Service {
         let epoch = bus.shared.lock().epoch;
         let slot = Arc::new(Slot::default());
         slot.store(instance, route, epoch);
-        bus.shared
-            .registrations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Registration {
-                name: name.to_owned(),
-                options,
-                slot: slot.clone(),
-            });
-        Service {
-            bus,
+        bus.shared.registrations.lock().unwrap_or_else(|p| p.into_inner()).push(Registration {
             name: name.to_owned(),
-            slot,
-        }
+            options,
+            slot: slot.clone(),
+        });
+        Service { bus, name: name.to_owned(), slot }
     }
 
     /// The service's name.
@@ -117,9 +100,10 @@ impl Service {
     pub fn next(&self, timeout: Duration) -> Result<Option<Incoming>> {
         let deadline = Instant::now() + timeout;
         let (instance, _, epoch) = self.slot.load();
-        let r = self.bus.shared.wait(Some(deadline), false, |core| {
-            Ok(core.inboxes.get_mut(&instance).and_then(|q| q.pop_front()))
-        });
+        let r = self
+            .bus
+            .shared
+            .wait(Some(deadline), false, |core| Ok(core.inboxes.get_mut(&instance).and_then(|q| q.pop_front())));
         let (d, origin) = match r {
             Ok(d) => d,
             Err(Error::DeadlineExceeded) => return Ok(None),
@@ -159,11 +143,7 @@ impl Service {
 
     /// Stops getting new requests; requests in flight still arrive and may be answered.
     pub fn drain(&self) -> Result<()> {
-        self.bus
-            .control(ControlRequest::Drain {
-                instance: self.instance(),
-            })
-            .map(drop)
+        self.bus.control(ControlRequest::Drain { instance: self.instance() }).map(drop)
     }
 
     /// Unregisters now. Requests in flight fail at their callers with [`Error::PeerGone`].
@@ -182,9 +162,7 @@ impl Service {
         if self.bus.shared.lock().epoch != epoch || !self.bus.is_connected() {
             return Ok(());
         }
-        self.bus
-            .control(ControlRequest::Unregister { instance })
-            .map(drop)
+        self.bus.control(ControlRequest::Unregister { instance }).map(drop)
     }
 }
 
@@ -228,16 +206,9 @@ impl Request {
         self.payload = None;
         let mut d = d?;
         if self.origin == Origin::Daemon && self.shared.lock().epoch != self.epoch {
-            return Err(Error::BusGone(
-                "the request is from before a reconnect".into(),
-            ));
+            return Err(Error::BusGone("the request is from before a reconnect".into()));
         }
-        if self
-            .shared
-            .lock()
-            .cancelled
-            .remove(&(self.origin, self.corr))
-        {
+        if self.shared.lock().cancelled.remove(&(self.origin, self.corr)) {
             if let Some(c) = d.chunk() {
                 self.shared.lock().free_own(c);
             }
@@ -250,12 +221,8 @@ impl Request {
 
     /// Answers with `payload` (copied into a chunk if larger than 40 bytes).
     pub fn reply(mut self, payload: &[u8]) -> Result<()> {
-        let d = self.shared.build(
-            Kind::Response,
-            self.instance,
-            payload,
-            Some(Instant::now() + Duration::from_secs(10)),
-        );
+        let d =
+            self.shared.build(Kind::Response, self.instance, payload, Some(Instant::now() + Duration::from_secs(10)));
         self.finish(d)
     }
 
@@ -313,15 +280,7 @@ impl StreamRequest {
     /// Sends one item, waiting up to `timeout` for the caller to grant a credit.
     /// Fails with [`Error::Cancelled`] once the caller cancelled or went away.
     pub fn send(&mut self, payload: &[u8], timeout: Duration) -> Result<()> {
-        send_item(
-            &self.shared,
-            Side::Server,
-            self.origin,
-            self.corr,
-            self.instance,
-            payload,
-            Instant::now() + timeout,
-        )
+        send_item(&self.shared, Side::Server, self.origin, self.corr, self.instance, payload, Instant::now() + timeout)
     }
 
     /// Receives the caller's next item (channels); `Ok(None)` once the caller ended its direction.
@@ -331,8 +290,7 @@ impl StreamRequest {
         }
         if !self.granted {
             self.granted = true;
-            let mut c = Descriptor::new(Kind::Credit, self.instance, self.corr)
-                .with_aux(self.window as u64);
+            let mut c = Descriptor::new(Kind::Credit, self.instance, self.corr).with_aux(self.window as u64);
             c.flags |= flags::SERVER;
             self.shared.send_on(self.origin, &c, None)?;
         }
@@ -371,8 +329,7 @@ impl StreamRequest {
                     core.release(*d, self.origin);
                 }
             }
-            st.is_none_or(|s| s.cancelled)
-                || (self.origin == Origin::Daemon && core.epoch != self.epoch)
+            st.is_none_or(|s| s.cancelled) || (self.origin == Origin::Daemon && core.epoch != self.epoch)
         };
         if cancelled {
             return Ok(());

@@ -40,10 +40,7 @@ fn credits(core: &mut Core, side: Side, origin: Origin, corr: u64) -> Result<Opt
             Ok(Some(&mut s.send_credits))
         }
         Side::Server => {
-            let s = core
-                .served
-                .get_mut(&(origin, corr))
-                .ok_or(Error::Cancelled)?;
+            let s = core.served.get_mut(&(origin, corr)).ok_or(Error::Cancelled)?;
             if s.cancelled {
                 return Err(Error::Cancelled);
             }
@@ -62,15 +59,13 @@ pub(crate) fn send_item(
     payload: &[u8],
     deadline: Instant,
 ) -> Result<()> {
-    shared.wait(Some(deadline), false, |core| {
-        match credits(core, side, origin, corr)? {
-            Some(c) if *c > 0 => {
-                *c -= 1;
-                Ok(Some(()))
-            }
-            Some(_) => Ok(None),
-            None => Err(Error::Cancelled),
+    shared.wait(Some(deadline), false, |core| match credits(core, side, origin, corr)? {
+        Some(c) if *c > 0 => {
+            *c -= 1;
+            Ok(Some(()))
         }
+        Some(_) => Ok(None),
+        None => Err(Error::Cancelled),
     })?;
     let mut d = shared.build(Kind::StreamItem, route, payload, Some(deadline))?;
     d.correlation = corr;
@@ -100,10 +95,7 @@ pub(crate) fn recv_item(
                 (&mut s.items, s.ended, s.error.clone())
             }
             Side::Server => {
-                let s = core
-                    .served
-                    .get_mut(&(origin, corr))
-                    .ok_or(Error::Cancelled)?;
+                let s = core.served.get_mut(&(origin, corr)).ok_or(Error::Cancelled)?;
                 let err = s.cancelled.then_some(Error::Cancelled);
                 (&mut s.items, s.peer_ended, err)
             }
@@ -156,32 +148,18 @@ impl Bus {
         self.open_stream(route, payload, window, true)
     }
 
-    fn open_stream(
-        &self,
-        route: &Route,
-        payload: &[u8],
-        window: u32,
-        channel: bool,
-    ) -> Result<Stream> {
+    fn open_stream(&self, route: &Route, payload: &[u8], window: u32, channel: bool) -> Result<Stream> {
         let id = self.route_id(route)?;
         let window = window.max(1);
         let deadline = Instant::now() + Duration::from_secs(10);
-        let mut d = self
-            .shared
-            .build(Kind::StreamOpen, id, payload, Some(deadline))?;
+        let mut d = self.shared.build(Kind::StreamOpen, id, payload, Some(deadline))?;
         let (corr, origin) = {
             let mut core = self.shared.lock();
             let corr = core.next_id();
             let origin = core.route_fire(&mut d);
             core.streams.insert(
                 corr,
-                StreamState {
-                    origin,
-                    items: Default::default(),
-                    ended: false,
-                    error: None,
-                    send_credits: 0,
-                },
+                StreamState { origin, items: Default::default(), ended: false, error: None, send_credits: 0 },
             );
             (corr, origin)
         };
@@ -191,16 +169,7 @@ impl Bus {
             self.shared.lock().streams.remove(&corr);
             return Err(e);
         }
-        Ok(Stream {
-            bus: self.clone(),
-            corr,
-            route: d.route,
-            origin,
-            window,
-            consumed: 0,
-            channel,
-            done: false,
-        })
+        Ok(Stream { bus: self.clone(), corr, route: d.route, origin, window, consumed: 0, channel, done: false })
     }
 }
 
@@ -227,19 +196,9 @@ impl Stream {
     /// `timeout` for a credit.
     pub fn send(&mut self, payload: &[u8], timeout: Duration) -> Result<()> {
         if !self.channel {
-            return Err(Error::BadRequest(
-                "send on a request-stream; open a request-channel".into(),
-            ));
+            return Err(Error::BadRequest("send on a request-stream; open a request-channel".into()));
         }
-        send_item(
-            &self.bus.shared,
-            Side::Caller,
-            self.origin,
-            self.corr,
-            self.route,
-            payload,
-            Instant::now() + timeout,
-        )
+        send_item(&self.bus.shared, Side::Caller, self.origin, self.corr, self.route, payload, Instant::now() + timeout)
     }
 
     /// Ends our direction of a channel; keep calling [`next`](Self::next) for the service's items.
@@ -247,11 +206,7 @@ impl Stream {
         if !self.channel {
             return Ok(());
         }
-        self.bus.shared.send_on(
-            self.origin,
-            &Descriptor::new(Kind::StreamEnd, self.route, self.corr),
-            None,
-        )
+        self.bus.shared.send_on(self.origin, &Descriptor::new(Kind::StreamEnd, self.route, self.corr), None)
     }
 
     fn finish(&mut self) {
@@ -270,13 +225,7 @@ impl Stream {
 impl Drop for Stream {
     fn drop(&mut self) {
         if !self.done {
-            let ended = self
-                .bus
-                .shared
-                .lock()
-                .streams
-                .get(&self.corr)
-                .is_some_and(|s| s.ended);
+            let ended = self.bus.shared.lock().streams.get(&self.corr).is_some_and(|s| s.ended);
             if !ended {
                 let cancel = Descriptor::new(Kind::Cancel, self.route, self.corr);
                 let _ = self.bus.shared.lock().try_send_on(self.origin, &cancel);
@@ -288,8 +237,7 @@ impl Drop for Stream {
 
 /// The error a stream ended with, for the server side's `fail`.
 pub(crate) fn service_error(route: u32, corr: u64, msg: &str) -> Descriptor {
-    let mut d = Descriptor::new(Kind::Error, route, corr)
-        .with_aux(hybus_layout::control::DataError::Service as u64);
+    let mut d = Descriptor::new(Kind::Error, route, corr).with_aux(hybus_layout::control::DataError::Service as u64);
     let bytes = msg.as_bytes();
     let n = bytes.len().min(hybus_layout::descriptor::INLINE_CAPACITY);
     d = d.with_inline(&bytes[..n]).unwrap_or(d);

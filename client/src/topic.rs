@@ -29,28 +29,16 @@ pub struct Subscription {
 impl Bus {
     /// A publisher for `topic` (created if new).
     pub fn publisher(&self, topic: &str) -> Result<Publisher> {
-        match self.control(Request::Topic {
-            name: topic.to_owned(),
-        })? {
-            Reply::Resolved { route, .. } => Ok(Publisher {
-                bus: self.clone(),
-                topic: topic.to_owned(),
-                route,
-            }),
+        match self.control(Request::Topic { name: topic.to_owned() })? {
+            Reply::Resolved { route, .. } => Ok(Publisher { bus: self.clone(), topic: topic.to_owned(), route }),
             r => Err(Error::Protocol(format!("unexpected reply {r:?}"))),
         }
     }
 
     /// Subscribes to `topic`.
     pub fn subscribe(&self, topic: &str) -> Result<Subscription> {
-        match self.control(Request::Subscribe {
-            topic: topic.to_owned(),
-        })? {
-            Reply::Subscribed { route } => Ok(Subscription {
-                bus: self.clone(),
-                topic: topic.to_owned(),
-                route,
-            }),
+        match self.control(Request::Subscribe { topic: topic.to_owned() })? {
+            Reply::Subscribed { route } => Ok(Subscription { bus: self.clone(), topic: topic.to_owned(), route }),
             r => Err(Error::Protocol(format!("unexpected reply {r:?}"))),
         }
     }
@@ -78,10 +66,7 @@ impl Publisher {
     /// [`Error::OutOfPool`] if no chunk is free.
     pub fn try_publish(&self, payload: &[u8]) -> Result<()> {
         let mut core = self.bus.shared.lock();
-        let d = core.payload(
-            hybus_layout::Descriptor::new(Kind::Publish, self.route, 0),
-            payload,
-        )?;
+        let d = core.payload(hybus_layout::Descriptor::new(Kind::Publish, self.route, 0), payload)?;
         let r = core.try_send(&d);
         if r.is_err() {
             if let Some(c) = d.chunk() {
@@ -107,12 +92,9 @@ impl Subscription {
     /// The next publication, waiting up to `timeout`; `Ok(None)` if none came.
     pub fn next(&self, timeout: Duration) -> Result<Option<Sample>> {
         let route = self.route;
-        let r = self
-            .bus
-            .shared
-            .wait(Some(Instant::now() + timeout), false, |core| {
-                Ok(core.topics.get_mut(&route).and_then(|q| q.pop_front()))
-            });
+        let r = self.bus.shared.wait(Some(Instant::now() + timeout), false, |core| {
+            Ok(core.topics.get_mut(&route).and_then(|q| q.pop_front()))
+        });
         match r {
             Ok(d) => Sample::new(&self.bus.shared, d, Origin::Daemon).map(Some),
             Err(Error::DeadlineExceeded) => Ok(None),

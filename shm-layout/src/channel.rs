@@ -60,10 +60,8 @@ impl SideCounters {
     /// read-modify-write on the hot path); readers tolerate a stale value.
     #[inline]
     pub fn count(&self, bytes: u64) {
-        self.messages
-            .store(self.messages.load(Relaxed).wrapping_add(1), Relaxed);
-        self.bytes
-            .store(self.bytes.load(Relaxed).wrapping_add(bytes), Relaxed);
+        self.messages.store(self.messages.load(Relaxed).wrapping_add(1), Relaxed);
+        self.bytes.store(self.bytes.load(Relaxed).wrapping_add(bytes), Relaxed);
     }
 
     /// `(messages, bytes)` as last written.
@@ -147,9 +145,6 @@ mod tests {
         assert!(l.b_release + ring <= l.size);
         let (a_out, a_in, a_rel, a_rel_in) = l.rings(Side::A);
         let (b_out, b_in, b_rel, b_rel_in) = l.rings(Side::B);
-        assert_eq!(
-            (a_out, a_in, a_rel, a_rel_in),
-            (b_in, b_out, b_rel_in, b_rel)
-        );
+        assert_eq!((a_out, a_in, a_rel, a_rel_in), (b_in, b_out, b_rel_in, b_rel));
     }
 }

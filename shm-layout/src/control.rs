@@ -46,6 +46,9 @@ pub enum Request {
         layout_hash: u64,
         /// A label for listings (`hybusctl list`); not trusted for anything.
         label: String,
+        /// After a daemon restart: the client's existing pool comes attached
+        /// as the one fd, to be adopted (its direct-channel peers map it).
+        reuse_pool: bool,
     },
     /// Offer a service instance under a dotted name.
     Register {
@@ -196,6 +199,8 @@ pub struct Welcome {
     pub rx_offset: u64,
     /// The pool's size classes as `(chunk_size, count)`.
     pub pool_classes: Vec<(u32, u32)>,
+    /// The pool sent with Hello was adopted (then the pool fd in the Welcome is that same pool).
+    pub pool_reused: bool,
 }
 
 /// One service name and its instances.
@@ -523,8 +528,7 @@ where
         >,
     >,
 {
-    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(msg)
-        .map_err(|e| CodecError::Invalid(e.to_string()))?;
+    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(msg).map_err(|e| CodecError::Invalid(e.to_string()))?;
     if bytes.len() > MAX_MESSAGE {
         return Err(CodecError::TooLarge(bytes.len()));
     }
@@ -549,8 +553,7 @@ where
     }
     let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
     aligned.extend_from_slice(bytes);
-    rkyv::from_bytes::<T, rkyv::rancor::Error>(&aligned)
-        .map_err(|e| CodecError::Invalid(e.to_string()))
+    rkyv::from_bytes::<T, rkyv::rancor::Error>(&aligned).map_err(|e| CodecError::Invalid(e.to_string()))
 }
 
 /// Checks a dotted name: 1..=[`MAX_NAME`] bytes of `[A-Za-z0-9_-]` segments joined by dots.
@@ -562,13 +565,8 @@ pub fn check_name(name: &str) -> Result<(), String> {
         if part.is_empty() {
             return Err(format!("name {name:?} has an empty segment"));
         }
-        if let Some(c) = part
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
-        {
-            return Err(format!(
-                "name {name:?} contains {c:?}; use letters, digits, '_', '-' and '.'"
-            ));
+        if let Some(c) = part.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-')) {
+            return Err(format!("name {name:?} contains {c:?}; use letters, digits, '_', '-' and '.'"));
         }
     }
     Ok(())
@@ -580,22 +578,12 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let m = ClientMessage {
-            id: 7,
-            request: Request::Register {
-                name: "kv.store".into(),
-                version: 2,
-                weight: 1,
-            },
-        };
+        let m = ClientMessage { id: 7, request: Request::Register { name: "kv.store".into(), version: 2, weight: 1 } };
         let b = encode(&m).unwrap();
         assert_eq!(decode::<ClientMessage>(&b).unwrap(), m);
         let r = DaemonMessage::Reply {
             id: 7,
-            result: Err(ErrorReply {
-                code: ErrorCode::NameOwned,
-                message: "owned".into(),
-            }),
+            result: Err(ErrorReply { code: ErrorCode::NameOwned, message: "owned".into() }),
         };
         assert_eq!(decode::<DaemonMessage>(&encode(&r).unwrap()).unwrap(), r);
     }
@@ -613,19 +601,9 @@ mod tests {
                 .collect();
             assert!(decode::<ClientMessage>(&bytes).is_err());
         }
-        let good = encode(&ClientMessage {
-            id: 1,
-            request: Request::List,
-        })
-        .unwrap();
-        assert!(
-            decode::<ClientMessage>(&good[..good.len() - 3]).is_err(),
-            "truncated"
-        );
-        assert!(matches!(
-            decode::<ClientMessage>(&vec![0; MAX_MESSAGE + 1]),
-            Err(CodecError::TooLarge(_))
-        ));
+        let good = encode(&ClientMessage { id: 1, request: Request::List }).unwrap();
+        assert!(decode::<ClientMessage>(&good[..good.len() - 3]).is_err(), "truncated");
+        assert!(matches!(decode::<ClientMessage>(&vec![0; MAX_MESSAGE + 1]), Err(CodecError::TooLarge(_))));
     }
 
     #[test]

@@ -168,15 +168,7 @@ impl Descriptor {
     /// A descriptor of `kind` with everything else zero.
     #[inline]
     pub const fn new(kind: Kind, route: u32, correlation: u64) -> Descriptor {
-        Descriptor {
-            kind: kind as u8,
-            flags: 0,
-            inline_len: 0,
-            route,
-            correlation,
-            aux: 0,
-            body: [0; INLINE_CAPACITY],
-        }
+        Descriptor { kind: kind as u8, flags: 0, inline_len: 0, route, correlation, aux: 0, body: [0; INLINE_CAPACITY] }
     }
 
     /// Sets an inline payload. Returns `None` if `bytes` is longer than [`INLINE_CAPACITY`].
@@ -253,10 +245,7 @@ impl Descriptor {
     #[inline]
     pub fn to_words(&self) -> [u64; 8] {
         let mut w = [0u64; 8];
-        w[0] = self.kind as u64
-            | (self.flags as u64) << 8
-            | (self.inline_len as u64) << 16
-            | (self.route as u64) << 32;
+        w[0] = self.kind as u64 | (self.flags as u64) << 8 | (self.inline_len as u64) << 16 | (self.route as u64) << 32;
         w[1] = self.correlation;
         w[2] = self.aux;
         for (i, c) in self.body.chunks_exact(8).enumerate() {
@@ -293,9 +282,7 @@ impl fmt::Debug for Descriptor {
             Some(k) => d.field("kind", &k),
             None => d.field("kind", &self.kind),
         };
-        d.field("route", &self.route)
-            .field("correlation", &self.correlation)
-            .field("aux", &self.aux);
+        d.field("route", &self.route).field("correlation", &self.correlation).field("aux", &self.aux);
         match self.chunk() {
             Some(c) => d.field("chunk", &c),
             None => d.field("inline_len", &self.inline_len),
@@ -353,10 +340,7 @@ mod tests {
 
     #[test]
     fn words_round_trip() {
-        let d = Descriptor::new(Kind::Request, 7, 0xdead_beef)
-            .with_aux(42)
-            .with_inline(b"hello")
-            .unwrap();
+        let d = Descriptor::new(Kind::Request, 7, 0xdead_beef).with_aux(42).with_inline(b"hello").unwrap();
         let back = Descriptor::from_words(d.to_words());
         assert_eq!(back, d);
         assert_eq!(back.inline(), b"hello");
@@ -365,11 +349,7 @@ mod tests {
 
     #[test]
     fn chunk_round_trip() {
-        let c = ChunkRef {
-            segment: 3,
-            len: 1000,
-            offset: 1 << 40,
-        };
+        let c = ChunkRef { segment: 3, len: 1000, offset: 1 << 40 };
         let d = Descriptor::new(Kind::Publish, 1, 2).with_chunk(c);
         let back = Descriptor::from_words(d.to_words());
         assert_eq!(back.chunk(), Some(c));
@@ -378,9 +358,7 @@ mod tests {
 
     #[test]
     fn inline_too_long_is_refused() {
-        assert!(Descriptor::new(Kind::Fire, 0, 0)
-            .with_inline(&[0; 41])
-            .is_none());
+        assert!(Descriptor::new(Kind::Fire, 0, 0).with_inline(&[0; 41]).is_none());
     }
 
     #[test]
@@ -397,10 +375,7 @@ mod tests {
         assert_eq!(d.inline().len(), INLINE_CAPACITY, "accessor clamps");
         let mut c = Descriptor::new(Kind::Credit, 0, 0);
         c.inline_len = 3;
-        assert_eq!(
-            c.check(),
-            Err(DescriptorError::UnexpectedPayload(Kind::Credit))
-        );
+        assert_eq!(c.check(), Err(DescriptorError::UnexpectedPayload(Kind::Credit)));
     }
 
     #[test]

@@ -48,23 +48,11 @@ pub struct IdleStrategy {
 
 impl IdleStrategy {
     /// Never sleeps: spin, then yield forever. Lowest latency, burns a core.
-    pub const BUSY: IdleStrategy = IdleStrategy {
-        spins: u32::MAX,
-        yields: u32::MAX,
-        park: false,
-    };
+    pub const BUSY: IdleStrategy = IdleStrategy { spins: u32::MAX, yields: u32::MAX, park: false };
     /// The default: a short spin, a short run of yields, then park. 0 % CPU when idle.
-    pub const DEFAULT: IdleStrategy = IdleStrategy {
-        spins: 2_000,
-        yields: 200,
-        park: true,
-    };
+    pub const DEFAULT: IdleStrategy = IdleStrategy { spins: 2_000, yields: 200, park: true };
     /// Sleeps at once: every message is a wake-up syscall. Least CPU.
-    pub const PARK: IdleStrategy = IdleStrategy {
-        spins: 0,
-        yields: 0,
-        park: true,
-    };
+    pub const PARK: IdleStrategy = IdleStrategy { spins: 0, yields: 0, park: true };
 }
 
 impl Default for IdleStrategy {

@@ -191,16 +191,11 @@ impl SegmentHeader {
         self.kind.store(kind as u32, Relaxed);
         self.param.store(param, Relaxed);
         // Magic last: a half-written header never validates.
-        self.magic
-            .store(MAGIC, std::sync::atomic::Ordering::Release);
+        self.magic.store(MAGIC, std::sync::atomic::Ordering::Release);
     }
 
     /// Checks a header found at the start of a mapping of `mapping_len` bytes.
-    pub fn validate(
-        &self,
-        expected: SegmentKind,
-        mapping_len: usize,
-    ) -> Result<HeaderInfo, HeaderError> {
+    pub fn validate(&self, expected: SegmentKind, mapping_len: usize) -> Result<HeaderInfo, HeaderError> {
         if mapping_len < HEADER_REGION {
             return Err(HeaderError::TooSmall(mapping_len));
         }
@@ -210,40 +205,22 @@ impl SegmentHeader {
         }
         let found = self.abi_version.load(Relaxed);
         if found != ABI_VERSION {
-            return Err(HeaderError::AbiVersion {
-                found,
-                expected: ABI_VERSION,
-            });
+            return Err(HeaderError::AbiVersion { found, expected: ABI_VERSION });
         }
         let hash = self.layout_hash.load(Relaxed);
         if hash != LAYOUT_HASH {
-            return Err(HeaderError::LayoutHash {
-                found: hash,
-                expected: LAYOUT_HASH,
-            });
+            return Err(HeaderError::LayoutHash { found: hash, expected: LAYOUT_HASH });
         }
         let kind_word = self.kind.load(Relaxed);
         let kind = match SegmentKind::from_u32(kind_word) {
             Some(k) if k == expected => k,
-            _ => {
-                return Err(HeaderError::WrongKind {
-                    found: kind_word,
-                    expected,
-                })
-            }
+            _ => return Err(HeaderError::WrongKind { found: kind_word, expected }),
         };
         let size = self.size.load(Relaxed);
         if size != mapping_len as u64 {
-            return Err(HeaderError::SizeMismatch {
-                header: size,
-                mapping: mapping_len,
-            });
+            return Err(HeaderError::SizeMismatch { header: size, mapping: mapping_len });
         }
-        Ok(HeaderInfo {
-            kind,
-            size,
-            param: self.param.load(Relaxed),
-        })
+        Ok(HeaderInfo { kind, size, param: self.param.load(Relaxed) })
     }
 
     /// A zeroed header (for tests and for in-memory segments).
@@ -268,56 +245,28 @@ mod tests {
         let h = SegmentHeader::zeroed();
         h.init(SegmentKind::Pool, 8192, 7);
         let info = h.validate(SegmentKind::Pool, 8192).unwrap();
-        assert_eq!(
-            info,
-            HeaderInfo {
-                kind: SegmentKind::Pool,
-                size: 8192,
-                param: 7
-            }
-        );
+        assert_eq!(info, HeaderInfo { kind: SegmentKind::Pool, size: 8192, param: 7 });
     }
 
     #[test]
     fn each_fault_has_its_error() {
         let h = SegmentHeader::zeroed();
-        assert_eq!(
-            h.validate(SegmentKind::Pool, 100),
-            Err(HeaderError::TooSmall(100))
-        );
-        assert_eq!(
-            h.validate(SegmentKind::Pool, 8192),
-            Err(HeaderError::BadMagic(0))
-        );
+        assert_eq!(h.validate(SegmentKind::Pool, 100), Err(HeaderError::TooSmall(100)));
+        assert_eq!(h.validate(SegmentKind::Pool, 8192), Err(HeaderError::BadMagic(0)));
         h.init(SegmentKind::Pool, 8192, 0);
-        assert!(matches!(
-            h.validate(SegmentKind::Channel, 8192),
-            Err(HeaderError::WrongKind { found: 2, .. })
-        ));
+        assert!(matches!(h.validate(SegmentKind::Channel, 8192), Err(HeaderError::WrongKind { found: 2, .. })));
         assert!(matches!(
             h.validate(SegmentKind::Pool, 4096),
-            Err(HeaderError::SizeMismatch {
-                header: 8192,
-                mapping: 4096
-            })
+            Err(HeaderError::SizeMismatch { header: 8192, mapping: 4096 })
         ));
         h.abi_version.store(99, Relaxed);
-        assert!(matches!(
-            h.validate(SegmentKind::Pool, 8192),
-            Err(HeaderError::AbiVersion { found: 99, .. })
-        ));
+        assert!(matches!(h.validate(SegmentKind::Pool, 8192), Err(HeaderError::AbiVersion { found: 99, .. })));
         h.abi_version.store(ABI_VERSION, Relaxed);
         h.layout_hash.store(1, Relaxed);
-        assert!(matches!(
-            h.validate(SegmentKind::Pool, 8192),
-            Err(HeaderError::LayoutHash { found: 1, .. })
-        ));
+        assert!(matches!(h.validate(SegmentKind::Pool, 8192), Err(HeaderError::LayoutHash { found: 1, .. })));
         h.layout_hash.store(LAYOUT_HASH, Relaxed);
         h.kind.store(77, Relaxed);
-        assert!(matches!(
-            h.validate(SegmentKind::Pool, 8192),
-            Err(HeaderError::WrongKind { found: 77, .. })
-        ));
+        assert!(matches!(h.validate(SegmentKind::Pool, 8192), Err(HeaderError::WrongKind { found: 77, .. })));
         for e in [HeaderError::TooSmall(1), HeaderError::BadMagic(3)] {
             assert!(!e.to_string().is_empty());
         }

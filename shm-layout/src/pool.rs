@@ -36,22 +36,10 @@ pub struct SizeClass {
 /// The classes a pool gets unless configured otherwise: 8.6 MiB of address
 /// space, of which only touched pages cost memory.
 pub const DEFAULT_CLASSES: [SizeClass; 4] = [
-    SizeClass {
-        chunk_size: 256,
-        count: 1024,
-    },
-    SizeClass {
-        chunk_size: 4096,
-        count: 256,
-    },
-    SizeClass {
-        chunk_size: 64 << 10,
-        count: 32,
-    },
-    SizeClass {
-        chunk_size: 1 << 20,
-        count: 4,
-    },
+    SizeClass { chunk_size: 256, count: 1024 },
+    SizeClass { chunk_size: 4096, count: 256 },
+    SizeClass { chunk_size: 64 << 10, count: 32 },
+    SizeClass { chunk_size: 1 << 20, count: 4 },
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,24 +144,14 @@ impl PoolGeometry {
             prev = s;
             // Page-align each class so large chunks map to whole pages.
             offset = offset.next_multiple_of(4096);
-            regions.push(ClassRegion {
-                class,
-                offset,
-                first,
-            });
+            regions.push(ClassRegion { class, offset, first });
             offset += s as u64 * class.count as u64;
-            first = first
-                .checked_add(class.count)
-                .ok_or(GeometryError::TooLarge)?;
+            first = first.checked_add(class.count).ok_or(GeometryError::TooLarge)?;
             if offset > MAX_POOL_BYTES {
                 return Err(GeometryError::TooLarge);
             }
         }
-        Ok(PoolGeometry {
-            regions,
-            size: offset.next_multiple_of(4096),
-            chunks: first,
-        })
+        Ok(PoolGeometry { regions, size: offset.next_multiple_of(4096), chunks: first })
     }
 
     /// The default geometry ([`DEFAULT_CLASSES`]).
@@ -210,12 +188,7 @@ impl PoolGeometry {
     pub fn check(&self, c: ChunkRef) -> Result<u32, ChunkError> {
         let offset = c.offset;
         // Regions are ascending: the last one starting at or below `offset`.
-        let r = self
-            .regions
-            .iter()
-            .rev()
-            .find(|r| r.offset <= offset)
-            .ok_or(ChunkError::OutOfPool { offset })?;
+        let r = self.regions.iter().rev().find(|r| r.offset <= offset).ok_or(ChunkError::OutOfPool { offset })?;
         let rel = offset - r.offset;
         let size = r.class.chunk_size as u64;
         let idx = rel / size;
@@ -223,10 +196,7 @@ impl PoolGeometry {
             return Err(ChunkError::OutOfPool { offset });
         }
         if c.len > r.class.chunk_size {
-            return Err(ChunkError::TooLong {
-                len: c.len,
-                chunk_size: r.class.chunk_size,
-            });
+            return Err(ChunkError::TooLong { len: c.len, chunk_size: r.class.chunk_size });
         }
         Ok(r.first + idx as u32)
     }
@@ -234,11 +204,7 @@ impl PoolGeometry {
     /// The chunk reference for pool-wide index `index` holding `len` bytes.
     fn chunk_at(&self, class: usize, idx: u32, len: u32, segment: u32) -> ChunkRef {
         let r = &self.regions[class];
-        ChunkRef {
-            segment,
-            len,
-            offset: r.offset + idx as u64 * r.class.chunk_size as u64,
-        }
+        ChunkRef { segment, len, offset: r.offset + idx as u64 * r.class.chunk_size as u64 }
     }
 }
 
@@ -275,10 +241,7 @@ impl fmt::Display for AllocError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::TooLarge { len, max } => {
-                write!(
-                    f,
-                    "payload of {len} bytes exceeds the largest chunk ({max} bytes)"
-                )
+                write!(f, "payload of {len} bytes exceeds the largest chunk ({max} bytes)")
             }
             Self::Exhausted { len } => write!(f, "out of pool memory for a {len}-byte payload"),
         }
@@ -290,19 +253,9 @@ impl std::error::Error for AllocError {}
 impl PoolAllocator {
     /// An allocator with every chunk free; chunk references name `segment`.
     pub fn new(geometry: PoolGeometry, segment: u32) -> PoolAllocator {
-        let free = geometry
-            .regions
-            .iter()
-            .map(|r| (0..r.class.count).rev().collect())
-            .collect();
+        let free = geometry.regions.iter().map(|r| (0..r.class.count).rev().collect()).collect();
         let held = vec![0; (geometry.chunks as usize).div_ceil(64)];
-        PoolAllocator {
-            geometry,
-            segment,
-            free,
-            held,
-            in_use: 0,
-        }
+        PoolAllocator { geometry, segment, free, held, in_use: 0 }
     }
 
     /// The pool's geometry.
@@ -350,14 +303,29 @@ impl PoolAllocator {
         }
         self.held[word] &= !(1 << bit);
         self.in_use -= 1;
-        let class = self
-            .geometry
-            .regions
-            .iter()
-            .rposition(|r| r.first <= global)
-            .unwrap_or(0);
+        let class = self.geometry.regions.iter().rposition(|r| r.first <= global).unwrap_or(0);
         self.free[class].push(global - self.geometry.regions[class].first);
         Ok(())
+    }
+
+    /// Renames the pool (after a daemon restart gave this client a new id):
+    /// chunk references allocated from now on carry `segment`.
+    pub fn set_segment(&mut self, segment: u32) {
+        self.segment = segment;
+    }
+
+    /// Every allocated chunk (length 0), for reclaiming after a restart.
+    pub fn held(&self) -> Vec<ChunkRef> {
+        let mut out = Vec::with_capacity(self.in_use as usize);
+        for (class, r) in self.geometry.regions.iter().enumerate() {
+            for idx in 0..r.class.count {
+                let g = r.first + idx;
+                if self.held[g as usize / 64] & (1 << (g % 64)) != 0 {
+                    out.push(self.geometry.chunk_at(class, idx, 0, self.segment));
+                }
+            }
+        }
+        out
     }
 
     /// Whether `c` is currently allocated.
@@ -374,17 +342,7 @@ mod tests {
     use super::*;
 
     fn small() -> PoolGeometry {
-        PoolGeometry::new(&[
-            SizeClass {
-                chunk_size: 64,
-                count: 3,
-            },
-            SizeClass {
-                chunk_size: 4096,
-                count: 2,
-            },
-        ])
-        .unwrap()
+        PoolGeometry::new(&[SizeClass { chunk_size: 64, count: 3 }, SizeClass { chunk_size: 4096, count: 2 }]).unwrap()
     }
 
     #[test]
@@ -392,97 +350,32 @@ mod tests {
         let g = small();
         assert_eq!(g, small());
         assert_eq!(g.chunk_count(), 5);
-        assert_eq!(
-            g.check(ChunkRef {
-                segment: 0,
-                len: 64,
-                offset: 4096
-            }),
-            Ok(0)
-        );
-        assert_eq!(
-            g.check(ChunkRef {
-                segment: 0,
-                len: 1,
-                offset: 4096 + 128
-            }),
-            Ok(2)
-        );
-        assert_eq!(
-            g.check(ChunkRef {
-                segment: 0,
-                len: 1,
-                offset: 8192 + 4096
-            }),
-            Ok(4)
-        );
+        assert_eq!(g.check(ChunkRef { segment: 0, len: 64, offset: 4096 }), Ok(0));
+        assert_eq!(g.check(ChunkRef { segment: 0, len: 1, offset: 4096 + 128 }), Ok(2));
+        assert_eq!(g.check(ChunkRef { segment: 0, len: 1, offset: 8192 + 4096 }), Ok(4));
         assert!(matches!(
-            g.check(ChunkRef {
-                segment: 0,
-                len: 1,
-                offset: 4096 + 1
-            }),
+            g.check(ChunkRef { segment: 0, len: 1, offset: 4096 + 1 }),
             Err(ChunkError::OutOfPool { .. })
         ));
         assert!(matches!(
-            g.check(ChunkRef {
-                segment: 0,
-                len: 1,
-                offset: 4096 + 192
-            }),
+            g.check(ChunkRef { segment: 0, len: 1, offset: 4096 + 192 }),
             Err(ChunkError::OutOfPool { .. })
         ));
+        assert!(matches!(g.check(ChunkRef { segment: 0, len: 1, offset: 0 }), Err(ChunkError::OutOfPool { .. })));
         assert!(matches!(
-            g.check(ChunkRef {
-                segment: 0,
-                len: 1,
-                offset: 0
-            }),
+            g.check(ChunkRef { segment: 0, len: 1, offset: u64::MAX }),
             Err(ChunkError::OutOfPool { .. })
         ));
-        assert!(matches!(
-            g.check(ChunkRef {
-                segment: 0,
-                len: 1,
-                offset: u64::MAX
-            }),
-            Err(ChunkError::OutOfPool { .. })
-        ));
-        assert!(matches!(
-            g.check(ChunkRef {
-                segment: 0,
-                len: 65,
-                offset: 4096
-            }),
-            Err(ChunkError::TooLong { .. })
-        ));
+        assert!(matches!(g.check(ChunkRef { segment: 0, len: 65, offset: 4096 }), Err(ChunkError::TooLong { .. })));
         assert!(g.size() >= 8192 + 2 * 4096);
     }
 
     #[test]
     fn bad_geometries() {
         assert_eq!(PoolGeometry::new(&[]), Err(GeometryError::ClassCount(0)));
-        assert_eq!(
-            PoolGeometry::new(&[SizeClass {
-                chunk_size: 100,
-                count: 1
-            }]),
-            Err(GeometryError::ChunkSize(100))
-        );
-        assert_eq!(
-            PoolGeometry::new(&[SizeClass {
-                chunk_size: 64,
-                count: 0
-            }]),
-            Err(GeometryError::EmptyClass)
-        );
-        assert_eq!(
-            PoolGeometry::new(&[SizeClass {
-                chunk_size: MAX_CHUNK,
-                count: 100
-            }]),
-            Err(GeometryError::TooLarge)
-        );
+        assert_eq!(PoolGeometry::new(&[SizeClass { chunk_size: 100, count: 1 }]), Err(GeometryError::ChunkSize(100)));
+        assert_eq!(PoolGeometry::new(&[SizeClass { chunk_size: 64, count: 0 }]), Err(GeometryError::EmptyClass));
+        assert_eq!(PoolGeometry::new(&[SizeClass { chunk_size: MAX_CHUNK, count: 100 }]), Err(GeometryError::TooLarge));
     }
 
     #[test]
@@ -491,28 +384,13 @@ mod tests {
         let c: Vec<_> = (0..3).map(|_| a.alloc(10).unwrap()).collect();
         assert!(c.iter().all(|c| c.segment == 9 && c.len == 10));
         let big = a.alloc(10).unwrap();
-        assert_eq!(
-            a.geometry().check(big).unwrap(),
-            3,
-            "falls back to the next class"
-        );
+        assert_eq!(a.geometry().check(big).unwrap(), 3, "falls back to the next class");
         let _ = a.alloc(4000).unwrap();
         assert_eq!(a.alloc(1), Err(AllocError::Exhausted { len: 1 }));
-        assert_eq!(
-            a.alloc(5000),
-            Err(AllocError::TooLarge {
-                len: 5000,
-                max: 4096
-            })
-        );
+        assert_eq!(a.alloc(5000), Err(AllocError::TooLarge { len: 5000, max: 4096 }));
         assert_eq!(a.in_use(), 5);
         a.free(c[1]).unwrap();
-        assert_eq!(
-            a.free(c[1]),
-            Err(ChunkError::NotHeld {
-                offset: c[1].offset
-            })
-        );
+        assert_eq!(a.free(c[1]), Err(ChunkError::NotHeld { offset: c[1].offset }));
         assert!(!a.is_held(c[1]));
         assert_eq!(a.alloc(64).unwrap().offset, c[1].offset);
         assert_eq!(a.in_use(), 5);

@@ -69,9 +69,7 @@ impl RingHeader {
 
 /// Bytes a ring of `capacity` slots occupies: header plus slots.
 pub const fn memory_size(capacity: u64) -> usize {
-    (capacity as usize)
-        .saturating_mul(std::mem::size_of::<Slot>())
-        .saturating_add(std::mem::size_of::<RingHeader>())
+    (capacity as usize).saturating_mul(std::mem::size_of::<Slot>()).saturating_add(std::mem::size_of::<RingHeader>())
 }
 
 /// What went wrong with a ring.
@@ -101,10 +99,9 @@ impl fmt::Display for RingError {
             Self::BadCapacity(c) => {
                 write!(f, "ring capacity {c} is not a power of two in 1..={MAX_CAPACITY}")
             }
-            Self::BadRegion { needed, len } => write!(
-                f,
-                "ring region of {len} bytes is too small or misaligned (needs {needed}, 128-aligned)"
-            ),
+            Self::BadRegion { needed, len } => {
+                write!(f, "ring region of {len} bytes is too small or misaligned (needs {needed}, 128-aligned)")
+            }
             Self::Violation { head, tail } => write!(
                 f,
                 "ring protocol violation by peer: head {head}, tail {tail} breaks 0 <= tail - head <= capacity"
@@ -166,12 +163,7 @@ impl RawRing {
         keep: Option<KeepAlive>,
     ) -> RawRing {
         debug_assert!(capacity.is_power_of_two());
-        RawRing {
-            header,
-            slots,
-            mask: capacity - 1,
-            _keep: keep,
-        }
+        RawRing { header, slots, mask: capacity - 1, _keep: keep }
     }
 
     #[inline]
@@ -240,10 +232,7 @@ impl Ring {
         h.parked.store(0, Relaxed);
         // SAFETY: forwarded from the caller's contract.
         let ring = unsafe { RawRing::new(header, raw.1, capacity, keep) };
-        Ok((
-            Producer::from_raw(ring.clone(), 0, 0),
-            Consumer::from_raw(ring, 0, 0),
-        ))
+        Ok((Producer::from_raw(ring.clone(), 0, 0), Consumer::from_raw(ring, 0, 0)))
     }
 
     /// Attaches to an existing ring as its producer, checking what the memory says.
@@ -294,10 +283,7 @@ impl Ring {
         let h = ring.header();
         let (head, tail) = (h.head.load(Acquire), h.tail.load(Acquire));
         ring.check(head, tail)?;
-        Ok((
-            Producer::from_raw(ring.clone(), tail, head),
-            Consumer::from_raw(ring, head, tail),
-        ))
+        Ok((Producer::from_raw(ring.clone(), tail, head), Consumer::from_raw(ring, head, tail)))
     }
 }
 
@@ -308,11 +294,7 @@ fn check_capacity(capacity: u64) -> Result<(), RingError> {
     Ok(())
 }
 
-fn region(
-    base: NonNull<u8>,
-    len: usize,
-    capacity: u64,
-) -> Result<(NonNull<u8>, NonNull<Slot>), RingError> {
+fn region(base: NonNull<u8>, len: usize, capacity: u64) -> Result<(NonNull<u8>, NonNull<Slot>), RingError> {
     let needed = memory_size(capacity);
     if len < needed || base.as_ptr() as usize % crate::shm::LINE != 0 {
         return Err(RingError::BadRegion { needed, len });
@@ -325,16 +307,9 @@ fn region(
 /// # Safety
 ///
 /// See [`Ring::attach_producer`].
-unsafe fn attach(
-    base: NonNull<u8>,
-    len: usize,
-    keep: Option<KeepAlive>,
-) -> Result<(RawRing, u64, u64), RingError> {
+unsafe fn attach(base: NonNull<u8>, len: usize, keep: Option<KeepAlive>) -> Result<(RawRing, u64, u64), RingError> {
     if len < std::mem::size_of::<RingHeader>() || base.as_ptr() as usize % crate::shm::LINE != 0 {
-        return Err(RingError::BadRegion {
-            needed: std::mem::size_of::<RingHeader>(),
-            len,
-        });
+        return Err(RingError::BadRegion { needed: std::mem::size_of::<RingHeader>(), len });
     }
     let header = base.cast::<RingHeader>();
     // SAFETY: in bounds and aligned (checked above); only atomics inside.
@@ -370,11 +345,7 @@ impl fmt::Debug for Producer {
 
 impl Producer {
     fn from_raw(ring: RawRing, tail: u64, head: u64) -> Producer {
-        Producer {
-            ring,
-            tail,
-            cached_head: head,
-        }
+        Producer { ring, tail, cached_head: head }
     }
 
     /// Number of slots.
@@ -398,10 +369,7 @@ impl Producer {
         let head = self.ring.header().head.load(Acquire);
         // The consumer may only move `head` forward, up to our `tail`.
         if head.wrapping_sub(self.cached_head) > self.tail.wrapping_sub(self.cached_head) {
-            return Err(RingError::Violation {
-                head,
-                tail: self.tail,
-            });
+            return Err(RingError::Violation { head, tail: self.tail });
         }
         self.cached_head = head;
         Ok(())
@@ -500,11 +468,7 @@ impl fmt::Debug for Consumer {
 
 impl Consumer {
     fn from_raw(ring: RawRing, head: u64, tail: u64) -> Consumer {
-        Consumer {
-            ring,
-            head,
-            cached_tail: tail,
-        }
+        Consumer { ring, head, cached_tail: tail }
     }
 
     /// Number of slots.

@@ -28,9 +28,7 @@ use crate::header::{HeaderError, HeaderInfo, SegmentHeader, SegmentKind, HEADER_
 use crate::ring::{self, Consumer, Producer, Ring, RingError};
 
 /// The seals every segment must carry before it is mapped by anyone.
-pub const REQUIRED_SEALS: SealFlag = SealFlag::F_SEAL_SHRINK
-    .union(SealFlag::F_SEAL_GROW)
-    .union(SealFlag::F_SEAL_SEAL);
+pub const REQUIRED_SEALS: SealFlag = SealFlag::F_SEAL_SHRINK.union(SealFlag::F_SEAL_GROW).union(SealFlag::F_SEAL_SEAL);
 
 /// Largest segment this crate will create or map (4 GiB).
 pub const MAX_SEGMENT: usize = 4 << 30;
@@ -65,10 +63,9 @@ impl fmt::Display for SegmentError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Os { op, errno } => write!(f, "{op} failed: {}", errno.desc()),
-            Self::NotSealed { found } => write!(
-                f,
-                "segment is not sealed against resizing (seals {found:#x}); refusing to map it"
-            ),
+            Self::NotSealed { found } => {
+                write!(f, "segment is not sealed against resizing (seals {found:#x}); refusing to map it")
+            }
             Self::BadSize { size } => write!(f, "segment size {size} is out of range"),
             Self::Header(e) => write!(f, "bad segment header: {e}"),
             Self::Ring(e) => write!(f, "bad ring in segment: {e}"),
@@ -145,17 +142,11 @@ impl Drop for Segment {
 
 impl Segment {
     /// Creates a sealed memfd of `len` bytes, maps it read-write, and writes its header.
-    pub fn create(
-        name: &CStr,
-        kind: SegmentKind,
-        len: usize,
-        param: u64,
-    ) -> Result<Segment, SegmentError> {
+    pub fn create(name: &CStr, kind: SegmentKind, len: usize, param: u64) -> Result<Segment, SegmentError> {
         if !(HEADER_REGION..=MAX_SEGMENT).contains(&len) {
             return Err(SegmentError::BadSize { size: len as u64 });
         }
-        let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)
-            .map_err(os("memfd_create"))?;
+        let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING).map_err(os("memfd_create"))?;
         nix::unistd::ftruncate(&fd, len as i64).map_err(os("ftruncate"))?;
         fcntl(&fd, FcntlArg::F_ADD_SEALS(REQUIRED_SEALS)).map_err(os("F_ADD_SEALS"))?;
         let seg = Segment::map(fd, len, Access::ReadWrite)?;
@@ -165,11 +156,7 @@ impl Segment {
 
     /// Maps a segment received from elsewhere, after checking its seals and size,
     /// and validates its header. Returns the validated header too.
-    pub fn open(
-        fd: OwnedFd,
-        access: Access,
-        kind: SegmentKind,
-    ) -> Result<(Segment, HeaderInfo), SegmentError> {
+    pub fn open(fd: OwnedFd, access: Access, kind: SegmentKind) -> Result<(Segment, HeaderInfo), SegmentError> {
         let seals = fcntl(&fd, FcntlArg::F_GET_SEALS).map_err(os("F_GET_SEALS"))?;
         if !SealFlag::from_bits_truncate(seals).contains(REQUIRED_SEALS) {
             return Err(SegmentError::NotSealed { found: seals });
@@ -192,14 +179,8 @@ impl Segment {
         let nz = NonZeroUsize::new(len).ok_or(SegmentError::BadSize { size: 0 })?;
         // SAFETY: a fresh shared mapping of a file we hold; the kernel picks
         // the address, so no existing memory is replaced.
-        let ptr =
-            unsafe { mmap(None, nz, prot, MapFlags::MAP_SHARED, &fd, 0) }.map_err(os("mmap"))?;
-        Ok(Segment {
-            fd,
-            ptr: ptr.cast(),
-            len,
-            access,
-        })
+        let ptr = unsafe { mmap(None, nz, prot, MapFlags::MAP_SHARED, &fd, 0) }.map_err(os("mmap"))?;
+        Ok(Segment { fd, ptr: ptr.cast(), len, access })
     }
 
     /// The memfd (to pass to a peer with SCM_RIGHTS).
@@ -213,12 +194,8 @@ impl Segment {
     /// made from that descriptor can never be writable, whatever the peer does.
     pub fn read_only_fd(&self) -> Result<OwnedFd, SegmentError> {
         let path = format!("/proc/self/fd/{}", self.fd.as_raw_fd());
-        nix::fcntl::open(
-            path.as_str(),
-            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        )
-        .map_err(os("reopen read-only"))
+        nix::fcntl::open(path.as_str(), OFlag::O_RDONLY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+            .map_err(os("reopen read-only"))
     }
 
     /// Start of the mapping.
@@ -250,20 +227,14 @@ impl Segment {
 
     fn ring_region(&self, offset: usize, len: usize) -> Result<NonNull<u8>, SegmentError> {
         if offset % crate::shm::LINE != 0 || offset.checked_add(len).is_none_or(|e| e > self.len) {
-            return Err(SegmentError::BadSize {
-                size: (offset as u64).saturating_add(len as u64),
-            });
+            return Err(SegmentError::BadSize { size: (offset as u64).saturating_add(len as u64) });
         }
         // SAFETY: `offset + len <= self.len` (checked above).
         Ok(unsafe { self.ptr.add(offset) })
     }
 
     /// Initialises a ring of `capacity` slots at `offset` and returns both ends.
-    pub fn init_ring(
-        self: &Arc<Self>,
-        offset: usize,
-        capacity: u64,
-    ) -> Result<(Producer, Consumer), SegmentError> {
+    pub fn init_ring(self: &Arc<Self>, offset: usize, capacity: u64) -> Result<(Producer, Consumer), SegmentError> {
         let len = ring::memory_size(capacity);
         let base = self.ring_region(offset, len)?;
         self.require_writable()?;
@@ -273,11 +244,7 @@ impl Segment {
     }
 
     /// Attaches to the ring of `capacity` slots at `offset` as its producer.
-    pub fn ring_producer(
-        self: &Arc<Self>,
-        offset: usize,
-        capacity: u64,
-    ) -> Result<Producer, SegmentError> {
+    pub fn ring_producer(self: &Arc<Self>, offset: usize, capacity: u64) -> Result<Producer, SegmentError> {
         let len = ring::memory_size(capacity);
         let base = self.ring_region(offset, len)?;
         self.require_writable()?;
@@ -290,11 +257,7 @@ impl Segment {
     }
 
     /// Attaches to the ring of `capacity` slots at `offset` as its consumer.
-    pub fn ring_consumer(
-        self: &Arc<Self>,
-        offset: usize,
-        capacity: u64,
-    ) -> Result<Consumer, SegmentError> {
+    pub fn ring_consumer(self: &Arc<Self>, offset: usize, capacity: u64) -> Result<Consumer, SegmentError> {
         let len = ring::memory_size(capacity);
         let base = self.ring_region(offset, len)?;
         self.require_writable()?;
@@ -309,10 +272,7 @@ impl Segment {
     fn require_writable(&self) -> Result<(), SegmentError> {
         match self.access {
             Access::ReadWrite => Ok(()),
-            Access::ReadOnly => Err(SegmentError::Os {
-                op: "ring on a read-only mapping",
-                errno: Errno::EACCES,
-            }),
+            Access::ReadOnly => Err(SegmentError::Os { op: "ring on a read-only mapping", errno: Errno::EACCES }),
         }
     }
 
@@ -323,12 +283,7 @@ impl Segment {
         // SAFETY: every mapping is at least HEADER_REGION bytes (checked at
         // create/open) and page aligned, so OFF..OFF+256 is in bounds and
         // 128-aligned; the counters are atomics only.
-        unsafe {
-            self.ptr
-                .add(OFF)
-                .cast::<crate::channel::ChannelCounters>()
-                .as_ref()
-        }
+        unsafe { self.ptr.add(OFF).cast::<crate::channel::ChannelCounters>().as_ref() }
     }
 
     /// The bytes at `offset..offset + len`, or `None` if out of bounds.
@@ -375,11 +330,8 @@ pub struct EventFd {
 impl EventFd {
     /// A new eventfd, counter zero, blocking reads.
     pub fn new() -> Result<EventFd, SegmentError> {
-        let fd = nix::sys::eventfd::EventFd::from_value_and_flags(
-            0,
-            nix::sys::eventfd::EfdFlags::EFD_CLOEXEC,
-        )
-        .map_err(os("eventfd"))?;
+        let fd = nix::sys::eventfd::EventFd::from_value_and_flags(0, nix::sys::eventfd::EfdFlags::EFD_CLOEXEC)
+            .map_err(os("eventfd"))?;
         Ok(EventFd { fd: fd.into() })
     }
 
@@ -401,10 +353,7 @@ impl EventFd {
 
     /// Consumes a pending wake-up without blocking; returns whether there was one.
     pub fn try_consume(&self) -> bool {
-        let mut pfd = [nix::poll::PollFd::new(
-            self.fd.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
+        let mut pfd = [nix::poll::PollFd::new(self.fd.as_fd(), nix::poll::PollFlags::POLLIN)];
         if matches!(nix::poll::poll(&mut pfd, nix::poll::PollTimeout::ZERO), Ok(n) if n > 0) {
             let mut b = [0u8; 8];
             return nix::unistd::read(&self.fd, &mut b).is_ok();
@@ -432,12 +381,8 @@ impl Wait for EventFd {
             }
             Some(t) => {
                 let ms = t.as_millis().clamp(1, i32::MAX as u128) as i32;
-                let ms =
-                    nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::MAX);
-                let mut pfd = [nix::poll::PollFd::new(
-                    self.fd.as_fd(),
-                    nix::poll::PollFlags::POLLIN,
-                )];
+                let ms = nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::MAX);
+                let mut pfd = [nix::poll::PollFd::new(self.fd.as_fd(), nix::poll::PollFlags::POLLIN)];
                 if matches!(nix::poll::poll(&mut pfd, ms), Ok(n) if n > 0) {
                     let _ = nix::unistd::read(&self.fd, &mut b);
                 }
@@ -465,10 +410,7 @@ mod tests {
         assert!(view.bytes(0, 4).is_none(), "the header is not payload");
         // A read-only descriptor cannot be mapped writable.
         let ro2 = seg.read_only_fd().unwrap();
-        assert!(matches!(
-            Segment::map(ro2, 16384, Access::ReadWrite),
-            Err(SegmentError::Os { op: "mmap", .. })
-        ));
+        assert!(matches!(Segment::map(ro2, 16384, Access::ReadWrite), Err(SegmentError::Os { op: "mmap", .. })));
         let ro3 = seg.read_only_fd().unwrap();
         assert!(matches!(
             Segment::open(ro3, Access::ReadOnly, SegmentKind::Channel),
@@ -480,10 +422,7 @@ mod tests {
     fn unsealed_memfd_is_refused() {
         let fd = memfd_create(c"u", MFdFlags::MFD_CLOEXEC).unwrap();
         nix::unistd::ftruncate(&fd, 8192).unwrap();
-        assert!(matches!(
-            Segment::open(fd, Access::ReadOnly, SegmentKind::Pool),
-            Err(SegmentError::NotSealed { .. })
-        ));
+        assert!(matches!(Segment::open(fd, Access::ReadOnly, SegmentKind::Pool), Err(SegmentError::NotSealed { .. })));
     }
 
     #[test]

@@ -15,8 +15,7 @@ use std::path::Path;
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
-    UnixAddr, UnixCredentials,
+    self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr, UnixCredentials,
 };
 
 use crate::control::{MAX_FDS, MAX_MESSAGE};
@@ -39,10 +38,9 @@ impl fmt::Display for RecvError {
         match self {
             Self::WouldBlock => f.write_str("no message ready"),
             Self::Closed => f.write_str("connection closed by peer"),
-            Self::Truncated => write!(
-                f,
-                "control message larger than {MAX_MESSAGE} bytes or with more than {MAX_FDS} descriptors"
-            ),
+            Self::Truncated => {
+                write!(f, "control message larger than {MAX_MESSAGE} bytes or with more than {MAX_FDS} descriptors")
+            }
             Self::Os(e) => write!(f, "recvmsg failed: {}", e.desc()),
         }
     }
@@ -59,12 +57,7 @@ pub struct ControlSocket {
 impl ControlSocket {
     /// Connects to the daemon's socket at `path` (blocking socket).
     pub fn connect(path: &Path) -> Result<ControlSocket, Errno> {
-        let fd = socket::socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )?;
+        let fd = socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)?;
         let addr = UnixAddr::new(path)?;
         socket::connect(fd.as_raw_fd(), &addr)?;
         Ok(ControlSocket { fd })
@@ -72,12 +65,7 @@ impl ControlSocket {
 
     /// A connected pair (tests, embedded daemons).
     pub fn pair() -> Result<(ControlSocket, ControlSocket), Errno> {
-        let (a, b) = socket::socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )?;
+        let (a, b) = socket::socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?;
         Ok((ControlSocket { fd: a }, ControlSocket { fd: b }))
     }
 
@@ -95,11 +83,7 @@ impl ControlSocket {
     pub fn set_nonblocking(&self, on: bool) -> Result<(), Errno> {
         use nix::fcntl::{fcntl, FcntlArg, OFlag};
         let flags = OFlag::from_bits_truncate(fcntl(&self.fd, FcntlArg::F_GETFL)?);
-        let flags = if on {
-            flags | OFlag::O_NONBLOCK
-        } else {
-            flags - OFlag::O_NONBLOCK
-        };
+        let flags = if on { flags | OFlag::O_NONBLOCK } else { flags - OFlag::O_NONBLOCK };
         fcntl(&self.fd, FcntlArg::F_SETFL(flags)).map(drop)
     }
 
@@ -115,13 +99,7 @@ impl ControlSocket {
         let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsg };
         let iov = [IoSlice::new(bytes)];
         loop {
-            match socket::sendmsg::<()>(
-                self.fd.as_raw_fd(),
-                &iov,
-                cmsgs,
-                MsgFlags::MSG_NOSIGNAL,
-                None,
-            ) {
+            match socket::sendmsg::<()>(self.fd.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(e),
                 Ok(_) => return Ok(()),
@@ -161,9 +139,7 @@ impl ControlSocket {
                     }
                 }
             }
-            let truncated = msg
-                .flags
-                .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+            let truncated = msg.flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
             let n = msg.bytes;
             if truncated {
                 return Err(RecvError::Truncated);

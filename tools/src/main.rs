@@ -53,10 +53,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let socket = cli
-        .socket
-        .clone()
-        .unwrap_or_else(hybus::default_socket_path);
+    let socket = cli.socket.clone().unwrap_or_else(hybus::default_socket_path);
     let r = match cli.command {
         Command::List(a) => cmd::list::run(&socket, a),
         Command::Status(a) => cmd::status::run(&socket, a),

@@ -11,14 +11,8 @@ impl Table {
     /// A table with these column titles; titles starting with '>' are right-aligned (numbers).
     pub fn new(titles: &[&str]) -> Table {
         let right = titles.iter().map(|t| t.starts_with('>')).collect();
-        let head = titles
-            .iter()
-            .map(|t| t.trim_start_matches('>').to_owned())
-            .collect();
-        Table {
-            rows: vec![head],
-            right,
-        }
+        let head = titles.iter().map(|t| t.trim_start_matches('>').to_owned()).collect();
+        Table { rows: vec![head], right }
     }
 
     /// Adds a row.
@@ -35,14 +29,7 @@ impl Table {
     pub fn render(&self) -> String {
         let cols = self.rows.iter().map(Vec::len).max().unwrap_or(0);
         let width: Vec<usize> = (0..cols)
-            .map(|c| {
-                self.rows
-                    .iter()
-                    .filter_map(|r| r.get(c))
-                    .map(|s| s.chars().count())
-                    .max()
-                    .unwrap_or(0)
-            })
+            .map(|c| self.rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
             .collect();
         let mut out = String::new();
         for r in &self.rows {

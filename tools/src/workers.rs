@@ -15,26 +15,15 @@ pub struct Worker {
 
 impl Worker {
     /// Starts `hybusctl --socket SOCKET worker ROLE NAME [EXTRA] --idle IDLE` and waits for `ready`.
-    pub fn start(
-        socket: &Path,
-        role: &str,
-        name: &str,
-        extra: Option<&str>,
-        idle: &str,
-    ) -> anyhow::Result<Worker> {
+    pub fn start(socket: &Path, role: &str, name: &str, extra: Option<&str>, idle: &str) -> anyhow::Result<Worker> {
         let exe = std::env::current_exe().context("cannot find my own executable")?;
         let mut cmd = Command::new(exe);
         cmd.arg("--socket").arg(socket).args(["worker", role, name]);
         if let Some(e) = extra {
             cmd.arg(e);
         }
-        cmd.args(["--idle", idle])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start the {role} worker"))?;
+        cmd.args(["--idle", idle]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = cmd.spawn().with_context(|| format!("cannot start the {role} worker"))?;
         let stdout = child.stdout.take().context("worker stdout")?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

@@ -89,9 +89,7 @@ impl Plan {
     }
     fn messages_for(&self, payload: usize) -> u64 {
         // At most ~1 GiB moved per throughput result, at least 500 messages.
-        (self.messages)
-            .min((1u64 << 30) / payload.max(1) as u64)
-            .max(500)
+        (self.messages).min((1u64 << 30) / payload.max(1) as u64).max(500)
     }
 }
 
@@ -127,23 +125,12 @@ impl Progress {
 /// Runs `bench`.
 pub fn run(socket: Option<&Path>, a: Args) -> anyhow::Result<()> {
     let plan = Plan {
-        round_trips: if a.quick {
-            a.round_trips.min(2_000)
-        } else {
-            a.round_trips
-        },
-        messages: if a.quick {
-            a.messages.min(20_000)
-        } else {
-            a.messages
-        },
+        round_trips: if a.quick { a.round_trips.min(2_000) } else { a.round_trips },
+        messages: if a.quick { a.messages.min(20_000) } else { a.messages },
         payloads: a.payload.clone(),
         filter: a.filter.clone(),
     };
-    anyhow::ensure!(
-        !plan.payloads.is_empty(),
-        "--payload needs at least one size"
-    );
+    anyhow::ensure!(!plan.payloads.is_empty(), "--payload needs at least one size");
     let results = measure(socket, &plan, a.json)?;
     if a.json {
         super::print_json(&to_json(&results, &plan))?;
@@ -151,8 +138,7 @@ pub fn run(socket: Option<&Path>, a: Args) -> anyhow::Result<()> {
         print!("{}", render(&results));
     }
     if let Some(p) = &a.plot {
-        std::fs::write(p, plot(&results))
-            .with_context(|| format!("cannot write {}", p.display()))?;
+        std::fs::write(p, plot(&results)).with_context(|| format!("cannot write {}", p.display()))?;
         if !a.json {
             println!("latency distributions written to {}", p.display());
         }
@@ -182,23 +168,13 @@ fn embedded() -> anyhow::Result<Target> {
 }
 
 fn measure(socket: Option<&Path>, plan: &Plan, quiet: bool) -> anyhow::Result<Vec<BenchResult>> {
-    type Job<'a> = (
-        String,
-        usize,
-        Box<dyn Fn(&Path) -> anyhow::Result<Figure> + 'a>,
-        Option<&'static str>,
-    );
+    type Job<'a> = (String, usize, Box<dyn Fn(&Path) -> anyhow::Result<Figure> + 'a>, Option<&'static str>);
     let rt = plan.round_trips;
     let mut jobs: Vec<Job<'_>> = Vec::new();
     let lat = |v: Result<Vec<u64>, hybus_benches::BenchError>| -> anyhow::Result<Figure> {
         Ok(Figure::Latency(v.map_err(|e| anyhow::anyhow!("{e}"))?))
     };
-    jobs.push((
-        "limit/cacheline-2p".into(),
-        8,
-        Box::new(move |_| lat(hybus_benches::cacheline_pingpong_2p(rt))),
-        None,
-    ));
+    jobs.push(("limit/cacheline-2p".into(), 8, Box::new(move |_| lat(hybus_benches::cacheline_pingpong_2p(rt))), None));
     jobs.push((
         "limit/cacheline-3p".into(),
         8,
@@ -220,12 +196,7 @@ fn measure(socket: Option<&Path>, plan: &Plan, quiet: bool) -> anyhow::Result<Ve
         ));
     }
     for &p in &plan.payloads {
-        jobs.push((
-            "brokered/rpc".into(),
-            p,
-            Box::new(move |s| rpc(s, p, rt, "spin")),
-            Some("limit/cacheline-3p"),
-        ));
+        jobs.push(("brokered/rpc".into(), p, Box::new(move |s| rpc(s, p, rt, "spin")), Some("limit/cacheline-3p")));
     }
     for &p in &plan.payloads {
         jobs.push((
@@ -237,52 +208,27 @@ fn measure(socket: Option<&Path>, plan: &Plan, quiet: bool) -> anyhow::Result<Ve
     }
     for &p in &plan.payloads {
         let n = plan.messages_for(p);
-        jobs.push((
-            "brokered/fire".into(),
-            p,
-            Box::new(move |s| fire(s, p, n)),
-            None,
-        ));
+        jobs.push(("brokered/fire".into(), p, Box::new(move |s| fire(s, p, n)), None));
     }
     for &p in &plan.payloads {
         let n = plan.messages_for(p);
-        jobs.push((
-            "brokered/stream".into(),
-            p,
-            Box::new(move |s| stream(s, p, n)),
-            None,
-        ));
+        jobs.push(("brokered/stream".into(), p, Box::new(move |s| stream(s, p, n)), None));
     }
     for &p in &plan.payloads {
         let n = plan.messages_for(p) / 4;
-        jobs.push((
-            "brokered/pubsub-4".into(),
-            p,
-            Box::new(move |s| pubsub(s, p, n.max(500), 4)),
-            None,
-        ));
+        jobs.push(("brokered/pubsub-4".into(), p, Box::new(move |s| pubsub(s, p, n.max(500), 4)), None));
     }
     jobs.retain(|j| plan.wants(&j.0));
     let target = match socket {
         Some(p) => Target::External(p.to_owned()),
         None => embedded()?,
     };
-    let mut progress = Progress {
-        total: jobs.len(),
-        done: 0,
-        quiet,
-    };
+    let mut progress = Progress { total: jobs.len(), done: 0, quiet };
     let mut out = Vec::new();
     for (name, payload, f, limit) in jobs {
         progress.step(&format!("{name} ({payload} B)"));
-        let figure =
-            f(target.path()).with_context(|| format!("{name} with {payload}-byte payloads"))?;
-        out.push(BenchResult {
-            name,
-            payload,
-            figure,
-            limit,
-        });
+        let figure = f(target.path()).with_context(|| format!("{name} with {payload}-byte payloads"))?;
+        out.push(BenchResult { name, payload, figure, limit });
     }
     progress.finish();
     if let Target::Embedded(d, dir) = target {
@@ -297,6 +243,7 @@ fn client(socket: &Path, idle: &str) -> anyhow::Result<Bus> {
         path: Some(socket.to_owned()),
         label: "hybusctl-bench".into(),
         idle: idle_strategy(idle)?,
+        reconnect: false,
     };
     Ok(Bus::connect_with(opts)?)
 }
@@ -304,11 +251,7 @@ fn client(socket: &Path, idle: &str) -> anyhow::Result<Bus> {
 static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}.{}.{}",
-        std::process::id(),
-        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    )
+    format!("{prefix}.{}.{}", std::process::id(), SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
 }
 
 /// Request/response round trips through the daemon to an echo worker.
@@ -333,10 +276,7 @@ fn rpc(socket: &Path, payload: usize, round_trips: u64, idle: &str) -> anyhow::R
             loan[..8].copy_from_slice(&seq);
             bus.call_loan(&route, loan, timeout)?
         };
-        anyhow::ensure!(
-            answer.len() == payload && answer[..n] == seq[..n],
-            "echo answered the wrong payload"
-        );
+        anyhow::ensure!(answer.len() == payload && answer[..n] == seq[..n], "echo answered the wrong payload");
         drop(answer);
         let e = t.elapsed().as_nanos() as u64;
         if i >= warmup {
@@ -366,10 +306,7 @@ fn fire(socket: &Path, payload: usize, n: u64) -> anyhow::Result<Figure> {
         bus.fire(&route, &buf)?;
     }
     wait_count(&bus, &route, n)?;
-    Ok(Figure::Throughput {
-        messages: n,
-        elapsed: t.elapsed(),
-    })
+    Ok(Figure::Throughput { messages: n, elapsed: t.elapsed() })
 }
 
 fn wait_count(bus: &Bus, route: &hybus::Route, n: u64) -> anyhow::Result<()> {
@@ -392,29 +329,18 @@ fn stream(socket: &Path, payload: usize, n: u64) -> anyhow::Result<Figure> {
     let bus = client(socket, "default")?;
     let route = bus.resolve(&name)?;
     let t = Instant::now();
-    let mut s = bus.request_stream(
-        &route,
-        format!("n={n} size={}", payload.max(8)).as_bytes(),
-        256,
-    )?;
+    let mut s = bus.request_stream(&route, format!("n={n} size={}", payload.max(8)).as_bytes(), 256)?;
     let mut i = 0u64;
     let mut check = 0u64;
     while let Some(item) = s.next(Duration::from_secs(30))? {
-        let idx = u64::from_le_bytes(
-            item.get(..8)
-                .and_then(|s| s.try_into().ok())
-                .unwrap_or([0; 8]),
-        );
+        let idx = u64::from_le_bytes(item.get(..8).and_then(|s| s.try_into().ok()).unwrap_or([0; 8]));
         anyhow::ensure!(idx == i, "stream item {idx} arrived where {i} was due");
         check = check.wrapping_add(item.iter().map(|&b| b as u64).sum::<u64>());
         i += 1;
     }
     std::hint::black_box(check);
     anyhow::ensure!(i == n, "stream ended after {i} of {n} items");
-    Ok(Figure::Throughput {
-        messages: n,
-        elapsed: t.elapsed(),
-    })
+    Ok(Figure::Throughput { messages: n, elapsed: t.elapsed() })
 }
 
 /// One publisher, `subs` subscriber workers; done when every subscriber counted every publication.
@@ -424,20 +350,11 @@ fn pubsub(socket: &Path, payload: usize, n: u64, subs: usize) -> anyhow::Result<
     let mut reports = Vec::new();
     for i in 0..subs {
         let report = format!("{topic}.sub{i}");
-        workers.push(Worker::start(
-            socket,
-            "subscriber",
-            &topic,
-            Some(&report),
-            "default",
-        )?);
+        workers.push(Worker::start(socket, "subscriber", &topic, Some(&report), "default")?);
         reports.push(report);
     }
     let bus = client(socket, "default")?;
-    let routes = reports
-        .iter()
-        .map(|r| bus.resolve(r))
-        .collect::<Result<Vec<_>, _>>()?;
+    let routes = reports.iter().map(|r| bus.resolve(r)).collect::<Result<Vec<_>, _>>()?;
     let publisher = bus.publisher(&topic)?;
     let t = Instant::now();
     for i in 0..n {
@@ -454,22 +371,12 @@ fn pubsub(socket: &Path, payload: usize, n: u64, subs: usize) -> anyhow::Result<
     for r in &routes {
         wait_count(&bus, r, n)?;
     }
-    Ok(Figure::Throughput {
-        messages: n,
-        elapsed: t.elapsed(),
-    })
+    Ok(Figure::Throughput { messages: n, elapsed: t.elapsed() })
 }
 
 fn percentiles(samples: &[u64]) -> Percentiles {
     let mut v = samples.to_vec();
-    Percentiles::from_samples(&mut v).unwrap_or(Percentiles {
-        count: 0,
-        p50: 0,
-        p99: 0,
-        p999: 0,
-        max: 0,
-        mean: 0.0,
-    })
+    Percentiles::from_samples(&mut v).unwrap_or(Percentiles { count: 0, p50: 0, p99: 0, p999: 0, max: 0, mean: 0.0 })
 }
 
 fn find<'a>(results: &'a [BenchResult], name: &str) -> Option<&'a BenchResult> {
@@ -478,16 +385,7 @@ fn find<'a>(results: &'a [BenchResult], name: &str) -> Option<&'a BenchResult> {
 
 fn render(results: &[BenchResult]) -> String {
     let mut out = String::new();
-    let mut t = Table::new(&[
-        "RESULT",
-        ">PAYLOAD",
-        ">P50",
-        ">P99",
-        ">P99.9",
-        ">MAX",
-        ">×LIMIT(P50)",
-        ">×UDS(P50)",
-    ]);
+    let mut t = Table::new(&["RESULT", ">PAYLOAD", ">P50", ">P99", ">P99.9", ">MAX", ">×LIMIT(P50)", ">×UDS(P50)"]);
     for r in results {
         let Figure::Latency(s) = &r.figure else {
             continue;
@@ -501,9 +399,7 @@ fn render(results: &[BenchResult]) -> String {
                 _ => "-".into(),
             }
         };
-        let uds = results
-            .iter()
-            .find(|u| u.name == "baseline/uds" && u.payload == r.payload);
+        let uds = results.iter().find(|u| u.name == "baseline/uds" && u.payload == r.payload);
         t.row(vec![
             r.name.clone(),
             size(r.payload),
@@ -512,11 +408,7 @@ fn render(results: &[BenchResult]) -> String {
             ns(p.p999),
             ns(p.max),
             r.limit.map_or("-".into(), |l| ratio(find(results, l))),
-            if r.name.starts_with("limit/") || r.name.starts_with("baseline/") {
-                "-".into()
-            } else {
-                ratio(uds)
-            },
+            if r.name.starts_with("limit/") || r.name.starts_with("baseline/") { "-".into() } else { ratio(uds) },
         ]);
     }
     out.push_str(&t.render());
@@ -601,16 +493,8 @@ fn plot(results: &[BenchResult]) -> String {
         })
         .collect();
     let lo = series.iter().map(|s| s.1[0]).min().unwrap_or(1).max(1) as f64;
-    let hi = series
-        .iter()
-        .map(|s| *s.1.last().unwrap_or(&1))
-        .max()
-        .unwrap_or(10)
-        .max(2) as f64;
-    let (llo, lhi) = (
-        lo.log10().floor(),
-        hi.log10().ceil().max(lo.log10().floor() + 1.0),
-    );
+    let hi = series.iter().map(|s| *s.1.last().unwrap_or(&1)).max().unwrap_or(10).max(2) as f64;
+    let (llo, lhi) = (lo.log10().floor(), hi.log10().ceil().max(lo.log10().floor() + 1.0));
     let x = |v: f64| left + (v.max(1.0).log10() - llo) / (lhi - llo) * (w - left - right);
     let y = |f: f64| top + (1.0 - f) * (h - top - bottom);
     let mut s = String::new();
@@ -626,11 +510,7 @@ fn plot(results: &[BenchResult]) -> String {
     let mut d = llo;
     while d <= lhi {
         let xv = x(10f64.powf(d));
-        let _ = writeln!(
-            s,
-            r##"<line x1="{xv:.1}" y1="{top}" x2="{xv:.1}" y2="{}" stroke="#ddd"/>"##,
-            h - bottom
-        );
+        let _ = writeln!(s, r##"<line x1="{xv:.1}" y1="{top}" x2="{xv:.1}" y2="{}" stroke="#ddd"/>"##, h - bottom);
         let _ = writeln!(
             s,
             r#"<text x="{xv:.1}" y="{}" text-anchor="middle">{}</text>"#,
@@ -641,17 +521,8 @@ fn plot(results: &[BenchResult]) -> String {
     }
     for f in [0.0, 0.5, 0.9, 0.99, 1.0] {
         let yv = y(f);
-        let _ = writeln!(
-            s,
-            r##"<line x1="{left}" y1="{yv:.1}" x2="{}" y2="{yv:.1}" stroke="#eee"/>"##,
-            w - right
-        );
-        let _ = writeln!(
-            s,
-            r#"<text x="{}" y="{:.1}" text-anchor="end">{f}</text>"#,
-            left - 6.0,
-            yv + 4.0
-        );
+        let _ = writeln!(s, r##"<line x1="{left}" y1="{yv:.1}" x2="{}" y2="{yv:.1}" stroke="#eee"/>"##, w - right);
+        let _ = writeln!(s, r#"<text x="{}" y="{:.1}" text-anchor="end">{f}</text>"#, left - 6.0, yv + 4.0);
     }
     let _ = writeln!(
         s,
@@ -659,27 +530,17 @@ fn plot(results: &[BenchResult]) -> String {
         (left + w - right) / 2.0,
         h - 10.0
     );
-    let colors = [
-        "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-        "#bcbd22", "#17becf",
-    ];
+    let colors =
+        ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
     for (i, (label, v)) in series.iter().enumerate() {
         let c = colors[i % colors.len()];
         let n = v.len();
         let step = (n / 400).max(1);
         let mut pts = String::new();
         for k in (0..n).step_by(step).chain(std::iter::once(n - 1)) {
-            let _ = write!(
-                pts,
-                "{:.1},{:.1} ",
-                x(v[k] as f64),
-                y((k + 1) as f64 / n as f64)
-            );
+            let _ = write!(pts, "{:.1},{:.1} ", x(v[k] as f64), y((k + 1) as f64 / n as f64));
         }
-        let _ = writeln!(
-            s,
-            r#"<polyline fill="none" stroke="{c}" stroke-width="1.5" points="{pts}"/>"#
-        );
+        let _ = writeln!(s, r#"<polyline fill="none" stroke="{c}" stroke-width="1.5" points="{pts}"/>"#);
         let ly = top + 14.0 * i as f64 + 10.0;
         let _ = writeln!(
             s,
@@ -687,12 +548,7 @@ fn plot(results: &[BenchResult]) -> String {
             w - right + 10.0,
             w - right + 30.0
         );
-        let _ = writeln!(
-            s,
-            r#"<text x="{}" y="{}">{label}</text>"#,
-            w - right + 35.0,
-            ly + 4.0
-        );
+        let _ = writeln!(s, r#"<text x="{}" y="{}">{label}</text>"#, w - right + 35.0, ly + 4.0);
     }
     s.push_str("</svg>\n");
     s

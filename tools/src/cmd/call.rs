@@ -53,9 +53,7 @@ pub fn fire(socket: &Path, a: FireArgs) -> anyhow::Result<()> {
     let route = bus.resolve(&a.name)?;
     bus.fire(&route, &payload)?;
     // A failure to deliver comes back as an event; give it a moment.
-    if let Some(hybus::BusEvent::FireFailed { error, .. }) =
-        bus.next_event(Duration::from_millis(100))?
-    {
+    if let Some(hybus::BusEvent::FireFailed { error, .. }) = bus.next_event(Duration::from_millis(100))? {
         anyhow::bail!("fire to {} failed: {error}", a.name);
     }
     Ok(())

@@ -21,14 +21,7 @@ pub struct Args {
 const T: Duration = Duration::from_secs(10);
 
 fn p(samples: &mut [u64]) -> Percentiles {
-    Percentiles::from_samples(samples).unwrap_or(Percentiles {
-        count: 0,
-        p50: 0,
-        p99: 0,
-        p999: 0,
-        max: 0,
-        mean: 0.0,
-    })
+    Percentiles::from_samples(samples).unwrap_or(Percentiles { count: 0, p50: 0, p99: 0, p999: 0, max: 0, mean: 0.0 })
 }
 
 /// Runs the demo.
@@ -36,19 +29,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let dir = std::env::temp_dir().join(format!("hybusctl-demo-{}", std::process::id()));
     let socket = dir.join("bus.sock");
-    let daemon = hybusd::Embedded::start(&socket, hybusd::Config::default())
-        .context("cannot start the embedded daemon")?;
-    let bus = Bus::connect_with(BusOptions {
-        path: Some(socket.clone()),
-        label: "demo".into(),
-        ..Default::default()
-    })?;
+    let daemon =
+        hybusd::Embedded::start(&socket, hybusd::Config::default()).context("cannot start the embedded daemon")?;
+    let bus = Bus::connect_with(BusOptions { path: Some(socket.clone()), label: "demo".into(), ..Default::default() })?;
     let status = bus.status()?;
-    println!(
-        "hybus demo — embedded hybusd on {} ({} event loop)",
-        socket.display(),
-        status.backend
-    );
+    println!("hybus demo — embedded hybusd on {} ({} event loop)", socket.display(), status.backend);
 
     // Services, each in its own process.
     let kv = Worker::start(&socket, "kv", "kv.store", None, "default")?;
@@ -56,22 +41,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let echo = Worker::start(&socket, "echo", "demo.echo", None, "spin")?;
     let mut displays = Vec::new();
     for i in 1..=3 {
-        displays.push(Worker::start(
-            &socket,
-            "subscriber",
-            "camera.frames",
-            Some(&format!("display.{i}")),
-            "default",
-        )?);
+        displays.push(Worker::start(&socket, "subscriber", "camera.frames", Some(&format!("display.{i}")), "default")?);
     }
     let list = bus.list()?;
     println!(
         "started {} services in separate processes: {}",
         list.len(),
-        list.iter()
-            .map(|s| format!("{} (pid {})", s.name, s.instances[0].pid))
-            .collect::<Vec<_>>()
-            .join(", ")
+        list.iter().map(|s| format!("{} (pid {})", s.name, s.instances[0].pid)).collect::<Vec<_>>().join(", ")
     );
 
     // Request/response.
@@ -96,10 +72,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         bus.fire(&kv_route, format!("log line {i}").as_bytes())?;
     }
     let logs = bus.call(&kv_route, b"logs", T)?;
-    println!(
-        "fire-and-forget: 1000 log lines fired at kv.store, which counted {}",
-        String::from_utf8_lossy(&logs)
-    );
+    println!("fire-and-forget: 1000 log lines fired at kv.store, which counted {}", String::from_utf8_lossy(&logs));
 
     // Request-stream.
     let mut scan = bus.request_stream(&kv_route, b"scan", 2)?;
@@ -124,10 +97,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     while let Some(item) = ch.next(T)? {
         back.push(String::from_utf8_lossy(&item).into_owned());
     }
-    println!(
-        "request-channel: sent 4 items to demo.echo, got back: {}",
-        back.join(" ")
-    );
+    println!("request-channel: sent 4 items to demo.echo, got back: {}", back.join(" "));
 
     // Zero-copy calls and pub/sub fan-out.
     let det = bus.resolve("camera.detector")?;
@@ -150,9 +120,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             let end = Instant::now() + T;
             loop {
                 let c = bus.call(&r, b"count", T)?;
-                let n = u64::from_le_bytes(
-                    c.get(..8).and_then(|s| s.try_into().ok()).unwrap_or([0; 8]),
-                );
+                let n = u64::from_le_bytes(c.get(..8).and_then(|s| s.try_into().ok()).unwrap_or([0; 8]));
                 if n >= 20 || Instant::now() > end {
                     return Ok(n);
                 }
@@ -171,10 +139,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     // Hot replacement.
     let kv2 = Worker::start(&socket, "kv", "kv.store", None, "default")?;
     let list = bus.list()?;
-    let insts = list
-        .iter()
-        .find(|s| s.name == "kv.store")
-        .map_or(0, |s| s.instances.len());
+    let insts = list.iter().find(|s| s.name == "kv.store").map_or(0, |s| s.instances.len());
     drop(kv);
     let mut errors = 0;
     for _ in 0..100 {
@@ -188,15 +153,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 
     // Latency table.
     let rt = a.round_trips;
-    let spin = IdleStrategy {
-        spins: 1_000,
-        yields: u32::MAX,
-        park: false,
-    };
+    let spin = IdleStrategy { spins: 1_000, yields: u32::MAX, park: false };
     let fast = Bus::connect_with(BusOptions {
         path: Some(socket.clone()),
         label: "demo-latency".into(),
         idle: spin,
+        reconnect: false,
     })?;
     let mut brokered = Vec::with_capacity(rt as usize);
     for i in 0..rt + 1000 {
@@ -208,10 +170,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             brokered.push(e);
         }
     }
-    let mut uds =
-        hybus_benches::limits::uds_pingpong_2p(rt, 8).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut relay =
-        hybus_benches::limits::cacheline_relay_3p(rt).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut uds = hybus_benches::limits::uds_pingpong_2p(rt, 8).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut relay = hybus_benches::limits::cacheline_relay_3p(rt).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut table = Table::new(&["8-byte round trip", ">p50", ">p99", ">p99.9"]);
     let mut row = |name: &str, s: &mut Vec<u64>| {
         let q = p(s);
@@ -226,10 +186,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     drop((kv2, detector, echo, displays, fast, bus));
     daemon.stop()?;
     let _ = std::fs::remove_dir_all(&dir);
-    println!(
-        "\ndemo finished in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    println!("\ndemo finished in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 

@@ -34,16 +34,7 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
             .collect();
         return super::print_json(&json!({ "services": v }));
     }
-    let mut t = Table::new(&[
-        "SERVICE",
-        ">ROUTE",
-        ">INSTANCE",
-        "STATE",
-        ">UID",
-        ">PID",
-        ">VERSION",
-        ">WEIGHT",
-    ]);
+    let mut t = Table::new(&["SERVICE", ">ROUTE", ">INSTANCE", "STATE", ">UID", ">PID", ">VERSION", ">WEIGHT"]);
     for s in &services {
         for i in &s.instances {
             t.row(vec![

@@ -46,34 +46,18 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
     let bus = super::connect(socket)?;
     bus.monitor(&a.prefix)?;
     if !a.json {
-        eprintln!(
-            "monitoring {} (Ctrl-C to stop)",
-            if a.prefix.is_empty() {
-                "all traffic"
-            } else {
-                &a.prefix
-            }
-        );
+        eprintln!("monitoring {} (Ctrl-C to stop)", if a.prefix.is_empty() { "all traffic" } else { &a.prefix });
     }
     let end = a.duration.map(|d| Instant::now() + d);
     let start = Instant::now();
     let mut n = 0;
     loop {
-        let left = end.map_or(Duration::from_secs(3600), |e| {
-            e.saturating_duration_since(Instant::now())
-        });
+        let left = end.map_or(Duration::from_secs(3600), |e| e.saturating_duration_since(Instant::now()));
         if left.is_zero() {
             return Ok(());
         }
         match bus.next_event(left.min(Duration::from_secs(1)))? {
-            Some(BusEvent::Traffic {
-                kind,
-                from,
-                to,
-                route,
-                correlation,
-                len,
-            }) => {
+            Some(BusEvent::Traffic { kind, from, to, route, correlation, len }) => {
                 let t = start.elapsed().as_secs_f64();
                 if a.json {
                     println!(

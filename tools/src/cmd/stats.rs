@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hybus::InstanceStats;
+use hybus::{ChannelStats, InstanceStats, StatsReport};
 use serde_json::json;
 
 use crate::table::{bytes_rate, ns, rate, Table};
@@ -43,14 +43,12 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let mut prev: Option<(Instant, Vec<InstanceStats>)> = None;
+    let mut prev: Option<(Instant, StatsReport)> = None;
     let mut n = 0u64;
     loop {
         let now = Instant::now();
         let s = bus.stats()?;
-        let rates = prev
-            .as_ref()
-            .map(|(t, p)| rates(p, &s, now.duration_since(*t)));
+        let rates = prev.as_ref().map(|(t, p)| rates(p, &s, now.duration_since(*t)));
         if a.json {
             println!("{}", serde_json::to_string(&to_json(&s, rates.as_ref()))?);
         } else if a.prometheus {
@@ -58,11 +56,7 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
         } else {
             // Clear the screen and home the cursor, like top.
             print!("\x1b[2J\x1b[H");
-            println!(
-                "hybus stats — {} every {:?} (Ctrl-C to quit)",
-                bus.path().display(),
-                a.interval
-            );
+            println!("hybus stats — {} every {:?} (Ctrl-C to quit)", bus.path().display(), a.interval);
             print!("{}", table(&s, rates.as_ref()));
         }
         prev = Some((now, s));
@@ -74,23 +68,32 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
     }
 }
 
-/// Messages/s and bytes/s (in+out) per instance between two snapshots.
-fn rates(prev: &[InstanceStats], cur: &[InstanceStats], dt: Duration) -> HashMap<u32, (f64, f64)> {
+/// Messages/s and bytes/s per instance (keyed by instance id) and per
+/// direct channel (keyed by `u32::MAX - channel`) between two snapshots.
+fn rates(prev: &StatsReport, cur: &StatsReport, dt: Duration) -> HashMap<u32, (f64, f64)> {
     let secs = dt.as_secs_f64().max(1e-9);
-    cur.iter()
+    let channels = cur.channels.iter().map(|c| {
+        let p = prev.channels.iter().find(|p| p.channel == c.channel);
+        let m = (c.a_messages + c.b_messages).saturating_sub(p.map_or(0, |p| p.a_messages + p.b_messages));
+        let b = (c.a_bytes + c.b_bytes).saturating_sub(p.map_or(0, |p| p.a_bytes + p.b_bytes));
+        (u32::MAX - c.channel, (m as f64 / secs, b as f64 / secs))
+    });
+    let prev = &prev.instances;
+    cur.instances
+        .iter()
         .map(|c| {
             let p = prev.iter().find(|p| p.instance == c.instance);
-            let m = (c.messages_in + c.messages_out)
-                .saturating_sub(p.map_or(0, |p| p.messages_in + p.messages_out));
-            let b = (c.bytes_in + c.bytes_out)
-                .saturating_sub(p.map_or(0, |p| p.bytes_in + p.bytes_out));
+            let m = (c.messages_in + c.messages_out).saturating_sub(p.map_or(0, |p| p.messages_in + p.messages_out));
+            let b = (c.bytes_in + c.bytes_out).saturating_sub(p.map_or(0, |p| p.bytes_in + p.bytes_out));
             (c.instance, (m as f64 / secs, b as f64 / secs))
         })
+        .chain(channels)
         .collect()
 }
 
-fn table(s: &[InstanceStats], rates: Option<&HashMap<u32, (f64, f64)>>) -> String {
-    if s.is_empty() {
+fn table(report: &StatsReport, rates: Option<&HashMap<u32, (f64, f64)>>) -> String {
+    let s = &report.instances;
+    if s.is_empty() && report.channels.is_empty() {
         return "no service instances\n".into();
     }
     let mut t = Table::new(&[
@@ -110,21 +113,14 @@ fn table(s: &[InstanceStats], rates: Option<&HashMap<u32, (f64, f64)>>) -> Strin
         ">P99.9",
     ]);
     for i in s {
-        let (m, b) = rates
-            .and_then(|r| r.get(&i.instance))
-            .copied()
-            .unwrap_or((f64::NAN, f64::NAN));
+        let (m, b) = rates.and_then(|r| r.get(&i.instance)).copied().unwrap_or((f64::NAN, f64::NAN));
         let lat = |v: u64| if v == 0 { "-".into() } else { ns(v) };
         t.row(vec![
             i.name.clone(),
             i.instance.to_string(),
             i.pid.to_string(),
             if m.is_nan() { "-".into() } else { rate(m) },
-            if b.is_nan() {
-                "-".into()
-            } else {
-                bytes_rate(b)
-            },
+            if b.is_nan() { "-".into() } else { bytes_rate(b) },
             i.messages_in.to_string(),
             i.messages_out.to_string(),
             i.in_flight.to_string(),
@@ -136,11 +132,55 @@ fn table(s: &[InstanceStats], rates: Option<&HashMap<u32, (f64, f64)>>) -> Strin
             lat(i.latency_ns[2]),
         ]);
     }
-    t.render()
+    let mut out = t.render();
+    if !report.channels.is_empty() {
+        let mut c = Table::new(&[
+            "DIRECT CHANNEL",
+            ">ID",
+            ">CALLER",
+            ">SERVER",
+            ">MSG/S",
+            ">BYTES/S",
+            ">→MSGS",
+            ">←MSGS",
+            ">→BYTES",
+            ">←BYTES",
+            "SINCE",
+        ]);
+        for ch in &report.channels {
+            let (m, b) = rates.and_then(|r| r.get(&(u32::MAX - ch.channel))).copied().unwrap_or((f64::NAN, f64::NAN));
+            c.row(vec![
+                ch.service.clone(),
+                ch.channel.to_string(),
+                ch.a_pid.to_string(),
+                ch.b_pid.to_string(),
+                if m.is_nan() { "-".into() } else { rate(m) },
+                if b.is_nan() { "-".into() } else { bytes_rate(b) },
+                ch.a_messages.to_string(),
+                ch.b_messages.to_string(),
+                ch.a_bytes.to_string(),
+                ch.b_bytes.to_string(),
+                format!("{} s ago: {}", ch.age_s, ch.reason),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&c.render());
+    }
+    out
 }
 
-fn to_json(s: &[InstanceStats], rates: Option<&HashMap<u32, (f64, f64)>>) -> serde_json::Value {
-    let v: Vec<_> = s
+fn channel_json(c: &ChannelStats) -> serde_json::Value {
+    json!({
+        "channel": c.channel, "service": c.service, "caller_pid": c.a_pid, "server_pid": c.b_pid,
+        "caller_messages": c.a_messages, "caller_bytes": c.a_bytes,
+        "server_messages": c.b_messages, "server_bytes": c.b_bytes,
+        "reason": c.reason, "age_s": c.age_s,
+    })
+}
+
+fn to_json(report: &StatsReport, rates: Option<&HashMap<u32, (f64, f64)>>) -> serde_json::Value {
+    let v: Vec<_> = report
+        .instances
         .iter()
         .map(|i| {
             let r = rates.and_then(|r| r.get(&i.instance));
@@ -154,68 +194,25 @@ fn to_json(s: &[InstanceStats], rates: Option<&HashMap<u32, (f64, f64)>>) -> ser
             })
         })
         .collect();
-    json!({ "instances": v })
+    let ch: Vec<_> = report.channels.iter().map(channel_json).collect();
+    json!({ "instances": v, "channels": ch })
 }
 
 /// The Prometheus text exposition format (version 0.0.4).
-fn prometheus(s: &[InstanceStats]) -> String {
+fn prometheus(report: &StatsReport) -> String {
     use std::fmt::Write;
+    let s = &report.instances;
     let mut out = String::new();
     let metrics: [(&str, &str, &str, fn(&InstanceStats) -> u64); 9] = [
-        (
-            "hybus_messages_in_total",
-            "counter",
-            "Descriptors delivered to the instance.",
-            |i| i.messages_in,
-        ),
-        (
-            "hybus_messages_out_total",
-            "counter",
-            "Descriptors the instance sent.",
-            |i| i.messages_out,
-        ),
-        (
-            "hybus_bytes_in_total",
-            "counter",
-            "Payload bytes delivered to the instance.",
-            |i| i.bytes_in,
-        ),
-        (
-            "hybus_bytes_out_total",
-            "counter",
-            "Payload bytes the instance sent.",
-            |i| i.bytes_out,
-        ),
-        (
-            "hybus_in_flight",
-            "gauge",
-            "Requests forwarded and not answered yet.",
-            |i| i.in_flight,
-        ),
-        (
-            "hybus_queue_depth",
-            "gauge",
-            "Descriptors queued in the daemon for the instance.",
-            |i| i.queued,
-        ),
-        (
-            "hybus_drops_total",
-            "counter",
-            "Descriptors dropped for the instance (slow subscriber).",
-            |i| i.drops,
-        ),
-        (
-            "hybus_errors_total",
-            "counter",
-            "Error answers made on the instance's behalf.",
-            |i| i.errors,
-        ),
-        (
-            "hybus_latency_max_nanoseconds",
-            "gauge",
-            "Largest request-to-answer latency seen.",
-            |i| i.latency_ns[3],
-        ),
+        ("hybus_messages_in_total", "counter", "Descriptors delivered to the instance.", |i| i.messages_in),
+        ("hybus_messages_out_total", "counter", "Descriptors the instance sent.", |i| i.messages_out),
+        ("hybus_bytes_in_total", "counter", "Payload bytes delivered to the instance.", |i| i.bytes_in),
+        ("hybus_bytes_out_total", "counter", "Payload bytes the instance sent.", |i| i.bytes_out),
+        ("hybus_in_flight", "gauge", "Requests forwarded and not answered yet.", |i| i.in_flight),
+        ("hybus_queue_depth", "gauge", "Descriptors queued in the daemon for the instance.", |i| i.queued),
+        ("hybus_drops_total", "counter", "Descriptors dropped for the instance (slow subscriber).", |i| i.drops),
+        ("hybus_errors_total", "counter", "Error answers made on the instance's behalf.", |i| i.errors),
+        ("hybus_latency_max_nanoseconds", "gauge", "Largest request-to-answer latency seen.", |i| i.latency_ns[3]),
     ];
     for (name, kind, help, f) in metrics {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -232,15 +229,51 @@ fn prometheus(s: &[InstanceStats]) -> String {
     }
     let _ = writeln!(out, "# HELP hybus_latency_nanoseconds Request-to-answer latency through the daemon.\n# TYPE hybus_latency_nanoseconds summary");
     for i in s {
-        for (q, v) in [
-            ("0.5", i.latency_ns[0]),
-            ("0.99", i.latency_ns[1]),
-            ("0.999", i.latency_ns[2]),
-        ] {
+        for (q, v) in [("0.5", i.latency_ns[0]), ("0.99", i.latency_ns[1]), ("0.999", i.latency_ns[2])] {
             let _ = writeln!(
                 out,
                 "hybus_latency_nanoseconds{{service=\"{}\",instance=\"{}\",quantile=\"{q}\"}} {v}",
                 i.name, i.instance
+            );
+        }
+    }
+    let _ = writeln!(out, "# HELP hybus_direct_messages_total Descriptors sent over a direct channel, by direction.\n# TYPE hybus_direct_messages_total counter");
+    for c in &report.channels {
+        for (dir, v) in [("to_server", c.a_messages), ("to_caller", c.b_messages)] {
+            let _ = writeln!(
+                out,
+                "hybus_direct_messages_total{{service=\"{}\",channel=\"{}\",direction=\"{dir}\"}} {v}",
+                c.service, c.channel
+            );
+        }
+    }
+    let _ = writeln!(out, "# HELP hybus_direct_bytes_total Payload bytes sent over a direct channel, by direction.\n# TYPE hybus_direct_bytes_total counter");
+    for c in &report.channels {
+        for (dir, v) in [("to_server", c.a_bytes), ("to_caller", c.b_bytes)] {
+            let _ = writeln!(
+                out,
+                "hybus_direct_bytes_total{{service=\"{}\",channel=\"{}\",direction=\"{dir}\"}} {v}",
+                c.service, c.channel
+            );
+        }
+    }
+    let _ = writeln!(out, "# HELP hybus_direct_messages_total Descriptors sent over a direct channel, by direction.\n# TYPE hybus_direct_messages_total counter");
+    for c in &report.channels {
+        for (dir, v) in [("to_server", c.a_messages), ("to_caller", c.b_messages)] {
+            let _ = writeln!(
+                out,
+                "hybus_direct_messages_total{{service=\"{}\",channel=\"{}\",direction=\"{dir}\"}} {v}",
+                c.service, c.channel
+            );
+        }
+    }
+    let _ = writeln!(out, "# HELP hybus_direct_bytes_total Payload bytes sent over a direct channel, by direction.\n# TYPE hybus_direct_bytes_total counter");
+    for c in &report.channels {
+        for (dir, v) in [("to_server", c.a_bytes), ("to_caller", c.b_bytes)] {
+            let _ = writeln!(
+                out,
+                "hybus_direct_bytes_total{{service=\"{}\",channel=\"{}\",direction=\"{dir}\"}} {v}",
+                c.service, c.channel
             );
         }
     }

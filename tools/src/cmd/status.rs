@@ -28,22 +28,13 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
                 "chunks_lent": s.chunks_lent, "queued": s.queued, "violations": s.violations,
             }));
         }
-        println!(
-            "hybusd pid {} up {} s, event loop {}",
-            s.pid, s.uptime_s, s.backend
-        );
-        println!(
-            "  {} clients, {} services ({} instances)",
-            s.clients, s.services, s.instances
-        );
+        println!("hybusd pid {} up {} s, event loop {}", s.pid, s.uptime_s, s.backend);
+        println!("  {} clients, {} services ({} instances)", s.clients, s.services, s.instances);
         println!(
             "  {} exchanges in flight, {} chunks lent, {} descriptors queued",
             s.exchanges, s.chunks_lent, s.queued
         );
-        println!(
-            "  {} clients disconnected for protocol violations",
-            s.violations
-        );
+        println!("  {} clients disconnected for protocol violations", s.violations);
         return Ok(());
     };
     let services = bus.list()?;
@@ -66,16 +57,9 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        return super::print_json(
-            &json!({ "name": svc.name, "route": svc.route, "instances": inst }),
-        );
+        return super::print_json(&json!({ "name": svc.name, "route": svc.route, "instances": inst }));
     }
-    println!(
-        "{} (route {}), {} instance(s)",
-        svc.name,
-        svc.route,
-        svc.instances.len()
-    );
+    println!("{} (route {}), {} instance(s)", svc.name, svc.route, svc.instances.len());
     let mut t = Table::new(&[
         ">INSTANCE",
         "STATE",

@@ -54,18 +54,13 @@ pub fn subscribe(socket: &Path, a: SubscribeArgs) -> anyhow::Result<()> {
     let end = a.duration.map(|d| Instant::now() + d);
     let mut n = 0;
     loop {
-        let left = end.map_or(Duration::from_secs(3600), |e| {
-            e.saturating_duration_since(Instant::now())
-        });
+        let left = end.map_or(Duration::from_secs(3600), |e| e.saturating_duration_since(Instant::now()));
         if left.is_zero() {
             return Ok(());
         }
         if let Some(s) = sub.next(left.min(Duration::from_secs(1)))? {
             if a.json {
-                println!(
-                    "{}",
-                    json!({"topic": a.topic, "len": s.len(), "payload": super::show(&s)})
-                );
+                println!("{}", json!({"topic": a.topic, "len": s.len(), "payload": super::show(&s)}));
             } else {
                 println!("{}", super::show(&s));
             }

@@ -28,11 +28,7 @@ pub struct Args {
 /// Parses an idle strategy name.
 pub fn idle_strategy(name: &str) -> anyhow::Result<IdleStrategy> {
     Ok(match name {
-        "spin" => IdleStrategy {
-            spins: 1_000,
-            yields: u32::MAX,
-            park: false,
-        },
+        "spin" => IdleStrategy { spins: 1_000, yields: u32::MAX, park: false },
         "default" => IdleStrategy::DEFAULT,
         "park" => IdleStrategy::PARK,
         other => anyhow::bail!("unknown idle strategy {other:?}: use spin, default or park"),
@@ -51,17 +47,14 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
         path: Some(socket.to_owned()),
         label: format!("worker-{}", a.role),
         idle: idle_strategy(&a.idle)?,
+        reconnect: true,
     };
     let bus = Bus::connect_with(opts)?;
     match a.role.as_str() {
         "echo" => echo(&bus, &a.name),
         "sink" => sink(&bus, &a.name),
         "streamer" => streamer(&bus, &a.name),
-        "subscriber" => subscriber(
-            &bus,
-            &a.name,
-            a.extra.as_deref().unwrap_or("demo.subscriber"),
-        ),
+        "subscriber" => subscriber(&bus, &a.name, a.extra.as_deref().unwrap_or("demo.subscriber")),
         "kv" => kv(&bus, &a.name),
         "detector" => detector(&bus, &a.name),
         other => anyhow::bail!("unknown worker role {other:?}"),
