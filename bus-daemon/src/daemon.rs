@@ -96,6 +96,8 @@ pub struct Daemon {
     /// Live direct channels.
     pub(crate) channels: HashMap<u32, crate::direct::Channel>,
     pub(crate) next_channel: u32,
+    /// The two clients of every channel, open or closed, until one of them leaves (for fences).
+    pub(crate) channel_members: HashMap<u32, (u32, u32)>,
     /// Brokered rates per (caller, route), when promotion is on.
     pub(crate) pair_rates: HashMap<(u32, u32), crate::direct::PairRate>,
 }
@@ -197,6 +199,7 @@ impl Daemon {
             touched: Vec::new(),
             channels: HashMap::new(),
             next_channel: 0,
+            channel_members: HashMap::new(),
             pair_rates: HashMap::new(),
         })
     }

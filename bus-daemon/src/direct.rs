@@ -122,6 +122,7 @@ impl Daemon {
             self.send(me, &msg, &[seg.fd(), pool_ro.as_fd(), bell.as_fd(), pidfd.as_fd()]);
         }
         tracing::info!(channel = id, service, caller, server, reason, "direct channel opened");
+        self.channel_members.insert(id, (caller, server));
         self.channels.insert(
             id,
             Channel {
@@ -156,6 +157,7 @@ impl Daemon {
 
     /// A client left: close its channels, telling the survivors.
     pub(crate) fn close_channels_of(&mut self, client: u32) {
+        self.channel_members.retain(|_, (a, b)| *a != client && *b != client);
         let ids: Vec<u32> =
             self.channels.iter().filter(|(_, c)| c.a == client || c.b == client).map(|(id, _)| *id).collect();
         for id in ids {
@@ -168,14 +170,17 @@ impl Daemon {
         let Ok(id) = u32::try_from(d.aux) else {
             return false;
         };
-        let Some(c) = self.channels.get(&id) else {
-            // Already closed: the fence has nothing left to order.
-            return true;
+        // A channel closed right after it opened still needs its fences
+        // delivered: each side reads the other's ring only after the
+        // other's upgrade fence, and must drain it before forgetting it.
+        let Some(&(a, b)) = self.channel_members.get(&id) else {
+            // One side is gone (the other was told), or it never existed.
+            return id <= self.next_channel;
         };
-        let to = if c.a == from {
-            c.b
-        } else if c.b == from {
-            c.a
+        let to = if a == from {
+            b
+        } else if b == from {
+            a
         } else {
             return false;
         };

@@ -273,7 +273,7 @@ impl Daemon {
         let r = match kind {
             Kind::Request | Kind::StreamOpen if !server_side => self.open_exchange(from, d, kind, chunk),
             Kind::Fire if !server_side => self.fire(from, d, chunk),
-            Kind::Publish if !server_side => self.publish(from, d, chunk),
+            Kind::Publish if !server_side => self.publish(d, chunk),
             Kind::Response | Kind::Error if server_side => self.answer(from, d, chunk),
             Kind::StreamItem | Kind::Credit | Kind::StreamEnd | Kind::Cancel => {
                 self.stream_op(from, d, kind, chunk, server_side)
@@ -305,16 +305,15 @@ impl Daemon {
     fn open_exchange(&mut self, from: u32, d: Descriptor, kind: Kind, chunk: Chunk) -> Result<(), Violation> {
         let route = d.route;
         let limit = self.config.limits.queue_per_client as usize;
-        let code = match self.registry.route(route) {
-            None => Some(DataError::NoSuchService),
-            Some(_) => None,
-        };
-        let instance = if code.is_none() { self.registry.pick(route) } else { None };
-        let Some(instance) = instance else {
+        // Route ids are never freed: one the registry does not know was never handed out.
+        if self.registry.route(route).is_none() {
+            return Err(Violation::BadRoute(route));
+        }
+        let Some(instance) = self.registry.pick(route) else {
             if let Some((c, _)) = chunk {
                 self.return_chunk(c);
             }
-            self.error_to(from, route, d.correlation, code.unwrap_or(DataError::NoInstance), false);
+            self.error_to(from, route, d.correlation, DataError::NoInstance, false);
             return Ok(());
         };
         let server = self.registry.instance(instance).map_or(0, |i| i.client);
@@ -359,13 +358,14 @@ impl Daemon {
 
     fn fire(&mut self, from: u32, d: Descriptor, chunk: Chunk) -> Result<(), Violation> {
         let limit = self.config.limits.queue_per_client as usize;
+        if self.registry.route(d.route).is_none() {
+            return Err(Violation::BadRoute(d.route));
+        }
         let Some(instance) = self.registry.pick(d.route) else {
             if let Some((c, _)) = chunk {
                 self.return_chunk(c);
             }
-            let code =
-                if self.registry.route(d.route).is_some() { DataError::NoInstance } else { DataError::NoSuchService };
-            self.error_to(from, d.route, d.correlation, code, false);
+            self.error_to(from, d.route, d.correlation, DataError::NoInstance, false);
             return Ok(());
         };
         let server = self.registry.instance(instance).map_or(0, |i| i.client);
@@ -385,17 +385,11 @@ impl Daemon {
         Ok(())
     }
 
-    fn publish(&mut self, from: u32, d: Descriptor, chunk: Chunk) -> Result<(), Violation> {
+    fn publish(&mut self, d: Descriptor, chunk: Chunk) -> Result<(), Violation> {
         let limit = self.config.limits.queue_per_client as usize;
         let subs = match self.registry.route(d.route) {
             Some(r) => r.subscribers.clone(),
-            None => {
-                if let Some((c, _)) = chunk {
-                    self.return_chunk(c);
-                }
-                self.error_to(from, d.route, d.correlation, DataError::NoSuchService, false);
-                return Ok(());
-            }
+            None => return Err(Violation::BadRoute(d.route)),
         };
         let mut holders = Vec::with_capacity(subs.len());
         for sub in subs {

@@ -268,10 +268,16 @@ impl Bus {
         if let Some(id) = route.id_at(epoch) {
             return Ok(id);
         }
-        let fresh = self.resolve(route.name())?;
-        let id = fresh.id_at(epoch).unwrap_or(0);
-        route.set(id, epoch);
-        Ok(id)
+        // Resolved on another connection epoch (a reconnect happened in
+        // between): resolve again rather than send a stale or made-up id.
+        loop {
+            let fresh = self.resolve(route.name())?;
+            let now = self.shared.lock().epoch;
+            if let Some(id) = fresh.id_at(now) {
+                route.set(id, now);
+                return Ok(id);
+            }
+        }
     }
 
     /// Lists services and their instances.
@@ -305,6 +311,29 @@ impl Bus {
     /// daemon, with nothing lost, duplicated or reordered.
     pub fn close_direct(&self, channel: u32) -> Result<()> {
         self.control(Request::CloseDirect { channel }).map(drop)
+    }
+
+    /// A description of the connection's internal state, for debugging.
+    #[doc(hidden)]
+    pub fn debug_state(&self) -> String {
+        let core = self.shared.lock();
+        let mut out = format!(
+            "client {} epoch {} gone {:?} calls pending {:?} route_direct {:?} closing {}\n",
+            core.client_id,
+            core.epoch,
+            core.gone,
+            core.calls.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| *k).collect::<Vec<_>>(),
+            core.route_direct,
+            core.closing
+        );
+        for c in core.channels.values() {
+            out +=
+                &format!(
+                "  channel {} {:?} {:?} fenced {} ended {} calls {:?} serving {:?} lent {} held {} rx {:?} tx {:?}\n",
+                c.id, c.side, c.state, c.peer_fenced, c.peer_ended, c.calls, c.serving, c.lent.len(), c.held, c.rx, c.tx
+            );
+        }
+        out
     }
 
     /// Whether new calls to `route` currently go over a direct channel.
@@ -558,8 +587,25 @@ impl Shared {
         let mut round: u32 = 0;
         loop {
             let mut core = self.lock();
+            if core.gone.is_some()
+                && self.auto_reconnect
+                && !self.reconnecting.load(std::sync::atomic::Ordering::Acquire)
+            {
+                // Try to get the daemon back every 200 ms while the bus is
+                // used; direct channels keep working meanwhile.
+                let now = Instant::now();
+                if core.last_reconnect.is_none_or(|t| now.duration_since(t) >= Duration::from_millis(200)) {
+                    core.last_reconnect = Some(now);
+                    drop(core);
+                    let _ = (Bus { shared: self.clone() }).reconnect();
+                    continue;
+                }
+            }
             core.pump_data();
-            if control || round % 1024 == 1023 {
+            // Read the control socket now and then even when every wait is
+            // short (a busy direct channel): that is how a dead daemon is noticed.
+            core.waits = core.waits.wrapping_add(1);
+            if control || round % 1024 == 1023 || core.waits % 256 == 0 {
                 core.pump_control();
                 if !core.channels.is_empty() {
                     core.check_peers();
@@ -568,21 +614,12 @@ impl Shared {
             if let Some(v) = check(&mut core)? {
                 return Ok(v);
             }
-            let now = Instant::now();
             if let Some(g) = &core.gone {
-                if self.auto_reconnect && !self.reconnecting.load(std::sync::atomic::Ordering::Acquire) {
-                    // Try to get the daemon back every 200 ms while we wait;
-                    // direct channels keep working meanwhile.
-                    if core.last_reconnect.is_none_or(|t| now.duration_since(t) >= Duration::from_millis(200)) {
-                        core.last_reconnect = Some(now);
-                        drop(core);
-                        let _ = (Bus { shared: self.clone() }).reconnect();
-                        continue;
-                    }
-                } else if core.channels.is_empty() {
+                if core.channels.is_empty() && !self.auto_reconnect {
                     return Err(Error::BusGone(g.clone()));
                 }
             }
+            let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
                 return Err(Error::DeadlineExceeded);
             }

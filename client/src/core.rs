@@ -94,6 +94,8 @@ pub(crate) struct Core {
     pub instance_alias: HashMap<u32, u32>,
     /// When the last automatic reconnect was tried.
     pub last_reconnect: Option<std::time::Instant>,
+    /// Waits so far (a cheap clock for occasional control-socket reads).
+    pub waits: u64,
     /// Descriptors that did not fit in the tx ring (releases); sent first next time.
     pub backlog: VecDeque<Descriptor>,
     /// Why the connection is gone, once it is.
@@ -156,6 +158,7 @@ impl Core {
             loaned: HashSet::new(),
             instance_alias: HashMap::new(),
             last_reconnect: None,
+            waits: 0,
             backlog: VecDeque::new(),
             gone: None,
             epoch,
@@ -460,6 +463,16 @@ impl Core {
         }
     }
 
+    /// An exchange we served over a channel is finished (answered, ended, dropped).
+    pub fn served_done(&mut self, origin: Origin, corr: u64) {
+        if let Origin::Direct(id) = origin {
+            if let Some(ch) = self.channels.get_mut(&id) {
+                ch.serving.remove(&corr);
+            }
+            self.reap_channel(id);
+        }
+    }
+
     /// Forgets a call that failed or timed out.
     pub fn forget_call(&mut self, corr: u64, origin: Origin) {
         self.calls.remove(&corr);
@@ -495,15 +508,20 @@ impl Core {
 
     /// Drains the rings of every channel whose peer has fenced.
     fn pump_channels(&mut self, only_closing: bool) -> usize {
-        let mut total = 0;
         let ids: Vec<u32> = self
             .channels
             .values()
             .filter(|c| c.peer_fenced && (!only_closing || (c.state == State::Closing && !c.peer_ended)))
             .map(|c| c.id)
             .collect();
+        ids.into_iter().map(|id| self.pump_channel(id)).sum()
+    }
+
+    /// Drains one channel's return ring and data ring.
+    fn pump_channel(&mut self, id: u32) -> usize {
+        let mut total = 0;
         let mut buf = [Descriptor::new(Kind::Fence, 0, 0); 32];
-        for id in ids {
+        {
             // Returned chunks first: they free pool space for what follows.
             loop {
                 let Some(ch) = self.channels.get_mut(&id) else {
@@ -663,13 +681,27 @@ impl Core {
                 }
                 if let Some(ch) = self.channels.get_mut(&id) {
                     ch.peer_fenced = true;
+                    // Whatever the peer pushed on the channel before what
+                    // follows in this batch of the daemon's ring must be
+                    // dispatched before it (per-sender order).
+                    self.pump_channel(id);
                 }
             }
             (Kind::Request, true) | (Kind::Fire, _) => {
+                if let (Kind::Request, Origin::Direct(id)) = (kind, origin) {
+                    if let Some(ch) = self.channels.get_mut(&id) {
+                        ch.serving.insert(d.correlation);
+                    }
+                }
                 let inbox = self.inbox_of(d.route, origin);
                 self.inboxes.entry(inbox).or_default().push_back((d, origin));
             }
             (Kind::StreamOpen, true) => {
+                if let Origin::Direct(id) = origin {
+                    if let Some(ch) = self.channels.get_mut(&id) {
+                        ch.serving.insert(d.correlation);
+                    }
+                }
                 self.served.insert(key, ServedState { send_credits: d.aux & 0xffff_ffff, ..ServedState::default() });
                 let inbox = self.inbox_of(d.route, origin);
                 self.inboxes.entry(inbox).or_default().push_back((d, origin));

@@ -76,6 +76,9 @@ pub(crate) struct Direct {
     pub held: u64,
     /// Our calls in flight over the channel (side A).
     pub calls: HashSet<u64>,
+    /// Exchanges we serve over the channel and have not finished (side B):
+    /// their answers must still travel on it.
+    pub serving: HashSet<u64>,
     pub reason: String,
 }
 
@@ -133,6 +136,7 @@ impl Direct {
             lent: HashSet::new(),
             held: 0,
             calls: HashSet::new(),
+            serving: HashSet::new(),
             reason: info.reason.clone(),
         })
     }
@@ -208,6 +212,7 @@ impl Direct {
         self.state == State::Closing
             && self.peer_ended
             && self.calls.is_empty()
+            && self.serving.is_empty()
             && self.lent.is_empty()
             && self.held == 0
     }

@@ -200,6 +200,13 @@ impl Request {
     }
 
     fn finish(&mut self, d: Result<Descriptor>) -> Result<()> {
+        let r = self.finish_inner(d);
+        // Whatever happened, this exchange no longer needs its channel.
+        self.shared.lock().served_done(self.origin, self.corr);
+        r
+    }
+
+    fn finish_inner(&mut self, d: Result<Descriptor>) -> Result<()> {
         self.answered = true;
         // Release the request's chunk before answering, so the caller's pool
         // gets it back no later than the answer.
@@ -332,6 +339,7 @@ impl StreamRequest {
             st.is_none_or(|s| s.cancelled) || (self.origin == Origin::Daemon && core.epoch != self.epoch)
         };
         if cancelled {
+            self.shared.lock().served_done(self.origin, self.corr);
             return Ok(());
         }
         let d = match error {
@@ -346,7 +354,9 @@ impl StreamRequest {
                 d
             }
         };
-        self.shared.send_on(self.origin, &d, None)
+        let r = self.shared.send_on(self.origin, &d, None);
+        self.shared.lock().served_done(self.origin, self.corr);
+        r
     }
 }
 

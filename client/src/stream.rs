@@ -157,6 +157,12 @@ impl Bus {
             let mut core = self.shared.lock();
             let corr = core.next_id();
             let origin = core.route_fire(&mut d);
+            if let Origin::Direct(id) = origin {
+                // Keeps the channel alive (for our side) until the stream ends.
+                if let Some(ch) = core.channels.get_mut(&id) {
+                    ch.calls.insert(corr);
+                }
+            }
             core.streams.insert(
                 corr,
                 StreamState { origin, items: Default::default(), ended: false, error: None, send_credits: 0 },
@@ -218,6 +224,7 @@ impl Stream {
                     core.release(d, self.origin);
                 }
             }
+            core.forget_call(self.corr, self.origin);
         }
     }
 }

@@ -1,0 +1,395 @@
+//! The brokered data plane end to end: the real `hybusd` binary, and every
+//! interaction model between separate client processes (`hybus-load`),
+//! with every payload byte checked; then the awkward moments — a server
+//! SIGKILLed mid-request and mid-stream, a subscriber SIGKILLed while it
+//! holds chunks, hot replacement under steady load, a stalled subscriber
+//! on a busy topic, and a stream reader slower than its sender.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::payload::{self, model, Header};
+use common::{num, scaled, Load};
+use hybus::{Bus, Error, INLINE_PAYLOAD};
+use hybus_tests::{eventually, DaemonProc, SOON};
+
+/// Item sizes of a `size=0` stream of the `serve` role (inline, the inline
+/// limit, one past it, a page, 100 KB).
+const MIXED: [usize; 5] = [16, 40, 41, 4096, 100_000];
+
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    payload::fill(&mut v, seed);
+    v
+}
+
+fn reversed(p: &[u8]) -> Vec<u8> {
+    p.iter().rev().copied().collect()
+}
+
+/// Waits until nothing is lent or in flight any more, in the daemon and in `bus`.
+fn settled(d: &DaemonProc, bus: &Bus) {
+    let ok = eventually(SOON, || {
+        let s = bus.status().ok()?;
+        (bus.chunks_in_use() == 0 && s.chunks_lent == 0 && s.exchanges == 0).then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "resources still held: ours {}, daemon {:?}; log:\n{}",
+        bus.chunks_in_use(),
+        bus.status(),
+        d.log_text()
+    );
+}
+
+#[test]
+fn request_response_inline_and_chunks() {
+    let d = DaemonProc::start(None);
+    let (_srv, _) = Load::ready(d.socket(), &["serve", "rr.echo"]);
+    let bus = d.connect();
+    let route = bus.resolve("rr.echo").unwrap();
+    let max = bus.max_payload() as usize;
+    let sizes = [0, 1, 16, 39, 40, 41, 255, 256, 4096, 65_536, 100_000, max];
+    for (i, &len) in sizes.iter().enumerate() {
+        let p = pattern(len, i as u64);
+        let a = bus.call(&route, &p, SOON).unwrap();
+        assert_eq!(a.len(), len);
+        assert!(*a == reversed(&p)[..], "answer to a {len}-byte call");
+        assert_eq!(a.is_zero_copy(), len > INLINE_PAYLOAD, "len {len}");
+    }
+    // A loaned chunk written in place, and many calls reusing chunks.
+    let mut loan = bus.loan(100_000, SOON).unwrap();
+    payload::fill(&mut loan, 99);
+    let sent = loan.to_vec();
+    let a = bus.call_loan(&route, loan, SOON).unwrap();
+    assert!(*a == reversed(&sent)[..]);
+    drop(a);
+    for i in 0..scaled(2000, 300) {
+        let len = [3, 40, 41, 5000, 100_000][i as usize % 5];
+        let p = pattern(len, i);
+        let a = bus.call(&route, &p, SOON).unwrap();
+        assert!(*a == reversed(&p)[..], "call {i} of {len} bytes");
+    }
+    settled(&d, &bus);
+}
+
+#[test]
+fn fire_and_forget_every_fire_arrives_once_in_order() {
+    let d = DaemonProc::start(None);
+    let (mut srv, _) = Load::ready(d.socket(), &["serve", "ff.sink"]);
+    let bus = d.connect();
+    let route = bus.resolve("ff.sink").unwrap();
+    let n = scaled(5000, 800);
+    let sizes = [16, 40, 41, 300, 5000, 100_000];
+    for i in 0..n {
+        let h = Header { sender: 1, model: model::FIRE, seq: i };
+        bus.fire(&route, &payload::make(h, sizes[i as usize % sizes.len()])).unwrap();
+    }
+    // Fires and requests share the instance's queue, in order: the count
+    // comes after every fire sent before it.
+    let a = bus.call(&route, b"?fires", SOON).unwrap();
+    assert_eq!(String::from_utf8_lossy(&a), format!("fires={n} bad=0"));
+    drop(a);
+    assert_eq!(num(&srv.report(), "fires"), n);
+    let ev = bus.next_event(Duration::ZERO).unwrap();
+    assert!(ev.is_none(), "no fire failed, yet: {ev:?}");
+    settled(&d, &bus);
+}
+
+#[test]
+fn request_stream_items_arrive_in_order() {
+    let d = DaemonProc::start(None);
+    let (_srv, _) = Load::ready(d.socket(), &["serve", "rs.src"]);
+    let bus = d.connect();
+    let route = bus.resolve("rs.src").unwrap();
+    let n = scaled(1000, 200);
+    for window in [1, 8, 64] {
+        let mut s = bus.request_stream(&route, format!("n={n} size=0").as_bytes(), window).unwrap();
+        for i in 0..n {
+            let item = s.next(SOON).unwrap().unwrap_or_else(|| panic!("stream ended after {i} items"));
+            let want = Header { sender: 0, model: model::ITEM, seq: i };
+            assert_eq!(payload::parse(&item), Some(want), "window {window} item {i}");
+            assert_eq!(item.len(), MIXED[i as usize % MIXED.len()]);
+        }
+        assert!(s.next(SOON).unwrap().is_none(), "more than {n} items");
+    }
+    settled(&d, &bus);
+}
+
+#[test]
+fn request_channel_items_flow_both_ways() {
+    let d = DaemonProc::start(None);
+    let (_srv, _) = Load::ready(d.socket(), &["serve", "rc.echo"]);
+    let bus = d.connect();
+    let route = bus.resolve("rc.echo").unwrap();
+    let n = scaled(600, 120);
+    let mut ch = bus.request_channel(&route, b"open", 4).unwrap();
+    let item = |j: u64| {
+        let h = Header { sender: 7, model: model::CITEM, seq: j };
+        payload::make(h, MIXED[j as usize % MIXED.len()])
+    };
+    // Lock-step, then four in flight each way.
+    let mut j = 0;
+    while j < n / 2 {
+        ch.send(&item(j), SOON).unwrap();
+        let echo = ch.next(SOON).unwrap().expect("echo");
+        assert!(*echo == reversed(&item(j))[..], "echo {j}");
+        j += 1;
+    }
+    while j < n {
+        let batch: Vec<u64> = (j..(j + 4).min(n)).collect();
+        for &k in &batch {
+            ch.send(&item(k), SOON).unwrap();
+        }
+        for &k in &batch {
+            let echo = ch.next(SOON).unwrap().expect("echo");
+            assert!(*echo == reversed(&item(k))[..], "echo {k}");
+        }
+        j += batch.len() as u64;
+    }
+    ch.end().unwrap();
+    assert!(ch.next(SOON).unwrap().is_none(), "the service ends too");
+    drop(ch);
+    settled(&d, &bus);
+}
+
+#[test]
+fn publish_subscribe_every_subscriber_gets_everything_in_order() {
+    let d = DaemonProc::start(None);
+    let mut subs: Vec<Load> = (0..3).map(|_| Load::ready(d.socket(), &["sub", "ps.topic"]).0).collect();
+    let bus = d.connect();
+    let p = bus.publisher("ps.topic").unwrap();
+    let n = scaled(3000, 500);
+    let sizes = [16, 40, 41, 1000, 4096, 70_000];
+    for i in 0..n {
+        let h = Header { sender: 0, model: model::PUB, seq: i };
+        p.publish(&payload::make(h, sizes[i as usize % sizes.len()])).unwrap();
+    }
+    for s in &mut subs {
+        let r = eventually(SOON, || {
+            let r = s.report();
+            (num(&r, "n") == n).then_some(r)
+        })
+        .unwrap_or_else(|| panic!("a subscriber did not get {n}: {}", s.report()));
+        assert_eq!(num(&r, "bad"), 0, "{r}");
+        assert_eq!(num(&r, "gaps"), 0, "{r}");
+        assert_eq!(num(&r, "last"), n - 1, "{r}");
+    }
+    settled(&d, &bus);
+}
+
+#[test]
+fn server_killed_mid_request_fails_the_call_with_peer_gone() {
+    let d = DaemonProc::start(None);
+    let (mut srv, _) = Load::ready(d.socket(), &["serve", "pk.hold", "hold"]);
+    let bus = d.connect();
+    let route = bus.resolve("pk.hold").unwrap();
+    // A chunk payload, so that the kill must also give our chunk back.
+    let caller = bus.clone();
+    let call = std::thread::spawn(move || caller.call(&route, &pattern(100_000, 1), Duration::from_secs(30)));
+    srv.expect_line("holding 1");
+    assert_eq!(bus.chunks_in_use(), 1, "the server holds our request chunk");
+    srv.kill9();
+    match call.join().unwrap() {
+        Err(Error::PeerGone) => {}
+        other => panic!("expected PeerGone, got {other:?}"),
+    }
+    settled(&d, &bus);
+
+    // The same mid-stream: the stream fails with PeerGone, not a timeout.
+    let (mut srv, _) = Load::ready(d.socket(), &["serve", "pk.hold", "hold"]);
+    let route = bus.resolve("pk.hold").unwrap();
+    let mut s = bus.request_stream(&route, b"n=10", 4).unwrap();
+    srv.expect_line("holding-stream 1");
+    srv.kill9();
+    match s.next(Duration::from_secs(30)) {
+        Err(Error::PeerGone) => {}
+        other => panic!("expected PeerGone, got {other:?}"),
+    }
+    drop(s);
+    settled(&d, &bus);
+}
+
+#[test]
+fn subscriber_killed_while_holding_chunks_gives_them_back() {
+    let d = DaemonProc::start(None);
+    let (mut sub, _) = Load::ready(d.socket(), &["sub", "hk.topic", "hold"]);
+    let bus = d.connect();
+    let p = bus.publisher("hk.topic").unwrap();
+    for i in 0..50 {
+        let h = Header { sender: 0, model: model::PUB, seq: i };
+        p.publish(&payload::make(h, 1000)).unwrap();
+    }
+    for i in 0..50 {
+        sub.expect_line(&format!("got seq={i} "));
+    }
+    assert_eq!(bus.chunks_in_use(), 50);
+    assert_eq!(bus.status().unwrap().chunks_lent, 50);
+    sub.kill9();
+    settled(&d, &bus);
+    // The topic still works for a new subscriber.
+    let (mut sub, _) = Load::ready(d.socket(), &["sub", "hk.topic"]);
+    let h = Header { sender: 0, model: model::PUB, seq: 0 };
+    p.publish(&payload::make(h, 1000)).unwrap();
+    let ok = eventually(SOON, || (num(&sub.report(), "n") == 1).then_some(()));
+    assert!(ok.is_some(), "{}", sub.report());
+    settled(&d, &bus);
+}
+
+#[test]
+fn hot_replacement_under_load_loses_nothing() {
+    let d = DaemonProc::start(None);
+    let (mut v1, _) = Load::ready(d.socket(), &["serve", "hr.svc"]);
+    let bus = d.connect();
+    let route = bus.resolve("hr.svc").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let caller = {
+        let (bus, stop, done) = (bus.clone(), stop.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut errors = Vec::new();
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let p = seq.to_le_bytes();
+                match bus.call(&route, &p, SOON) {
+                    Ok(a) if *a == reversed(&p)[..] => {}
+                    Ok(a) => errors.push(format!("call {seq}: wrong answer {:?}", &*a)),
+                    Err(e) => errors.push(format!("call {seq}: {e}")),
+                }
+                seq += 1;
+                done.store(seq, Ordering::Relaxed);
+            }
+            (seq, errors)
+        })
+    };
+    let progress = |more: u64| {
+        let target = done.load(Ordering::Relaxed) + more;
+        let ok = eventually(SOON, || (done.load(Ordering::Relaxed) >= target).then_some(()));
+        assert!(ok.is_some(), "the caller is stuck at {}", done.load(Ordering::Relaxed));
+    };
+    progress(200);
+    let (mut v2, _) = Load::ready(d.socket(), &["serve", "hr.svc"]);
+    progress(200);
+    v1.say("drain");
+    v1.expect_line("draining");
+    if let Some(s) = bus.list().unwrap().iter().find(|s| s.name == "hr.svc") {
+        let old = s.instances.iter().find(|i| i.pid == v1.pid());
+        assert!(old.is_none_or(|i| i.draining), "{s:?}");
+    }
+    let served1 = num(&v1.expect_line("drained"), "served");
+    assert!(v1.wait_exit(SOON).success());
+    progress(200);
+    stop.store(true, Ordering::Relaxed);
+    let (calls, errors) = caller.join().unwrap();
+    assert!(errors.is_empty(), "{} errors: {:?}", errors.len(), &errors[..errors.len().min(5)]);
+    let served2 = num(&v2.report(), "served");
+    assert!(served1 > 0 && served2 > 0, "v1 {served1}, v2 {served2}");
+    assert_eq!(served1 + served2, calls, "every call served exactly once");
+    let list = bus.list().unwrap();
+    let svc = list.iter().find(|s| s.name == "hr.svc").expect("hr.svc listed");
+    assert_eq!(svc.instances.len(), 1, "{svc:?}");
+    assert_eq!(svc.instances[0].pid, v2.pid());
+    assert!(!svc.instances[0].draining);
+    settled(&d, &bus);
+}
+
+/// Waits until the process is stopped (SIGSTOP delivered).
+fn stopped(pid: i32) {
+    let ok = eventually(SOON, || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let state = stat.rsplit_once(')')?.1.split_whitespace().next()?.to_owned();
+        (state == "T" || state == "t").then_some(())
+    });
+    assert!(ok.is_some(), "process {pid} did not stop");
+}
+
+#[test]
+fn slow_subscriber_never_stalls_the_topic() {
+    use nix::sys::signal::Signal;
+    let d = DaemonProc::start(Some("[limits]\nqueue_per_client = 64\n"));
+    let (mut fast, _) = Load::ready(d.socket(), &["sub", "sl.topic", "progress=100", "register=sl.fast"]);
+    let (mut slow, _) = Load::ready(d.socket(), &["sub", "sl.topic", "slow_ms=50", "register=sl.slow"]);
+    // Slower than any sleep: stopped while the topic is busy. Its ring and
+    // queue fill and the daemon must drop for it rather than wait: the
+    // drop count is then certain, not a matter of timing.
+    slow.signal(Signal::SIGSTOP);
+    stopped(slow.pid());
+    let bus = d.connect();
+    let p = bus.publisher("sl.topic").unwrap();
+    let n = 2000u64;
+    let (mut published, mut acked) = (0u64, 0u64);
+    // The fast one is kept at most 512 behind (its ring and queue hold
+    // 1088), so that a descheduled fast subscriber cannot drop either.
+    while published < n {
+        while published < n && published - acked < 512 {
+            let h = Header { sender: 0, model: model::PUB, seq: published };
+            p.publish(&payload::make(h, 16 + published as usize % 25)).unwrap();
+            published += 1;
+        }
+        if published < n {
+            acked = num(&fast.expect_line("progress"), "n");
+        }
+    }
+    // The publisher finished while one subscriber is stopped.
+    let r = eventually(SOON, || {
+        let r = fast.report();
+        (num(&r, "n") == n).then_some(r)
+    })
+    .unwrap_or_else(|| panic!("the fast subscriber lags: {}", fast.report()));
+    assert_eq!((num(&r, "bad"), num(&r, "gaps"), num(&r, "last")), (0, 0, n - 1), "{r}");
+
+    let drops_of = |name: &str| {
+        let stats = bus.stats().unwrap();
+        stats.instances.iter().find(|i| i.name == name).unwrap_or_else(|| panic!("{name} not in stats")).drops
+    };
+    let slow_drops = drops_of("sl.slow");
+    assert!(slow_drops > 0, "the stopped subscriber dropped nothing");
+    assert_eq!(drops_of("sl.fast"), 0);
+
+    // Resumed (and no longer sleeping), it gets what was kept for it: in
+    // order, the newest publication last (drop-oldest), and exactly the
+    // daemon's drops missing.
+    slow.signal(Signal::SIGCONT);
+    slow.say("fast");
+    let r = eventually(SOON, || {
+        let r = slow.report();
+        (num(&r, "n") + num(&r, "gaps") == n).then_some(r)
+    })
+    .unwrap_or_else(|| panic!("the slow subscriber did not catch up: {}", slow.report()));
+    assert_eq!(num(&r, "bad"), 0, "{r}");
+    assert_eq!(num(&r, "last"), n - 1, "{r}");
+    assert_eq!(num(&r, "gaps"), slow_drops, "{r}");
+    assert_eq!(num(&r, "dropped"), 0, "{r}");
+    settled(&d, &bus);
+}
+
+#[test]
+fn stream_window_two_slow_reader_gets_everything_without_overrun() {
+    let d = DaemonProc::start(None);
+    let (mut srv, srv_line) = Load::ready(d.socket(), &["serve", "cr.src"]);
+    let bus = d.connect();
+    let route = bus.resolve("cr.src").unwrap();
+    let n = scaled(60, 30);
+    let mut s = bus.request_stream(&route, format!("n={n} size=0").as_bytes(), 2).unwrap();
+    for i in 0..n {
+        let item = s.next(SOON).unwrap().expect("item");
+        let want = Header { sender: 0, model: model::ITEM, seq: i };
+        assert_eq!(payload::parse(&item), Some(want));
+        drop(item);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(s.next(SOON).unwrap().is_none());
+    drop(s);
+    // The daemon enforces credits by disconnecting: the sender is still
+    // here, and nobody broke the protocol.
+    assert_eq!(bus.status().unwrap().violations, 0);
+    let list = bus.list().unwrap();
+    let svc = list.iter().find(|s| s.name == "cr.src").expect("listed");
+    assert_eq!(svc.instances[0].instance as u64, num(&srv_line, "instance"));
+    assert_eq!(num(&srv.report(), "streams"), 1);
+    assert_eq!(&*bus.call(&route, b"ab", SOON).unwrap(), b"ba");
+    settled(&d, &bus);
+}

@@ -1,0 +1,253 @@
+//! Direct channels end to end, with the real `hybusd` and separate
+//! processes: transparency, switching under traffic without loss,
+//! the peer killed, a hostile peer, a daemon restart, visibility.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hybus::{Bus, BusEvent, Error, Incoming};
+use hybus_tests::{eventually, field, target_bin, DaemonProc, Peer, TempDir, SOON};
+
+const T: Duration = Duration::from_secs(30);
+
+/// The same application code, whatever the path: calls with inline and
+/// chunk payloads, a fire, a stream. Returns what it observed.
+fn workload(bus: &Bus, name: &str) -> Vec<String> {
+    let route = bus.resolve(name).unwrap();
+    let mut out = Vec::new();
+    for i in 0..50u32 {
+        let a = bus.call(&route, format!("msg-{i}").as_bytes(), T).unwrap();
+        out.push(String::from_utf8_lossy(&a).into_owned());
+    }
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let a = bus.call(&route, &big, T).unwrap();
+    let mut rev = big.clone();
+    rev.reverse();
+    assert_eq!(&*a, &rev[..]);
+    out.push(format!("big {}", a.len()));
+    drop(a);
+    let mut s = bus.request_stream(&route, b"n=20", 4).unwrap();
+    while let Some(item) = s.next(T).unwrap() {
+        out.push(String::from_utf8_lossy(&item).into_owned());
+    }
+    let mut ch = bus.request_channel(&route, b"", 4).unwrap();
+    for w in ["a", "bb", "ccc"] {
+        ch.send(w.as_bytes(), T).unwrap();
+    }
+    ch.end().unwrap();
+    while let Some(item) = ch.next(T).unwrap() {
+        out.push(format!("echo {}", String::from_utf8_lossy(&item)));
+    }
+    out
+}
+
+#[test]
+fn same_code_same_results_with_and_without_a_direct_channel() {
+    let d = DaemonProc::start(None);
+    let (_server, _) = Peer::ready(d.socket(), &["serve", "svc.echo"]);
+    let plain = d.connect();
+    let brokered = workload(&plain, "svc.echo");
+
+    let direct = d.connect();
+    let route = direct.resolve("svc.echo").unwrap();
+    direct.request_direct(&route).unwrap();
+    assert!(direct.is_direct(&route));
+    let via_direct = workload(&direct, "svc.echo");
+    assert_eq!(brokered, via_direct);
+    assert!(direct.is_direct(&route), "still direct after the workload");
+
+    // The daemon carried none of it, and still shows it.
+    let stats = direct.stats().unwrap();
+    let ch = stats.channels.iter().find(|c| c.service == "svc.echo").expect("channel in stats");
+    assert!(ch.a_messages >= 50 && ch.b_messages >= 50, "{ch:?}");
+    assert!(ch.a_bytes >= 200_000 && ch.b_bytes >= 200_000, "{ch:?}");
+    assert_eq!(direct.chunks_in_use(), 0);
+    assert_eq!(plain.chunks_in_use(), 0);
+}
+
+#[test]
+fn switching_back_and_forth_under_traffic_loses_nothing() {
+    let d = DaemonProc::start(None);
+    let (_server, _) = Peer::ready(d.socket(), &["serve", "svc.order"]);
+    let caller = d.connect();
+    let route = caller.resolve("svc.order").unwrap();
+    // Steady traffic from another thread of the same process; the main
+    // thread flips the path. Each answer is checked against its request,
+    // and the order of answers is the order of calls.
+    let bus = caller.clone();
+    let r2 = route.clone();
+    let traffic = std::thread::spawn(move || {
+        let n = if cfg!(debug_assertions) { 3_000u32 } else { 20_000 };
+        for i in 0..n {
+            let payload =
+                if i % 7 == 0 { vec![(i % 256) as u8; 1000 + i as usize % 3000] } else { i.to_le_bytes().to_vec() };
+            let a =
+                bus.call(&r2, &payload, T).unwrap_or_else(|e| panic!("call {i} failed: {e}\n{}", bus.debug_state()));
+            let mut rev = payload.clone();
+            rev.reverse();
+            assert_eq!(&*a, &rev[..], "answer {i}");
+        }
+        n
+    });
+    let mut switches = 0;
+    while !traffic.is_finished() {
+        let ch = caller.request_direct(&route).unwrap();
+        std::thread::sleep(Duration::from_millis(15));
+        caller.close_direct(ch).unwrap();
+        std::thread::sleep(Duration::from_millis(15));
+        switches += 1;
+    }
+    let n = traffic.join().unwrap();
+    println!("{n} calls, {switches} switches each way");
+    assert!(switches >= 2, "the traffic finished before switching could be exercised");
+    assert!(eventually(SOON, || (caller.chunks_in_use() == 0).then_some(())).is_some());
+}
+
+#[test]
+fn fires_keep_their_order_across_switches() {
+    // Fire-and-forget has no answer to check against: the server sees the
+    // sequence and we ask it at the end. A dedicated role counts and checks.
+    let d = DaemonProc::start(None);
+    let (mut server, _) = Peer::ready(d.socket(), &["serve", "svc.fires"]);
+    let caller = d.connect();
+    let route = caller.resolve("svc.fires").unwrap();
+    let n = if cfg!(debug_assertions) { 2_000 } else { 20_000 };
+    let mut ch = None;
+    for i in 0..n {
+        if i % 500 == 100 {
+            ch = Some(caller.request_direct(&route).unwrap());
+        }
+        if i % 500 == 350 {
+            if let Some(c) = ch.take() {
+                caller.close_direct(c).unwrap();
+            }
+        }
+        caller.fire(&route, format!("{i}").as_bytes()).unwrap();
+    }
+    // The peer prints `fire len=..` per fire; count the lines.
+    let mut seen = 0;
+    while seen < n {
+        server.expect_line("fire");
+        seen += 1;
+    }
+}
+
+fn start_daemon_at(socket: &Path, log: &Path) -> Child {
+    let child = Command::new(target_bin("hybusd"))
+        .arg("--socket")
+        .arg(socket)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    assert!(eventually(SOON, || Bus::connect_to(socket).ok()).is_some(), "hybusd did not start");
+    child
+}
+
+#[test]
+fn peer_killed_mid_call_fails_fast_and_falls_back() {
+    let d = DaemonProc::start(None);
+    let (holder, _) = Peer::ready(d.socket(), &["serve", "svc.kill", "hold"]);
+    let caller = d.connect();
+    let route = caller.resolve("svc.kill").unwrap();
+    caller.request_direct(&route).unwrap();
+    assert!(caller.is_direct(&route));
+    // A chunk of ours the peer holds, and a call in flight.
+    let bus = caller.clone();
+    let r2 = route.clone();
+    let call = std::thread::spawn(move || {
+        let t = Instant::now();
+        let r = bus.call(&r2, &vec![1u8; 5000], Duration::from_secs(60));
+        (r, t.elapsed())
+    });
+    let mut holder = holder;
+    holder.expect_line("holding 1");
+    assert!(caller.chunks_in_use() >= 1);
+    // A second instance to fall back to.
+    let (_other, _) = Peer::ready(d.socket(), &["serve", "svc.kill"]);
+    holder.kill9();
+    let (r, took) = call.join().unwrap();
+    assert_eq!(r.unwrap_err(), Error::PeerGone, "in-flight direct call must fail with peer gone");
+    assert!(took < Duration::from_secs(30), "peer gone took {took:?}: that is a timeout, not detection");
+    assert!(eventually(SOON, || (!caller.is_direct(&route)).then_some(())).is_some());
+    assert!(
+        eventually(SOON, || (caller.chunks_in_use() == 0).then_some(())).is_some(),
+        "chunks the dead peer held come back"
+    );
+    // Falls back to the brokered path, to the other instance.
+    let a = caller.call(&route, b"abc", T).unwrap();
+    assert_eq!(&*a, b"cba");
+}
+
+#[test]
+fn direct_channels_survive_a_daemon_restart() {
+    let dir = TempDir::new("restart");
+    let socket = dir.path().join("bus.sock");
+    let log = dir.path().join("hybusd.log");
+    let mut daemon = start_daemon_at(&socket, &log);
+    let (_server, line) = Peer::ready(&socket, &["serve", "svc.survive"]);
+    let _ = field(&line, "instance");
+    let caller = Bus::connect_to(&socket).unwrap();
+    let route = caller.resolve("svc.survive").unwrap();
+    caller.request_direct(&route).unwrap();
+    for i in 0..10u32 {
+        caller.call(&route, &i.to_le_bytes(), T).unwrap();
+    }
+    // Kill the daemon hard. Direct traffic goes on.
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    let t = Instant::now();
+    let mut during = 0;
+    while t.elapsed() < Duration::from_millis(500) {
+        let a = caller.call(&route, b"while-down", T).expect("direct call while the daemon is down");
+        assert_eq!(&*a, b"nwod-elihw");
+        during += 1;
+    }
+    assert!(during > 0);
+    // A new daemon on the same socket: both sides reconnect by themselves,
+    // re-register, and tell it about the channel.
+    let _ = std::fs::remove_file(&socket);
+    let mut daemon2 = start_daemon_at(&socket, &log);
+    let probe = Bus::connect_to(&socket).unwrap();
+    let ok = eventually(SOON, || {
+        // Keep traffic flowing so the caller notices and reconnects.
+        let _ = caller.call(&route, b"x", T);
+        let s = probe.stats().ok()?;
+        let listed = probe.list().ok()?.iter().any(|s| s.name == "svc.survive");
+        (listed && s.channels.iter().any(|c| c.service == "svc.survive")).then_some(())
+    });
+    assert!(ok.is_some(), "the new daemon did not learn the service and its channel");
+    for i in 0..10u32 {
+        let a = caller.call(&route, &i.to_le_bytes(), T).unwrap();
+        assert_eq!(a.len(), 4);
+    }
+    assert!(caller.is_connected());
+    let _ = daemon2.kill();
+    let _ = daemon2.wait();
+}
+
+#[test]
+fn events_tell_the_application_about_channels() {
+    let d = DaemonProc::start(None);
+    let (_server, _) = Peer::ready(d.socket(), &["serve", "svc.events"]);
+    let caller = d.connect();
+    let route = caller.resolve("svc.events").unwrap();
+    let ch = caller.request_direct(&route).unwrap();
+    let mut opened = false;
+    while let Some(ev) = caller.next_event(Duration::from_millis(300)).unwrap() {
+        if let BusEvent::DirectOpened { channel, service, .. } = ev {
+            assert_eq!((channel, service.as_str()), (ch, "svc.events"));
+            opened = true;
+        }
+    }
+    assert!(opened);
+    // And the callee side shows the channel in `hybusctl stats`-style counters.
+    caller.call(&route, b"hello", T).unwrap();
+    let s = d.connect().stats().unwrap();
+    assert_eq!(s.channels.len(), 1);
+    assert!(s.channels[0].reason.contains("requested"));
+}
