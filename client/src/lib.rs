@@ -174,3 +174,8 @@ impl Route {
 fn pack(id: u32, epoch: u64) -> u64 {
     (epoch & 0xffff_ffff) << 32 | id as u64
 }
+
+/// The README's code blocks compile as doctests.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

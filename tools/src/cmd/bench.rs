@@ -148,14 +148,15 @@ pub fn run(socket: Option<&Path>, a: Args) -> anyhow::Result<()> {
 
 /// The daemon the bench talks to: the one at `--socket`, or an embedded one.
 enum Target {
-    Embedded(hybusd::Embedded, PathBuf),
+    /// The daemon, its private directory, its socket.
+    Embedded(hybusd::Embedded, PathBuf, PathBuf),
     External(PathBuf),
 }
 
 impl Target {
     fn path(&self) -> &Path {
         match self {
-            Target::Embedded(_, p) | Target::External(p) => p,
+            Target::Embedded(_, _, p) | Target::External(p) => p,
         }
     }
 }
@@ -164,7 +165,7 @@ fn embedded() -> anyhow::Result<Target> {
     let dir = std::env::temp_dir().join(format!("hybusctl-bench-{}", std::process::id()));
     let path = dir.join("bus.sock");
     let d = hybusd::Embedded::start(&path, hybusd::Config::default())?;
-    Ok(Target::Embedded(d, dir))
+    Ok(Target::Embedded(d, dir, path))
 }
 
 fn measure(socket: Option<&Path>, plan: &Plan, quiet: bool) -> anyhow::Result<Vec<BenchResult>> {
@@ -231,7 +232,7 @@ fn measure(socket: Option<&Path>, plan: &Plan, quiet: bool) -> anyhow::Result<Ve
         out.push(BenchResult { name, payload, figure, limit });
     }
     progress.finish();
-    if let Target::Embedded(d, dir) = target {
+    if let Target::Embedded(d, dir, _) = target {
         d.stop()?;
         let _ = std::fs::remove_dir_all(dir);
     }
