@@ -6,7 +6,7 @@
 //! a count. A chunk in the table cannot be sent again by its owner (it
 //! does not hold it), and only a listed holder may release it.
 
-use std::collections::HashMap;
+use hybus_layout::idhash::IdMap;
 
 use hybus_layout::ChunkRef;
 
@@ -22,7 +22,7 @@ struct Loan {
 /// The reference-count table.
 #[derive(Debug, Default)]
 pub struct Chunks {
-    loans: HashMap<Key, Loan>,
+    loans: IdMap<Key, Loan>,
 }
 
 /// What a release did.

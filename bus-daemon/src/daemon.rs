@@ -7,7 +7,7 @@
 //! empty for the idle budget it parks each of them (the doorbell
 //! handshake) and sleeps in the poller, so an idle daemon uses no CPU.
 
-use std::collections::HashMap;
+use hybus_layout::idhash::IdMap;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -70,7 +70,7 @@ pub struct Daemon {
     socket_path: Option<PathBuf>,
     listener: OwnedFd,
     pub(crate) poller: Poller,
-    pub(crate) sessions: HashMap<u32, Session>,
+    pub(crate) sessions: IdMap<u32, Session>,
     next_client: u32,
     pub(crate) registry: Registry,
     pub(crate) chunks: Chunks,
@@ -82,7 +82,7 @@ pub struct Daemon {
     pub(crate) geometry: PoolGeometry,
     idle: IdleStrategy,
     buf: Vec<u8>,
-    uid_connections: HashMap<u32, u32>,
+    uid_connections: IdMap<u32, u32>,
     systemd: bool,
     watchdog: Option<Duration>,
     pub(crate) monitors: usize,
@@ -94,12 +94,12 @@ pub struct Daemon {
     /// Clients pushed to (or with queued descriptors) since the last flush.
     pub(crate) touched: Vec<u32>,
     /// Live direct channels.
-    pub(crate) channels: HashMap<u32, crate::direct::Channel>,
+    pub(crate) channels: IdMap<u32, crate::direct::Channel>,
     pub(crate) next_channel: u32,
     /// The two clients of every channel, open or closed, until one of them leaves (for fences).
-    pub(crate) channel_members: HashMap<u32, (u32, u32)>,
+    pub(crate) channel_members: IdMap<u32, (u32, u32)>,
     /// Brokered rates per (caller, route), when promotion is on.
-    pub(crate) pair_rates: HashMap<(u32, u32), crate::direct::PairRate>,
+    pub(crate) pair_rates: IdMap<(u32, u32), crate::direct::PairRate>,
 }
 
 fn bind_socket(path: &Path, mode: u32) -> anyhow::Result<OwnedFd> {
@@ -129,6 +129,21 @@ fn bind_socket(path: &Path, mode: u32) -> anyhow::Result<OwnedFd> {
         .with_context(|| format!("cannot chmod {}", path.display()))?;
     socket::listen(&fd, socket::Backlog::new(1024).unwrap_or(socket::Backlog::MAXCONN)).context("cannot listen")?;
     Ok(fd)
+}
+
+/// Half of `WATCHDOG_USEC`, if the watchdog is meant for this process.
+///
+/// Like libsystemd's `sd_watchdog_enabled`: `WATCHDOG_PID`, when set, must
+/// name us; when unset (some supervisors omit it) the watchdog is ours.
+/// (sd-notify 0.4's `watchdog_enabled` insists on the pid.)
+fn watchdog_interval() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok().filter(|&u| u > 0)?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok()? != std::process::id() {
+            return None;
+        }
+    }
+    Some(Duration::from_micros(usec / 2))
 }
 
 /// Raises the soft open-files limit to the hard limit: each client costs
@@ -165,10 +180,7 @@ impl Daemon {
         }
         let mut watchdog = None;
         if opts.systemd {
-            let mut usec = 0;
-            if sd_notify::watchdog_enabled(false, &mut usec) {
-                watchdog = Some(Duration::from_micros(usec / 2));
-            }
+            watchdog = watchdog_interval();
         }
         let geometry = opts.config.pool_geometry()?;
         let idle = opts.config.idle_strategy();
@@ -178,7 +190,7 @@ impl Daemon {
             socket_path,
             listener,
             poller,
-            sessions: HashMap::new(),
+            sessions: IdMap::default(),
             next_client: 0,
             registry: Registry::default(),
             chunks: Chunks::default(),
@@ -189,7 +201,7 @@ impl Daemon {
             geometry,
             idle,
             buf: vec![0; control::MAX_MESSAGE],
-            uid_connections: HashMap::new(),
+            uid_connections: IdMap::default(),
             systemd: opts.systemd,
             watchdog,
             monitors: 0,
@@ -197,10 +209,10 @@ impl Daemon {
             violations: 0,
             scratch: Vec::new(),
             touched: Vec::new(),
-            channels: HashMap::new(),
+            channels: IdMap::default(),
             next_channel: 0,
-            channel_members: HashMap::new(),
-            pair_rates: HashMap::new(),
+            channel_members: IdMap::default(),
+            pair_rates: IdMap::default(),
         })
     }
 
@@ -395,7 +407,8 @@ impl Daemon {
                 }
                 self.config = c;
                 tracing::info!(path = %path.display(), "configuration reloaded");
-                self.notify(&[sd_notify::NotifyState::Custom("RELOADING=0")]);
+                let s = format!("STATUS=configuration reloaded, {}", self.status());
+                self.notify(&[sd_notify::NotifyState::Custom(&s)]);
             }
             Err(e) => tracing::warn!("SIGHUP: keeping the old configuration: {e:#}"),
         }

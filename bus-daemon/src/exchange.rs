@@ -4,7 +4,7 @@
 //! own id when it forwards it to a server, so that ids from different
 //! callers never collide at the server. The table maps both ways.
 
-use std::collections::HashMap;
+use hybus_layout::idhash::IdMap;
 
 /// Credits of a stream or channel, enforced by the daemon so that a sender
 /// that ignores them is caught rather than trusted.
@@ -42,8 +42,8 @@ pub struct Exchange {
 /// The table.
 #[derive(Debug, Default)]
 pub struct Exchanges {
-    by_id: HashMap<u64, Exchange>,
-    by_caller: HashMap<(u32, u64), u64>,
+    by_id: IdMap<u64, Exchange>,
+    by_caller: IdMap<(u32, u64), u64>,
     next: u64,
 }
 

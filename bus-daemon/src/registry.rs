@@ -5,7 +5,7 @@
 //! caller that resolved once keeps working while instances come and go
 //! (hot replacement). The data plane only ever sees route and instance ids.
 
-use std::collections::HashMap;
+use hybus_layout::idhash::IdMap;
 
 /// How the router picks among a name's serving instances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -97,9 +97,9 @@ pub enum RegisterError {
 /// The registry.
 #[derive(Debug, Default)]
 pub struct Registry {
-    names: HashMap<String, u32>,
-    routes: HashMap<u32, RouteEntry>,
-    instances: HashMap<u32, InstanceEntry>,
+    names: IdMap<String, u32>,
+    routes: IdMap<u32, RouteEntry>,
+    instances: IdMap<u32, InstanceEntry>,
     next_route: u32,
     next_instance: u32,
     /// How to pick instances.

@@ -1,6 +1,7 @@
 //! One connected client, as the daemon sees it.
 
-use std::collections::{HashSet, VecDeque};
+use hybus_layout::idhash::IdSet;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -40,7 +41,7 @@ pub struct DataPlane {
     /// Descriptors for the client that did not fit in `rx` yet.
     pub queue: VecDeque<Descriptor>,
     /// Pools of which the client already has a read-only view.
-    pub views: HashSet<u32>,
+    pub views: IdSet<u32>,
     /// Whether something was pushed to `rx` since the last doorbell check.
     pub dirty: bool,
     /// Whether `tx` is in the daemon's active set (polled) rather than parked.

@@ -13,10 +13,7 @@ fn help_mentions_the_socket_flag() {
     let out = hybusd().arg("--help").output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("--socket") && text.contains("--config"),
-        "{text}"
-    );
+    assert!(text.contains("--socket") && text.contains("--config"), "{text}");
 }
 
 #[test]
@@ -35,15 +32,8 @@ fn bad_config_is_one_clear_error() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("ring_capacity 1000 must be a power of two"),
-        "{err}"
-    );
-    let missing = hybusd()
-        .arg("--config")
-        .arg(dir.join("nope.toml"))
-        .output()
-        .unwrap();
+    assert!(err.contains("ring_capacity 1000 must be a power of two"), "{err}");
+    let missing = hybusd().arg("--config").arg(dir.join("nope.toml")).output().unwrap();
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read config"));
     let _ = std::fs::remove_dir_all(&dir);

@@ -517,6 +517,11 @@ impl Shared {
         deadline: Option<Instant>,
     ) -> Result<Descriptor> {
         let base = Descriptor::new(kind, route, 0);
+        // Fast path: a free chunk (or an inline payload) right away.
+        match self.lock().payload(base, payload) {
+            Err(Error::OutOfPool { .. }) => {}
+            r => return r,
+        }
         let r = self.wait(deadline, false, |core| match core.payload(base, payload) {
             Ok(d) => Ok(Some(d)),
             Err(Error::OutOfPool { .. }) => Ok(None),

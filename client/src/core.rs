@@ -1,7 +1,8 @@
 //! The connection's state behind the lock: rings, pool, inboxes, and the
 //! pump that moves descriptors from the rx ring into them.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use hybus_layout::idhash::{IdMap, IdSet};
+use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
@@ -68,30 +69,30 @@ pub(crate) struct Core {
     pub rx_bell: Arc<EventFd>,
     pub pool: Arc<View>,
     pub alloc: PoolAllocator,
-    pub views: HashMap<u32, Arc<View>>,
+    pub views: IdMap<u32, Arc<View>>,
     pub next_id: u64,
-    pub replies: HashMap<u64, std::result::Result<Reply, control::ErrorReply>>,
+    pub replies: IdMap<u64, std::result::Result<Reply, control::ErrorReply>>,
     pub events: VecDeque<BusEvent>,
     /// Caller side: requests waiting for an answer (`None` until it comes).
-    pub calls: HashMap<u64, Option<(Descriptor, Origin)>>,
+    pub calls: IdMap<u64, Option<(Descriptor, Origin)>>,
     /// Server side: requests and fires per instance.
-    pub inboxes: HashMap<u32, VecDeque<(Descriptor, Origin)>>,
+    pub inboxes: IdMap<u32, VecDeque<(Descriptor, Origin)>>,
     /// Publications per subscribed route.
-    pub topics: HashMap<u32, VecDeque<Descriptor>>,
-    pub streams: HashMap<u64, StreamState>,
-    pub served: HashMap<(Origin, u64), ServedState>,
+    pub topics: IdMap<u32, VecDeque<Descriptor>>,
+    pub streams: IdMap<u64, StreamState>,
+    pub served: IdMap<(Origin, u64), ServedState>,
     /// Server side: plain requests the caller cancelled.
-    pub cancelled: HashSet<(Origin, u64)>,
+    pub cancelled: IdSet<(Origin, u64)>,
     /// Direct channels by id.
-    pub channels: HashMap<u32, Direct>,
+    pub channels: IdMap<u32, Direct>,
     /// Caller side: the channel that carries new exchanges to a route.
-    pub route_direct: HashMap<u32, u32>,
+    pub route_direct: IdMap<u32, u32>,
     /// Whether any channel is downgrading (the ordering rule in `pump_data` applies).
     pub closing: usize,
     /// Chunks of our pool the application holds as unsent [`Loan`](crate::Loan)s.
-    pub loaned: HashSet<u64>,
+    pub loaned: IdSet<u64>,
     /// Instance ids from before a daemon restart → the ids now (direct requests still carry the old ones).
-    pub instance_alias: HashMap<u32, u32>,
+    pub instance_alias: IdMap<u32, u32>,
     /// When the last automatic reconnect was tried.
     pub last_reconnect: Option<std::time::Instant>,
     /// Waits so far (a cheap clock for occasional control-socket reads).
@@ -142,21 +143,21 @@ impl Core {
             rx_bell: Arc::new(EventFd::from_fd(rxb)),
             pool: Arc::new(View { seg: pool_seg, geometry }),
             alloc,
-            views: HashMap::new(),
+            views: IdMap::default(),
             next_id: 1,
-            replies: HashMap::new(),
+            replies: IdMap::default(),
             events: VecDeque::new(),
-            calls: HashMap::new(),
-            inboxes: HashMap::new(),
-            topics: HashMap::new(),
-            streams: HashMap::new(),
-            served: HashMap::new(),
-            cancelled: HashSet::new(),
-            channels: HashMap::new(),
-            route_direct: HashMap::new(),
+            calls: IdMap::default(),
+            inboxes: IdMap::default(),
+            topics: IdMap::default(),
+            streams: IdMap::default(),
+            served: IdMap::default(),
+            cancelled: IdSet::default(),
+            channels: IdMap::default(),
+            route_direct: IdMap::default(),
             closing: 0,
-            loaned: HashSet::new(),
-            instance_alias: HashMap::new(),
+            loaned: IdSet::default(),
+            instance_alias: IdMap::default(),
             last_reconnect: None,
             waits: 0,
             backlog: VecDeque::new(),
@@ -188,7 +189,7 @@ impl Core {
         // chunk that no channel peer and no unsent loan holds. (A receiver
         // that still reads such a payload may see it overwritten: the cost
         // of a daemon restart for brokered payloads in flight.)
-        let keep: HashSet<u64> =
+        let keep: IdSet<u64> =
             self.channels.values().flat_map(|c| c.lent.iter().copied()).chain(self.loaned.iter().copied()).collect();
         for c in self.alloc.held() {
             if !keep.contains(&c.offset) {
@@ -208,7 +209,7 @@ impl Core {
         self.gone = None;
         self.epoch += 1;
         let gone = Descriptor::new(Kind::Error, 0, 0).with_aux(control::DataError::PeerGone as u64);
-        let direct: HashSet<u64> = self.channels.values().flat_map(|c| c.calls.iter().copied()).collect();
+        let direct: IdSet<u64> = self.channels.values().flat_map(|c| c.calls.iter().copied()).collect();
         for (corr, slot) in self.calls.iter_mut() {
             if slot.is_none() && !direct.contains(corr) {
                 *slot = Some((Descriptor { correlation: *corr, ..gone }, Origin::Daemon));
@@ -508,13 +509,26 @@ impl Core {
 
     /// Drains the rings of every channel whose peer has fenced.
     fn pump_channels(&mut self, only_closing: bool) -> usize {
-        let ids: Vec<u32> = self
-            .channels
-            .values()
-            .filter(|c| c.peer_fenced && (!only_closing || (c.state == State::Closing && !c.peer_ended)))
-            .map(|c| c.id)
-            .collect();
-        ids.into_iter().map(|id| self.pump_channel(id)).sum()
+        // This runs on every poll of a waiting call: no allocation for the
+        // usual handful of channels.
+        let mut ids = [0u32; 16];
+        let mut n = 0;
+        let mut more = Vec::new();
+        for c in self.channels.values() {
+            if c.peer_fenced && (!only_closing || (c.state == State::Closing && !c.peer_ended)) {
+                if n < ids.len() {
+                    ids[n] = c.id;
+                    n += 1;
+                } else {
+                    more.push(c.id);
+                }
+            }
+        }
+        let mut total = 0;
+        for id in ids[..n].iter().copied().chain(more) {
+            total += self.pump_channel(id);
+        }
+        total
     }
 
     /// Drains one channel's return ring and data ring.

@@ -17,7 +17,7 @@
 //!   calls in flight over the channel fail with "peer gone", chunks it held
 //!   come back to the pool, and traffic falls back to the daemon.
 
-use std::collections::HashSet;
+use hybus_layout::idhash::IdSet;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
@@ -71,14 +71,14 @@ pub(crate) struct Direct {
     /// The peer's end fence was seen on its ring (downgrade).
     pub peer_ended: bool,
     /// Our chunks the peer holds (by offset).
-    pub lent: HashSet<u64>,
+    pub lent: IdSet<u64>,
     /// Peer chunks we hold (samples not yet dropped).
     pub held: u64,
     /// Our calls in flight over the channel (side A).
-    pub calls: HashSet<u64>,
+    pub calls: IdSet<u64>,
     /// Exchanges we serve over the channel and have not finished (side B):
     /// their answers must still travel on it.
-    pub serving: HashSet<u64>,
+    pub serving: IdSet<u64>,
     pub reason: String,
 }
 
@@ -133,10 +133,10 @@ impl Direct {
             state: State::Open,
             peer_fenced: false,
             peer_ended: false,
-            lent: HashSet::new(),
+            lent: IdSet::default(),
             held: 0,
-            calls: HashSet::new(),
-            serving: HashSet::new(),
+            calls: IdSet::default(),
+            serving: IdSet::default(),
             reason: info.reason.clone(),
         })
     }

@@ -5,6 +5,7 @@
 //! * [`ring`] — the SPSC descriptor ring, safe against a hostile peer;
 //! * [`doorbell`] — spin, yield, park: the wake-up handshake;
 //! * [`channel`] — the direct-channel segment: four rings and per-side counters;
+//! * [`idhash`] — a fast hasher for the id-keyed tables of daemon and client;
 //! * [`pool`] — size-classed payload chunks and their owner-side allocator;
 //! * [`segment`] — memfd segments (create, seal, map) and eventfd doorbells (feature `os`);
 //! * [`socket`] — the control socket: SOCK_SEQPACKET datagrams with SCM_RIGHTS (feature `os`);
@@ -21,6 +22,7 @@ pub mod control;
 pub mod descriptor;
 pub mod doorbell;
 pub mod header;
+pub mod idhash;
 pub mod pool;
 pub mod ring;
 #[cfg(all(feature = "os", not(loom)))]

@@ -112,7 +112,12 @@ impl ControlSocket {
     /// A datagram that did not fit, or whose descriptors were cut off, is
     /// [`RecvError::Truncated`]; the descriptors that did arrive are closed.
     pub fn recv(&self, buf: &mut [u8]) -> Result<(usize, Vec<OwnedFd>), RecvError> {
-        let mut cmsg_buf = nix::cmsg_space!([RawFd; MAX_FDS]);
+        // Room for the kernel's maximum (SCM_MAX_FD = 253) so that the
+        // control data is never cut: a truncated SCM_RIGHTS message still
+        // installs the fds that fit, and nix will not iterate a truncated
+        // buffer, so they would leak. Too many fds is refused below instead.
+        let mut cmsg_buf = nix::cmsg_space!([RawFd; 253]);
+        let mut reset = false;
         loop {
             let mut iov = [IoSliceMut::new(buf)];
             let msg = match socket::recvmsg::<()>(
@@ -123,6 +128,12 @@ impl ControlSocket {
             ) {
                 Err(Errno::EINTR) => continue,
                 Err(Errno::EAGAIN) => return Err(RecvError::WouldBlock),
+                // The peer closed with data of ours unread; what it sent
+                // before closing is still queued and comes next, then EOF.
+                Err(Errno::ECONNRESET) if !reset => {
+                    reset = true;
+                    continue;
+                }
                 Err(Errno::ECONNRESET) => return Err(RecvError::Closed),
                 Err(e) => return Err(RecvError::Os(e)),
                 Ok(m) => m,
@@ -139,7 +150,7 @@ impl ControlSocket {
                     }
                 }
             }
-            let truncated = msg.flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+            let truncated = msg.flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC) || fds.len() > MAX_FDS;
             let n = msg.bytes;
             if truncated {
                 return Err(RecvError::Truncated);

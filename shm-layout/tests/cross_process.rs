@@ -209,9 +209,7 @@ fn parent(mut c: Consumer, bell: &EventFd, guard: &mut ChildGuard) {
 #[test]
 #[cfg_attr(miri, ignore = "Miri cannot fork")]
 fn child_process_pushes_parent_consumes_in_order() {
-    let seg = Arc::new(
-        Segment::create(c"x", SegmentKind::ClientRings, SEGMENT_SIZE, CAPACITY).expect("segment"),
-    );
+    let seg = Arc::new(Segment::create(c"x", SegmentKind::ClientRings, SEGMENT_SIZE, CAPACITY).expect("segment"));
     let (p, c) = seg.init_ring(RING, CAPACITY).expect("ring");
     let bell = EventFd::new().expect("eventfd");
     let start = Instant::now();
@@ -234,8 +232,5 @@ fn child_process_pushes_parent_consumes_in_order() {
         "{N} descriptors across processes in {:?}; the child saw the parent parked {parks} of {PAUSES} times",
         start.elapsed()
     );
-    assert!(
-        parks > 0,
-        "the parent never parked: the wake-up path was not exercised"
-    );
+    assert!(parks > 0, "the parent never parked: the wake-up path was not exercised");
 }

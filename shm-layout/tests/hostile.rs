@@ -20,8 +20,7 @@ use hybus_layout::header::{HeaderError, HEADER_REGION, LAYOUT_HASH, MAGIC};
 use hybus_layout::ring::{self, MAX_CAPACITY};
 use hybus_layout::segment::{Access, EventFd, Segment, SegmentError};
 use hybus_layout::{
-    Consumer, Descriptor, IdleStrategy, Kind, Producer, PushError, Ring, RingError, SegmentKind,
-    Wake, ABI_VERSION,
+    Consumer, Descriptor, IdleStrategy, Kind, Producer, PushError, Ring, RingError, SegmentKind, Wake, ABI_VERSION,
 };
 
 /// Offsets of the ring's shared words from the ring's base (asserted in `ring.rs`).
@@ -86,8 +85,7 @@ impl Hostile {
     /// Writes raw words into slot `i` (not masked: the caller keeps it in range).
     fn write_slot(&self, i: usize, words: [u64; 8]) {
         for (w, v) in words.into_iter().enumerate() {
-            self.ring_word(SLOTS + i * SLOT_SIZE + w * 8)
-                .store(v, SeqCst);
+            self.ring_word(SLOTS + i * SLOT_SIZE + w * 8).store(v, SeqCst);
         }
     }
 }
@@ -106,10 +104,7 @@ fn setup(cap: u64) -> (Producer, Consumer, Hostile) {
 }
 
 fn d(i: u64) -> Descriptor {
-    Descriptor::new(Kind::Fire, 3, i)
-        .with_aux(!i)
-        .with_inline(&i.to_le_bytes())
-        .expect("8 bytes fit inline")
+    Descriptor::new(Kind::Fire, 3, i).with_aux(!i).with_inline(&i.to_le_bytes()).expect("8 bytes fit inline")
 }
 
 fn violation(head: u64, tail: u64) -> RingError {
@@ -308,10 +303,7 @@ fn capacity_garbage_before_attach_is_refused() {
     }
     // A valid power of two that does not match what the caller expects.
     evil.set_capacity(2);
-    assert!(matches!(
-        seg.ring_consumer(HEADER_REGION, 4),
-        Err(SegmentError::Ring(RingError::BadCapacity(2)))
-    ));
+    assert!(matches!(seg.ring_consumer(HEADER_REGION, 4), Err(SegmentError::Ring(RingError::BadCapacity(2)))));
     // Larger than the memory the caller set aside for it.
     evil.set_capacity(8);
     assert!(matches!(
@@ -345,13 +337,7 @@ fn ring_outside_the_segment_is_refused() {
     let seg = ring_segment(4);
     let (_p, _c) = seg.init_ring(HEADER_REGION, 4).unwrap();
     for offset in [HEADER_REGION + 128, HEADER_REGION + 1, seg.len()] {
-        assert!(
-            matches!(
-                seg.ring_consumer(offset, 4),
-                Err(SegmentError::BadSize { .. })
-            ),
-            "offset {offset}"
-        );
+        assert!(matches!(seg.ring_consumer(offset, 4), Err(SegmentError::BadSize { .. })), "offset {offset}");
     }
 }
 
@@ -360,14 +346,8 @@ fn absurd_expected_capacity_is_refused() {
     let seg = ring_segment(4);
     let (_p, _c) = seg.init_ring(HEADER_REGION, 4).unwrap();
     for cap in [0, 3, 8, MAX_CAPACITY * 2, 1 << 40] {
-        assert!(
-            seg.ring_consumer(HEADER_REGION, cap).is_err(),
-            "capacity {cap}"
-        );
-        assert!(
-            seg.ring_producer(HEADER_REGION, cap).is_err(),
-            "capacity {cap}"
-        );
+        assert!(seg.ring_consumer(HEADER_REGION, cap).is_err(), "capacity {cap}");
+        assert!(seg.ring_producer(HEADER_REGION, cap).is_err(), "capacity {cap}");
         assert!(seg.init_ring(HEADER_REGION, cap).is_err(), "capacity {cap}");
     }
 }
@@ -382,13 +362,7 @@ fn absurd_expected_capacity_is_refused() {
 fn ring_offset_near_usize_max_is_refused() {
     let seg = ring_segment(4);
     for offset in [usize::MAX - 127, usize::MAX & !127] {
-        assert!(
-            matches!(
-                seg.ring_consumer(offset, 4),
-                Err(SegmentError::BadSize { .. })
-            ),
-            "offset {offset}"
-        );
+        assert!(matches!(seg.ring_consumer(offset, 4), Err(SegmentError::BadSize { .. })), "offset {offset}");
     }
 }
 
@@ -399,14 +373,8 @@ fn capacity_that_overflows_memory_size_is_refused() {
     let seg = ring_segment(4);
     let (_p, _c) = seg.init_ring(HEADER_REGION, 4).unwrap();
     for cap in [1 << 58, (1 << 63) + 4, u64::MAX] {
-        assert!(
-            seg.ring_consumer(HEADER_REGION, cap).is_err(),
-            "capacity {cap}"
-        );
-        assert!(
-            seg.ring_producer(HEADER_REGION, cap).is_err(),
-            "capacity {cap}"
-        );
+        assert!(seg.ring_consumer(HEADER_REGION, cap).is_err(), "capacity {cap}");
+        assert!(seg.ring_producer(HEADER_REGION, cap).is_err(), "capacity {cap}");
         assert!(seg.init_ring(HEADER_REGION, cap).is_err(), "capacity {cap}");
     }
 }
@@ -450,24 +418,12 @@ fn garbage_slots_are_rejected_by_check_never_trusted() {
     let crafted: [(u64, DescriptorError); 5] = [
         (word0(200, 0, 0, 1), DescriptorError::UnknownKind(200)),
         (word0(0, 0, 0, 1), DescriptorError::UnknownKind(0)),
-        (
-            word0(Kind::Fire as u8, 0x80, 0, 1),
-            DescriptorError::UnknownFlags(0x80),
-        ),
-        (
-            word0(Kind::Fire as u8, 0, 255, 1),
-            DescriptorError::InlineTooLong(255),
-        ),
-        (
-            credit_with_payload,
-            DescriptorError::UnexpectedPayload(Kind::Credit),
-        ),
+        (word0(Kind::Fire as u8, 0x80, 0, 1), DescriptorError::UnknownFlags(0x80)),
+        (word0(Kind::Fire as u8, 0, 255, 1), DescriptorError::InlineTooLong(255)),
+        (credit_with_payload, DescriptorError::UnexpectedPayload(Kind::Credit)),
     ];
     for (i, (w0, _)) in crafted.iter().enumerate() {
-        evil.write_slot(
-            i,
-            [*w0, 1, 2, u64::MAX, u64::MAX, u64::MAX, u64::MAX, u64::MAX],
-        );
+        evil.write_slot(i, [*w0, 1, 2, u64::MAX, u64::MAX, u64::MAX, u64::MAX, u64::MAX]);
     }
     evil.set_tail(crafted.len() as u64);
     for (_, expected) in crafted {
@@ -533,11 +489,7 @@ fn wait_with_hostile_tail_returns_err_at_once() {
     let (_p, mut c, evil) = setup(4);
     let bell = EventFd::new().unwrap();
     evil.set_tail(u64::MAX);
-    let r = c.wait(
-        &IdleStrategy::DEFAULT,
-        &bell,
-        Some(Instant::now() + DEADLINE),
-    );
+    let r = c.wait(&IdleStrategy::DEFAULT, &bell, Some(Instant::now() + DEADLINE));
     assert_eq!(r, Err(violation(0, u64::MAX)));
 }
 
@@ -561,20 +513,12 @@ fn hostile_tail_later(
 fn parked_wait_sees_hostile_tail_after_wake() {
     let (_p, mut c, evil) = setup(4);
     let bell = Arc::new(EventFd::new().unwrap());
-    let t = hostile_tail_later(
-        evil.seg.clone(),
-        9,
-        Duration::from_millis(50),
-        Some(bell.clone()),
-    );
+    let t = hostile_tail_later(evil.seg.clone(), 9, Duration::from_millis(50), Some(bell.clone()));
     let start = Instant::now();
     let r = c.wait(&IdleStrategy::PARK, &*bell, Some(start + DEADLINE));
     t.join().unwrap();
     assert_eq!(r, Err(violation(0, 9)));
-    assert!(
-        start.elapsed() < DEADLINE,
-        "woken by the bell, not the deadline"
-    );
+    assert!(start.elapsed() < DEADLINE, "woken by the bell, not the deadline");
 }
 
 #[test]
@@ -584,11 +528,7 @@ fn parked_wait_sees_hostile_tail_even_without_a_wake() {
     let (_p, mut c, evil) = setup(4);
     let bell = EventFd::new().unwrap();
     let t = hostile_tail_later(evil.seg.clone(), 1 << 50, Duration::from_millis(30), None);
-    let r = c.wait(
-        &IdleStrategy::PARK,
-        &bell,
-        Some(Instant::now() + Duration::from_millis(300)),
-    );
+    let r = c.wait(&IdleStrategy::PARK, &bell, Some(Instant::now() + Duration::from_millis(300)));
     t.join().unwrap();
     assert_eq!(r, Err(violation(0, 1 << 50)));
 }
@@ -608,17 +548,8 @@ fn spinning_wait_sees_hostile_tail() {
 fn default_wait_sees_hostile_tail_written_while_it_parks() {
     let (_p, mut c, evil) = setup(4);
     let bell = Arc::new(EventFd::new().unwrap());
-    let t = hostile_tail_later(
-        evil.seg.clone(),
-        u64::MAX - 1,
-        Duration::from_millis(30),
-        Some(bell.clone()),
-    );
-    let r = c.wait(
-        &IdleStrategy::DEFAULT,
-        &*bell,
-        Some(Instant::now() + DEADLINE),
-    );
+    let t = hostile_tail_later(evil.seg.clone(), u64::MAX - 1, Duration::from_millis(30), Some(bell.clone()));
+    let r = c.wait(&IdleStrategy::DEFAULT, &*bell, Some(Instant::now() + DEADLINE));
     t.join().unwrap();
     assert_eq!(r, Err(violation(0, u64::MAX - 1)));
 }
@@ -640,8 +571,8 @@ fn corrupt_and_open(corrupt: impl FnOnce(&Hostile)) -> Result<(), SegmentError> 
 #[test]
 fn untouched_segment_opens() {
     let seg = ring_segment(4);
-    let (view, info) = Segment::open(dup(&seg), Access::ReadWrite, SegmentKind::ClientRings)
-        .expect("a valid segment opens");
+    let (view, info) =
+        Segment::open(dup(&seg), Access::ReadWrite, SegmentKind::ClientRings).expect("a valid segment opens");
     assert_eq!(info.param, 4);
     assert_eq!(view.len(), seg.len());
 }
@@ -649,14 +580,9 @@ fn untouched_segment_opens() {
 #[test]
 fn bad_magic_is_refused() {
     let r = corrupt_and_open(|e| e.u64_at(H_MAGIC).store(0x1234, SeqCst));
-    assert!(matches!(
-        r,
-        Err(SegmentError::Header(HeaderError::BadMagic(0x1234)))
-    ));
+    assert!(matches!(r, Err(SegmentError::Header(HeaderError::BadMagic(0x1234)))));
     let r = corrupt_and_open(|e| e.u64_at(H_MAGIC).store(MAGIC.swap_bytes(), SeqCst));
-    assert!(
-        matches!(r, Err(SegmentError::Header(HeaderError::BadMagic(m))) if m == MAGIC.swap_bytes())
-    );
+    assert!(matches!(r, Err(SegmentError::Header(HeaderError::BadMagic(m))) if m == MAGIC.swap_bytes()));
 }
 
 #[test]
@@ -677,13 +603,7 @@ fn wrong_size_is_refused() {
 
 #[test]
 fn wrong_kind_is_refused() {
-    for bad in [
-        0,
-        SegmentKind::Pool as u32,
-        SegmentKind::Channel as u32,
-        77,
-        u32::MAX,
-    ] {
+    for bad in [0, SegmentKind::Pool as u32, SegmentKind::Channel as u32, 77, u32::MAX] {
         let r = corrupt_and_open(|e| e.u32_at(H_KIND).store(bad, SeqCst));
         assert!(
             matches!(
@@ -727,30 +647,19 @@ fn unsealed_or_tiny_memfds_are_refused() {
     let fd = memfd_create(c"evil", MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING).unwrap();
     nix::unistd::ftruncate(&fd, 8192).unwrap();
     fcntl(&fd, FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_GROW)).unwrap();
-    assert!(matches!(
-        Segment::open(fd, Access::ReadOnly, SegmentKind::Pool),
-        Err(SegmentError::NotSealed { .. })
-    ));
+    assert!(matches!(Segment::open(fd, Access::ReadOnly, SegmentKind::Pool), Err(SegmentError::NotSealed { .. })));
 
     // Sealed, but smaller than a header.
     let fd = memfd_create(c"tiny", MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING).unwrap();
     nix::unistd::ftruncate(&fd, 100).unwrap();
-    fcntl(
-        &fd,
-        FcntlArg::F_ADD_SEALS(hybus_layout::segment::REQUIRED_SEALS),
-    )
-    .unwrap();
-    assert!(matches!(
-        Segment::open(fd, Access::ReadOnly, SegmentKind::Pool),
-        Err(SegmentError::BadSize { size: 100 })
-    ));
+    fcntl(&fd, FcntlArg::F_ADD_SEALS(hybus_layout::segment::REQUIRED_SEALS)).unwrap();
+    assert!(matches!(Segment::open(fd, Access::ReadOnly, SegmentKind::Pool), Err(SegmentError::BadSize { size: 100 })));
 }
 
 #[test]
 fn header_rewritten_after_open_is_not_reread() {
     let seg = ring_segment(4);
-    let (view, info) =
-        Segment::open(dup(&seg), Access::ReadWrite, SegmentKind::ClientRings).unwrap();
+    let (view, info) = Segment::open(dup(&seg), Access::ReadWrite, SegmentKind::ClientRings).unwrap();
     let evil = Hostile { seg: seg.clone() };
     evil.u64_at(H_MAGIC).store(0, SeqCst);
     evil.u64_at(H_SIZE).store(u64::MAX, SeqCst);

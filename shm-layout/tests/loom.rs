@@ -30,9 +30,7 @@ use std::time::Duration;
 
 use hybus_layout::descriptor::Slot;
 use hybus_layout::ring::RingHeader;
-use hybus_layout::{
-    Consumer, Descriptor, IdleStrategy, Kind, Producer, PushError, Ring, Wait, WaitOutcome, Wake,
-};
+use hybus_layout::{Consumer, Descriptor, IdleStrategy, Kind, Producer, PushError, Ring, Wait, WaitOutcome, Wake};
 use loom::sync::{Condvar, Mutex};
 
 /// Heap memory standing in for a shared-memory ring.
@@ -57,10 +55,7 @@ fn heap_ring(capacity: u64) -> (Producer, Consumer) {
 }
 
 fn descriptor(i: u64) -> Descriptor {
-    Descriptor::new(Kind::Fire, 7, i)
-        .with_aux(i * 3 + 1)
-        .with_inline(&i.to_le_bytes())
-        .expect("8 bytes fit inline")
+    Descriptor::new(Kind::Fire, 7, i).with_aux(i * 3 + 1).with_inline(&i.to_le_bytes()).expect("8 bytes fit inline")
 }
 
 fn check_in_order(got: &[Descriptor], n: u64) {
@@ -99,10 +94,7 @@ struct LoomEventFd {
 
 impl LoomEventFd {
     fn new() -> LoomEventFd {
-        LoomEventFd {
-            count: Mutex::new(0),
-            cv: Condvar::new(),
-        }
+        LoomEventFd { count: Mutex::new(0), cv: Condvar::new() }
     }
 }
 
@@ -115,10 +107,7 @@ impl Wake for LoomEventFd {
 
 impl Wait for LoomEventFd {
     fn wait(&self, timeout: Option<Duration>) {
-        assert!(
-            timeout.is_none(),
-            "the loom doorbell models untimed waits only"
-        );
+        assert!(timeout.is_none(), "the loom doorbell models untimed waits only");
         let mut n = self.count.lock().unwrap();
         while *n == 0 {
             n = self.cv.wait(n).unwrap();
@@ -269,11 +258,7 @@ fn doorbell_two_items_no_lost_wakeup() {
 /// no deadline: it must return `Ready` after the producer's notify.
 #[test]
 fn consumer_wait_is_woken() {
-    const IDLE: IdleStrategy = IdleStrategy {
-        spins: 1,
-        yields: 1,
-        park: true,
-    };
+    const IDLE: IdleStrategy = IdleStrategy { spins: 1, yields: 1, park: true };
     model("consumer_wait_is_woken", None, || {
         let (mut p, mut c) = heap_ring(2);
         let bell = loom::sync::Arc::new(LoomEventFd::new());

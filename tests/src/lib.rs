@@ -23,11 +23,7 @@ pub fn target_bin(name: &str) -> PathBuf {
         dir.pop();
     }
     let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} is not built; run the tests with `cargo test --workspace`",
-        p.display()
-    );
+    assert!(p.exists(), "{} is not built; run the tests with `cargo test --workspace`", p.display());
     p
 }
 
@@ -81,6 +77,7 @@ pub struct DaemonProc {
     child: Option<Child>,
     socket: PathBuf,
     log: PathBuf,
+    config: Option<PathBuf>,
     _dir: TempDir,
 }
 
@@ -91,20 +88,18 @@ impl DaemonProc {
     }
 
     /// Starts with extra arguments and a hook to adjust the command (env, fds).
-    pub fn start_with(
-        config: Option<&str>,
-        args: &[&str],
-        adjust: impl FnOnce(&mut Command),
-    ) -> DaemonProc {
+    pub fn start_with(config: Option<&str>, args: &[&str], adjust: impl FnOnce(&mut Command)) -> DaemonProc {
         let dir = TempDir::new("daemon");
         let socket = dir.path().join("bus.sock");
         let log = dir.path().join("hybusd.log");
         let mut cmd = Command::new(target_bin("hybusd"));
         cmd.arg("--socket").arg(&socket).args(args);
+        let mut config_path = None;
         if let Some(c) = config {
             let p = dir.path().join("hybusd.toml");
             std::fs::write(&p, c).expect("write config");
-            cmd.arg("--config").arg(p);
+            cmd.arg("--config").arg(&p);
+            config_path = Some(p);
         }
         cmd.env_remove("NOTIFY_SOCKET")
             .env_remove("LISTEN_FDS")
@@ -114,24 +109,35 @@ impl DaemonProc {
             .stderr(std::fs::File::create(&log).expect("log file"));
         adjust(&mut cmd);
         let child = cmd.spawn().expect("spawn hybusd");
-        let d = DaemonProc {
-            child: Some(child),
-            socket,
-            log,
-            _dir: dir,
-        };
+        let d = DaemonProc { child: Some(child), socket, log, config: config_path, _dir: dir };
         d.wait_ready();
         d
+    }
+
+    /// Starts a daemon from a command the test built itself (through a
+    /// wrapper such as `systemd-socket-activate` or `sh`, or with an
+    /// inherited listener). Clients connect at `socket`; stdin and stdout
+    /// are nulled and stderr goes to `DIR/hybusd.log`; `dir` lives as long
+    /// as the daemon. Waits until a client can connect.
+    pub fn start_command(dir: TempDir, socket: PathBuf, mut cmd: Command) -> DaemonProc {
+        let log = dir.path().join("hybusd.log");
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(&log).expect("log file"));
+        let child = cmd.spawn().expect("spawn hybusd");
+        let d = DaemonProc { child: Some(child), socket, log, config: None, _dir: dir };
+        d.wait_ready();
+        d
+    }
+
+    /// The `--config` file the daemon was started with (rewrite it, then
+    /// send SIGHUP to reload).
+    pub fn config_path(&self) -> &Path {
+        self.config.as_deref().expect("the daemon was started without a config file")
     }
 
     /// Waits until a client can connect.
     pub fn wait_ready(&self) {
         let ok = eventually(SOON, || hybus::Bus::connect_to(&self.socket).ok());
-        assert!(
-            ok.is_some(),
-            "hybusd did not come up; log:\n{}",
-            self.log_text()
-        );
+        assert!(ok.is_some(), "hybusd did not come up; log:\n{}", self.log_text());
     }
 
     /// The socket path.
@@ -151,8 +157,7 @@ impl DaemonProc {
 
     /// A new client connection.
     pub fn connect(&self) -> hybus::Bus {
-        hybus::Bus::connect_to(&self.socket)
-            .unwrap_or_else(|e| panic!("connect: {e}; log:\n{}", self.log_text()))
+        hybus::Bus::connect_to(&self.socket).unwrap_or_else(|e| panic!("connect: {e}; log:\n{}", self.log_text()))
     }
 
     /// Whether the process is still running.
@@ -187,6 +192,14 @@ impl DaemonProc {
         proc_cpu_ticks(self.pid())
     }
 
+    /// CPU ticks the daemon uses during the next `window` (it should use
+    /// about none while nobody sends: a behaviour, not a timing).
+    pub fn ticks_during(&self, window: Duration) -> u64 {
+        let before = self.cpu_ticks();
+        std::thread::sleep(window);
+        self.cpu_ticks().saturating_sub(before)
+    }
+
     /// Resident memory of the daemon in KiB.
     pub fn rss_kib(&self) -> u64 {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
@@ -203,6 +216,17 @@ impl Drop for DaemonProc {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+}
+
+/// Raises this process's soft open-files limit to the hard limit (a test
+/// that holds hundreds of connections needs five descriptors for each).
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
         }
     }
 }
@@ -229,7 +253,22 @@ pub struct Peer {
 impl Peer {
     /// Starts `hybus-peer SOCKET ARGS...`.
     pub fn spawn(socket: &Path, args: &[&str]) -> Peer {
-        let mut child = Command::new(target_bin("hybus-peer"))
+        Peer::spawn_adjusted(socket, args, |_| {})
+    }
+
+    /// Starts `hybus-peer SOCKET ARGS...` as another user (the tests run as
+    /// root, whom policy never restricts).
+    pub fn spawn_as(socket: &Path, args: &[&str], uid: u32, gid: u32) -> Peer {
+        use std::os::unix::process::CommandExt;
+        Peer::spawn_adjusted(socket, args, |cmd| {
+            cmd.uid(uid).gid(gid);
+        })
+    }
+
+    fn spawn_adjusted(socket: &Path, args: &[&str], adjust: impl FnOnce(&mut Command)) -> Peer {
+        let mut cmd = Command::new(target_bin("hybus-peer"));
+        adjust(&mut cmd);
+        let mut child = cmd
             .arg(socket)
             .args(args)
             .stdin(Stdio::piped())
@@ -247,11 +286,7 @@ impl Peer {
                 }
             }
         });
-        Peer {
-            child,
-            stdin,
-            lines: rx,
-        }
+        Peer { child, stdin, lines: rx }
     }
 
     /// Starts a peer and waits for its `ready` line; returns the peer and that line.
@@ -276,10 +311,7 @@ impl Peer {
                 Ok(_) => continue,
                 Err(_) => {
                     let status = self.child.try_wait().ok().flatten();
-                    panic!(
-                        "peer {} gave no line starting with {prefix:?} (exit: {status:?})",
-                        self.pid()
-                    );
+                    panic!("peer {} gave no line starting with {prefix:?} (exit: {status:?})", self.pid());
                 }
             }
         }
@@ -325,6 +357,5 @@ impl Drop for Peer {
 
 /// Extracts `key=value` from a peer's line.
 pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+    line.split_whitespace().find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
 }

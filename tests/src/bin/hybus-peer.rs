@@ -18,8 +18,7 @@ use std::time::Duration;
 use hybus::{Bus, Incoming, ServiceOptions};
 
 fn arg<'a>(args: &'a [String], key: &str) -> Option<&'a str> {
-    args.iter()
-        .find_map(|a| a.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+    args.iter().find_map(|a| a.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
 }
 
 fn main() {
@@ -28,6 +27,7 @@ fn main() {
         eprintln!("usage: hybus-peer SOCKET ROLE [ARGS]");
         std::process::exit(2);
     }
+    raise_fd_limit();
     // Exit when the test closes our stdin.
     std::thread::spawn(|| {
         let stdin = std::io::stdin();
@@ -50,6 +50,18 @@ fn main() {
 
 type R = Result<(), Box<dyn std::error::Error>>;
 
+/// Each connection holds five descriptors (socket, two memfds, two
+/// eventfds): `connect` with hundreds of them needs more than the usual
+/// soft limit of 1024.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
 fn serve(socket: &str, args: &[String]) -> R {
     let name = args.first().ok_or("serve NAME")?;
     let hold = args.iter().any(|a| a == "hold");
@@ -57,12 +69,7 @@ fn serve(socket: &str, args: &[String]) -> R {
     let delay = Duration::from_millis(arg(args, "delay_ms").map_or(Ok(0), str::parse)?);
     let bus = Bus::connect_to(socket)?;
     let svc = bus.register_with(name, ServiceOptions { version: 1, weight })?;
-    println!(
-        "ready instance={} route={} pid={}",
-        svc.instance(),
-        svc.route(),
-        std::process::id()
-    );
+    println!("ready instance={} route={} pid={}", svc.instance(), svc.route(), std::process::id());
     let mut held = Vec::new();
     loop {
         let Some(inc) = svc.next(Duration::from_secs(3600))? else {
@@ -91,10 +98,7 @@ fn serve(socket: &str, args: &[String]) -> R {
                     st.end()?;
                 } else {
                     let text = String::from_utf8_lossy(st.payload()).into_owned();
-                    let n: u64 = text
-                        .strip_prefix("n=")
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0);
+                    let n: u64 = text.strip_prefix("n=").and_then(|v| v.parse().ok()).unwrap_or(0);
                     for i in 0..n {
                         st.send(format!("item-{i}").as_bytes(), Duration::from_secs(60))?;
                     }

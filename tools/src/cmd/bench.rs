@@ -164,7 +164,11 @@ impl Target {
 fn embedded() -> anyhow::Result<Target> {
     let dir = std::env::temp_dir().join(format!("hybusctl-bench-{}", std::process::id()));
     let path = dir.join("bus.sock");
-    let d = hybusd::Embedded::start(&path, hybusd::Config::default())?;
+    let mut config = hybusd::Config::default();
+    // Spinning results need a daemon that stays awake between messages.
+    config.idle.spins = 2_000;
+    config.idle.yields = 5_000;
+    let d = hybusd::Embedded::start(&path, config)?;
     Ok(Target::Embedded(d, dir, path))
 }
 
@@ -208,12 +212,32 @@ fn measure(socket: Option<&Path>, plan: &Plan, quiet: bool) -> anyhow::Result<Ve
         ));
     }
     for &p in &plan.payloads {
+        jobs.push((
+            "direct/rpc".into(),
+            p,
+            Box::new(move |s| rpc_on(s, p, rt, "spin", true)),
+            Some("limit/cacheline-2p"),
+        ));
+    }
+    for &p in &plan.payloads {
+        jobs.push((
+            "direct/rpc-blocking".into(),
+            p,
+            Box::new(move |s| rpc_on(s, p, rt.min(50_000), "park", true)),
+            Some("limit/eventfd"),
+        ));
+    }
+    for &p in &plan.payloads {
         let n = plan.messages_for(p);
         jobs.push(("brokered/fire".into(), p, Box::new(move |s| fire(s, p, n)), None));
     }
     for &p in &plan.payloads {
         let n = plan.messages_for(p);
         jobs.push(("brokered/stream".into(), p, Box::new(move |s| stream(s, p, n)), None));
+    }
+    for &p in &plan.payloads {
+        let n = plan.messages_for(p);
+        jobs.push(("direct/stream".into(), p, Box::new(move |s| stream_on(s, p, n, true)), None));
     }
     for &p in &plan.payloads {
         let n = plan.messages_for(p) / 4;
@@ -257,10 +281,19 @@ fn unique(prefix: &str) -> String {
 
 /// Request/response round trips through the daemon to an echo worker.
 fn rpc(socket: &Path, payload: usize, round_trips: u64, idle: &str) -> anyhow::Result<Figure> {
+    rpc_on(socket, payload, round_trips, idle, false)
+}
+
+/// Request/response round trips to an echo worker, through the daemon or over a direct channel.
+fn rpc_on(socket: &Path, payload: usize, round_trips: u64, idle: &str, direct: bool) -> anyhow::Result<Figure> {
     let name = unique("bench.echo");
     let _w = Worker::start(socket, "echo", &name, None, idle)?;
     let bus = client(socket, idle)?;
     let route = bus.resolve(&name)?;
+    if direct {
+        bus.request_direct(&route)?;
+        anyhow::ensure!(bus.is_direct(&route), "the direct channel did not open");
+    }
     let timeout = Duration::from_secs(10);
     let warmup = (round_trips / 10).clamp(10, 1_000);
     let mut samples = Vec::with_capacity(round_trips as usize);
@@ -325,10 +358,17 @@ fn wait_count(bus: &Bus, route: &hybus::Route, n: u64) -> anyhow::Result<()> {
 
 /// A request-stream of `n` items from a streamer worker; every item's index is checked.
 fn stream(socket: &Path, payload: usize, n: u64) -> anyhow::Result<Figure> {
+    stream_on(socket, payload, n, false)
+}
+
+fn stream_on(socket: &Path, payload: usize, n: u64, direct: bool) -> anyhow::Result<Figure> {
     let name = unique("bench.stream");
     let _w = Worker::start(socket, "streamer", &name, None, "default")?;
     let bus = client(socket, "default")?;
     let route = bus.resolve(&name)?;
+    if direct {
+        bus.request_direct(&route)?;
+    }
     let t = Instant::now();
     let mut s = bus.request_stream(&route, format!("n={n} size={}", payload.max(8)).as_bytes(), 256)?;
     let mut i = 0u64;
