@@ -146,6 +146,13 @@ fn watchdog_interval() -> Option<Duration> {
     Some(Duration::from_micros(usec / 2))
 }
 
+/// The longest the daemon (or a waiting client) yields before it parks.
+pub const MAX_YIELD: Duration = hybus_layout::doorbell::MAX_YIELD;
+
+fn yielded_too_long(start: Option<Instant>) -> bool {
+    start.is_some_and(|s| s.elapsed() >= MAX_YIELD)
+}
+
 /// Raises the soft open-files limit to the hard limit: each client costs
 /// the daemon five descriptors (socket, two memfds, two eventfds).
 fn raise_fd_limit() {
@@ -249,6 +256,11 @@ impl Daemon {
         self.notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Custom(&status)]);
         let mut events = Vec::with_capacity(64);
         let mut idle_rounds: u64 = 0;
+        // When the yield phase began: it is bounded in time as well as in
+        // count, since on a saturated machine one yield can take a whole
+        // time slice, and a daemon that keeps yielding steals slices from
+        // the direct-channel pairs that need those cores.
+        let mut yield_start: Option<Instant> = None;
         let mut loops: u64 = 0;
         let mut last_watchdog = Instant::now();
         let mut last_status = Instant::now();
@@ -256,6 +268,9 @@ impl Daemon {
         loop {
             loops += 1;
             let worked = self.poll_rings();
+            if worked {
+                yield_start = None;
+            }
             self.flush_clients();
             let spin_budget = self.idle.spins as u64 + self.idle.yields as u64;
             let timeout = if worked {
@@ -264,7 +279,7 @@ impl Daemon {
                     continue;
                 }
                 Some(Duration::ZERO)
-            } else if !self.active.is_empty() && idle_rounds < spin_budget {
+            } else if !self.active.is_empty() && idle_rounds < spin_budget && !yielded_too_long(yield_start) {
                 idle_rounds += 1;
                 if idle_rounds <= self.idle.spins as u64 {
                     std::hint::spin_loop();
@@ -272,10 +287,12 @@ impl Daemon {
                         continue;
                     }
                 } else {
+                    yield_start.get_or_insert_with(Instant::now);
                     std::thread::yield_now();
                 }
                 Some(Duration::ZERO)
             } else {
+                yield_start = None;
                 // Park: every active ring must agree that it is empty.
                 if !self.park_active() {
                     idle_rounds = 0;

@@ -385,6 +385,27 @@ impl Bus {
         self.call_desc(d, deadline)
     }
 
+    /// Registers a call and pushes it, under one lock. `Ok(None)` when the
+    /// ring is full (the caller then waits for room).
+    fn start_call(&self, d: &mut Descriptor) -> Result<(u64, Origin, bool)> {
+        let mut core = self.shared.lock();
+        let corr = core.next_id();
+        core.calls.insert(corr, None);
+        let origin = core.route_call(d, corr);
+        d.correlation = corr;
+        match core.try_send_on(origin, d) {
+            Ok(()) => Ok((corr, origin, true)),
+            Err(Error::WouldBlock) => Ok((corr, origin, false)),
+            Err(e) => {
+                core.forget_call(corr, origin);
+                if let Some(c) = d.chunk() {
+                    core.free_own(c);
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Calls `route` with a loaned chunk written in place (zero-copy).
     pub fn call_loan(&self, route: &Route, loan: Loan, timeout: Duration) -> Result<Sample> {
         let id = self.route_id(route)?;
@@ -393,15 +414,10 @@ impl Bus {
     }
 
     fn call_desc(&self, mut d: Descriptor, deadline: Instant) -> Result<Sample> {
-        let (corr, origin) = {
-            let mut core = self.shared.lock();
-            let corr = core.next_id();
-            core.calls.insert(corr, None);
-            let origin = core.route_call(&mut d, corr);
-            (corr, origin)
-        };
-        d.correlation = corr;
-        if let Err(e) = self.shared.send_on(origin, &d, Some(deadline)) {
+        let (corr, origin, sent) = self.start_call(&mut d)?;
+        if sent {
+            // Pushed already.
+        } else if let Err(e) = self.shared.send_on(origin, &d, Some(deadline)) {
             let mut core = self.shared.lock();
             core.forget_call(corr, origin);
             if let Some(c) = d.chunk() {
@@ -549,10 +565,13 @@ impl Shared {
                 r => return r,
             }
         }
-        let r = self.wait(deadline, false, |core| match core.try_send_on(origin, d) {
-            Ok(()) => Ok(Some(())),
-            Err(Error::WouldBlock) => Ok(None),
-            Err(e) => Err(e),
+        // Nobody rings us when the ring drains: poll for room every millisecond once parked.
+        let r = self.wait_capped(deadline, false, Some(Duration::from_millis(1)), |core| {
+            match core.try_send_on(origin, d) {
+                Ok(()) => Ok(Some(())),
+                Err(Error::WouldBlock) => Ok(None),
+                Err(e) => Err(e),
+            }
         });
         match r {
             Err(Error::DeadlineExceeded) => Err(Error::WouldBlock),
@@ -586,10 +605,23 @@ impl Shared {
         self: &Arc<Self>,
         deadline: Option<Instant>,
         control: bool,
+        check: impl FnMut(&mut Core) -> Result<Option<T>>,
+    ) -> Result<T> {
+        self.wait_capped(deadline, control, None, check)
+    }
+
+    /// [`wait`](Self::wait), sleeping at most `cap` at a time: for waits no
+    /// doorbell announces (room in a ring the peer drains never rings us).
+    pub(crate) fn wait_capped<T>(
+        self: &Arc<Self>,
+        deadline: Option<Instant>,
+        control: bool,
+        cap: Option<Duration>,
         mut check: impl FnMut(&mut Core) -> Result<Option<T>>,
     ) -> Result<T> {
         let idle = self.idle;
         let mut round: u32 = 0;
+        let mut yield_start: Option<Instant> = None;
         loop {
             let mut core = self.lock();
             if core.gone.is_some()
@@ -634,7 +666,12 @@ impl Shared {
                 std::hint::spin_loop();
                 continue;
             }
-            if round <= idle.spins.saturating_add(idle.yields) || !idle.park {
+            // Yield for at most `yields` rounds and at most 1 ms (a yield can
+            // take a whole time slice on a busy machine), then park.
+            if (round <= idle.spins.saturating_add(idle.yields)
+                && yield_start.get_or_insert_with(Instant::now).elapsed() < Duration::from_millis(1))
+                || !idle.park
+            {
                 drop(core);
                 std::thread::yield_now();
                 continue;
@@ -661,6 +698,10 @@ impl Shared {
                 Some(remaining.map_or(Duration::from_millis(200), |r| r.min(Duration::from_millis(200))))
             } else {
                 remaining
+            };
+            let remaining = match cap {
+                Some(c) => Some(remaining.map_or(c, |r| r.min(c))),
+                None => remaining,
             };
             drop(core);
             sleep_on(&bell, &sock, &bells, &pidfds, remaining);

@@ -200,30 +200,50 @@ impl Request {
     }
 
     fn finish(&mut self, d: Result<Descriptor>) -> Result<()> {
-        let r = self.finish_inner(d);
-        // Whatever happened, this exchange no longer needs its channel.
-        self.shared.lock().served_done(self.origin, self.corr);
-        r
-    }
-
-    fn finish_inner(&mut self, d: Result<Descriptor>) -> Result<()> {
         self.answered = true;
         // Release the request's chunk before answering, so the caller's pool
         // gets it back no later than the answer.
         self.payload = None;
-        let mut d = d?;
-        if self.origin == Origin::Daemon && self.shared.lock().epoch != self.epoch {
-            return Err(Error::BusGone("the request is from before a reconnect".into()));
-        }
-        if self.shared.lock().cancelled.remove(&(self.origin, self.corr)) {
-            if let Some(c) = d.chunk() {
-                self.shared.lock().free_own(c);
+        let mut d = match d {
+            Ok(d) => d,
+            Err(e) => {
+                self.shared.lock().served_done(self.origin, self.corr);
+                return Err(e);
             }
-            return Err(Error::Cancelled);
-        }
+        };
         d.correlation = self.corr;
         d.flags |= flags::SERVER;
-        self.shared.send_on(self.origin, &d, None)
+        // One lock for the checks and the push (the hot path of a server).
+        let sent = {
+            let mut core = self.shared.lock();
+            let r = if self.origin == Origin::Daemon && core.epoch != self.epoch {
+                Err(Error::BusGone("the request is from before a reconnect".into()))
+            } else if core.cancelled.remove(&(self.origin, self.corr)) {
+                Err(Error::Cancelled)
+            } else {
+                match core.try_send_on(self.origin, &d) {
+                    Err(Error::WouldBlock) => Ok(false),
+                    r => r.map(|()| true),
+                }
+            };
+            if let (Err(_), Some(c)) = (&r, d.chunk()) {
+                core.free_own(c);
+            }
+            if !matches!(r, Ok(false)) {
+                core.served_done(self.origin, self.corr);
+            }
+            r
+        };
+        match sent {
+            Ok(true) => Ok(()),
+            // The ring is full: wait for room like any sender.
+            Ok(false) => {
+                let r = self.shared.send_on(self.origin, &d, None);
+                self.shared.lock().served_done(self.origin, self.corr);
+                r
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Answers with `payload` (copied into a chunk if larger than 40 bytes).

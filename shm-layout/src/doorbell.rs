@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 use crate::ring::{Consumer, RingError};
 use crate::sync::{spin_hint, yield_now};
 
+/// The longest a waiter yields before it parks, whatever `yields` says.
+pub const MAX_YIELD: Duration = Duration::from_millis(1);
+
 /// Producer side of a doorbell.
 pub trait Wake {
     /// Wakes the consumer (a syscall, typically).
@@ -39,7 +42,7 @@ pub trait Wait {
 pub struct IdleStrategy {
     /// Polls of the ring with a spin-loop hint between them.
     pub spins: u32,
-    /// Polls of the ring with `sched_yield` between them.
+    /// Polls of the ring with `sched_yield` between them (and at most [`MAX_YIELD`] of them).
     pub yields: u32,
     /// Whether to sleep on the doorbell afterwards; `false` keeps yielding
     /// (never 0 % CPU: only for benchmarks and dedicated cores).
@@ -49,8 +52,11 @@ pub struct IdleStrategy {
 impl IdleStrategy {
     /// Never sleeps: spin, then yield forever. Lowest latency, burns a core.
     pub const BUSY: IdleStrategy = IdleStrategy { spins: u32::MAX, yields: u32::MAX, park: false };
-    /// The default: a short spin, a short run of yields, then park. 0 % CPU when idle.
-    pub const DEFAULT: IdleStrategy = IdleStrategy { spins: 2_000, yields: 200, park: true };
+    /// The default: a short spin (a few microseconds), a short run of
+    /// yields, then park. 0 % CPU when idle. Short because on a small
+    /// machine the party we wait for may need our core: spinning longer
+    /// than a round trip only delays it (three parties on two cores).
+    pub const DEFAULT: IdleStrategy = IdleStrategy { spins: 50, yields: 100, park: true };
     /// Sleeps at once: every message is a wake-up syscall. Least CPU.
     pub const PARK: IdleStrategy = IdleStrategy { spins: 0, yields: 0, park: true };
 }
@@ -103,7 +109,10 @@ impl Consumer {
             spin_hint();
         }
         let mut i = 0u32;
-        while i < idle.yields || !idle.park {
+        // Bounded in time too: on a saturated machine one yield can take a
+        // whole time slice.
+        let yield_start = Instant::now();
+        while (i < idle.yields && yield_start.elapsed() < MAX_YIELD) || !idle.park {
             if !self.is_empty()? {
                 return Ok(WaitOutcome::Ready);
             }

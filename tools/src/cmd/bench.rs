@@ -7,6 +7,11 @@
 //! on eventfds — the floor for anything that sleeps) and `baseline/uds`
 //! (a Unix stream socket ping-pong: what a user would otherwise write).
 //!
+//! Idle strategies: `brokered/rpc` spins briefly then yields on both ends
+//! (three parties share two cores); `direct/rpc` spins without yielding
+//! (two parties, a core each), like `limit/cacheline-2p`; the `-blocking`
+//! results park at once, so every message is a wake-up, like `limit/eventfd`.
+//!
 //! Round trips of 1 MiB measure the zero-copy claim itself: the payload is
 //! written in place and only its first 8 bytes (a sequence number, checked)
 //! are touched on each side. Throughput tests touch every byte they move.
@@ -166,8 +171,8 @@ fn embedded() -> anyhow::Result<Target> {
     let path = dir.join("bus.sock");
     let mut config = hybusd::Config::default();
     // Spinning results need a daemon that stays awake between messages.
-    config.idle.spins = 2_000;
-    config.idle.yields = 5_000;
+    config.idle.spins = 0;
+    config.idle.yields = 2_000;
     let d = hybusd::Embedded::start(&path, config)?;
     Ok(Target::Embedded(d, dir, path))
 }
@@ -215,7 +220,7 @@ fn measure(socket: Option<&Path>, plan: &Plan, quiet: bool) -> anyhow::Result<Ve
         jobs.push((
             "direct/rpc".into(),
             p,
-            Box::new(move |s| rpc_on(s, p, rt, "spin", true)),
+            Box::new(move |s| rpc_on(s, p, rt, "busy", true)),
             Some("limit/cacheline-2p"),
         ));
     }
@@ -452,7 +457,9 @@ fn render(results: &[BenchResult]) -> String {
             if r.name.starts_with("limit/") || r.name.starts_with("baseline/") { "-".into() } else { ratio(uds) },
         ]);
     }
-    out.push_str(&t.render());
+    if !t.is_empty() {
+        out.push_str(&t.render());
+    }
     let mut t = Table::new(&["RESULT", ">PAYLOAD", ">MESSAGES", ">MSG/S", ">BYTES/S"]);
     for r in results {
         if let Figure::Throughput { messages, elapsed } = r.figure {
@@ -467,7 +474,9 @@ fn render(results: &[BenchResult]) -> String {
         }
     }
     if !t.is_empty() {
-        out.push('\n');
+        if !out.is_empty() {
+            out.push('\n');
+        }
         out.push_str(&t.render());
     }
     out

@@ -153,7 +153,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 
     // Latency table.
     let rt = a.round_trips;
-    let spin = IdleStrategy { spins: 1_000, yields: u32::MAX, park: false };
+    let spin = IdleStrategy { spins: 0, yields: u32::MAX, park: false };
     let fast = Bus::connect_with(BusOptions {
         path: Some(socket.clone()),
         label: "demo-latency".into(),

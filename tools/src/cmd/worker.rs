@@ -20,7 +20,7 @@ pub struct Args {
     name: String,
     /// A second name (subscriber: the service that reports its count).
     extra: Option<String>,
-    /// Idle strategy: spin (never sleeps), default, or park (every message wakes).
+    /// Idle strategy: busy (spins), spin (spins then yields), default, or park (every message wakes).
     #[arg(long, default_value = "default")]
     idle: String,
 }
@@ -28,10 +28,14 @@ pub struct Args {
 /// Parses an idle strategy name.
 pub fn idle_strategy(name: &str) -> anyhow::Result<IdleStrategy> {
     Ok(match name {
-        "spin" => IdleStrategy { spins: 1_000, yields: u32::MAX, park: false },
+        // Poll and yield: for three parties (client, daemon, server) on two cores,
+        // where any spinning only delays the party that needs the core (measured).
+        "spin" => IdleStrategy { spins: 0, yields: u32::MAX, park: false },
+        // Spin, never sleep: for two parties that each have a core (a direct channel).
+        "busy" => IdleStrategy::BUSY,
         "default" => IdleStrategy::DEFAULT,
         "park" => IdleStrategy::PARK,
-        other => anyhow::bail!("unknown idle strategy {other:?}: use spin, default or park"),
+        other => anyhow::bail!("unknown idle strategy {other:?}: use busy, spin, default or park"),
     })
 }
 
