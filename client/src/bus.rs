@@ -313,6 +313,23 @@ impl Bus {
         self.control(Request::CloseDirect { channel }).map(drop)
     }
 
+    /// Test hook: pushes a malformed descriptor on every direct channel this
+    /// bus has, to check that peers cut a misbehaving side off. Returns how
+    /// many channels were hit.
+    #[doc(hidden)]
+    pub fn test_hook_corrupt_direct(&self) -> usize {
+        let mut core = self.shared.lock();
+        let mut n = 0;
+        for ch in core.channels.values_mut() {
+            let mut d = Descriptor::new(Kind::Fire, ch.instance, 0);
+            d.kind = 0xee;
+            if ch.push(&d).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// A description of the connection's internal state, for debugging.
     #[doc(hidden)]
     pub fn debug_state(&self) -> String {

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hybus::{Bus, BusEvent, Error, Incoming};
+use hybus::{Bus, BusEvent, Error};
 use hybus_tests::{eventually, field, target_bin, DaemonProc, Peer, TempDir, SOON};
 
 const T: Duration = Duration::from_secs(30);
@@ -125,11 +125,10 @@ fn fires_keep_their_order_across_switches() {
         }
         caller.fire(&route, format!("{i}").as_bytes()).unwrap();
     }
-    // The peer prints `fire len=..` per fire; count the lines.
-    let mut seen = 0;
-    while seen < n {
-        server.expect_line("fire");
-        seen += 1;
+    // The peer prints `fire len=.. data=<i>` per fire, in the order it got them.
+    for i in 0..n {
+        let line = server.expect_line("fire");
+        assert_eq!(field(&line, "data"), Some(i.to_string().as_str()), "fire {i} out of order: {line}");
     }
 }
 
@@ -250,4 +249,72 @@ fn events_tell_the_application_about_channels() {
     let s = d.connect().stats().unwrap();
     assert_eq!(s.channels.len(), 1);
     assert!(s.channels[0].reason.contains("requested"));
+}
+
+#[test]
+fn a_peer_writing_garbage_into_the_channel_is_cut_off() {
+    let d = DaemonProc::start(None);
+    let (mut server, _) = Peer::ready(d.socket(), &["serve", "svc.rogue", "corrupt_after=5"]);
+    let caller = d.connect();
+    let route = caller.resolve("svc.rogue").unwrap();
+    caller.request_direct(&route).unwrap();
+    for i in 0..5u32 {
+        caller.call(&route, &i.to_le_bytes(), T).unwrap();
+    }
+    server.expect_line("corrupted 1");
+    // The garbage is noticed at the next poll: the channel is closed with a
+    // reason, and calls go through the daemon again.
+    let mut reason = None;
+    let end = Instant::now() + SOON;
+    while reason.is_none() && Instant::now() < end {
+        let _ = caller.call(&route, b"probe", Duration::from_millis(500));
+        while let Some(ev) = caller.next_event(Duration::from_millis(10)).unwrap() {
+            if let BusEvent::DirectClosed { reason: r, .. } = ev {
+                reason = Some(r);
+            }
+        }
+    }
+    let reason = reason.expect("the channel was not closed");
+    assert!(reason.contains("broke the protocol"), "{reason}");
+    assert!(!caller.is_direct(&route));
+    let a = caller.call(&route, b"after", T).unwrap();
+    assert_eq!(&*a, b"retfa");
+}
+
+#[test]
+fn busy_pairs_are_promoted_automatically() {
+    let d = DaemonProc::start(Some("[promotion]\nenabled = true\nmin_rate = 500\nfor_ms = 300\n"));
+    let (_server, _) = Peer::ready(d.socket(), &["serve", "svc.busy"]);
+    let caller = d.connect();
+    let route = caller.resolve("svc.busy").unwrap();
+    let end = Instant::now() + SOON;
+    while !caller.is_direct(&route) && Instant::now() < end {
+        for _ in 0..50 {
+            caller.call(&route, b"x", T).unwrap();
+        }
+    }
+    assert!(caller.is_direct(&route), "the busy pair was not promoted");
+    let s = d.connect().stats().unwrap();
+    let ch = s.channels.iter().find(|c| c.service == "svc.busy").unwrap();
+    assert!(ch.reason.starts_with("promoted:"), "{}", ch.reason);
+    // It says why: the measured rate against the threshold.
+    assert!(ch.reason.contains("≥ 500") && ch.reason.contains("300 ms"), "{}", ch.reason);
+}
+
+#[test]
+fn configured_pairs_go_direct_across_processes() {
+    let d = DaemonProc::start(Some("[[direct]]\ncaller = \"cam.front\"\nservice = \"cam.detector\"\n"));
+    let (_server, _) = Peer::ready(d.socket(), &["serve", "cam.detector"]);
+    let cam = d.connect();
+    let _me = cam.register("cam.front").unwrap();
+    let route = cam.resolve("cam.detector").unwrap();
+    assert!(cam.is_direct(&route));
+    let frame = vec![9u8; 300_000];
+    let a = cam.call(&route, &frame, T).unwrap();
+    assert_eq!(a.len(), frame.len());
+    let other = d.connect();
+    let r2 = other.resolve("cam.detector").unwrap();
+    assert!(!other.is_direct(&r2), "a client that does not own cam.front stays brokered");
+    let s = other.stats().unwrap();
+    assert!(s.channels.iter().any(|c| c.reason.contains("configured")));
 }

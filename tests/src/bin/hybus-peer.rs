@@ -4,10 +4,11 @@
 //! lines as it goes, and exits when its stdin closes (so a test that dies
 //! leaves no peers behind). Roles:
 //!
-//! * `serve NAME [hold] [weight=W] [delay_ms=D]` — answers each request
+//! * `serve NAME [hold] [weight=W] [delay_ms=D] [corrupt_after=N]` — answers each request
 //!   with its payload reversed (`hold`: keeps requests unanswered);
 //!   streams answer `n=<count>` with that many items `item-<i>`; channels
-//!   echo every item back; fires print `fire len=<n>`;
+//!   echo every item back; fires print `fire len=<n> data=<text>`;
+//!   `corrupt_after=N` writes garbage into its direct channels after N answers;
 //! * `subscribe TOPIC [hold]` — prints `got seq=<i> len=<n>` per
 //!   publication (`hold`: keeps every sample, never releasing its chunk);
 //! * `connect N` — opens N connections and keeps them.
@@ -67,8 +68,10 @@ fn serve(socket: &str, args: &[String]) -> R {
     let hold = args.iter().any(|a| a == "hold");
     let weight = arg(args, "weight").map_or(Ok(1), str::parse)?;
     let delay = Duration::from_millis(arg(args, "delay_ms").map_or(Ok(0), str::parse)?);
+    let corrupt_after: Option<u64> = arg(args, "corrupt_after").map(str::parse).transpose()?;
     let bus = Bus::connect_to(socket)?;
     let svc = bus.register_with(name, ServiceOptions { version: 1, weight })?;
+    let mut served = 0u64;
     println!("ready instance={} route={} pid={}", svc.instance(), svc.route(), std::process::id());
     let mut held = Vec::new();
     loop {
@@ -88,8 +91,12 @@ fn serve(socket: &str, args: &[String]) -> R {
                 let mut v = req.payload().to_vec();
                 v.reverse();
                 req.reply(&v)?;
+                served += 1;
+                if corrupt_after == Some(served) {
+                    println!("corrupted {}", bus.test_hook_corrupt_direct());
+                }
             }
-            Incoming::Fire(s) => println!("fire len={}", s.len()),
+            Incoming::Fire(s) => println!("fire len={} data={}", s.len(), String::from_utf8_lossy(&s)),
             Incoming::Stream(mut st) => {
                 if st.is_channel() {
                     while let Some(item) = st.recv(Duration::from_secs(60))? {
