@@ -721,12 +721,16 @@ impl Shared {
                 None => remaining,
             };
             drop(core);
-            sleep_on(&bell, &sock, &bells, &pidfds, remaining);
+            let woke = sleep_on(&bell, &sock, &bells, &pidfds, remaining);
             let mut core = self.lock();
             core.finish_park();
             core.parked_waiter = false;
-            core.pump_control();
-            if !pidfds.is_empty() {
+            // Only the sources that spoke: every syscall here is on the
+            // path of each message when the parties park between messages.
+            if woke.control {
+                core.pump_control();
+            }
+            if woke.peer_exit {
                 core.check_peers();
             }
             drop(core);
@@ -736,13 +740,22 @@ impl Shared {
 }
 
 /// Sleeps until the doorbell rings, the control socket has something, or `timeout`.
+/// What woke a sleeping waiter.
+#[derive(Debug, Default, Clone, Copy)]
+struct Woke {
+    /// The control socket has something (or hung up), or the poll failed or timed out.
+    control: bool,
+    /// A channel peer's pidfd became readable.
+    peer_exit: bool,
+}
+
 fn sleep_on(
     bell: &EventFd,
     sock: &ControlSocket,
     bells: &[Arc<EventFd>],
     pidfds: &[Arc<std::os::fd::OwnedFd>],
     timeout: Option<Duration>,
-) {
+) -> Woke {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::os::fd::AsFd;
     let t = match timeout {
@@ -752,15 +765,21 @@ fn sleep_on(
     let mut fds = vec![PollFd::new(bell.fd(), PollFlags::POLLIN), PollFd::new(sock.fd(), PollFlags::POLLIN)];
     fds.extend(bells.iter().map(|b| PollFd::new(b.fd(), PollFlags::POLLIN)));
     fds.extend(pidfds.iter().map(|p| PollFd::new(p.as_fd(), PollFlags::POLLIN)));
-    if let Ok(n) = poll(&mut fds, t) {
-        let ready = |i: usize| fds[i].revents().is_some_and(|r| r.contains(PollFlags::POLLIN));
-        if n > 0 && ready(0) {
-            bell.consume_ready();
-        }
-        for (i, b) in bells.iter().enumerate() {
-            if n > 0 && ready(2 + i) {
-                b.consume_ready();
-            }
+    let n = match poll(&mut fds, t) {
+        Ok(n) if n > 0 => n,
+        // Timed out or interrupted: look at everything, it is cheap now.
+        _ => return Woke { control: true, peer_exit: !pidfds.is_empty() },
+    };
+    let _ = n;
+    let ready = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
+    if ready(0) {
+        bell.consume_ready();
+    }
+    for (i, b) in bells.iter().enumerate() {
+        if ready(2 + i) {
+            b.consume_ready();
         }
     }
+    let first_pidfd = 2 + bells.len();
+    Woke { control: ready(1), peer_exit: (first_pidfd..fds.len()).any(ready) }
 }
