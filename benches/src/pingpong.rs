@@ -1,0 +1,312 @@
+//! Round-trip latency: one sample per round trip, in nanoseconds.
+//!
+//! The near side (the caller's thread) sends, waits for the answer, and
+//! reads the clock once per round trip: each sample runs from the previous
+//! clock read to this one, so the samples tile the run and their sum is its
+//! wall time. The first [`WARMUP`] round trips (page faults, a cold cache,
+//! the child still being scheduled in) are not recorded.
+
+use std::sync::atomic::Ordering::{Acquire, Release};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hybus_layout::header::HEADER_REGION;
+use hybus_layout::ring::{self, Consumer, Producer, PushError};
+use hybus_layout::segment::{EventFd, Segment};
+use hybus_layout::shm::Line;
+use hybus_layout::{Descriptor, IdleStrategy, Kind, SegmentKind, WaitOutcome};
+
+use crate::process::{exit_code, finish, AtomicsOnly, ChildProcess, Shared};
+use crate::spin::{Peer, Spinner};
+use crate::BenchError;
+
+/// How long a side may wait with no progress from the other before the run fails.
+pub const STALL: Duration = Duration::from_secs(30);
+
+/// Round trips run before recording starts.
+pub const WARMUP: u64 = 1_000;
+
+/// Slots in each ring of a ping-pong (one descriptor is ever in flight).
+pub const PINGPONG_CAPACITY: u64 = 256;
+
+/// Route id carried by the benchmark descriptors.
+pub(crate) const ROUTE: u32 = 7;
+
+/// The cache-line floor: one word each way, each alone on its 128-byte line.
+#[repr(C)]
+struct Lines {
+    ping: Line<AtomicU64>,
+    pong: Line<AtomicU64>,
+}
+
+// SAFETY: `#[repr(C)]`, two atomics on padded lines; zero is the start value.
+unsafe impl AtomicsOnly for Lines {}
+
+/// Round trips of a bare cache line between two processes: the floor for anything that spins.
+///
+/// The parent stores `i` in one word and spins until the child stores `i`
+/// in the other; no ring, no descriptor, nothing but two cache-line
+/// transfers per round trip. Returns `round_trips` samples in nanoseconds.
+pub fn cacheline_pingpong_2p(round_trips: u64) -> Result<Vec<u64>, BenchError> {
+    let lines = Shared::<Lines>::new()?;
+    let lines: &Lines = &lines;
+    let total = WARMUP + round_trips;
+    // SAFETY: the child only spins on atomics in shared memory and returns
+    // (no allocation, no locks), so it is sound even if this process has
+    // other threads.
+    let child = unsafe { ChildProcess::fork(|| exit_code(cacheline_echo(lines, total))) }?;
+    let mut samples = sample_buffer(round_trips);
+    let result = cacheline_drive(lines, total, &child, &mut samples);
+    finish(result, child)?;
+    Ok(samples)
+}
+
+fn cacheline_drive(l: &Lines, total: u64, child: &ChildProcess, samples: &mut [u64]) -> Result<(), BenchError> {
+    let mut t0 = Instant::now();
+    for i in 1..=total {
+        // SYNC: Release/Acquire on each word order nothing else (there is no
+        // payload); they are what a real protocol would use, and plain moves on x86.
+        l.ping.store(i, Release);
+        let mut spin = Spinner::new(Some(child));
+        loop {
+            let v = l.pong.load(Acquire);
+            if v == i {
+                break;
+            }
+            if v != i - 1 {
+                return Err(BenchError::Mismatch { expected: i, got: v });
+            }
+            if let Err(e) = spin.pause() {
+                if l.pong.load(Acquire) != i {
+                    return Err(e);
+                }
+            }
+        }
+        let t1 = Instant::now();
+        if i > WARMUP {
+            samples[(i - WARMUP - 1) as usize] = nanos(t1 - t0);
+        }
+        t0 = t1;
+    }
+    Ok(())
+}
+
+fn cacheline_echo(l: &Lines, total: u64) -> Result<(), BenchError> {
+    for i in 1..=total {
+        let mut spin = Spinner::new(None);
+        loop {
+            let v = l.ping.load(Acquire);
+            if v == i {
+                break;
+            }
+            if v != i - 1 {
+                return Err(BenchError::Mismatch { expected: i, got: v });
+            }
+            spin.pause()?;
+        }
+        l.pong.store(i, Release);
+    }
+    Ok(())
+}
+
+/// Round trips of a descriptor over two hybus rings between two processes.
+///
+/// One segment holds a ring each way. The parent pushes a `Request` with
+/// correlation `i`; the child pops it, checks it, and pushes it back as a
+/// `Response`; the parent pops and checks that. Waiting follows `idle`:
+///
+/// * a strategy that never parks (`park: false`, e.g. [`IdleStrategy::BUSY`])
+///   is a plain pop loop — spin `spins` times, then yield — and the sender
+///   never calls [`Producer::notify`], whose `SeqCst` fence only a parking
+///   receiver needs. This is the variant to set beside [`cacheline_pingpong_2p`];
+/// * a strategy that parks spins `spins` times, then waits with
+///   [`Consumer::wait`] on an eventfd doorbell, and every send calls `notify`.
+///
+/// Returns `round_trips` samples in nanoseconds.
+pub fn ring_pingpong_2p(round_trips: u64, idle: IdleStrategy) -> Result<Vec<u64>, BenchError> {
+    let rings = RingPair::new()?;
+    let (mut near, mut far) = rings.ends(idle)?;
+    let total = WARMUP + round_trips;
+    // SAFETY: the child only pushes and pops on rings in shared memory,
+    // spins, and at most reads the clock (vDSO) or waits on an eventfd: no
+    // allocation, no locks, so it is sound even with other threads here.
+    let child = unsafe { ChildProcess::fork(move || exit_code(far.echo(total, None))) }?;
+    let mut samples = sample_buffer(round_trips);
+    let result = near.drive(total, Some(&child), &mut samples);
+    finish(result, child)?;
+    Ok(samples)
+}
+
+/// [`ring_pingpong_2p`] between two threads of this process.
+pub fn ring_pingpong_threads(round_trips: u64, idle: IdleStrategy) -> Result<Vec<u64>, BenchError> {
+    let rings = RingPair::new()?;
+    let (mut near, mut far) = rings.ends(idle)?;
+    let total = WARMUP + round_trips;
+    let mut samples = sample_buffer(round_trips);
+    // Tells the echo thread to stop waiting if the near side gives up.
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let echo = s.spawn(|| far.echo(total, Some(&done)));
+        let result = near.drive(total, Some(&echo), &mut samples);
+        done.store(true, Release);
+        let echoed = echo.join().unwrap_or(Err(BenchError::PeerGone));
+        match (result, echoed) {
+            (Ok(()), r) => r,
+            (Err(BenchError::PeerGone), Err(e)) => Err(e),
+            (Err(e), _) => Err(e),
+        }
+    })?;
+    Ok(samples)
+}
+
+/// A segment with one ring each way, and a doorbell for each receiver.
+struct RingPair {
+    segment: Arc<Segment>,
+    /// Rung by the near side, waited on by the far side.
+    far_bell: EventFd,
+    /// Rung by the far side, waited on by the near side.
+    near_bell: EventFd,
+}
+
+impl RingPair {
+    fn new() -> Result<RingPair, BenchError> {
+        let size = HEADER_REGION + 2 * ring::memory_size(PINGPONG_CAPACITY);
+        let segment = Segment::create(c"hybus-bench-pingpong", SegmentKind::ClientRings, size, PINGPONG_CAPACITY)?;
+        Ok(RingPair { segment: Arc::new(segment), far_bell: EventFd::new()?, near_bell: EventFd::new()? })
+    }
+
+    /// The near end (sends on ring A, receives on ring B) and the far end.
+    fn ends(&self, idle: IdleStrategy) -> Result<(End<'_>, End<'_>), BenchError> {
+        // `memory_size` is a multiple of 128 for any capacity >= 2, so ring B is aligned.
+        let a = HEADER_REGION;
+        let b = a + ring::memory_size(PINGPONG_CAPACITY);
+        let (a_tx, a_rx) = self.segment.init_ring(a, PINGPONG_CAPACITY)?;
+        let (b_tx, b_rx) = self.segment.init_ring(b, PINGPONG_CAPACITY)?;
+        let near = End { tx: a_tx, rx: b_rx, peer_bell: &self.far_bell, own_bell: &self.near_bell, idle };
+        let far = End { tx: b_tx, rx: a_rx, peer_bell: &self.near_bell, own_bell: &self.far_bell, idle };
+        Ok((near, far))
+    }
+}
+
+/// One side of a ring ping-pong.
+struct End<'a> {
+    tx: Producer,
+    rx: Consumer,
+    peer_bell: &'a EventFd,
+    own_bell: &'a EventFd,
+    idle: IdleStrategy,
+}
+
+impl End<'_> {
+    /// Sends `Request`s `0..total`, expects each back as a `Response`, records round trips.
+    fn drive(&mut self, total: u64, peer: Option<&dyn Peer>, samples: &mut [u64]) -> Result<(), BenchError> {
+        let mut t0 = Instant::now();
+        for i in 0..total {
+            self.send(&Descriptor::new(Kind::Request, ROUTE, i), peer)?;
+            let d = self.recv(peer)?;
+            expect(&d, Kind::Response, i)?;
+            let t1 = Instant::now();
+            if i >= WARMUP {
+                samples[(i - WARMUP) as usize] = nanos(t1 - t0);
+            }
+            t0 = t1;
+        }
+        Ok(())
+    }
+
+    /// Answers `total` requests, checking each.
+    fn echo(&mut self, total: u64, peer: Option<&dyn Peer>) -> Result<(), BenchError> {
+        for i in 0..total {
+            let mut d = self.recv(peer)?;
+            expect(&d, Kind::Request, i)?;
+            d.kind = Kind::Response as u8;
+            self.send(&d, peer)?;
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn send(&mut self, d: &Descriptor, peer: Option<&dyn Peer>) -> Result<(), BenchError> {
+        let mut spin = Spinner::new(peer);
+        loop {
+            match self.tx.push(d) {
+                Ok(()) => break,
+                Err(PushError::Full(_)) => spin.pause()?,
+                Err(PushError::Ring(e)) => return Err(e.into()),
+            }
+        }
+        // A receiver that never parks needs no wake-up, and the `SeqCst`
+        // fence in `notify` would cost a store-buffer drain per message.
+        if self.idle.park {
+            self.tx.notify(self.peer_bell);
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn recv(&mut self, peer: Option<&dyn Peer>) -> Result<Descriptor, BenchError> {
+        let spins = self.idle.spins as u64;
+        let mut spin = Spinner::with_spins(peer, spins);
+        let mut n = 0u64;
+        loop {
+            if let Some(d) = self.rx.pop()? {
+                return Ok(d);
+            }
+            if self.idle.park && n >= spins {
+                return self.recv_parked(peer);
+            }
+            n += 1;
+            if let Err(e) = spin.pause() {
+                return self.rx.pop()?.ok_or(e);
+            }
+        }
+    }
+
+    /// The yield-then-park part of a parking strategy, in slices so that a
+    /// dead peer is noticed.
+    #[cold]
+    fn recv_parked(&mut self, peer: Option<&dyn Peer>) -> Result<Descriptor, BenchError> {
+        const SLICE: Duration = Duration::from_millis(100);
+        let rest = IdleStrategy { spins: 0, ..self.idle };
+        let start = Instant::now();
+        loop {
+            let deadline = Instant::now() + SLICE;
+            if self.rx.wait(&rest, self.own_bell, Some(deadline))? == WaitOutcome::Ready {
+                if let Some(d) = self.rx.pop()? {
+                    return Ok(d);
+                }
+                continue;
+            }
+            if peer.is_some_and(|p| p.gone()) {
+                return self.rx.pop()?.ok_or(BenchError::PeerGone);
+            }
+            if start.elapsed() > STALL {
+                return Err(BenchError::Stalled);
+            }
+        }
+    }
+}
+
+/// Checks a received descriptor: valid, of `kind`, on our route, number `seq`.
+#[inline]
+fn expect(d: &Descriptor, kind: Kind, seq: u64) -> Result<(), BenchError> {
+    if d.correlation != seq {
+        return Err(BenchError::Mismatch { expected: seq, got: d.correlation });
+    }
+    if d.check() != Ok(kind) || d.route != ROUTE {
+        return Err(BenchError::Corrupt { seq });
+    }
+    Ok(())
+}
+
+/// Room for one sample per round trip, written once now so that no page
+/// fault lands inside a measured round trip.
+fn sample_buffer(round_trips: u64) -> Vec<u64> {
+    vec![u64::MAX; round_trips as usize]
+}
+
+#[inline]
+fn nanos(d: Duration) -> u64 {
+    d.as_nanos().min(u64::MAX as u128) as u64
+}
