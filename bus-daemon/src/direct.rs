@@ -319,8 +319,9 @@ impl Daemon {
                 self.registry.instance(i).and_then(|i| self.registry.route(i.route)).map(|r| r.name.clone())
             })
             .collect();
-        self.config.direct.iter().any(|p| {
-            p.service == service && p.uid.is_none_or(|u| u == s.creds.uid) && owned.iter().any(|n| *n == p.caller)
-        })
+        self.config
+            .direct
+            .iter()
+            .any(|p| p.service == service && p.uid.is_none_or(|u| u == s.creds.uid) && owned.contains(&p.caller))
     }
 }

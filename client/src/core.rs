@@ -537,10 +537,7 @@ impl Core {
         let mut buf = [Descriptor::new(Kind::Fence, 0, 0); 32];
         {
             // Returned chunks first: they free pool space for what follows.
-            loop {
-                let Some(ch) = self.channels.get_mut(&id) else {
-                    break;
-                };
+            while let Some(ch) = self.channels.get_mut(&id) {
                 let n = match ch.rel_rx.pop_batch(&mut buf) {
                     Ok(n) => n,
                     Err(e) => {
@@ -563,10 +560,7 @@ impl Core {
                     break;
                 }
             }
-            loop {
-                let Some(ch) = self.channels.get_mut(&id) else {
-                    break;
-                };
+            while let Some(ch) = self.channels.get_mut(&id) {
                 let n = match ch.rx.pop_batch(&mut buf) {
                     Ok(n) => n,
                     Err(e) => {

@@ -94,7 +94,7 @@ impl ChannelLayout {
     pub const fn new(capacity: u64) -> ChannelLayout {
         let ring = ring::memory_size(capacity);
         // Keep each ring page-aligned so they never share a page with the counters.
-        let stride = (ring + 4095) / 4096 * 4096;
+        let stride = ring.div_ceil(4096) * 4096;
         let a_to_b = HEADER_REGION;
         ChannelLayout {
             capacity,

@@ -203,7 +203,8 @@ fn prometheus(report: &StatsReport) -> String {
     use std::fmt::Write;
     let s = &report.instances;
     let mut out = String::new();
-    let metrics: [(&str, &str, &str, fn(&InstanceStats) -> u64); 9] = [
+    type Metric = (&'static str, &'static str, &'static str, fn(&InstanceStats) -> u64);
+    let metrics: [Metric; 9] = [
         ("hybus_messages_in_total", "counter", "Descriptors delivered to the instance.", |i| i.messages_in),
         ("hybus_messages_out_total", "counter", "Descriptors the instance sent.", |i| i.messages_out),
         ("hybus_bytes_in_total", "counter", "Payload bytes delivered to the instance.", |i| i.bytes_in),
@@ -234,26 +235,6 @@ fn prometheus(report: &StatsReport) -> String {
                 out,
                 "hybus_latency_nanoseconds{{service=\"{}\",instance=\"{}\",quantile=\"{q}\"}} {v}",
                 i.name, i.instance
-            );
-        }
-    }
-    let _ = writeln!(out, "# HELP hybus_direct_messages_total Descriptors sent over a direct channel, by direction.\n# TYPE hybus_direct_messages_total counter");
-    for c in &report.channels {
-        for (dir, v) in [("to_server", c.a_messages), ("to_caller", c.b_messages)] {
-            let _ = writeln!(
-                out,
-                "hybus_direct_messages_total{{service=\"{}\",channel=\"{}\",direction=\"{dir}\"}} {v}",
-                c.service, c.channel
-            );
-        }
-    }
-    let _ = writeln!(out, "# HELP hybus_direct_bytes_total Payload bytes sent over a direct channel, by direction.\n# TYPE hybus_direct_bytes_total counter");
-    for c in &report.channels {
-        for (dir, v) in [("to_server", c.a_bytes), ("to_caller", c.b_bytes)] {
-            let _ = writeln!(
-                out,
-                "hybus_direct_bytes_total{{service=\"{}\",channel=\"{}\",direction=\"{dir}\"}} {v}",
-                c.service, c.channel
             );
         }
     }

@@ -160,10 +160,8 @@ fn subscriber(bus: &Bus, topic: &str, report: &str) -> anyhow::Result<()> {
     let c = count.clone();
     std::thread::spawn(move || -> anyhow::Result<()> {
         loop {
-            if let Some(inc) = svc.next(FOREVER)? {
-                if let Incoming::Request(r) = inc {
-                    r.reply(&c.load(Ordering::Relaxed).to_le_bytes())?;
-                }
+            if let Some(Incoming::Request(r)) = svc.next(FOREVER)? {
+                r.reply(&c.load(Ordering::Relaxed).to_le_bytes())?;
             }
         }
     });
