@@ -8,11 +8,7 @@ fn configured_pair_goes_direct_and_back() {
     let dir = std::env::temp_dir().join(format!("hybus-dsmoke-{}", std::process::id()));
     let path = dir.join("bus.sock");
     let mut cfg = hybusd::Config::default();
-    cfg.direct.push(hybusd::config::DirectPair {
-        caller: "cam.front".into(),
-        service: "det".into(),
-        uid: None,
-    });
+    cfg.direct.push(hybusd::config::DirectPair { caller: "cam.front".into(), service: "det".into(), uid: None });
     let _d = hybusd::Embedded::start(&path, cfg).unwrap();
     let server = Bus::connect_to(&path).unwrap();
     let svc = server.register("det").unwrap();
@@ -30,15 +26,10 @@ fn configured_pair_goes_direct_and_back() {
     let cam = Bus::connect_to(&path).unwrap();
     let _me = cam.register("cam.front").unwrap();
     let route = cam.resolve("det").unwrap();
-    assert!(
-        cam.is_direct(&route),
-        "configured pair should be direct after resolve"
-    );
+    assert!(cam.is_direct(&route), "configured pair should be direct after resolve");
     let big: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
     for i in 0..100u32 {
-        let a = cam
-            .call(&route, &i.to_le_bytes(), Duration::from_secs(5))
-            .unwrap();
+        let a = cam.call(&route, &i.to_le_bytes(), Duration::from_secs(5)).unwrap();
         let mut e = i.to_le_bytes().to_vec();
         e.reverse();
         assert_eq!(&*a, &e[..]);
@@ -61,9 +52,7 @@ fn configured_pair_goes_direct_and_back() {
     assert!(saw_closed);
     assert!(!cam.is_direct(&route));
     for i in 0..99u32 {
-        let a = cam
-            .call(&route, &i.to_le_bytes(), Duration::from_secs(5))
-            .unwrap();
+        let a = cam.call(&route, &i.to_le_bytes(), Duration::from_secs(5)).unwrap();
         assert_eq!(a.len(), 4);
     }
     t.join().unwrap();

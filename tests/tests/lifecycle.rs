@@ -22,12 +22,7 @@ fn register_resolve_list_watch_and_kill() {
     let mut ups = Vec::new();
     while ups.len() < 2 {
         match watcher.next_event(SOON).unwrap() {
-            Some(BusEvent::ServiceUp {
-                name,
-                instance,
-                pid,
-                ..
-            }) => {
+            Some(BusEvent::ServiceUp { name, instance, pid, .. }) => {
                 assert_eq!(name, "kv.store");
                 ups.push((instance, pid));
             }
@@ -44,9 +39,7 @@ fn register_resolve_list_watch_and_kill() {
     assert!(kv.instances.iter().all(|i| i.uid == me));
     let pids: Vec<i32> = kv.instances.iter().map(|i| i.pid).collect();
     assert!(pids.contains(&a.pid()) && pids.contains(&b.pid()));
-    assert!(list
-        .iter()
-        .any(|s| s.name == "camera.front" && s.instances[0].pid == c.pid()));
+    assert!(list.iter().any(|s| s.name == "camera.front" && s.instances[0].pid == c.pid()));
 
     // Resolve and call both instances.
     let caller = d.connect();
@@ -79,12 +72,7 @@ fn register_resolve_list_watch_and_kill() {
     })
     .expect("instance count back to 2");
     assert_eq!(status.clients, before.clients - 1);
-    let kv = caller
-        .list()
-        .unwrap()
-        .into_iter()
-        .find(|s| s.name == "kv.store")
-        .unwrap();
+    let kv = caller.list().unwrap().into_iter().find(|s| s.name == "kv.store").unwrap();
     assert_eq!(kv.instances.len(), 1);
     // The surviving instance still serves.
     for _ in 0..4 {
@@ -106,10 +94,6 @@ fn register_resolve_list_watch_and_kill() {
         let s = d.connect().status().ok()?;
         (s.instances == 0 && s.chunks_lent == 0 && s.exchanges == 0).then_some(s)
     });
-    assert!(
-        s.is_some(),
-        "daemon still holds resources: {:?}",
-        d.connect().status()
-    );
+    assert!(s.is_some(), "daemon still holds resources: {:?}", d.connect().status());
     let _ = Duration::ZERO;
 }
