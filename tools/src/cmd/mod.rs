@@ -61,3 +61,39 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     };
     Ok(Duration::from_secs_f64(secs))
 }
+
+/// How a following command (`monitor`, `subscribe`) stops and prints.
+#[derive(Debug, clap::Args)]
+pub struct Follow {
+    /// Stop after this many messages.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Stop after this long (e.g. 10s).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Follow {
+    /// Calls `next` with how long it may wait until `--count` messages were
+    /// shown or `--duration` passed; `next` returns whether it showed one.
+    pub fn run(&self, mut next: impl FnMut(std::time::Duration) -> anyhow::Result<bool>) -> anyhow::Result<()> {
+        use std::time::{Duration, Instant};
+        let end = self.duration.map(|d| Instant::now() + d);
+        let mut n = 0;
+        loop {
+            let left = end.map_or(Duration::from_secs(3600), |e| e.saturating_duration_since(Instant::now()));
+            if left.is_zero() {
+                return Ok(());
+            }
+            if next(left.min(Duration::from_secs(1)))? {
+                n += 1;
+                if self.count.is_some_and(|c| n >= c) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! `hybusctl monitor [--match NAME]`.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use hybus::BusEvent;
 use serde_json::json;
@@ -12,15 +12,8 @@ pub struct Args {
     /// Only traffic for names under this prefix.
     #[arg(long = "match", default_value = "")]
     prefix: String,
-    /// Stop after this many messages.
-    #[arg(long)]
-    count: Option<u64>,
-    /// Stop after this long (e.g. 10s).
-    #[arg(long, value_parser = super::parse_duration)]
-    duration: Option<Duration>,
-    /// One JSON object per line.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    follow: super::Follow,
 }
 
 fn kind_name(k: u8) -> &'static str {
@@ -45,38 +38,28 @@ fn kind_name(k: u8) -> &'static str {
 pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
     let bus = super::connect(socket)?;
     bus.monitor(&a.prefix)?;
-    if !a.json {
+    if !a.follow.json {
         eprintln!("monitoring {} (Ctrl-C to stop)", if a.prefix.is_empty() { "all traffic" } else { &a.prefix });
     }
-    let end = a.duration.map(|d| Instant::now() + d);
     let start = Instant::now();
-    let mut n = 0;
-    loop {
-        let left = end.map_or(Duration::from_secs(3600), |e| e.saturating_duration_since(Instant::now()));
-        if left.is_zero() {
-            return Ok(());
-        }
-        match bus.next_event(left.min(Duration::from_secs(1)))? {
-            Some(BusEvent::Traffic { kind, from, to, route, correlation, len }) => {
-                let t = start.elapsed().as_secs_f64();
-                if a.json {
-                    println!(
-                        "{}",
-                        json!({"t": t, "kind": kind_name(kind), "from": from, "to": to, "route": route, "correlation": correlation, "len": len})
-                    );
-                } else {
-                    println!(
-                        "{t:>10.6}  {:<11}  client {from:>4} → route {route:<5} corr {correlation:<20} {len} B",
-                        kind_name(kind)
-                    );
-                }
-                n += 1;
-                if a.count.is_some_and(|c| n >= c) {
-                    return Ok(());
-                }
+    let json = a.follow.json;
+    a.follow.run(|wait| match bus.next_event(wait)? {
+        Some(BusEvent::Traffic { kind, from, to, route, correlation, len }) => {
+            let t = start.elapsed().as_secs_f64();
+            if json {
+                println!(
+                    "{}",
+                    json!({"t": t, "kind": kind_name(kind), "from": from, "to": to, "route": route, "correlation": correlation, "len": len})
+                );
+            } else {
+                println!(
+                    "{t:>10.6}  {:<11}  client {from:>4} → route {route:<5} corr {correlation:<20} {len} B",
+                    kind_name(kind)
+                );
             }
-            Some(BusEvent::Disconnected { reason }) => anyhow::bail!("lost the daemon: {reason}"),
-            _ => {}
+            Ok(true)
         }
-    }
+        Some(BusEvent::Disconnected { reason }) => anyhow::bail!("lost the daemon: {reason}"),
+        _ => Ok(false),
+    })
 }
