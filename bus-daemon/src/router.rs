@@ -495,16 +495,16 @@ impl Daemon {
         let mut close = false;
         match (kind, server_side) {
             (Kind::StreamItem, true) => {
-                if credits.to_caller == 0 || credits.server_ended {
+                if credits.to_caller < d.items() || credits.server_ended {
                     return Err(Violation::CreditOverrun);
                 }
-                credits.to_caller -= 1;
+                credits.to_caller -= d.items();
             }
             (Kind::StreamItem, false) => {
-                if credits.to_server == 0 || credits.caller_ended {
+                if credits.to_server < d.items() || credits.caller_ended {
                     return Err(Violation::CreditOverrun);
                 }
-                credits.to_server -= 1;
+                credits.to_server -= d.items();
             }
             (Kind::Credit, true) => credits.to_server = credits.to_server.saturating_add(d.aux),
             (Kind::Credit, false) => credits.to_caller = credits.to_caller.saturating_add(d.aux),

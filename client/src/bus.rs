@@ -8,7 +8,7 @@ use hybus_layout::control::{self, ClientMessage, DaemonMessage, Reply, Request, 
 use hybus_layout::header::LAYOUT_HASH;
 use hybus_layout::segment::EventFd;
 use hybus_layout::socket::ControlSocket;
-use hybus_layout::{Descriptor, IdleStrategy, Kind};
+use hybus_layout::{ChunkRef, Descriptor, IdleStrategy, Kind};
 
 use crate::core::{error_of, Core, Origin, FIRE_BIT};
 use crate::error::{Error, Result};
@@ -562,6 +562,19 @@ impl Shared {
         });
         match r {
             Err(Error::DeadlineExceeded) => Err(Error::OutOfPool { len: payload.len() }),
+            r => r,
+        }
+    }
+
+    /// Allocates a chunk of `len` bytes from our pool, waiting for one until `deadline`.
+    pub(crate) fn alloc(self: &Arc<Self>, len: usize, deadline: Instant) -> Result<(ChunkRef, Arc<crate::core::View>)> {
+        let r = self.wait(Some(deadline), false, |core| match core.alloc.alloc(len) {
+            Ok(c) => Ok(Some((c, core.pool.clone()))),
+            Err(hybus_layout::pool::AllocError::Exhausted { .. }) => Ok(None),
+            Err(e) => Err(crate::core::alloc_error(e)),
+        });
+        match r {
+            Err(Error::DeadlineExceeded) => Err(Error::OutOfPool { len }),
             r => r,
         }
     }

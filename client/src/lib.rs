@@ -54,7 +54,7 @@ pub use hybus_layout::socket::default_socket_path;
 pub use hybus_layout::IdleStrategy;
 pub use sample::{Loan, Sample, INLINE_PAYLOAD};
 pub use service::{Incoming, Request, Service, ServiceOptions, StreamRequest};
-pub use stream::Stream;
+pub use stream::{Batch, BatchIter, Stream};
 pub use topic::{Publisher, Subscription};
 
 /// Something that happened on the bus.

@@ -24,6 +24,11 @@ use crate::error::{Error, Result};
 /// validating anything that must stay valid (the typed API does so).
 pub struct Sample {
     d: Descriptor,
+    /// For one item of a batch: its bytes within the batch's payload.
+    range: Option<std::ops::Range<usize>>,
+    /// For one item of a batch: the batch, which releases the chunk when
+    /// its last item is dropped.
+    _parent: Option<Arc<Sample>>,
     origin: Origin,
     view: Option<Arc<View>>,
     shared: Option<Arc<Shared>>,
@@ -33,22 +38,39 @@ pub struct Sample {
 impl Sample {
     pub(crate) fn new(shared: &Arc<Shared>, d: Descriptor, origin: Origin) -> Result<Sample> {
         let Some(c) = d.chunk() else {
-            return Ok(Sample { d, origin, view: None, shared: None, epoch: 0 });
+            return Ok(Sample { d, range: None, _parent: None, origin, view: None, shared: None, epoch: 0 });
         };
         let mut core = shared.lock();
         let epoch = core.epoch;
         let view = core
             .view_for(c, origin)
             .ok_or_else(|| Error::Protocol(format!("no view of pool {} for a received chunk", c.segment)))?;
-        Ok(Sample { d, origin, view: Some(view), shared: Some(shared.clone()), epoch })
+        Ok(Sample { d, range: None, _parent: None, origin, view: Some(view), shared: Some(shared.clone()), epoch })
+    }
+
+    /// One item of a batch: `range` of `parent`'s bytes (checked by the batch reader).
+    pub(crate) fn slice(parent: &Arc<Sample>, range: std::ops::Range<usize>) -> Sample {
+        Sample {
+            d: parent.d,
+            range: Some(range),
+            _parent: Some(parent.clone()),
+            origin: parent.origin,
+            view: parent.view.clone(),
+            shared: None,
+            epoch: parent.epoch,
+        }
     }
 
     /// The payload bytes.
     #[inline]
     pub fn bytes(&self) -> &[u8] {
-        match (&self.view, self.d.chunk()) {
+        let all = match (&self.view, self.d.chunk()) {
             (Some(v), Some(c)) => v.seg.bytes(c.offset, c.len as usize).unwrap_or(&[]),
             _ => self.d.inline(),
+        };
+        match &self.range {
+            Some(r) => all.get(r.clone()).unwrap_or(&[]),
+            None => all,
         }
     }
 

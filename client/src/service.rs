@@ -310,6 +310,25 @@ impl StreamRequest {
         send_item(&self.shared, Side::Server, self.origin, self.corr, self.instance, payload, Instant::now() + timeout)
     }
 
+    /// Sends many items at once, packed into as few chunks as the caller's
+    /// credits allow (batches): the fast way to stream small messages.
+    /// Waits up to `timeout` in all; returns how many were sent.
+    pub fn send_many<I, T>(&mut self, items: I, timeout: Duration) -> Result<u64>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<[u8]>,
+    {
+        crate::stream::send_batches(
+            &self.shared,
+            Side::Server,
+            self.origin,
+            self.corr,
+            self.instance,
+            items,
+            Instant::now() + timeout,
+        )
+    }
+
     /// Receives the caller's next item (channels); `Ok(None)` once the caller ended its direction.
     pub fn recv(&mut self, timeout: Duration) -> Result<Option<Sample>> {
         if !self.channel {

@@ -94,8 +94,12 @@ pub mod flags {
     /// started. Correlation ids live in two namespaces per client (its own,
     /// and the daemon's for exchanges it serves); this bit says which.
     pub const SERVER: u8 = 1 << 1;
+    /// A [`Kind::StreamItem`] whose chunk packs `aux` items, each a
+    /// native-endian `u32` length followed by its bytes, padded to 8 (see
+    /// [`batch`](crate::batch)). Counts as `aux` items against the credits.
+    pub const BATCH: u8 = 1 << 2;
     /// All flag bits a sender may set; any other bit is a violation.
-    pub const ALL: u8 = CHUNK | SERVER;
+    pub const ALL: u8 = CHUNK | SERVER | BATCH;
 }
 
 /// A reference to a payload chunk in some client's pool: `(segment, offset, len)`.
@@ -147,6 +151,8 @@ pub enum DescriptorError {
     InlineTooLong(u8),
     /// A kind that carries no payload has one.
     UnexpectedPayload(Kind),
+    /// A batch that is not a stream item in a chunk, or counts no item.
+    BadBatch,
 }
 
 impl fmt::Display for DescriptorError {
@@ -158,6 +164,7 @@ impl fmt::Display for DescriptorError {
                 write!(f, "inline payload of {n} bytes exceeds {INLINE_CAPACITY}")
             }
             Self::UnexpectedPayload(k) => write!(f, "a {k:?} descriptor carries a payload"),
+            Self::BadBatch => f.write_str("a batch must be a stream item in a chunk with at least one item"),
         }
     }
 }
@@ -238,7 +245,25 @@ impl Descriptor {
         if has_payload && !kind.carries_payload() {
             return Err(DescriptorError::UnexpectedPayload(kind));
         }
+        if self.flags & flags::BATCH != 0
+            && (kind != Kind::StreamItem
+                || self.flags & flags::CHUNK == 0
+                || self.aux == 0
+                || self.aux > u32::MAX as u64)
+        {
+            return Err(DescriptorError::BadBatch);
+        }
         Ok(kind)
+    }
+
+    /// How many stream items this descriptor counts for (a batch counts its items).
+    #[inline]
+    pub fn items(&self) -> u64 {
+        if self.flags & flags::BATCH != 0 {
+            self.aux
+        } else {
+            1
+        }
     }
 
     /// The eight wire words.

@@ -4,6 +4,7 @@
 //! * [`descriptor`] — the 64-byte descriptor, the only thing that travels on rings;
 //! * [`ring`] — the SPSC descriptor ring, safe against a hostile peer;
 //! * [`doorbell`] — spin, yield, park: the wake-up handshake;
+//! * [`batch`] — many small stream items packed into one chunk;
 //! * [`channel`] — the direct-channel segment: four rings and per-side counters;
 //! * [`idhash`] — a fast hasher for the id-keyed tables of daemon and client;
 //! * [`pool`] — size-classed payload chunks and their owner-side allocator;
@@ -17,6 +18,7 @@
 #![deny(unsafe_op_in_unsafe_fn, missing_docs, missing_debug_implementations)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod batch;
 pub mod channel;
 pub mod control;
 pub mod descriptor;

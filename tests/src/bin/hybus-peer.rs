@@ -6,7 +6,8 @@
 //!
 //! * `serve NAME [hold] [weight=W] [delay_ms=D] [corrupt_after=N]` — answers each request
 //!   with its payload reversed (`hold`: keeps requests unanswered);
-//!   streams answer `n=<count>` with that many items `item-<i>`; channels
+//!   streams answer `n=<count>` with that many items `item-<i>` (packed in
+//!   batches if the request also says `batch`); channels
 //!   echo every item back; fires print `fire len=<n> data=<text>`;
 //!   `corrupt_after=N` writes garbage into its direct channels after N answers;
 //! * `subscribe TOPIC [hold]` — prints `got seq=<i> len=<n>` per
@@ -105,9 +106,17 @@ fn serve(socket: &str, args: &[String]) -> R {
                     st.end()?;
                 } else {
                     let text = String::from_utf8_lossy(st.payload()).into_owned();
-                    let n: u64 = text.strip_prefix("n=").and_then(|v| v.parse().ok()).unwrap_or(0);
-                    for i in 0..n {
-                        st.send(format!("item-{i}").as_bytes(), Duration::from_secs(60))?;
+                    let n: u64 = text
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("n="))
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    if text.contains("batch") {
+                        st.send_many((0..n).map(|i| format!("item-{i}")), Duration::from_secs(60))?;
+                    } else {
+                        for i in 0..n {
+                            st.send(format!("item-{i}").as_bytes(), Duration::from_secs(60))?;
+                        }
                     }
                     st.end()?;
                 }

@@ -142,13 +142,51 @@ fn streamer(bus: &Bus, name: &str) -> anyhow::Result<()> {
                     .unwrap_or(0)
             };
             let (n, size) = (get("n"), get("size").max(8) as usize);
-            let mut item = vec![0u8; size];
-            for i in 0..n {
-                item[..8].copy_from_slice(&i.to_le_bytes());
-                st.send(&item, Duration::from_secs(30))?;
+            if get("batch") == 1 {
+                // Packed: as many items per chunk as credits allow. Small
+                // items are built on the stack (no allocation per item).
+                if size <= SMALL {
+                    let items = (0..n).map(|i| SmallItem::new(i, size));
+                    st.send_many(items, Duration::from_secs(60))?;
+                } else {
+                    let mut item = vec![0u8; size];
+                    let items = (0..n).map(move |i| {
+                        item[..8].copy_from_slice(&i.to_le_bytes());
+                        item.clone()
+                    });
+                    st.send_many(items, Duration::from_secs(60))?;
+                }
+            } else {
+                let mut item = vec![0u8; size];
+                for i in 0..n {
+                    item[..8].copy_from_slice(&i.to_le_bytes());
+                    st.send(&item, Duration::from_secs(30))?;
+                }
             }
             st.end()?;
         }
+    }
+}
+
+const SMALL: usize = 256;
+
+/// A stream item of up to [`SMALL`] bytes whose first 8 bytes are its index.
+struct SmallItem {
+    buf: [u8; SMALL],
+    len: usize,
+}
+
+impl SmallItem {
+    fn new(i: u64, len: usize) -> SmallItem {
+        let mut buf = [0u8; SMALL];
+        buf[..8].copy_from_slice(&i.to_le_bytes());
+        SmallItem { buf, len }
+    }
+}
+
+impl AsRef<[u8]> for SmallItem {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 }
 
