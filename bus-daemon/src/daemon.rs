@@ -91,6 +91,8 @@ pub struct Daemon {
     pub(crate) violations: u64,
     /// Reused list of active ids for one polling round.
     pub(crate) scratch: Vec<u32>,
+    /// Reused descriptor buffer for one polling round.
+    pub(crate) dbuf: Vec<hybus_layout::Descriptor>,
     /// Clients pushed to (or with queued descriptors) since the last flush.
     pub(crate) touched: Vec<u32>,
     /// Live direct channels.
@@ -215,6 +217,7 @@ impl Daemon {
             started: Instant::now(),
             violations: 0,
             scratch: Vec::new(),
+            dbuf: Vec::new(),
             touched: Vec::new(),
             channels: IdMap::default(),
             next_channel: 0,

@@ -98,7 +98,9 @@ impl Daemon {
     /// Drains the rings of active clients once. Returns whether anything moved.
     pub(crate) fn poll_rings(&mut self) -> bool {
         let mut worked = false;
-        let mut buf = [Descriptor::new(Kind::Fence, 0, 0); BATCH];
+        // Reused: this runs on every turn of the busy loop.
+        let mut buf = std::mem::take(&mut self.dbuf);
+        buf.resize(BATCH, Descriptor::new(Kind::Fence, 0, 0));
         let ids = std::mem::take(&mut self.scratch);
         let mut ids = ids;
         ids.clear();
@@ -123,6 +125,7 @@ impl Daemon {
             }
         }
         self.scratch = ids;
+        self.dbuf = buf;
         worked
     }
 
