@@ -16,7 +16,12 @@ pub struct Worker {
 impl Worker {
     /// Starts `hybusctl --socket SOCKET worker ROLE NAME [EXTRA] --idle IDLE` and waits for `ready`.
     pub fn start(socket: &Path, role: &str, name: &str, extra: Option<&str>, idle: &str) -> anyhow::Result<Worker> {
-        let exe = std::env::current_exe().context("cannot find my own executable")?;
+        // /proc/self/exe stays valid even if the binary is replaced on disk
+        // meanwhile (a rebuild during a long bench).
+        let exe = match std::path::Path::new("/proc/self/exe") {
+            p if p.exists() => p.to_path_buf(),
+            _ => std::env::current_exe().context("cannot find my own executable")?,
+        };
         let mut cmd = Command::new(exe);
         cmd.arg("--socket").arg(socket).args(["worker", role, name]);
         if let Some(e) = extra {
