@@ -343,10 +343,19 @@ fn fire(socket: &Path, payload: usize, n: u64) -> anyhow::Result<Figure> {
     for i in 0..n {
         fill(&mut buf, i);
         bus.fire(&route, &buf)?;
+        // Keep at most two windows in flight: the daemon refuses fires
+        // beyond a receiver's queue limit (and says so) rather than buffer
+        // without bound, so an unwindowed flood measures refusals.
+        if i % WINDOW == WINDOW - 1 && i >= WINDOW {
+            wait_count(&bus, &route, i + 1 - WINDOW)?;
+        }
     }
     wait_count(&bus, &route, n)?;
     Ok(Figure::Throughput { messages: n, elapsed: t.elapsed() })
 }
+
+/// Messages a throughput sender may run ahead of its slowest receiver, twice over.
+const WINDOW: u64 = 8_192;
 
 fn wait_count(bus: &Bus, route: &hybus::Route, n: u64) -> anyhow::Result<()> {
     let end = Instant::now() + Duration::from_secs(120);
@@ -418,6 +427,13 @@ fn pubsub(socket: &Path, payload: usize, n: u64, subs: usize) -> anyhow::Result<
             let mut loan = bus.loan(payload, Duration::from_secs(30))?;
             fill(&mut loan, i);
             publisher.publish_loan(loan)?;
+        }
+        // A subscriber that falls a queue behind drops the oldest: window
+        // the flood so that the figure is what every subscriber received.
+        if i % WINDOW == WINDOW - 1 && i >= WINDOW {
+            for r in &routes {
+                wait_count(&bus, r, i + 1 - WINDOW)?;
+            }
         }
     }
     for r in &routes {
