@@ -179,7 +179,27 @@ where
             None => Err(Error::Cancelled),
         })?;
         let first_len = items.peek().map_or(0, |i| i.as_ref().len());
-        let len = CHUNK.max(hybus_layout::batch::item_size(first_len));
+        let max = shared.lock().alloc.geometry().max_payload() as usize;
+        if hybus_layout::batch::item_size(first_len) > max.min(CHUNK) {
+            // Too big to pack with others: send it as an item of its own.
+            {
+                let mut core = shared.lock();
+                if let Ok(Some(c)) = credits(&mut core, side, origin, corr) {
+                    *c += claimed - 1;
+                }
+            }
+            if let Some(item) = items.next() {
+                let mut d = shared.build(Kind::StreamItem, route, item.as_ref(), Some(deadline))?;
+                d.correlation = corr;
+                if side == Side::Server {
+                    d.flags |= flags::SERVER;
+                }
+                shared.send_on(origin, &d, Some(deadline))?;
+                sent += 1;
+            }
+            continue;
+        }
+        let len = CHUNK;
         let (chunk, pool) = shared.alloc(len, deadline)?;
         // SAFETY: the chunk was just allocated to us; nobody else reads or
         // writes it before we send it.
