@@ -29,8 +29,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let dir = std::env::temp_dir().join(format!("hybusctl-demo-{}", std::process::id()));
     let socket = dir.join("bus.sock");
-    let daemon =
-        hybusd::Embedded::start(&socket, hybusd::Config::default()).context("cannot start the embedded daemon")?;
+    // The camera → detector pair is configured to go direct: once the
+    // camera resolves the detector, the daemon steps out of their path.
+    let mut config = hybusd::Config::default();
+    config.direct.push(hybusd::config::DirectPair {
+        caller: "camera.front".into(),
+        service: "camera.detector".into(),
+        uid: None,
+    });
+    let daemon = hybusd::Embedded::start(&socket, config).context("cannot start the embedded daemon")?;
     let bus = Bus::connect_with(BusOptions { path: Some(socket.clone()), label: "demo".into(), ..Default::default() })?;
     let status = bus.status()?;
     println!("hybus demo — embedded hybusd on {} ({} event loop)", socket.display(), status.backend);
@@ -99,8 +106,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     println!("request-channel: sent 4 items to demo.echo, got back: {}", back.join(" "));
 
-    // Zero-copy calls and pub/sub fan-out.
+    // Zero-copy calls over a direct channel, and pub/sub fan-out.
+    let camera = bus.register("camera.front")?;
     let det = bus.resolve("camera.detector")?;
+    if bus.is_direct(&det) {
+        println!("direct channel: camera.front → camera.detector (configured pair); the daemon is out of their path");
+    }
     let frames = bus.publisher("camera.frames")?;
     let frame_len = 1 << 20;
     let t = Instant::now();
@@ -129,7 +140,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     println!(
-        "zero-copy: 20 frames of 1 MiB sent to camera.detector ({answer}) and 20 of 64 KiB published to 3 displays (each got {:?}) in {}; the daemon copied no payload byte",
+        "zero-copy: 20 frames of 1 MiB sent to camera.detector ({answer}) and 20 of 64 KiB published to 3 displays (each got {:?}) in {}; nobody copied a payload byte",
         counts,
         ns(elapsed.as_nanos() as u64)
     );
@@ -170,6 +181,27 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             brokered.push(e);
         }
     }
+    // The same calls over a direct channel, both sides spinning (two parties).
+    let direct_echo = Worker::start(&socket, "echo", "demo.echo-direct", None, "busy")?;
+    let busy = Bus::connect_with(BusOptions {
+        path: Some(socket.clone()),
+        label: "demo-direct".into(),
+        idle: IdleStrategy::BUSY,
+        reconnect: false,
+    })?;
+    let direct_route = busy.resolve("demo.echo-direct")?;
+    busy.request_direct(&direct_route)?;
+    let mut direct = Vec::with_capacity(rt as usize);
+    for i in 0..rt + 1000 {
+        let t = Instant::now();
+        let r = busy.call(&direct_route, &i.to_le_bytes(), T)?;
+        let e = t.elapsed().as_nanos() as u64;
+        anyhow::ensure!(r[..] == i.to_le_bytes(), "echo answered the wrong payload");
+        if i >= 1000 {
+            direct.push(e);
+        }
+    }
+    drop((busy, direct_echo));
     let mut uds = hybus_benches::limits::uds_pingpong_2p(rt, 8).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut relay = hybus_benches::limits::cacheline_relay_3p(rt).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut table = Table::new(&["8-byte round trip", ">p50", ">p99", ">p99.9"]);
@@ -178,12 +210,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         table.row(vec![name.into(), ns(q.p50), ns(q.p99), ns(q.p999)]);
     };
     row("hybus brokered (via hybusd)", &mut brokered);
+    row("hybus direct channel", &mut direct);
     row("Unix socket, 2 processes", &mut uds);
     row("machine floor: 3-process cache-line relay", &mut relay);
-    println!("\nlatency, {rt} round trips each (spinning with yield, 2 processes + the daemon):");
+    println!("\nlatency, {rt} round trips each (brokered: 3 parties polling with yield; direct: 2 spinning):");
     print!("{}", table.render());
 
-    drop((kv2, detector, echo, displays, fast, bus));
+    drop((kv2, detector, echo, displays, fast, camera, bus));
     daemon.stop()?;
     let _ = std::fs::remove_dir_all(&dir);
     println!("\ndemo finished in {:.1} s", started.elapsed().as_secs_f64());
