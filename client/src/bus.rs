@@ -404,7 +404,7 @@ impl Bus {
 
     /// Registers a call and pushes it, under one lock. `Ok(None)` when the
     /// ring is full (the caller then waits for room).
-    fn start_call(&self, d: &mut Descriptor) -> Result<(u64, Origin, bool)> {
+    pub(crate) fn start_call(&self, d: &mut Descriptor) -> Result<(u64, Origin, bool)> {
         let mut core = self.shared.lock();
         let corr = core.next_id();
         core.calls.insert(corr, None);

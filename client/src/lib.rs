@@ -8,7 +8,8 @@
 //! * [`Publisher`], [`Subscription`] — topics;
 //! * [`Stream`] — the caller's end of a request-stream or request-channel;
 //! * [`Sample`], [`Loan`] — received payloads and in-place writes (zero-copy);
-//! * [`Error`] — what went wrong.
+//! * [`Error`] — what went wrong;
+//! * `AsyncBus` (feature `tokio`) — the same waits as futures, on the same doorbells.
 //!
 //! # Examples
 //!
@@ -36,6 +37,8 @@
 #![deny(unsafe_op_in_unsafe_fn, missing_docs, missing_debug_implementations)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+#[cfg(feature = "tokio")]
+mod asynch;
 mod bus;
 mod core;
 mod direct;
@@ -47,6 +50,8 @@ mod topic;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+#[cfg(feature = "tokio")]
+pub use asynch::AsyncBus;
 pub use bus::{Bus, BusOptions};
 pub use error::{Error, Result};
 pub use hybus_layout::control::{ChannelStats, DaemonStatus, InstanceInfo, InstanceStats, ServiceInfo, StatsReport};

@@ -104,14 +104,24 @@ impl Service {
             .bus
             .shared
             .wait(Some(deadline), false, |core| Ok(core.inboxes.get_mut(&instance).and_then(|q| q.pop_front())));
-        let (d, origin) = match r {
-            Ok(d) => d,
-            Err(Error::DeadlineExceeded) => return Ok(None),
-            Err(e) => return Err(e),
-        };
+        match r {
+            Ok((d, origin)) => self.incoming(d, origin, instance, epoch).map(Some),
+            Err(Error::DeadlineExceeded) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The inbox this instance's requests land in, and the connection epoch.
+    pub(crate) fn inbox(&self) -> (u32, u64) {
+        let (instance, _, epoch) = self.slot.load();
+        (instance, epoch)
+    }
+
+    /// Wraps a descriptor from the inbox as what the application sees.
+    pub(crate) fn incoming(&self, d: Descriptor, origin: Origin, instance: u32, epoch: u64) -> Result<Incoming> {
         let shared = &self.bus.shared;
         let payload = Sample::new(shared, d, origin)?;
-        Ok(Some(match Kind::from_u8(d.kind) {
+        Ok(match Kind::from_u8(d.kind) {
             Some(Kind::Fire) => Incoming::Fire(payload),
             Some(Kind::StreamOpen) => {
                 let channel = d.aux & hybus_layout::descriptor::STREAM_CHANNEL != 0;
@@ -138,7 +148,7 @@ impl Service {
                 payload: Some(payload),
                 answered: false,
             }),
-        }))
+        })
     }
 
     /// Stops getting new requests; requests in flight still arrive and may be answered.

@@ -102,6 +102,11 @@ impl Subscription {
         }
     }
 
+    /// The topic's route id.
+    pub(crate) fn route(&self) -> u32 {
+        self.route
+    }
+
     /// Publications this client dropped because the application read too slowly.
     pub fn dropped(&self) -> u64 {
         self.bus.shared.lock().dropped_publications
