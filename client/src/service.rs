@@ -11,7 +11,7 @@ use crate::bus::{Bus, Shared};
 use crate::core::Origin;
 use crate::error::{Error, Result};
 use crate::sample::{Loan, Sample};
-use crate::stream::{recv_item, send_item, service_error, Side};
+use crate::stream::{recv_item, send_item, service_error, End, Side, Window};
 
 /// How an instance registers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,9 +133,8 @@ impl Service {
                     epoch,
                     payload,
                     channel,
-                    window: 64,
+                    window: Window { size: 64, consumed: 0 },
                     granted: false,
-                    consumed: 0,
                     done: false,
                 })
             }
@@ -297,9 +296,8 @@ pub struct StreamRequest {
     epoch: u64,
     payload: Sample,
     channel: bool,
-    window: u32,
+    window: Window,
     granted: bool,
-    consumed: u32,
     done: bool,
 }
 
@@ -317,7 +315,7 @@ impl StreamRequest {
     /// Sends one item, waiting up to `timeout` for the caller to grant a credit.
     /// Fails with [`Error::Cancelled`] once the caller cancelled or went away.
     pub fn send(&mut self, payload: &[u8], timeout: Duration) -> Result<()> {
-        send_item(&self.shared, Side::Server, self.origin, self.corr, self.instance, payload, Instant::now() + timeout)
+        send_item(&self.shared, self.this_end(), payload, Instant::now() + timeout)
     }
 
     /// Sends many items at once, packed into as few chunks as the caller's
@@ -328,15 +326,7 @@ impl StreamRequest {
         I: IntoIterator<Item = T>,
         T: AsRef<[u8]>,
     {
-        crate::stream::send_batches(
-            &self.shared,
-            Side::Server,
-            self.origin,
-            self.corr,
-            self.instance,
-            items,
-            Instant::now() + timeout,
-        )
+        crate::stream::send_batches(&self.shared, self.this_end(), items, Instant::now() + timeout)
     }
 
     /// Receives the caller's next item (channels); `Ok(None)` once the caller ended its direction.
@@ -346,20 +336,16 @@ impl StreamRequest {
         }
         if !self.granted {
             self.granted = true;
-            let mut c = Descriptor::new(Kind::Credit, self.instance, self.corr).with_aux(self.window as u64);
+            let mut c = Descriptor::new(Kind::Credit, self.instance, self.corr).with_aux(self.window.size as u64);
             c.flags |= flags::SERVER;
             self.shared.send_on(self.origin, &c, None)?;
         }
-        recv_item(
-            &self.shared,
-            Side::Server,
-            self.origin,
-            self.corr,
-            self.instance,
-            self.window,
-            &mut self.consumed,
-            Instant::now() + timeout,
-        )
+        let end = self.this_end();
+        recv_item(&self.shared, end, &mut self.window, Instant::now() + timeout)
+    }
+
+    fn this_end(&self) -> End {
+        End { side: Side::Server, origin: self.origin, corr: self.corr, route: self.instance }
     }
 
     /// Ends the stream (our direction).

@@ -27,6 +27,23 @@ pub(crate) enum Side {
     Server,
 }
 
+/// One end of a stream or channel: which side we are, the path it travels,
+/// its correlation id there, and the route its descriptors carry.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct End {
+    pub side: Side,
+    pub origin: Origin,
+    pub corr: u64,
+    pub route: u32,
+}
+
+/// Credits we grant the peer: the window, and items consumed since the last grant.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Window {
+    pub size: u32,
+    pub consumed: u32,
+}
+
 fn credits(core: &mut Core, side: Side, origin: Origin, corr: u64) -> Result<Option<&mut u64>> {
     match side {
         Side::Caller => {
@@ -50,15 +67,8 @@ fn credits(core: &mut Core, side: Side, origin: Origin, corr: u64) -> Result<Opt
 }
 
 /// Sends one item once the peer has granted a credit.
-pub(crate) fn send_item(
-    shared: &Arc<Shared>,
-    side: Side,
-    origin: Origin,
-    corr: u64,
-    route: u32,
-    payload: &[u8],
-    deadline: Instant,
-) -> Result<()> {
+pub(crate) fn send_item(shared: &Arc<Shared>, end: End, payload: &[u8], deadline: Instant) -> Result<()> {
+    let End { side, origin, corr, route } = end;
     shared.wait(Some(deadline), false, |core| match credits(core, side, origin, corr)? {
         Some(c) if *c > 0 => {
             *c -= 1;
@@ -77,13 +87,8 @@ pub(crate) fn send_item(
 
 /// Receives one descriptor of a stream (an item or a batch of items);
 /// `Ok(None)` once the peer ended its direction. No credit is granted here.
-pub(crate) fn recv_desc(
-    shared: &Arc<Shared>,
-    side: Side,
-    origin: Origin,
-    corr: u64,
-    deadline: Instant,
-) -> Result<Option<Descriptor>> {
+pub(crate) fn recv_desc(shared: &Arc<Shared>, end: End, deadline: Instant) -> Result<Option<Descriptor>> {
+    let End { side, origin, corr, .. } = end;
     shared.wait(Some(deadline), false, |core| {
         let (items, ended, err) = match side {
             Side::Caller => {
@@ -107,25 +112,15 @@ pub(crate) fn recv_desc(
 }
 
 /// Counts `n` items consumed and grants the peer new credits after every half window.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn grant(
-    shared: &Arc<Shared>,
-    side: Side,
-    origin: Origin,
-    corr: u64,
-    route: u32,
-    window: u32,
-    consumed: &mut u32,
-    n: u32,
-) -> Result<()> {
-    *consumed = consumed.saturating_add(n);
-    if *consumed >= (window / 2).max(1) {
-        let mut c = Descriptor::new(Kind::Credit, route, corr).with_aux(*consumed as u64);
-        if side == Side::Server {
+pub(crate) fn grant(shared: &Arc<Shared>, end: End, window: &mut Window, n: u32) -> Result<()> {
+    window.consumed = window.consumed.saturating_add(n);
+    if window.consumed >= (window.size / 2).max(1) {
+        let mut c = Descriptor::new(Kind::Credit, end.route, end.corr).with_aux(window.consumed as u64);
+        if end.side == Side::Server {
             c.flags |= flags::SERVER;
         }
-        *consumed = 0;
-        shared.send_on(origin, &c, None)?;
+        window.consumed = 0;
+        shared.send_on(end.origin, &c, None)?;
     }
     Ok(())
 }
@@ -133,37 +128,25 @@ pub(crate) fn grant(
 /// Receives one item; `Ok(None)` once the peer ended its direction.
 /// Grants the peer new credits after every half window consumed.
 /// (The server side of a channel; the caller side also unpacks batches.)
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn recv_item(
     shared: &Arc<Shared>,
-    side: Side,
-    origin: Origin,
-    corr: u64,
-    route: u32,
-    window: u32,
-    consumed: &mut u32,
+    end: End,
+    window: &mut Window,
     deadline: Instant,
 ) -> Result<Option<Sample>> {
-    let Some(d) = recv_desc(shared, side, origin, corr, deadline)? else { return Ok(None) };
-    grant(shared, side, origin, corr, route, window, consumed, d.items() as u32)?;
-    Ok(Some(Sample::new(shared, d, origin)?))
+    let Some(d) = recv_desc(shared, end, deadline)? else { return Ok(None) };
+    grant(shared, end, window, d.items() as u32)?;
+    Ok(Some(Sample::new(shared, d, end.origin)?))
 }
 
 /// Sends `items` as batches: as many items per chunk as fit in `chunk` bytes
 /// and as the peer's credits allow. Returns how many were sent.
-pub(crate) fn send_batches<I, T>(
-    shared: &Arc<Shared>,
-    side: Side,
-    origin: Origin,
-    corr: u64,
-    route: u32,
-    items: I,
-    deadline: Instant,
-) -> Result<u64>
+pub(crate) fn send_batches<I, T>(shared: &Arc<Shared>, end: End, items: I, deadline: Instant) -> Result<u64>
 where
     I: IntoIterator<Item = T>,
     T: AsRef<[u8]>,
 {
+    let End { side, origin, corr, route } = end;
     use hybus_layout::batch::BatchWriter;
     const CHUNK: usize = 64 << 10;
     let mut items = items.into_iter().peekable();
@@ -247,8 +230,7 @@ pub struct Stream {
     corr: u64,
     route: u32,
     origin: Origin,
-    window: u32,
-    consumed: u32,
+    window: Window,
     channel: bool,
     done: bool,
     /// The batch being handed out item by item: the whole chunk, where the
@@ -353,8 +335,7 @@ impl Bus {
             corr,
             route: d.route,
             origin,
-            window,
-            consumed: 0,
+            window: Window { size: window, consumed: 0 },
             channel,
             done: false,
             batch: None,
@@ -413,9 +394,14 @@ impl Stream {
         Ok(Some(Batch { sample, items: if packed { d.aux as u32 } else { 1 }, packed }))
     }
 
+    fn this_end(&self) -> End {
+        End { side: Side::Caller, origin: self.origin, corr: self.corr, route: self.route }
+    }
+
     fn next_desc(&mut self, deadline: Instant) -> Result<Option<(Descriptor, Sample)>> {
         let shared = &self.bus.shared;
-        let r = recv_desc(shared, Side::Caller, self.origin, self.corr, deadline);
+        let end = self.this_end();
+        let r = recv_desc(shared, end, deadline);
         let d = match r {
             Ok(Some(d)) => d,
             Ok(None) => {
@@ -428,16 +414,7 @@ impl Stream {
                 return Err(e);
             }
         };
-        grant(
-            shared,
-            Side::Caller,
-            self.origin,
-            self.corr,
-            self.route,
-            self.window,
-            &mut self.consumed,
-            d.items() as u32,
-        )?;
+        grant(shared, end, &mut self.window, d.items() as u32)?;
         Ok(Some((d, Sample::new(shared, d, self.origin)?)))
     }
 
@@ -447,7 +424,7 @@ impl Stream {
         if !self.channel {
             return Err(Error::BadRequest("send on a request-stream; open a request-channel".into()));
         }
-        send_item(&self.bus.shared, Side::Caller, self.origin, self.corr, self.route, payload, Instant::now() + timeout)
+        send_item(&self.bus.shared, self.this_end(), payload, Instant::now() + timeout)
     }
 
     /// Ends our direction of a channel; keep calling [`next`](Self::next) for the service's items.
