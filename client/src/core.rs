@@ -100,6 +100,7 @@ pub(crate) struct Core {
     /// Reused descriptor buffers for the pumps (no 2 KiB memset per poll).
     rx_buf: Vec<Descriptor>,
     ch_buf: Vec<Descriptor>,
+    ctl_buf: Vec<u8>,
     /// Descriptors that did not fit in the tx ring (releases); sent first next time.
     pub backlog: VecDeque<Descriptor>,
     /// Why the connection is gone, once it is.
@@ -165,6 +166,7 @@ impl Core {
             waits: 0,
             rx_buf: Vec::new(),
             ch_buf: Vec::new(),
+            ctl_buf: Vec::new(),
             backlog: VecDeque::new(),
             gone: None,
             epoch,
@@ -273,18 +275,21 @@ impl Core {
 
     /// Reads every control message that is ready.
     pub fn pump_control(&mut self) {
-        let mut buf = vec![0u8; control::MAX_MESSAGE];
+        // Reused: called now and then from spinning waits, and a fresh
+        // 64 KiB buffer would be zeroed each time.
+        let mut buf = std::mem::take(&mut self.ctl_buf);
+        buf.resize(control::MAX_MESSAGE, 0);
         while self.gone.is_none() {
             let (n, fds) = match self.sock.recv(&mut buf) {
                 Ok(x) => x,
-                Err(RecvError::WouldBlock) => return,
+                Err(RecvError::WouldBlock) => break,
                 Err(RecvError::Closed) => {
                     self.lost("the daemon closed the connection");
-                    return;
+                    break;
                 }
                 Err(e) => {
                     self.lost(&format!("control socket: {e}"));
-                    return;
+                    break;
                 }
             };
             match control::decode::<DaemonMessage>(&buf[..n]) {
@@ -295,6 +300,7 @@ impl Core {
                 Err(e) => self.lost(&format!("daemon sent a malformed message: {e}")),
             }
         }
+        self.ctl_buf = buf;
     }
 
     fn lost(&mut self, why: &str) {

@@ -99,7 +99,7 @@ impl Service {
     /// Waits up to `timeout` for the next request, fire or stream. `Ok(None)` if none came.
     pub fn next(&self, timeout: Duration) -> Result<Option<Incoming>> {
         let deadline = Instant::now() + timeout;
-        let (instance, _, epoch) = self.slot.load();
+        let (instance, epoch) = self.inbox();
         let r = self
             .bus
             .shared

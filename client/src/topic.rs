@@ -91,7 +91,7 @@ impl Subscription {
 
     /// The next publication, waiting up to `timeout`; `Ok(None)` if none came.
     pub fn next(&self, timeout: Duration) -> Result<Option<Sample>> {
-        let route = self.route;
+        let route = self.route();
         let r = self.bus.shared.wait(Some(Instant::now() + timeout), false, |core| {
             Ok(core.topics.get_mut(&route).and_then(|q| q.pop_front()))
         });
