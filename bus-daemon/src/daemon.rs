@@ -95,6 +95,8 @@ pub struct Daemon {
     pub(crate) dbuf: Vec<hybus_layout::Descriptor>,
     /// Clients pushed to (or with queued descriptors) since the last flush.
     pub(crate) touched: Vec<u32>,
+    /// Connections that have not said Hello yet, with their deadline.
+    pending_hellos: Vec<(u32, Instant)>,
     /// Live direct channels.
     pub(crate) channels: IdMap<u32, crate::direct::Channel>,
     pub(crate) next_channel: u32,
@@ -219,6 +221,7 @@ impl Daemon {
             scratch: Vec::new(),
             dbuf: Vec::new(),
             touched: Vec::new(),
+            pending_hellos: Vec::new(),
             channels: IdMap::default(),
             next_channel: 0,
             channel_members: IdMap::default(),
@@ -351,14 +354,15 @@ impl Daemon {
         let now = Instant::now();
         let mut t: Option<Duration> = self.watchdog;
         let mut bound = |d: Duration| t = Some(t.map_or(d, |x| x.min(d)));
-        for s in self.sessions.values() {
-            if let Some(dl) = s.hello_deadline {
-                bound(dl.saturating_duration_since(now));
-            }
-            if s.data.as_ref().is_some_and(|d| !d.queue.is_empty()) {
-                // A client with a full ring: retry soon (it does not ring us when it drains).
-                bound(Duration::from_millis(1));
-            }
+        // Only connections still in their handshake, not every session: the
+        // cost of going to sleep must not grow with the number of clients.
+        for &(_, dl) in &self.pending_hellos {
+            bound(dl.saturating_duration_since(now));
+        }
+        if !self.touched.is_empty() {
+            // A client with a full ring (queued descriptors stay on the
+            // touched list): retry soon, it does not ring us when it drains.
+            bound(Duration::from_millis(1));
         }
         if self.systemd {
             bound(Duration::from_secs(5));
@@ -505,6 +509,7 @@ impl Daemon {
                     subscriptions: Vec::new(),
                 },
             );
+            self.pending_hellos.push((id, deadline));
         }
     }
 
@@ -518,9 +523,14 @@ impl Daemon {
     }
 
     fn expire_hellos(&mut self) {
+        if self.pending_hellos.is_empty() {
+            return;
+        }
         let now = Instant::now();
-        let late: Vec<u32> =
-            self.sessions.values().filter(|s| s.hello_deadline.is_some_and(|d| d <= now)).map(|s| s.id).collect();
+        // Forget the ones that said Hello or left meanwhile.
+        let sessions = &self.sessions;
+        self.pending_hellos.retain(|(id, _)| sessions.get(id).is_some_and(|s| s.hello_deadline.is_some()));
+        let late: Vec<u32> = self.pending_hellos.iter().filter(|(_, d)| *d <= now).map(|(id, _)| *id).collect();
         for id in late {
             if let Some(s) = self.sessions.get(&id) {
                 send_to(&s.sock, &error_reply(0, ErrorCode::BadRequest, "no Hello within the timeout".into()), &[]);
