@@ -89,6 +89,8 @@ pub struct Daemon {
     pub(crate) started: Instant,
     /// Clients disconnected for protocol violations.
     pub(crate) violations: u64,
+    /// Publications dropped for slow subscribers.
+    pub(crate) drops: u64,
     /// Reused list of active ids for one polling round.
     pub(crate) scratch: Vec<u32>,
     /// Reused descriptor buffer for one polling round.
@@ -218,6 +220,7 @@ impl Daemon {
             monitors: 0,
             started: Instant::now(),
             violations: 0,
+            drops: 0,
             scratch: Vec::new(),
             dbuf: Vec::new(),
             touched: Vec::new(),

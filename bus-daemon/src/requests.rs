@@ -351,6 +351,7 @@ impl Daemon {
             chunks_lent: self.chunks.len() as u64,
             queued: self.sessions.values().filter_map(|s| s.data.as_ref()).map(|d| d.queue.len() as u64).sum(),
             violations: self.violations,
+            drops: self.drops,
         }
     }
 

@@ -428,6 +428,7 @@ impl Daemon {
         let data = self.sessions.get_mut(&sub)?.data.as_mut()?;
         let pos = data.queue.iter().position(|q| q.kind == Kind::Publish as u8)?;
         data.drops += 1;
+        self.drops += 1;
         data.queue.remove(pos)
     }
 

@@ -317,6 +317,8 @@ pub struct DaemonStatus {
     pub queued: u64,
     /// Clients disconnected for protocol violations since start.
     pub violations: u64,
+    /// Publications dropped for slow subscribers since start (drop-oldest policy).
+    pub drops: u64,
 }
 
 /// Traffic counters of one service instance.

@@ -348,6 +348,7 @@ fn slow_subscriber_never_stalls_the_topic() {
     let slow_drops = drops_of("sl.slow");
     assert!(slow_drops > 0, "the stopped subscriber dropped nothing");
     assert_eq!(drops_of("sl.fast"), 0);
+    assert_eq!(d.connect().status().unwrap().drops, slow_drops, "the daemon's total counts the same drops");
 
     // Resumed (and no longer sleeping), it gets what was kept for it: in
     // order, the newest publication last (drop-oldest), and exactly the

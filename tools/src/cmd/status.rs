@@ -26,6 +26,7 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
                 "pid": s.pid, "uptime_s": s.uptime_s, "backend": s.backend, "clients": s.clients,
                 "services": s.services, "instances": s.instances, "exchanges": s.exchanges,
                 "chunks_lent": s.chunks_lent, "queued": s.queued, "violations": s.violations,
+                "drops": s.drops,
             }));
         }
         println!("hybusd pid {} up {} s, event loop {}", s.pid, s.uptime_s, s.backend);
@@ -35,6 +36,7 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
             s.exchanges, s.chunks_lent, s.queued
         );
         println!("  {} clients disconnected for protocol violations", s.violations);
+        println!("  {} publications dropped for slow subscribers", s.drops);
         return Ok(());
     };
     let services = bus.list()?;
