@@ -268,25 +268,9 @@ impl Peer {
     fn spawn_adjusted(socket: &Path, args: &[&str], adjust: impl FnOnce(&mut Command)) -> Peer {
         let mut cmd = Command::new(target_bin("hybus-peer"));
         adjust(&mut cmd);
-        let mut child = cmd
-            .arg(socket)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn hybus-peer");
-        let stdout: ChildStdout = child.stdout.take().expect("stdout");
-        let stdin = child.stdin.take();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Peer { child, stdin, lines: rx }
+        cmd.arg(socket).args(args);
+        let (child, stdin, lines) = spawn_with_lines(&mut cmd);
+        Peer { child, stdin, lines }
     }
 
     /// Starts a peer and waits for its `ready` line; returns the peer and that line.
@@ -353,6 +337,28 @@ impl Drop for Peer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Spawns `cmd` with piped stdin and stdout; its stdout lines arrive on the
+/// returned channel (read by a thread, so the child never blocks on a full pipe).
+pub fn spawn_with_lines(cmd: &mut Command) -> (Child, Option<ChildStdin>, mpsc::Receiver<String>) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
+    let stdout: ChildStdout = child.stdout.take().expect("stdout");
+    let stdin = child.stdin.take();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, stdin, rx)
 }
 
 /// Extracts `key=value` from a peer's line.

@@ -3,9 +3,9 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -38,25 +38,10 @@ pub struct Load {
 impl Load {
     /// Starts `hybus-load SOCKET ARGS...`.
     pub fn spawn(socket: &Path, args: &[&str]) -> Load {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hybus-load"))
-            .arg(socket)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn hybus-load");
-        let stdout = child.stdout.take().expect("stdout");
-        let stdin = child.stdin.take();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Load { child, stdin, lines: rx, seen: Vec::new() }
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hybus-load"));
+        cmd.arg(socket).args(args);
+        let (child, stdin, lines) = hybus_tests::spawn_with_lines(&mut cmd);
+        Load { child, stdin, lines, seen: Vec::new() }
     }
 
     /// Starts a role and waits for its `ready` line; returns both.
