@@ -94,7 +94,7 @@ pub mod flags {
     /// started. Correlation ids live in two namespaces per client (its own,
     /// and the daemon's for exchanges it serves); this bit says which.
     pub const SERVER: u8 = 1 << 1;
-    /// A [`Kind::StreamItem`] whose chunk packs `aux` items, each a
+    /// A [`Kind::StreamItem`](super::Kind::StreamItem) whose chunk packs `aux` items, each a
     /// native-endian `u32` length followed by its bytes, padded to 8 (see
     /// [`batch`](crate::batch)). Counts as `aux` items against the credits.
     pub const BATCH: u8 = 1 << 2;
