@@ -154,12 +154,8 @@ enum Idle {
 impl Idle {
     /// The client library's strategy.
     fn strategy(self) -> IdleStrategy {
-        match self {
-            Idle::Spin => IdleStrategy { spins: 0, yields: u32::MAX, park: false },
-            Idle::Busy => IdleStrategy::BUSY,
-            Idle::Default => IdleStrategy::DEFAULT,
-            Idle::Park => IdleStrategy::PARK,
-        }
+        // The same table the workers use, by the same name.
+        hybus_benches::worker::idle_strategy(self.arg()).unwrap_or(IdleStrategy::DEFAULT)
     }
 
     /// The worker's `--idle` argument for the same strategy.

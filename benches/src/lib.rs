@@ -14,6 +14,7 @@
 //! * [`pingpong`] — round-trip latencies, one sample per round trip;
 //! * [`throughput`] — streaming one way, checked in order;
 //! * [`bare_ring`] — the throughput floor: a ring with nothing but two indices;
+//! * [`worker`] — the server roles the benchmarks talk to (echo, sink, streamer, subscriber);
 //! * [`stats`] — percentiles of latency samples;
 //! * [`limits`] — the other floors: a three-process relay, eventfd and Unix-socket ping-pongs.
 //!
@@ -48,6 +49,7 @@ pub mod process;
 mod spin;
 pub mod stats;
 pub mod throughput;
+pub mod worker;
 
 pub use error::BenchError;
 pub use pingpong::{cacheline_pingpong_2p, ring_pingpong_2p, ring_pingpong_threads};

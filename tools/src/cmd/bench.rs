@@ -24,9 +24,9 @@ use hybus::{Bus, BusOptions};
 use hybus_benches::Percentiles;
 use serde_json::json;
 
-use super::worker::idle_strategy;
 use crate::table::{bytes_rate, ns, rate, Table};
 use crate::workers::Worker;
+use hybus_benches::worker::idle_strategy;
 
 /// Arguments of `bench`.
 #[derive(Debug, clap::Args)]
@@ -272,7 +272,7 @@ fn client(socket: &Path, idle: &str) -> anyhow::Result<Bus> {
     let opts = BusOptions {
         path: Some(socket.to_owned()),
         label: "hybusctl-bench".into(),
-        idle: idle_strategy(idle)?,
+        idle: idle_strategy(idle).map_err(anyhow::Error::msg)?,
         reconnect: false,
     };
     Ok(Bus::connect_with(opts)?)

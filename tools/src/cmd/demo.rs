@@ -164,7 +164,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 
     // Latency table.
     let rt = a.round_trips;
-    let spin = IdleStrategy { spins: 0, yields: u32::MAX, park: false };
+    let spin = hybus_benches::worker::idle_strategy("spin").map_err(anyhow::Error::msg)?;
     let fast = Bus::connect_with(BusOptions {
         path: Some(socket.clone()),
         label: "demo-latency".into(),

@@ -1,15 +1,17 @@
 //! `hybusctl worker ROLE`: the server processes that `bench` and `demo`
 //! spawn. Hidden from help. Each prints `ready` on stdout once it serves
 //! and exits when its stdin closes, so a parent that dies leaves none behind.
+//! The benchmark roles (echo, sink, streamer, subscriber) are
+//! [`hybus_benches::worker`]'s, shared with the criterion benches; the demo
+//! roles (kv, detector) live here.
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use hybus::{Bus, BusOptions, IdleStrategy, Incoming};
+use hybus::{Bus, BusOptions, Incoming};
+use hybus_benches::worker::{self, ready};
 
 /// Arguments of `worker`.
 #[derive(Debug, clap::Args)]
@@ -25,20 +27,6 @@ pub struct Args {
     idle: String,
 }
 
-/// Parses an idle strategy name.
-pub fn idle_strategy(name: &str) -> anyhow::Result<IdleStrategy> {
-    Ok(match name {
-        // Poll and yield: for three parties (client, daemon, server) on two cores,
-        // where any spinning only delays the party that needs the core (measured).
-        "spin" => IdleStrategy { spins: 0, yields: u32::MAX, park: false },
-        // Spin, never sleep: for two parties that each have a core (a direct channel).
-        "busy" => IdleStrategy::BUSY,
-        "default" => IdleStrategy::DEFAULT,
-        "park" => IdleStrategy::PARK,
-        other => anyhow::bail!("unknown idle strategy {other:?}: use busy, spin, default or park"),
-    })
-}
-
 const FOREVER: Duration = Duration::from_secs(3600);
 
 /// Runs a worker.
@@ -50,165 +38,19 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
     let opts = BusOptions {
         path: Some(socket.to_owned()),
         label: format!("worker-{}", a.role),
-        idle: idle_strategy(&a.idle)?,
+        idle: worker::idle_strategy(&a.idle).map_err(anyhow::Error::msg)?,
         reconnect: true,
     };
     let bus = Bus::connect_with(opts)?;
     match a.role.as_str() {
-        "echo" => echo(&bus, &a.name),
-        "sink" => sink(&bus, &a.name),
-        "streamer" => streamer(&bus, &a.name),
-        "subscriber" => subscriber(&bus, &a.name, a.extra.as_deref().unwrap_or("demo.subscriber")),
+        "echo" => worker::echo(&bus, &a.name).map_err(anyhow::Error::msg),
+        "sink" => worker::sink(&bus, &a.name).map_err(anyhow::Error::msg),
+        "streamer" => worker::streamer(&bus, &a.name).map_err(anyhow::Error::msg),
+        "subscriber" => worker::subscriber(&bus, &a.name, a.extra.as_deref().unwrap_or("demo.subscriber"))
+            .map_err(anyhow::Error::msg),
         "kv" => kv(&bus, &a.name),
         "detector" => detector(&bus, &a.name),
         other => anyhow::bail!("unknown worker role {other:?}"),
-    }
-}
-
-fn ready() {
-    println!("ready pid={}", std::process::id());
-}
-
-/// Answers each request with a payload of the same size. Large payloads
-/// go back zero-copy: the answer is a loaned chunk whose first 8 bytes
-/// echo the request's (the bench's sequence number); the rest is not
-/// touched, since this measures the zero-copy claim itself.
-fn echo(bus: &Bus, name: &str) -> anyhow::Result<()> {
-    let svc = bus.register(name)?;
-    ready();
-    loop {
-        let Some(inc) = svc.next(FOREVER)? else {
-            continue;
-        };
-        if let Incoming::Stream(mut ch) = inc {
-            // A channel: echo every item back until the caller ends.
-            while let Some(item) = ch.recv(FOREVER)? {
-                ch.send(&item, FOREVER)?;
-            }
-            ch.end()?;
-            continue;
-        }
-        if let Incoming::Request(req) = inc {
-            let p = req.payload();
-            if p.len() <= hybus::INLINE_PAYLOAD {
-                let v = p.to_vec();
-                req.reply(&v)?;
-            } else {
-                let mut head = [0u8; 8];
-                head.copy_from_slice(&p[..8]);
-                let mut loan = bus.loan(p.len(), Duration::from_secs(5))?;
-                loan[..8].copy_from_slice(&head);
-                req.reply_loan(loan)?;
-            }
-        }
-    }
-}
-
-/// Counts fires; a request answers the count so far (8 bytes, little endian).
-fn sink(bus: &Bus, name: &str) -> anyhow::Result<()> {
-    let svc = bus.register(name)?;
-    ready();
-    let mut count = 0u64;
-    let mut check = 0u64;
-    loop {
-        match svc.next(FOREVER)? {
-            Some(Incoming::Fire(s)) => {
-                count += 1;
-                // Touch what was moved: read every byte.
-                check = check.wrapping_add(s.iter().map(|&b| b as u64).sum::<u64>());
-            }
-            Some(Incoming::Request(r)) => r.reply(&count.to_le_bytes())?,
-            _ => {}
-        }
-        std::hint::black_box(check);
-    }
-}
-
-/// Answers a stream request `n=<items> size=<bytes>` with that many items,
-/// each carrying its index in the first 8 bytes.
-fn streamer(bus: &Bus, name: &str) -> anyhow::Result<()> {
-    let svc = bus.register(name)?;
-    ready();
-    loop {
-        let Some(inc) = svc.next(FOREVER)? else {
-            continue;
-        };
-        if let Incoming::Stream(mut st) = inc {
-            let text = String::from_utf8_lossy(st.payload()).into_owned();
-            let get = |k: &str| -> u64 {
-                text.split_whitespace()
-                    .find_map(|w| w.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0)
-            };
-            let (n, size) = (get("n"), get("size").max(8) as usize);
-            if get("batch") == 1 {
-                // Packed: as many items per chunk as credits allow. Small
-                // items are built on the stack (no allocation per item).
-                if size <= SMALL {
-                    let items = (0..n).map(|i| SmallItem::new(i, size));
-                    st.send_many(items, Duration::from_secs(60))?;
-                } else {
-                    let mut item = vec![0u8; size];
-                    let items = (0..n).map(move |i| {
-                        item[..8].copy_from_slice(&i.to_le_bytes());
-                        item.clone()
-                    });
-                    st.send_many(items, Duration::from_secs(60))?;
-                }
-            } else {
-                let mut item = vec![0u8; size];
-                for i in 0..n {
-                    item[..8].copy_from_slice(&i.to_le_bytes());
-                    st.send(&item, Duration::from_secs(30))?;
-                }
-            }
-            st.end()?;
-        }
-    }
-}
-
-const SMALL: usize = 256;
-
-/// A stream item of up to [`SMALL`] bytes whose first 8 bytes are its index.
-struct SmallItem {
-    buf: [u8; SMALL],
-    len: usize,
-}
-
-impl SmallItem {
-    fn new(i: u64, len: usize) -> SmallItem {
-        let mut buf = [0u8; SMALL];
-        buf[..8].copy_from_slice(&i.to_le_bytes());
-        SmallItem { buf, len }
-    }
-}
-
-impl AsRef<[u8]> for SmallItem {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-}
-
-/// Counts a topic's publications; the service `report` answers the count.
-fn subscriber(bus: &Bus, topic: &str, report: &str) -> anyhow::Result<()> {
-    let sub = bus.subscribe(topic)?;
-    let svc = bus.register(report)?;
-    let count = Arc::new(AtomicU64::new(0));
-    let c = count.clone();
-    std::thread::spawn(move || -> anyhow::Result<()> {
-        loop {
-            if let Some(Incoming::Request(r)) = svc.next(FOREVER)? {
-                r.reply(&c.load(Ordering::Relaxed).to_le_bytes())?;
-            }
-        }
-    });
-    ready();
-    loop {
-        if let Some(s) = sub.next(FOREVER)? {
-            std::hint::black_box(s.first());
-            count.fetch_add(1, Ordering::Relaxed);
-        }
     }
 }
 
