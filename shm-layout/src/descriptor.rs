@@ -119,9 +119,11 @@ pub struct ChunkRef {
 
 /// One descriptor, as a private value.
 ///
-/// Wire layout (eight native-endian `u64` words):
-/// word 0 = `kind | flags << 8 | inline_len << 16 | route << 32`,
-/// word 1 = `correlation`, word 2 = `aux`, words 3..8 = `body`.
+/// Wire layout (eight native-endian `u64` words): word 0 = `correlation`,
+/// word 1 = `aux`, words 2..7 = `body`, word 7 (the *header word*) =
+/// `kind | flags << 8 | inline_len << 16 | stamp << 24 | route << 32` (the
+/// stamp belongs to the ring's [`Slot`], not to the descriptor). The header
+/// word is last because the ring writes it last (see [`Slot`]).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Descriptor {
     /// A [`Kind`] as a byte (unchecked until [`check`](Self::check)).
@@ -270,14 +272,15 @@ impl Descriptor {
     #[inline]
     pub fn to_words(&self) -> [u64; 8] {
         let mut w = [0u64; 8];
-        w[0] = self.kind as u64 | (self.flags as u64) << 8 | (self.inline_len as u64) << 16 | (self.route as u64) << 32;
-        w[1] = self.correlation;
-        w[2] = self.aux;
+        w[0] = self.correlation;
+        w[1] = self.aux;
         for (i, c) in self.body.chunks_exact(8).enumerate() {
             let mut b = [0u8; 8];
             b.copy_from_slice(c);
-            w[3 + i] = u64::from_ne_bytes(b);
+            w[2 + i] = u64::from_ne_bytes(b);
         }
+        w[HEADER] =
+            self.kind as u64 | (self.flags as u64) << 8 | (self.inline_len as u64) << 16 | (self.route as u64) << 32;
         w
     }
 
@@ -286,15 +289,16 @@ impl Descriptor {
     pub fn from_words(w: [u64; 8]) -> Descriptor {
         let mut body = [0u8; INLINE_CAPACITY];
         for (i, c) in body.chunks_exact_mut(8).enumerate() {
-            c.copy_from_slice(&w[3 + i].to_ne_bytes());
+            c.copy_from_slice(&w[2 + i].to_ne_bytes());
         }
+        let h = w[HEADER];
         Descriptor {
-            kind: w[0] as u8,
-            flags: (w[0] >> 8) as u8,
-            inline_len: (w[0] >> 16) as u8,
-            route: (w[0] >> 32) as u32,
-            correlation: w[1],
-            aux: w[2],
+            kind: h as u8,
+            flags: (h >> 8) as u8,
+            inline_len: (h >> 16) as u8,
+            route: (h >> 32) as u32,
+            correlation: w[0],
+            aux: w[1],
             body,
         }
     }
@@ -318,9 +322,13 @@ impl fmt::Debug for Descriptor {
 
 /// A descriptor's home in shared memory: one 64-byte cache line of atomic words.
 ///
-/// Written by the producer with relaxed stores before it publishes the tail
-/// (Release) and read by the consumer with relaxed loads after it loads the
-/// tail (Acquire), so the words are ordered by the index, not by themselves.
+/// Byte 3 of word 0 (unused by [`Descriptor::to_words`], ignored by
+/// [`Descriptor::from_words`]) holds the slot's *lap stamp*: the ring writes
+/// words 1..8 with relaxed stores and then word 0, stamp included, with a
+/// Release store; the consumer loads word 0 with Acquire and takes the slot
+/// only if the stamp is the one its index expects (see [`crate::ring`]). So
+/// one cache line, the slot's, both carries the descriptor and says that it
+/// is there.
 #[repr(C, align(64))]
 #[derive(Debug, Default)]
 pub struct Slot {
@@ -337,25 +345,58 @@ const _: () = {
     assert!(std::mem::align_of::<Slot>() == 64);
 };
 
+/// Index of the header word (kind, flags, inline length, stamp, route) in a slot.
+pub const HEADER: usize = 7;
+
+/// Where the lap stamp sits in the header word.
+const STAMP_SHIFT: u32 = 24;
+
+/// The lap stamp in a slot's header word.
+#[inline]
+pub(crate) const fn stamp_of(header: u64) -> u8 {
+    (header >> STAMP_SHIFT) as u8
+}
+
 impl Slot {
-    /// Copies `d` into the slot.
+    /// Copies `d` into the slot and then publishes it with `stamp`: words
+    /// 0..7 relaxed, in order, and word 7 (the header, with the stamp in
+    /// byte 3) last, with Release.
     #[inline]
-    pub fn store(&self, d: &Descriptor) {
-        use std::sync::atomic::Ordering::Relaxed;
-        for (slot, w) in self.words.iter().zip(d.to_words()) {
-            slot.store(w, Relaxed);
+    pub(crate) fn publish(&self, d: &Descriptor, stamp: u8) {
+        use std::sync::atomic::Ordering::{Relaxed, Release};
+        let w = d.to_words();
+        for (slot, w) in self.words[..HEADER].iter().zip(&w[..HEADER]) {
+            slot.store(*w, Relaxed);
         }
+        // SYNC: Release publishes words 0..7 with the stamp; pairs with the
+        // consumer's Acquire load of the header word in `header`.
+        self.words[HEADER].store(w[HEADER] & !(0xff << STAMP_SHIFT) | (stamp as u64) << STAMP_SHIFT, Release);
     }
 
-    /// Copies the slot out into a private descriptor.
+    /// Loads the header word (the stamp, kind, flags, route) with Acquire.
     #[inline]
-    pub fn load(&self) -> Descriptor {
+    pub(crate) fn header(&self) -> u64 {
+        use std::sync::atomic::Ordering::Acquire;
+        self.words[HEADER].load(Acquire)
+    }
+
+    /// Copies the rest of the slot out and rebuilds the descriptor whose header word was `header`.
+    #[inline]
+    pub(crate) fn read(&self, header: u64) -> Descriptor {
         use std::sync::atomic::Ordering::Relaxed;
         let mut w = [0u64; 8];
-        for (o, slot) in w.iter_mut().zip(self.words.iter()) {
+        for (o, slot) in w[..HEADER].iter_mut().zip(&self.words[..HEADER]) {
             *o = slot.load(Relaxed);
         }
+        w[HEADER] = header;
         Descriptor::from_words(w)
+    }
+
+    /// Clears the header word, and with it the stamp (a new ring over reused memory).
+    #[inline]
+    pub(crate) fn clear(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.words[HEADER].store(0, Relaxed);
     }
 }
 

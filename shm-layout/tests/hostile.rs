@@ -111,9 +111,19 @@ fn violation(head: u64, tail: u64) -> RingError {
     RingError::Violation { head, tail }
 }
 
-/// Word 0 of a descriptor on the wire: `kind | flags << 8 | inline_len << 16 | route << 32`.
-fn word0(kind: u8, flags: u8, inline_len: u8, route: u32) -> u64 {
+/// The header word of a descriptor on the wire (word 7 of its slot):
+/// `kind | flags << 8 | inline_len << 16 | stamp << 24 | route << 32`, stamp 0.
+fn header(kind: u8, flags: u8, inline_len: u8, route: u32) -> u64 {
     kind as u64 | (flags as u64) << 8 | (inline_len as u64) << 16 | (route as u64) << 32
+}
+
+/// Index of the header word in a slot.
+const HEADER: usize = 7;
+
+/// `header` with the lap stamp that marks the slot of `index` in a ring of `cap` slots as written.
+fn stamped(header: u64, index: u64, cap: u64) -> u64 {
+    let stamp = (index >> cap.trailing_zeros()) as u8 | 0x80;
+    header & !(0xff << 24) | (stamp as u64) << 24
 }
 
 /// xorshift64: deterministic garbage.
@@ -148,21 +158,30 @@ fn tail_more_than_capacity_ahead_is_a_violation() {
 }
 
 #[test]
-fn tail_exactly_capacity_ahead_is_allowed_and_masked() {
-    // The boundary of the invariant: a full ring of whatever the slots hold.
+fn tail_ahead_of_unstamped_slots_is_a_violation() {
+    // Within the invariant (a full ring), but the slots were never written:
+    // their stamps give the lie away, on every path that reads `tail`.
     let (_p, mut c, evil) = setup(4);
     evil.set_tail(4);
+    let unstamped = RingError::Unstamped { index: 0, tail: 4 };
     let mut out = [d(0); 8];
-    assert_eq!(c.pop_batch(&mut out), Ok(4));
-    for x in &out[..4] {
-        // Zeroed slots: kind 0 is not a kind.
-        assert_eq!(x.check(), Err(DescriptorError::UnknownKind(0)));
+    assert_eq!(c.pop_batch(&mut out), Err(unstamped));
+    assert_eq!(c.pop(), Err(unstamped));
+    assert_eq!(c.is_empty(), Err(unstamped));
+    assert_eq!(c.prepare_park(), Err(unstamped));
+
+    // Slots of the previous lap carry the previous stamp: not taken either.
+    let (mut p, mut c, evil) = setup(4);
+    for i in 0..4 {
+        p.push(&d(i)).unwrap();
+        assert_eq!(c.pop(), Ok(Some(d(i))));
     }
-    assert_eq!(c.pop(), Ok(None));
+    evil.set_tail(6);
+    assert_eq!(c.pop_batch(&mut out), Err(RingError::Unstamped { index: 4, tail: 6 }));
 }
 
 #[test]
-fn tail_behind_head_is_a_violation() {
+fn tail_far_behind_head_is_a_violation() {
     let (mut p, mut c, evil) = setup(4);
     for i in 0..3 {
         p.push(&d(i)).unwrap();
@@ -170,23 +189,38 @@ fn tail_behind_head_is_a_violation() {
     for i in 0..3 {
         assert_eq!(c.pop(), Ok(Some(d(i))));
     }
-    // Tail moved back below head: tail - head wraps to nearly 2^64.
-    evil.set_tail(1);
-    assert_eq!(c.pop(), Err(violation(3, 1)));
-    assert_eq!(c.len(), Err(violation(3, 1)));
-    // Tail "negative" from the start.
-    let (_p, mut c, evil) = setup(4);
-    evil.set_tail(u64::MAX - 2);
-    assert_eq!(c.pop(), Err(violation(0, u64::MAX - 2)));
+    // More than a lap below head: no honest lag explains it.
+    evil.set_tail(u64::MAX - 5);
+    assert_eq!(c.pop(), Err(violation(3, u64::MAX - 5)));
+    assert_eq!(c.len(), Err(violation(3, u64::MAX - 5)));
+    let mut out = [d(0); 2];
+    assert_eq!(c.pop_batch(&mut out), Err(violation(3, u64::MAX - 5)));
+    // "Negative" from the start.
+    let (_p, mut c, evil) = setup(8);
+    evil.set_tail(u64::MAX - 8);
+    assert_eq!(c.pop(), Err(violation(0, u64::MAX - 8)));
 }
 
 #[test]
-fn tail_u64_max_is_a_violation() {
-    let (_p, mut c, evil) = setup(8);
-    evil.set_tail(u64::MAX);
-    assert_eq!(c.pop(), Err(violation(0, u64::MAX)));
-    let mut out = [d(0); 2];
-    assert_eq!(c.pop_batch(&mut out), Err(violation(0, u64::MAX)));
+fn tail_lagging_behind_stamps_reads_as_empty() {
+    // `pop` takes slots by their stamps, so `tail` may trail `head` by up to
+    // a lap (the producer stores it after the stamps). Within that window a
+    // `tail` going back is harmless: nothing is read twice, nothing waits on it.
+    let (mut p, mut c, evil) = setup(4);
+    for i in 0..3 {
+        p.push(&d(i)).unwrap();
+        assert_eq!(c.pop(), Ok(Some(d(i))));
+    }
+    evil.set_tail(0);
+    assert_eq!(c.pop(), Ok(None));
+    assert_eq!(c.len(), Ok(0));
+    assert_eq!(c.is_empty(), Ok(true));
+    let mut out = [d(0); 4];
+    assert_eq!(c.pop_batch(&mut out), Ok(0));
+    // The producer goes on; its next `tail` store heals the view.
+    p.push(&d(3)).unwrap();
+    assert_eq!(c.pop_batch(&mut out), Ok(1));
+    assert_eq!(out[0], d(3));
 }
 
 #[test]
@@ -414,16 +448,17 @@ fn indices_near_u64_max_at_attach_still_work() {
 #[test]
 fn garbage_slots_are_rejected_by_check_never_trusted() {
     let (_p, mut c, evil) = setup(8);
-    let credit_with_payload = word0(Kind::Credit as u8, 0, 3, 1);
+    let credit_with_payload = header(Kind::Credit as u8, 0, 3, 1);
     let crafted: [(u64, DescriptorError); 5] = [
-        (word0(200, 0, 0, 1), DescriptorError::UnknownKind(200)),
-        (word0(0, 0, 0, 1), DescriptorError::UnknownKind(0)),
-        (word0(Kind::Fire as u8, 0x80, 0, 1), DescriptorError::UnknownFlags(0x80)),
-        (word0(Kind::Fire as u8, 0, 255, 1), DescriptorError::InlineTooLong(255)),
+        (header(200, 0, 0, 1), DescriptorError::UnknownKind(200)),
+        (header(0, 0, 0, 1), DescriptorError::UnknownKind(0)),
+        (header(Kind::Fire as u8, 0x80, 0, 1), DescriptorError::UnknownFlags(0x80)),
+        (header(Kind::Fire as u8, 0, 255, 1), DescriptorError::InlineTooLong(255)),
         (credit_with_payload, DescriptorError::UnexpectedPayload(Kind::Credit)),
     ];
-    for (i, (w0, _)) in crafted.iter().enumerate() {
-        evil.write_slot(i, [*w0, 1, 2, u64::MAX, u64::MAX, u64::MAX, u64::MAX, u64::MAX]);
+    for (i, (h, _)) in crafted.iter().enumerate() {
+        let h = stamped(*h, i as u64, 8);
+        evil.write_slot(i, [1, 2, u64::MAX, u64::MAX, u64::MAX, u64::MAX, u64::MAX, h]);
     }
     evil.set_tail(crafted.len() as u64);
     for (_, expected) in crafted {
@@ -451,8 +486,10 @@ fn random_garbage_slots_never_panic() {
             }
             if k % 3 == 0 {
                 // Mostly valid kinds, so that the later checks get exercised too.
-                w[0] = (w[0] & !0xff) | (1 + garbage(&mut state) % 12);
+                w[HEADER] = (w[HEADER] & !0xff) | (1 + garbage(&mut state) % 12);
             }
+            // Garbage, but published: stamped for its index.
+            w[HEADER] = stamped(w[HEADER], tail + k as u64, 8);
             evil.write_slot(((tail + k as u64) % 8) as usize, w);
         }
         tail += n as u64;
@@ -488,9 +525,9 @@ fn garbage_in_parked_costs_at_most_one_spurious_wake() {
 fn wait_with_hostile_tail_returns_err_at_once() {
     let (_p, mut c, evil) = setup(4);
     let bell = EventFd::new().unwrap();
-    evil.set_tail(u64::MAX);
+    evil.set_tail(u64::MAX - 100);
     let r = c.wait(&IdleStrategy::DEFAULT, &bell, Some(Instant::now() + DEADLINE));
-    assert_eq!(r, Err(violation(0, u64::MAX)));
+    assert_eq!(r, Err(violation(0, u64::MAX - 100)));
 }
 
 /// Writes a hostile tail after `delay`, from another thread, ringing `bell` if given.
@@ -548,10 +585,10 @@ fn spinning_wait_sees_hostile_tail() {
 fn default_wait_sees_hostile_tail_written_while_it_parks() {
     let (_p, mut c, evil) = setup(4);
     let bell = Arc::new(EventFd::new().unwrap());
-    let t = hostile_tail_later(evil.seg.clone(), u64::MAX - 1, Duration::from_millis(30), Some(bell.clone()));
+    let t = hostile_tail_later(evil.seg.clone(), u64::MAX - 100, Duration::from_millis(30), Some(bell.clone()));
     let r = c.wait(&IdleStrategy::DEFAULT, &*bell, Some(Instant::now() + DEADLINE));
     t.join().unwrap();
-    assert_eq!(r, Err(violation(0, u64::MAX - 1)));
+    assert_eq!(r, Err(violation(0, u64::MAX - 100)));
 }
 
 // ---------------------------------------------------------------- segment header

@@ -15,8 +15,7 @@
 //!   consumer that sleeps although `prepare_park` said not to).
 //!
 //! Every model is explored exhaustively except the two-item doorbell model,
-//! which is bounded to 3 preemptions because of a loom false positive (see
-//! its doc). The whole file runs in about a second in release.
+//! which is bounded to 3 preemptions (see its doc).
 //!
 //! Run with:
 //! `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p hybus-layout --release --test loom`
@@ -224,21 +223,20 @@ fn doorbell_no_lost_wakeup() {
 /// awake, and a stale count may end a later wait early. None of it may
 /// lose the second wake-up.
 ///
-/// Bounded to 3 preemptions (about 900 interleavings) because loom 0.7 does
-/// not keep a relaxed RMW and a concurrent plain store in one modification
-/// order (tokio-rs/loom#254, #389). Unbounded, it finds this "deadlock",
-/// which is impossible in the C++/Rust model:
-/// the consumer parks, sees the first descriptor and withdraws (`parked` =
-/// 0); the producer's `needs_wake` swaps that 0 for 0; the consumer parks
-/// again (`parked` = 1) and sleeps; after its second push and SeqCst fence the
-/// producer's load of `parked` must see that 1, because the 0-for-0 swap sits
-/// right after the withdrawal in modification order. Loom still lets the
-/// load return the swap's stale 0. With the swap replaced by
-/// `compare_exchange(1, 0)` (a failed CAS stores nothing), the unbounded
-/// model passes all ~218,000 interleavings in about 11 s.
+/// Bounded to 3 preemptions. Unbounded it took ~218,000 interleavings (11 s)
+/// when the consumer polled `tail` alone; since it polls the slot's stamp
+/// and then `tail`, every empty poll is one more scheduling point and the
+/// unbounded model runs for over ten minutes. Three preemptions cover every
+/// ordering of the two Dekker halves and the claim of each wake-up (the
+/// single-item model above, unbounded, covers the handshake itself).
+///
+/// The wake-up is claimed with `compare_exchange` rather than `swap`: loom
+/// 0.7 does not keep a relaxed RMW and a concurrent plain store in one
+/// modification order (tokio-rs/loom#254, #389), and with a swap it reports
+/// a deadlock that the C++/Rust model rules out.
 #[test]
 fn doorbell_two_items_no_lost_wakeup() {
-    model("doorbell_two_items_no_lost_wakeup", None, || {
+    model("doorbell_two_items_no_lost_wakeup", Some(3), || {
         let (mut p, mut c) = heap_ring(2);
         let bell = loom::sync::Arc::new(LoomEventFd::new());
         let pb = bell.clone();
