@@ -640,8 +640,8 @@ impl Consumer {
             ready = self.tail_ready()?;
         }
         if ready == 0 && !out.is_empty() {
-            // `tail` may not say yet what the stamps do: take one, as `pop`.
-            let Some(header) = self.ready_header()? else {
+            // `tail` (just checked) may not say yet what the stamps do: take one, as `pop`.
+            let Some(header) = self.ring.stamped(self.head) else {
                 return Ok(0);
             };
             out[0] = self.ring.slot(self.head).read(header);
