@@ -17,6 +17,7 @@ use std::time::Duration;
 use criterion::{Criterion, Throughput};
 use hybus_benches::{
     bare_ring_throughput_2p, cacheline_pingpong_2p, ring_pingpong_2p, ring_pingpong_threads, ring_throughput_2p,
+    PINGPONG_CAPACITY,
 };
 use hybus_layout::IdleStrategy;
 
@@ -28,8 +29,8 @@ fn check_before_timing() {
         move |e| panic!("{what}: {e}")
     }
     cacheline_pingpong_2p(1_000).unwrap_or_else(fail("cacheline-2p"));
-    ring_pingpong_threads(1_000, IdleStrategy::BUSY).unwrap_or_else(fail("ring/threads"));
-    ring_pingpong_2p(1_000, IdleStrategy::BUSY).unwrap_or_else(fail("ring/2p"));
+    ring_pingpong_threads(1_000, PINGPONG_CAPACITY, IdleStrategy::BUSY).unwrap_or_else(fail("ring/threads"));
+    ring_pingpong_2p(1_000, PINGPONG_CAPACITY, IdleStrategy::BUSY).unwrap_or_else(fail("ring/2p"));
     bare_ring_throughput_2p(100_000, BATCH).unwrap_or_else(fail("bare/2p"));
     ring_throughput_2p(100_000, 1).unwrap_or_else(fail("ring/2p unbatched"));
     ring_throughput_2p(100_000, BATCH).unwrap_or_else(fail("ring/2p batched"));
@@ -59,9 +60,9 @@ fn pingpong(c: &mut Criterion) {
         .throughput(Throughput::Elements(1));
     g.bench_function("limit/cacheline-2p", |b| b.iter_custom(|iters| total(cacheline_pingpong_2p(iters))));
     g.bench_function("ring/threads", |b| {
-        b.iter_custom(|iters| total(ring_pingpong_threads(iters, IdleStrategy::BUSY)))
+        b.iter_custom(|iters| total(ring_pingpong_threads(iters, PINGPONG_CAPACITY, IdleStrategy::BUSY)))
     });
-    g.bench_function("ring/2p", |b| b.iter_custom(|iters| total(ring_pingpong_2p(iters, IdleStrategy::BUSY))));
+    g.bench_function("ring/2p", |b| b.iter_custom(|iters| total(ring_pingpong_2p(iters, PINGPONG_CAPACITY, IdleStrategy::BUSY))));
     g.finish();
 }
 

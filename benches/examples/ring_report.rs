@@ -13,11 +13,15 @@
 
 use hybus_benches::{
     bare_ring_throughput_2p, cacheline_pingpong_2p, ring_pingpong_2p, ring_pingpong_threads, ring_throughput_2p,
-    BenchError, Percentiles, Rate,
+    BenchError, Percentiles, Rate, PINGPONG_CAPACITY,
 };
 use hybus_layout::IdleStrategy;
 
 const BATCH: usize = 64;
+
+/// The daemon's default ring capacity, for a second ping-pong row: the
+/// round trip grows with the rings' footprint (see [`PINGPONG_CAPACITY`]).
+const LARGE_CAPACITY: u64 = 1024;
 
 /// Acceptance targets of the issue.
 const PINGPONG_TARGET: f64 = 1.5;
@@ -57,7 +61,7 @@ fn main() {
         };
         println!("median over {runs} runs:");
         println!(
-            "  ring 2p p50 / cache-line p50      {:>5.2}x   (target <= {PINGPONG_TARGET}x)",
+            "  ring 2p p50 / cache-line p50      {:>5.2}x   (target <= {PINGPONG_TARGET}x; {PINGPONG_CAPACITY} slots)",
             median(|r| r.pingpong)
         );
         println!(
@@ -78,8 +82,9 @@ struct Ratios {
 fn report(round_trips: u64, descriptors: u64) -> Result<Ratios, BenchError> {
     let pct = |mut v: Vec<u64>| Percentiles::from_samples(&mut v).expect("round_trips > 0");
     let floor = pct(cacheline_pingpong_2p(round_trips)?);
-    let ring_2p = pct(ring_pingpong_2p(round_trips, IdleStrategy::BUSY)?);
-    let ring_threads = pct(ring_pingpong_threads(round_trips, IdleStrategy::BUSY)?);
+    let ring_2p = pct(ring_pingpong_2p(round_trips, PINGPONG_CAPACITY, IdleStrategy::BUSY)?);
+    let ring_threads = pct(ring_pingpong_threads(round_trips, PINGPONG_CAPACITY, IdleStrategy::BUSY)?);
+    let ring_2p_large = pct(ring_pingpong_2p(round_trips, LARGE_CAPACITY, IdleStrategy::BUSY)?);
 
     println!("round trip, {round_trips} each (ns)     p50     p99   p99.9     max   p50 ratio");
     let row = |name: &str, p: &Percentiles| {
@@ -93,8 +98,9 @@ fn report(round_trips: u64, descriptors: u64) -> Result<Ratios, BenchError> {
         );
     };
     row("limit: cache line, 2 processes", &floor);
-    row("ring, 2 processes (spin)", &ring_2p);
-    row("ring, 2 threads (spin)", &ring_threads);
+    row(&format!("ring, 2 processes, {PINGPONG_CAPACITY} slots"), &ring_2p);
+    row(&format!("ring, 2 threads, {PINGPONG_CAPACITY} slots"), &ring_threads);
+    row(&format!("ring, 2 processes, {LARGE_CAPACITY} slots"), &ring_2p_large);
 
     let bare = bare_ring_throughput_2p(descriptors, BATCH)?;
     let unbatched = ring_throughput_2p(descriptors, 1)?;

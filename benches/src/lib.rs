@@ -25,12 +25,12 @@
 //! # Examples
 //!
 //! ```
-//! use hybus_benches::{cacheline_pingpong_2p, ring_pingpong_2p, Percentiles};
+//! use hybus_benches::{cacheline_pingpong_2p, ring_pingpong_2p, Percentiles, PINGPONG_CAPACITY};
 //! use hybus_layout::IdleStrategy;
 //!
 //! # fn main() -> Result<(), hybus_benches::BenchError> {
 //! let mut floor = cacheline_pingpong_2p(1_000)?;
-//! let mut ring = ring_pingpong_2p(1_000, IdleStrategy::BUSY)?;
+//! let mut ring = ring_pingpong_2p(1_000, PINGPONG_CAPACITY, IdleStrategy::BUSY)?;
 //! let floor = Percentiles::from_samples(&mut floor).expect("samples");
 //! let ring = Percentiles::from_samples(&mut ring).expect("samples");
 //! println!("p50 ring/floor = {:.2}", ring.p50 as f64 / floor.p50 as f64);
@@ -52,7 +52,7 @@ pub mod throughput;
 pub mod worker;
 
 pub use error::BenchError;
-pub use pingpong::{cacheline_pingpong_2p, ring_pingpong_2p, ring_pingpong_threads};
+pub use pingpong::{cacheline_pingpong_2p, ring_pingpong_2p, ring_pingpong_threads, PINGPONG_CAPACITY};
 pub use process::{ChildProcess, SharedMap};
 pub use stats::Percentiles;
 pub use throughput::{bare_ring_throughput_2p, ring_throughput_2p, Rate};

@@ -28,7 +28,17 @@ pub const STALL: Duration = Duration::from_secs(30);
 pub const WARMUP: u64 = 1_000;
 
 /// Slots in each ring of a ping-pong (one descriptor is ever in flight).
-pub const PINGPONG_CAPACITY: u64 = 256;
+///
+/// The round trip depends on the rings' footprint, not only on the
+/// protocol: each message lands in the next slot, so a ring a lap of which
+/// does not stay in L1 pays a miss on top of the line transfer. On this
+/// project's VM (AMD EPYC, 32 KiB L1d per core), in interleaved runs of
+/// `ring_report`, the p50 round trip was 1.17–1.25× the cache-line floor
+/// with 16 slots, 1.17–1.58× with 64 and 1.62–1.83× with 256 (2 × 16 KiB
+/// of slots: all of L1). 64 slots (4 KiB a ring) is the size a
+/// latency-bound pair would configure; `ring_report` also prints the
+/// daemon's default of 1024.
+pub const PINGPONG_CAPACITY: u64 = 64;
 
 /// Route id carried by the benchmark descriptors.
 pub(crate) const ROUTE: u32 = 7;
@@ -124,8 +134,8 @@ fn cacheline_echo(l: &Lines, total: u64) -> Result<(), BenchError> {
 ///   [`Consumer::wait`] on an eventfd doorbell, and every send calls `notify`.
 ///
 /// Returns `round_trips` samples in nanoseconds.
-pub fn ring_pingpong_2p(round_trips: u64, idle: IdleStrategy) -> Result<Vec<u64>, BenchError> {
-    let rings = RingPair::new()?;
+pub fn ring_pingpong_2p(round_trips: u64, capacity: u64, idle: IdleStrategy) -> Result<Vec<u64>, BenchError> {
+    let rings = RingPair::new(capacity)?;
     let (mut near, mut far) = rings.ends(idle)?;
     let total = WARMUP + round_trips;
     // SAFETY: the child only pushes and pops on rings in shared memory,
@@ -139,8 +149,8 @@ pub fn ring_pingpong_2p(round_trips: u64, idle: IdleStrategy) -> Result<Vec<u64>
 }
 
 /// [`ring_pingpong_2p`] between two threads of this process.
-pub fn ring_pingpong_threads(round_trips: u64, idle: IdleStrategy) -> Result<Vec<u64>, BenchError> {
-    let rings = RingPair::new()?;
+pub fn ring_pingpong_threads(round_trips: u64, capacity: u64, idle: IdleStrategy) -> Result<Vec<u64>, BenchError> {
+    let rings = RingPair::new(capacity)?;
     let (mut near, mut far) = rings.ends(idle)?;
     let total = WARMUP + round_trips;
     let mut samples = sample_buffer(round_trips);
@@ -163,6 +173,7 @@ pub fn ring_pingpong_threads(round_trips: u64, idle: IdleStrategy) -> Result<Vec
 /// A segment with one ring each way, and a doorbell for each receiver.
 struct RingPair {
     segment: Arc<Segment>,
+    capacity: u64,
     /// Rung by the near side, waited on by the far side.
     far_bell: EventFd,
     /// Rung by the far side, waited on by the near side.
@@ -170,19 +181,19 @@ struct RingPair {
 }
 
 impl RingPair {
-    fn new() -> Result<RingPair, BenchError> {
-        let size = HEADER_REGION + 2 * ring::memory_size(PINGPONG_CAPACITY);
-        let segment = Segment::create(c"hybus-bench-pingpong", SegmentKind::ClientRings, size, PINGPONG_CAPACITY)?;
-        Ok(RingPair { segment: Arc::new(segment), far_bell: EventFd::new()?, near_bell: EventFd::new()? })
+    fn new(capacity: u64) -> Result<RingPair, BenchError> {
+        let size = HEADER_REGION + 2 * ring::memory_size(capacity);
+        let segment = Segment::create(c"hybus-bench-pingpong", SegmentKind::ClientRings, size, capacity)?;
+        Ok(RingPair { segment: Arc::new(segment), capacity, far_bell: EventFd::new()?, near_bell: EventFd::new()? })
     }
 
     /// The near end (sends on ring A, receives on ring B) and the far end.
     fn ends(&self, idle: IdleStrategy) -> Result<(End<'_>, End<'_>), BenchError> {
         // `memory_size` is a multiple of 128 for any capacity >= 2, so ring B is aligned.
         let a = HEADER_REGION;
-        let b = a + ring::memory_size(PINGPONG_CAPACITY);
-        let (a_tx, a_rx) = self.segment.init_ring(a, PINGPONG_CAPACITY)?;
-        let (b_tx, b_rx) = self.segment.init_ring(b, PINGPONG_CAPACITY)?;
+        let b = a + ring::memory_size(self.capacity);
+        let (a_tx, a_rx) = self.segment.init_ring(a, self.capacity)?;
+        let (b_tx, b_rx) = self.segment.init_ring(b, self.capacity)?;
         let near = End { tx: a_tx, rx: b_rx, peer_bell: &self.far_bell, own_bell: &self.near_bell, idle };
         let far = End { tx: b_tx, rx: a_rx, peer_bell: &self.near_bell, own_bell: &self.far_bell, idle };
         Ok((near, far))
