@@ -62,7 +62,9 @@ fn pingpong(c: &mut Criterion) {
     g.bench_function("ring/threads", |b| {
         b.iter_custom(|iters| total(ring_pingpong_threads(iters, PINGPONG_CAPACITY, IdleStrategy::BUSY)))
     });
-    g.bench_function("ring/2p", |b| b.iter_custom(|iters| total(ring_pingpong_2p(iters, PINGPONG_CAPACITY, IdleStrategy::BUSY))));
+    g.bench_function("ring/2p", |b| {
+        b.iter_custom(|iters| total(ring_pingpong_2p(iters, PINGPONG_CAPACITY, IdleStrategy::BUSY)))
+    });
     g.finish();
 }
 

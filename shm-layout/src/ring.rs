@@ -466,7 +466,7 @@ impl Producer {
         }
         let n = (room as usize).min(ds.len());
         for d in &ds[..n] {
-            self.ring.slot(self.tail).publish(d, self.ring.stamp(self.tail));
+            self.ring.slot(self.tail).publish_from_memory(d, self.ring.stamp(self.tail));
             self.tail = self.tail.wrapping_add(1);
         }
         if n > 0 {
