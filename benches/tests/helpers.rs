@@ -2,7 +2,7 @@
 
 use hybus_benches::{
     bare_ring_throughput_2p, cacheline_pingpong_2p, ring_pingpong_2p, ring_pingpong_threads, ring_throughput_2p,
-    Percentiles,
+    Percentiles, PINGPONG_CAPACITY,
 };
 use hybus_layout::IdleStrategy;
 use std::sync::Mutex;
@@ -31,8 +31,8 @@ fn cacheline_floor() {
 fn ring_pingpong_every_strategy() {
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     for idle in [IdleStrategy::BUSY, IdleStrategy::DEFAULT, IdleStrategy::PARK] {
-        summary(ring_pingpong_2p(ROUND_TRIPS, idle).unwrap());
-        summary(ring_pingpong_threads(ROUND_TRIPS, idle).unwrap());
+        summary(ring_pingpong_2p(ROUND_TRIPS, PINGPONG_CAPACITY, idle).unwrap());
+        summary(ring_pingpong_threads(ROUND_TRIPS, PINGPONG_CAPACITY, idle).unwrap());
     }
 }
 
