@@ -471,6 +471,9 @@ impl Slot {
     #[inline]
     pub(crate) fn header(&self) -> u64 {
         use std::sync::atomic::Ordering::Acquire;
+        // SYNC: pairs with the Release store of the header word in `publish`
+        // (or the last store of `store_slot_x86_64`): if the stamp is the
+        // expected one, words 0..7 of that descriptor are visible.
         self.words[HEADER].load(Acquire)
     }
 
