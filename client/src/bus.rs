@@ -397,9 +397,12 @@ impl Bus {
     /// [`Bus::call_loan`] to write them in place instead).
     pub fn call(&self, route: &Route, payload: &[u8], timeout: Duration) -> Result<Sample> {
         let id = self.route_id(route)?;
+        if let Some(d) = Descriptor::new(Kind::Request, id, 0).with_inline(payload) {
+            return self.call_desc(d, Due::After(timeout));
+        }
         let deadline = Instant::now() + timeout;
         let d = self.shared.build(Kind::Request, id, payload, Some(deadline))?;
-        self.call_desc(d, deadline)
+        self.call_desc(d, Due::At(deadline))
     }
 
     /// Registers a call and pushes it, under one lock. `Ok(None)` when the
@@ -427,14 +430,22 @@ impl Bus {
     pub fn call_loan(&self, route: &Route, loan: Loan, timeout: Duration) -> Result<Sample> {
         let id = self.route_id(route)?;
         let d = loan.into_descriptor(Kind::Request, id)?;
-        self.call_desc(d, Instant::now() + timeout)
+        self.call_desc(d, Due::After(timeout))
     }
 
-    fn call_desc(&self, mut d: Descriptor, deadline: Instant) -> Result<Sample> {
+    fn call_desc(&self, mut d: Descriptor, mut due: Due) -> Result<Sample> {
         let (corr, origin, sent) = self.start_call(&mut d)?;
         if sent {
             // Pushed already.
-        } else if let Err(e) = self.shared.send_on(origin, &d, Some(deadline)) {
+        } else if let Err(e) = {
+            // The ring is full: wait for room, then for the answer, within one deadline.
+            due = due.at(Instant::now());
+            let deadline = match due {
+                Due::At(t) => Some(t),
+                _ => None,
+            };
+            self.shared.send_on(origin, &d, deadline)
+        } {
             let mut core = self.shared.lock();
             core.forget_call(corr, origin);
             if let Some(c) = d.chunk() {
@@ -442,7 +453,7 @@ impl Bus {
             }
             return Err(e);
         }
-        let r = self.shared.wait(Some(deadline), false, |core| match core.calls.get(&corr) {
+        let r = self.shared.wait(due, false, |core| match core.calls.get(&corr) {
             Some(Some(_)) => Ok(core.calls.remove(&corr).flatten()),
             _ if origin == Origin::Daemon && core.gone.is_some() => {
                 Err(Error::BusGone(core.gone.clone().unwrap_or_default()))
@@ -531,6 +542,44 @@ impl Bus {
     /// The largest payload this client can send.
     pub fn max_payload(&self) -> u32 {
         self.shared.lock().alloc.geometry().max_payload()
+    }
+}
+
+/// When a wait gives up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Due {
+    /// Never.
+    Never,
+    /// At this instant.
+    At(Instant),
+    /// This long after the wait first reads the clock. A spinning wait reads
+    /// it after its first 64 polls, so a call answered within them never
+    /// does: a clock read costs 25 ns on this project's VM, and reading it
+    /// at the start of every call and every wait took four of them per
+    /// direct round trip. The deadline so starts up to 64 polls (a few µs)
+    /// late; a zero duration is taken at once.
+    After(Duration),
+}
+
+impl Due {
+    /// `After` resolved against `now`; the others as they are.
+    fn at(self, now: Instant) -> Due {
+        match self {
+            Due::After(t) => now.checked_add(t).map_or(Due::Never, Due::At),
+            d => d,
+        }
+    }
+}
+
+impl From<Option<Instant>> for Due {
+    fn from(d: Option<Instant>) -> Due {
+        d.map_or(Due::Never, Due::At)
+    }
+}
+
+impl From<Instant> for Due {
+    fn from(d: Instant) -> Due {
+        Due::At(d)
     }
 }
 
@@ -633,22 +682,26 @@ impl Shared {
     /// when it has pumped.
     pub(crate) fn wait<T>(
         self: &Arc<Self>,
-        deadline: Option<Instant>,
+        due: impl Into<Due>,
         control: bool,
         check: impl FnMut(&mut Core) -> Result<Option<T>>,
     ) -> Result<T> {
-        self.wait_capped(deadline, control, None, check)
+        self.wait_capped(due, control, None, check)
     }
 
     /// [`wait`](Self::wait), sleeping at most `cap` at a time: for waits no
     /// doorbell announces (room in a ring the peer drains never rings us).
     pub(crate) fn wait_capped<T>(
         self: &Arc<Self>,
-        deadline: Option<Instant>,
+        due: impl Into<Due>,
         control: bool,
         cap: Option<Duration>,
         mut check: impl FnMut(&mut Core) -> Result<Option<T>>,
     ) -> Result<T> {
+        let mut due = due.into();
+        if matches!(due, Due::After(t) if t.is_zero()) {
+            due = due.at(Instant::now());
+        }
         let idle = self.idle;
         let mut round: u32 = 0;
         let mut yield_start: Option<Instant> = None;
@@ -687,11 +740,12 @@ impl Shared {
                 }
             }
             round = round.wrapping_add(1);
-            // The clock costs as much as a poll: read it every 64 rounds
-            // while spinning, every round once yielding or parking.
-            let now = if round <= idle.spins && round % 64 != 1 { None } else { Some(Instant::now()) };
-            if let (Some(now), Some(d)) = (now, deadline) {
-                if now >= d {
+            // The clock costs as much as a poll (25 ns here): read it every
+            // 64 rounds while spinning, every round once yielding or parking.
+            let now = if round <= idle.spins && round % 64 != 0 { None } else { Some(Instant::now()) };
+            if let Some(now) = now {
+                due = due.at(now);
+                if matches!(due, Due::At(d) if now >= d) {
                     return Err(Error::DeadlineExceeded);
                 }
             }
@@ -711,7 +765,10 @@ impl Shared {
                 continue;
             }
             let now = now.unwrap_or_else(Instant::now);
-            let remaining = deadline.map(|d| d.saturating_duration_since(now));
+            let remaining = match due.at(now) {
+                Due::At(d) => Some(d.saturating_duration_since(now)),
+                _ => None,
+            };
             if core.parked_waiter {
                 let t = remaining.unwrap_or(Duration::from_millis(50)).min(Duration::from_millis(50));
                 let _ = self.cv.wait_timeout(core, t);

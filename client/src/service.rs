@@ -7,11 +7,14 @@ use hybus_layout::control::Request as ControlRequest;
 use hybus_layout::descriptor::flags;
 use hybus_layout::{Descriptor, Kind};
 
-use crate::bus::{Bus, Shared};
+use crate::bus::{Bus, Due, Shared};
 use crate::core::Origin;
 use crate::error::{Error, Result};
 use crate::sample::{Loan, Sample};
 use crate::stream::{recv_item, send_item, service_error, End, Side, Window};
+
+/// How long [`Request::reply`] waits for room in our pool for a large answer.
+const REPLY_POOL_WAIT: Duration = Duration::from_secs(10);
 
 /// How an instance registers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,12 +101,11 @@ impl Service {
 
     /// Waits up to `timeout` for the next request, fire or stream. `Ok(None)` if none came.
     pub fn next(&self, timeout: Duration) -> Result<Option<Incoming>> {
-        let deadline = Instant::now() + timeout;
         let (instance, epoch) = self.inbox();
         let r = self
             .bus
             .shared
-            .wait(Some(deadline), false, |core| Ok(core.inboxes.get_mut(&instance).and_then(|q| q.pop_front())));
+            .wait(Due::After(timeout), false, |core| Ok(core.inboxes.get_mut(&instance).and_then(|q| q.pop_front())));
         match r {
             Ok((d, origin)) => self.incoming(d, origin, instance, epoch).map(Some),
             Err(Error::DeadlineExceeded) => Ok(None),
@@ -257,8 +259,11 @@ impl Request {
 
     /// Answers with `payload` (copied into a chunk if larger than 40 bytes).
     pub fn reply(mut self, payload: &[u8]) -> Result<()> {
-        let d =
-            self.shared.build(Kind::Response, self.instance, payload, Some(Instant::now() + Duration::from_secs(10)));
+        // Inline payloads need neither the pool nor a deadline (nor the clock).
+        let d = match Descriptor::new(Kind::Response, self.instance, 0).with_inline(payload) {
+            Some(d) => Ok(d),
+            None => self.shared.build(Kind::Response, self.instance, payload, Some(Instant::now() + REPLY_POOL_WAIT)),
+        };
         self.finish(d)
     }
 

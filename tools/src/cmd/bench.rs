@@ -303,10 +303,12 @@ fn rpc_on(socket: &Path, payload: usize, round_trips: u64, idle: &str, direct: b
     let warmup = (round_trips / 10).clamp(10, 1_000);
     let mut samples = Vec::with_capacity(round_trips as usize);
     let mut buf = vec![0u8; payload];
+    // One clock read per round trip, as in the cache-line ping-pong: each
+    // sample runs from the end of the previous round trip to the end of this one.
+    let mut t0 = Instant::now();
     for i in 0..warmup + round_trips {
         let seq = i.to_le_bytes();
         let n = payload.min(8);
-        let t = Instant::now();
         let answer = if payload <= hybus::INLINE_PAYLOAD {
             buf[..n].copy_from_slice(&seq[..n]);
             bus.call(&route, &buf, timeout)?
@@ -317,10 +319,11 @@ fn rpc_on(socket: &Path, payload: usize, round_trips: u64, idle: &str, direct: b
         };
         anyhow::ensure!(answer.len() == payload && answer[..n] == seq[..n], "echo answered the wrong payload");
         drop(answer);
-        let e = t.elapsed().as_nanos() as u64;
+        let t1 = Instant::now();
         if i >= warmup {
-            samples.push(e);
+            samples.push((t1 - t0).as_nanos() as u64);
         }
+        t0 = t1;
     }
     Ok(Figure::Latency(samples))
 }
