@@ -519,17 +519,26 @@ impl Bus {
     /// Borrows a chunk of `len` bytes from this client's pool to write a
     /// payload in place. Waits up to `timeout` for a free chunk.
     pub fn loan(&self, len: usize, timeout: Duration) -> Result<Loan> {
-        let deadline = Instant::now() + timeout;
-        let c = self.shared.wait(Some(deadline), false, |core| match core.alloc.alloc(len) {
-            Ok(c) => Ok(Some(c)),
+        // A free chunk right away (the usual case): one lock, no pump, no clock.
+        let first = {
+            let mut core = self.shared.lock();
+            core.alloc.alloc(len).map(|c| Loan::new(self.shared.clone(), &core, c, len))
+        };
+        match first {
+            Ok(loan) => return Ok(loan),
+            Err(hybus_layout::pool::AllocError::Exhausted { .. }) => {}
+            Err(e) => return Err(crate::core::alloc_error(e)),
+        }
+        // Pumping takes back what peers released meanwhile.
+        let r = self.shared.wait(Due::After(timeout), false, |core| match core.alloc.alloc(len) {
+            Ok(c) => Ok(Some(Loan::new(self.shared.clone(), core, c, len))),
             Err(hybus_layout::pool::AllocError::Exhausted { .. }) => Ok(None),
             Err(e) => Err(crate::core::alloc_error(e)),
         });
-        let c = match c {
-            Err(Error::DeadlineExceeded) => return Err(Error::OutOfPool { len }),
-            r => r?,
-        };
-        Ok(Loan::new(self.shared.clone(), c, len))
+        match r {
+            Err(Error::DeadlineExceeded) => Err(Error::OutOfPool { len }),
+            r => r,
+        }
     }
 
     /// Chunks of this client's pool currently lent out (loaned, or sent and not yet released).

@@ -9,7 +9,7 @@ use hybus_layout::descriptor::INLINE_CAPACITY;
 use hybus_layout::{ChunkRef, Descriptor, Kind};
 
 use crate::bus::Shared;
-use crate::core::{Origin, View};
+use crate::core::{Core, Origin, View};
 use crate::error::{Error, Result};
 
 /// A received payload. Derefs to its bytes.
@@ -128,12 +128,9 @@ pub struct Loan {
 }
 
 impl Loan {
-    pub(crate) fn new(shared: Arc<Shared>, chunk: ChunkRef, len: usize) -> Loan {
-        let (epoch, pool) = {
-            let core = shared.lock();
-            (core.epoch, core.pool.clone())
-        };
-        Loan { shared, pool, chunk, len, epoch, sent: false }
+    /// A loan of `chunk`, just allocated from `core` (whose lock the caller holds).
+    pub(crate) fn new(shared: Arc<Shared>, core: &Core, chunk: ChunkRef, len: usize) -> Loan {
+        Loan { shared, pool: core.pool.clone(), chunk, len, epoch: core.epoch, sent: false }
     }
 
     /// Shrinks the payload to `len` bytes (it cannot grow past the loan).
