@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 
 use hybus_layout::control::{self, ClientMessage, DaemonMessage, Reply, Request, ServiceInfo};
 use hybus_layout::header::LAYOUT_HASH;
-use hybus_layout::segment::EventFd;
 use hybus_layout::socket::ControlSocket;
 use hybus_layout::{ChunkRef, Descriptor, IdleStrategy, Kind};
 
 use crate::core::{error_of, Core, Origin, FIRE_BIT};
 use crate::error::{Error, Result};
+use crate::park::{Parker, Woke};
 use crate::sample::{Loan, Sample};
 use crate::service::{Service, ServiceOptions};
 use crate::{BusEvent, Route};
@@ -56,6 +56,8 @@ pub(crate) struct Shared {
     auto_reconnect: bool,
     /// A reconnect is under way (its own control requests must not start another).
     reconnecting: std::sync::atomic::AtomicBool,
+    /// What the parked waiter sleeps on. Taken after `core`, never before.
+    parker: Mutex<Parker>,
 }
 
 /// A connection to the daemon. Cheap to clone; all clones share the connection.
@@ -129,6 +131,7 @@ impl Bus {
         let path = opts.path.clone().unwrap_or_else(hybus_layout::socket::default_socket_path);
         let (sock, w, fds) = handshake(&path, &opts.label, None)?;
         let core = Core::new(sock, w, fds, 1)?;
+        let parker = Parker::new().map_err(|e| Error::Protocol(format!("cannot create an epoll instance: {e}")))?;
         Ok(Bus {
             shared: Arc::new(Shared {
                 core: Mutex::new(core),
@@ -139,6 +142,7 @@ impl Bus {
                 registrations: Mutex::new(Vec::new()),
                 auto_reconnect: opts.reconnect,
                 reconnecting: std::sync::atomic::AtomicBool::new(false),
+                parker: Mutex::new(parker),
             }),
         })
     }
@@ -529,12 +533,14 @@ impl Bus {
             Err(hybus_layout::pool::AllocError::Exhausted { .. }) => {}
             Err(e) => return Err(crate::core::alloc_error(e)),
         }
-        // Pumping takes back what peers released meanwhile.
-        let r = self.shared.wait(Due::After(timeout), false, |core| match core.alloc.alloc(len) {
-            Ok(c) => Ok(Some(Loan::new(self.shared.clone(), core, c, len))),
-            Err(hybus_layout::pool::AllocError::Exhausted { .. }) => Ok(None),
-            Err(e) => Err(crate::core::alloc_error(e)),
-        });
+        // Pumping takes back what peers released meanwhile; a peer on a
+        // direct channel returns chunks without ringing us, hence the cap.
+        let r =
+            self.shared.wait_capped(Due::After(timeout), false, Some(POOL_POLL), |core| match core.alloc.alloc(len) {
+                Ok(c) => Ok(Some(Loan::new(self.shared.clone(), core, c, len))),
+                Err(hybus_layout::pool::AllocError::Exhausted { .. }) => Ok(None),
+                Err(e) => Err(crate::core::alloc_error(e)),
+            });
         match r {
             Err(Error::DeadlineExceeded) => Err(Error::OutOfPool { len }),
             r => r,
@@ -553,6 +559,11 @@ impl Bus {
         self.shared.lock().alloc.geometry().max_payload()
     }
 }
+
+/// How often a wait for pool space looks again while parked: a peer on a
+/// direct channel hands chunks back without ringing us (see
+/// [`Direct::release`](crate::direct::Direct::release)).
+const POOL_POLL: Duration = Duration::from_millis(1);
 
 /// When a wait gives up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -613,7 +624,7 @@ impl Shared {
             Err(Error::OutOfPool { .. }) => {}
             r => return r,
         }
-        let r = self.wait(deadline, false, |core| match core.payload(base, payload) {
+        let r = self.wait_capped(deadline, false, Some(POOL_POLL), |core| match core.payload(base, payload) {
             Ok(d) => Ok(Some(d)),
             Err(Error::OutOfPool { .. }) => Ok(None),
             Err(e) => Err(e),
@@ -626,7 +637,7 @@ impl Shared {
 
     /// Allocates a chunk of `len` bytes from our pool, waiting for one until `deadline`.
     pub(crate) fn alloc(self: &Arc<Self>, len: usize, deadline: Instant) -> Result<(ChunkRef, Arc<crate::core::View>)> {
-        let r = self.wait(Some(deadline), false, |core| match core.alloc.alloc(len) {
+        let r = self.wait_capped(Some(deadline), false, Some(POOL_POLL), |core| match core.alloc.alloc(len) {
             Ok(c) => Ok(Some((c, core.pool.clone()))),
             Err(hybus_layout::pool::AllocError::Exhausted { .. }) => Ok(None),
             Err(e) => Err(crate::core::alloc_error(e)),
@@ -780,7 +791,9 @@ impl Shared {
             };
             if core.parked_waiter {
                 let t = remaining.unwrap_or(Duration::from_millis(50)).min(Duration::from_millis(50));
-                let _ = self.cv.wait_timeout(core, t);
+                core.cv_waiters += 1;
+                let mut core = self.cv.wait_timeout(core, t).map_or_else(|p| p.into_inner().0, |(g, _)| g);
+                core.cv_waiters = core.cv_waiters.saturating_sub(1);
                 continue;
             }
             match core.prepare_park() {
@@ -789,11 +802,6 @@ impl Shared {
                 Err(e) => return Err(Error::BusGone(format!("daemon ring corrupt: {e}"))),
             }
             core.parked_waiter = true;
-            let bell = core.rx_bell.clone();
-            let sock = core.sock.clone();
-            let pidfds: Vec<_> = core.channels.values().map(|c| c.pidfd.clone()).collect();
-            let bells: Vec<_> =
-                core.channels.values().filter(|c| !Arc::ptr_eq(&c.my_bell, &bell)).map(|c| c.my_bell.clone()).collect();
             // While the daemon is gone, wake up to retry the connection.
             let remaining = if core.gone.is_some() && self.auto_reconnect {
                 Some(remaining.map_or(Duration::from_millis(200), |r| r.min(Duration::from_millis(200))))
@@ -804,8 +812,19 @@ impl Shared {
                 Some(c) => Some(remaining.map_or(c, |r| r.min(c))),
                 None => remaining,
             };
+            let mut parker = self.parker.lock().unwrap_or_else(|p| p.into_inner());
+            let synced = parker.sync(&core);
             drop(core);
-            let woke = sleep_on(&bell, &sock, &bells, &pidfds, remaining);
+            let woke = match synced {
+                Ok(()) => parker.sleep(remaining),
+                Err(_) => {
+                    // epoll_ctl fails only short of kernel memory: sleep a
+                    // little instead, then look at everything.
+                    std::thread::sleep(Duration::from_millis(1));
+                    Woke { control: true, peer_exit: true }
+                }
+            };
+            drop(parker);
             let mut core = self.lock();
             core.finish_park();
             core.parked_waiter = false;
@@ -817,53 +836,13 @@ impl Shared {
             if woke.peer_exit {
                 core.check_peers();
             }
+            // A condvar notify is a futex syscall whether or not anyone
+            // waits: only when someone does (one syscall per message saved).
+            let waiters = core.cv_waiters > 0;
             drop(core);
-            self.cv.notify_all();
+            if waiters {
+                self.cv.notify_all();
+            }
         }
     }
-}
-
-/// Sleeps until the doorbell rings, the control socket has something, or `timeout`.
-/// What woke a sleeping waiter.
-#[derive(Debug, Default, Clone, Copy)]
-struct Woke {
-    /// The control socket has something (or hung up), or the poll failed or timed out.
-    control: bool,
-    /// A channel peer's pidfd became readable.
-    peer_exit: bool,
-}
-
-fn sleep_on(
-    bell: &EventFd,
-    sock: &ControlSocket,
-    bells: &[Arc<EventFd>],
-    pidfds: &[Arc<std::os::fd::OwnedFd>],
-    timeout: Option<Duration>,
-) -> Woke {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use std::os::fd::AsFd;
-    let t = match timeout {
-        None => PollTimeout::NONE,
-        Some(t) => PollTimeout::try_from(t.as_millis().clamp(1, i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX),
-    };
-    let mut fds = vec![PollFd::new(bell.fd(), PollFlags::POLLIN), PollFd::new(sock.fd(), PollFlags::POLLIN)];
-    fds.extend(bells.iter().map(|b| PollFd::new(b.fd(), PollFlags::POLLIN)));
-    fds.extend(pidfds.iter().map(|p| PollFd::new(p.as_fd(), PollFlags::POLLIN)));
-    let n = match poll(&mut fds, t) {
-        Ok(n) if n > 0 => n,
-        // Timed out or interrupted: look at everything, it is cheap now.
-        _ => return Woke { control: true, peer_exit: !pidfds.is_empty() },
-    };
-    let _ = n;
-    let ready = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
-    if ready(0) {
-        bell.consume_ready();
-    }
-    for (i, b) in bells.iter().enumerate() {
-        if ready(2 + i) {
-            b.consume_ready();
-        }
-    }
-    let first_pidfd = 2 + bells.len();
-    Woke { control: ready(1), peer_exit: (first_pidfd..fds.len()).any(ready) }
 }

@@ -109,6 +109,8 @@ pub(crate) struct Core {
     pub epoch: u64,
     /// A thread sleeps on the doorbell; others wait on the condvar.
     pub parked_waiter: bool,
+    /// Threads waiting on the condvar (the parked one notifies only if any).
+    pub cv_waiters: u32,
     pub dropped_publications: u64,
 }
 
@@ -171,6 +173,7 @@ impl Core {
             gone: None,
             epoch,
             parked_waiter: false,
+            cv_waiters: 0,
             dropped_publications: 0,
         })
     }

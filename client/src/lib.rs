@@ -43,6 +43,7 @@ mod bus;
 mod core;
 mod direct;
 mod error;
+mod park;
 mod sample;
 mod service;
 mod stream;

@@ -1,0 +1,139 @@
+//! Sleeping on every doorbell, the control socket and the peers' pidfds of a
+//! connection with one syscall, and waking with none to spare.
+//!
+//! A parked waiter used to `poll(2)` its doorbell, the control socket, the
+//! doorbells of older channels and the peers' pidfds, then `read(2)` the
+//! doorbell that fired to reset it: three syscalls per message on the
+//! receiving side of a blocking round trip (the sender's `write` being the
+//! fourth), where a bare eventfd ping-pong makes two (`write`, blocking
+//! `read`). A [`Parker`] keeps one epoll set with the doorbells registered
+//! edge-triggered: each `write` to a doorbell is one edge, so the waiter
+//! neither rebuilds a poll set nor reads the counter back. The counter only
+//! grows (by one per wake-up: 2⁶⁴ of them will not happen); the async API,
+//! which reads it, is unaffected. The socket and the pidfds stay
+//! level-triggered: they are drained or acted on after each wake-up.
+//!
+//! A wake-up that comes between the parking handshake and `epoll_wait` is
+//! not lost: the write puts the doorbell on the epoll's ready list, and the
+//! wait returns at once.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hybus_layout::segment::EventFd;
+use hybus_layout::socket::ControlSocket;
+use nix::poll::PollTimeout;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+
+use crate::core::Core;
+
+/// Event data of a doorbell.
+const BELL: u64 = 0;
+/// Event data of the control socket.
+const CONTROL: u64 = 1;
+/// Event data of a peer's pidfd.
+const PEER_EXIT: u64 = 2;
+
+/// What woke a sleeping waiter.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Woke {
+    /// The control socket has something (or hung up), or the wait failed or timed out.
+    pub control: bool,
+    /// A channel peer's pidfd became readable (or the wait failed or timed out).
+    pub peer_exit: bool,
+}
+
+/// One epoll set over what a parked waiter of a connection sleeps on.
+///
+/// It holds a clone of everything it registered, so no descriptor it
+/// watches can be closed and its number reused behind its back.
+#[derive(Debug)]
+pub(crate) struct Parker {
+    epoll: Epoll,
+    bells: Vec<Arc<EventFd>>,
+    sock: Option<Arc<ControlSocket>>,
+    pidfds: Vec<Arc<OwnedFd>>,
+}
+
+impl Parker {
+    pub(crate) fn new() -> std::io::Result<Parker> {
+        Ok(Parker {
+            epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
+            bells: Vec::new(),
+            sock: None,
+            pidfds: Vec::new(),
+        })
+    }
+
+    /// Makes the epoll set what `core` has now: its doorbell and those of its
+    /// channels, its control socket, its peers' pidfds. A few pointer
+    /// comparisons when nothing changed (the usual case).
+    pub(crate) fn sync(&mut self, core: &Core) -> nix::Result<()> {
+        let bells = || std::iter::once(&core.rx_bell).chain(core.channels.values().map(|c| &c.my_bell));
+        let pidfds = || core.channels.values().map(|c| &c.pidfd);
+        let epoll = &self.epoll;
+        // Delete before the clone is dropped: the registration must go
+        // before the descriptor can close.
+        self.bells.retain(|b| {
+            let keep = bells().any(|w| Arc::ptr_eq(w, b));
+            if !keep {
+                let _ = epoll.delete(b.fd());
+            }
+            keep
+        });
+        for b in bells() {
+            if !self.bells.iter().any(|r| Arc::ptr_eq(r, b)) {
+                epoll.add(b.fd(), EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, BELL))?;
+                self.bells.push(b.clone());
+            }
+        }
+        self.pidfds.retain(|p| {
+            let keep = pidfds().any(|w| Arc::ptr_eq(w, p));
+            if !keep {
+                let _ = epoll.delete(p.as_fd());
+            }
+            keep
+        });
+        for p in pidfds() {
+            if !self.pidfds.iter().any(|r| Arc::ptr_eq(r, p)) {
+                epoll.add(p.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, PEER_EXIT))?;
+                self.pidfds.push(p.clone());
+            }
+        }
+        if !self.sock.as_ref().is_some_and(|s| Arc::ptr_eq(s, &core.sock)) {
+            if let Some(old) = self.sock.take() {
+                let _ = epoll.delete(old.fd());
+            }
+            epoll.add(core.sock.fd(), EpollEvent::new(EpollFlags::EPOLLIN, CONTROL))?;
+            self.sock = Some(core.sock.clone());
+        }
+        Ok(())
+    }
+
+    /// Sleeps until a doorbell rings, the socket has something, a peer
+    /// exits, or `timeout` passes. One `epoll_wait`.
+    pub(crate) fn sleep(&self, timeout: Option<Duration>) -> Woke {
+        let t = match timeout {
+            None => PollTimeout::NONE,
+            Some(t) => {
+                PollTimeout::try_from(t.as_millis().clamp(1, i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let mut events = [EpollEvent::empty(); 8];
+        let n = match self.epoll.wait(&mut events, t) {
+            Ok(n) if n > 0 => n,
+            // Timed out or interrupted: look at everything, it is cheap now.
+            _ => return Woke { control: true, peer_exit: !self.pidfds.is_empty() },
+        };
+        let mut woke = Woke::default();
+        for e in &events[..n] {
+            match e.data() {
+                CONTROL => woke.control = true,
+                PEER_EXIT => woke.peer_exit = true,
+                _ => {}
+            }
+        }
+        woke
+    }
+}
