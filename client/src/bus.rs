@@ -538,7 +538,10 @@ impl Bus {
         let r =
             self.shared.wait_capped(Due::After(timeout), false, Some(POOL_POLL), |core| match core.alloc.alloc(len) {
                 Ok(c) => Ok(Some(Loan::new(self.shared.clone(), core, c, len))),
-                Err(hybus_layout::pool::AllocError::Exhausted { .. }) => Ok(None),
+                Err(hybus_layout::pool::AllocError::Exhausted { .. }) => {
+                    core.want_releases = true;
+                    Ok(None)
+                }
                 Err(e) => Err(crate::core::alloc_error(e)),
             });
         match r {
@@ -560,9 +563,9 @@ impl Bus {
     }
 }
 
-/// How often a wait for pool space looks again while parked: a peer on a
-/// direct channel hands chunks back without ringing us (see
-/// [`Direct::release`](crate::direct::Direct::release)).
+/// How often a wait for pool space looks again while parked, whatever rings
+/// or does not ring us (belt and braces: a waiter arms the return rings, see
+/// `Core::want_releases`).
 const POOL_POLL: Duration = Duration::from_millis(1);
 
 /// When a wait gives up.
@@ -626,7 +629,10 @@ impl Shared {
         }
         let r = self.wait_capped(deadline, false, Some(POOL_POLL), |core| match core.payload(base, payload) {
             Ok(d) => Ok(Some(d)),
-            Err(Error::OutOfPool { .. }) => Ok(None),
+            Err(Error::OutOfPool { .. }) => {
+                core.want_releases = true;
+                Ok(None)
+            }
             Err(e) => Err(e),
         });
         match r {
@@ -639,7 +645,10 @@ impl Shared {
     pub(crate) fn alloc(self: &Arc<Self>, len: usize, deadline: Instant) -> Result<(ChunkRef, Arc<crate::core::View>)> {
         let r = self.wait_capped(Some(deadline), false, Some(POOL_POLL), |core| match core.alloc.alloc(len) {
             Ok(c) => Ok(Some((c, core.pool.clone()))),
-            Err(hybus_layout::pool::AllocError::Exhausted { .. }) => Ok(None),
+            Err(hybus_layout::pool::AllocError::Exhausted { .. }) => {
+                core.want_releases = true;
+                Ok(None)
+            }
             Err(e) => Err(crate::core::alloc_error(e)),
         });
         match r {
@@ -828,6 +837,8 @@ impl Shared {
             let mut core = self.lock();
             core.finish_park();
             core.parked_waiter = false;
+            // A wait for pool space sets it again on its next round if it still waits.
+            core.want_releases = false;
             // Only the sources that spoke: every syscall here is on the
             // path of each message when the parties park between messages.
             if woke.control {

@@ -111,6 +111,11 @@ pub(crate) struct Core {
     pub parked_waiter: bool,
     /// Threads waiting on the condvar (the parked one notifies only if any).
     pub cv_waiters: u32,
+    /// A wait for pool space is under way: the parked waiter arms the
+    /// channels' return rings, so that a returned chunk wakes it. Set by
+    /// each such wait on every round it finds the pool exhausted, cleared
+    /// after each sleep.
+    pub want_releases: bool,
     pub dropped_publications: u64,
 }
 
@@ -174,6 +179,7 @@ impl Core {
             epoch,
             parked_waiter: false,
             cv_waiters: 0,
+            want_releases: false,
             dropped_publications: 0,
         })
     }
@@ -899,7 +905,12 @@ impl Core {
             if !ch.peer_fenced {
                 continue;
             }
-            if !ch.rx.prepare_park()? || !ch.rel_rx.prepare_park()? {
+            // The return ring is armed only while someone waits for pool
+            // space: a returned chunk is otherwise nothing to wake up for,
+            // and when both sides sleep between messages a wake-up per
+            // release doubled the round trip of chunk payloads
+            // (direct/rpc-blocking 4 KiB: 16.0 µs against 8.7 µs for 8 B).
+            if !ch.rx.prepare_park()? || (self.want_releases && !ch.rel_rx.prepare_park()?) {
                 ok = false;
                 break;
             }

@@ -174,17 +174,14 @@ impl Direct {
 
     /// Hands a chunk of the peer's pool back on our return ring.
     ///
-    /// Without ringing the peer: a returned chunk is nothing to wake up
-    /// for, and when both sides sleep between messages a wake-up per
-    /// release doubled the round trip of chunk payloads (`hybusctl bench`,
-    /// direct/rpc-blocking 4 KiB: 16.0 µs against 8.7 µs for 8 bytes). The
-    /// peer takes the chunk back at its next look at the channel; one
-    /// waiting for pool space looks every millisecond.
+    /// The peer is rung only if it sleeps waiting for pool space: it arms
+    /// its return ring only then (see `Core::prepare_park`).
     pub fn release(&mut self, c: ChunkRef) -> Result<()> {
         let d = Descriptor::new(hybus_layout::Kind::Release, 0, 0).with_chunk(c);
         match self.rel_tx.push(&d) {
             Ok(()) => {
                 self.held = self.held.saturating_sub(1);
+                self.rel_tx.notify(&self.peer_bell);
                 Ok(())
             }
             Err(PushError::Full(_)) => Err(Error::WouldBlock),
