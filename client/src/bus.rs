@@ -184,6 +184,12 @@ impl Bus {
         let (epoch, channels) = {
             let mut core = self.shared.lock();
             core.reattach(sock, w, fds)?;
+            // The parker holds the old socket and doorbell open until it next
+            // syncs; let it drop them now unless a waiter sleeps in it (that
+            // one syncs when it parks again).
+            if let Ok(mut parker) = self.shared.parker.try_lock() {
+                let _ = parker.sync(&core);
+            }
             let chans: Vec<_> = core
                 .channels
                 .values()
