@@ -529,31 +529,10 @@ impl Bus {
     /// Borrows a chunk of `len` bytes from this client's pool to write a
     /// payload in place. Waits up to `timeout` for a free chunk.
     pub fn loan(&self, len: usize, timeout: Duration) -> Result<Loan> {
-        // A free chunk right away (the usual case): one lock, no pump, no clock.
-        let first = {
-            let mut core = self.shared.lock();
-            core.alloc.alloc(len).map(|c| Loan::new(self.shared.clone(), &core, c, len))
-        };
-        match first {
-            Ok(loan) => return Ok(loan),
-            Err(hybus_layout::pool::AllocError::Exhausted { .. }) => {}
-            Err(e) => return Err(crate::core::alloc_error(e)),
-        }
-        // Pumping takes back what peers released meanwhile; a peer on a
-        // direct channel returns chunks without ringing us, hence the cap.
-        let r =
-            self.shared.wait_capped(Due::After(timeout), false, Some(POOL_POLL), |core| match core.alloc.alloc(len) {
-                Ok(c) => Ok(Some(Loan::new(self.shared.clone(), core, c, len))),
-                Err(hybus_layout::pool::AllocError::Exhausted { .. }) => {
-                    core.want_releases = true;
-                    Ok(None)
-                }
-                Err(e) => Err(crate::core::alloc_error(e)),
-            });
-        match r {
-            Err(Error::DeadlineExceeded) => Err(Error::OutOfPool { len }),
-            r => r,
-        }
+        self.shared.from_pool(Due::After(timeout), len, |core| {
+            let c = core.alloc.alloc(len).map_err(crate::core::alloc_error)?;
+            Ok(Loan::new(self.shared.clone(), core, c, len))
+        })
     }
 
     /// Chunks of this client's pool currently lent out (loaned, or sent and not yet released).
@@ -606,12 +585,6 @@ impl From<Option<Instant>> for Due {
     }
 }
 
-impl From<Instant> for Due {
-    fn from(d: Instant) -> Due {
-        Due::At(d)
-    }
-}
-
 impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, Core> {
         // A panic while holding the lock leaves the core consistent enough
@@ -628,34 +601,41 @@ impl Shared {
         deadline: Option<Instant>,
     ) -> Result<Descriptor> {
         let base = Descriptor::new(kind, route, 0);
-        // Fast path: a free chunk (or an inline payload) right away.
-        match self.lock().payload(base, payload) {
+        self.from_pool(deadline, payload.len(), |core| core.payload(base, payload))
+    }
+
+    /// Allocates a chunk of `len` bytes from our pool, waiting for one until `deadline`.
+    pub(crate) fn alloc(self: &Arc<Self>, len: usize, deadline: Instant) -> Result<(ChunkRef, Arc<crate::core::View>)> {
+        self.from_pool(Some(deadline), len, |core| {
+            let c = core.alloc.alloc(len).map_err(crate::core::alloc_error)?;
+            Ok((c, core.pool.clone()))
+        })
+    }
+
+    /// Takes something from our pool with `take`, for which an exhausted
+    /// pool is [`Error::OutOfPool`]: at once under one lock when it can (the
+    /// usual case: no pump, no clock), else waiting until `due`, pumping,
+    /// which takes back what peers returned meanwhile. While it waits, the
+    /// parked waiter arms the channels' return rings (`Core::want_releases`)
+    /// so that a returned chunk wakes it. Out of time is `OutOfPool { len }`.
+    fn from_pool<T>(
+        self: &Arc<Self>,
+        due: impl Into<Due>,
+        len: usize,
+        mut take: impl FnMut(&mut Core) -> Result<T>,
+    ) -> Result<T> {
+        let first = take(&mut self.lock());
+        match first {
             Err(Error::OutOfPool { .. }) => {}
             r => return r,
         }
-        let r = self.wait_capped(deadline, false, Some(POOL_POLL), |core| match core.payload(base, payload) {
-            Ok(d) => Ok(Some(d)),
+        let r = self.wait_capped(due, false, Some(POOL_POLL), |core| match take(core) {
+            Ok(v) => Ok(Some(v)),
             Err(Error::OutOfPool { .. }) => {
                 core.want_releases = true;
                 Ok(None)
             }
             Err(e) => Err(e),
-        });
-        match r {
-            Err(Error::DeadlineExceeded) => Err(Error::OutOfPool { len: payload.len() }),
-            r => r,
-        }
-    }
-
-    /// Allocates a chunk of `len` bytes from our pool, waiting for one until `deadline`.
-    pub(crate) fn alloc(self: &Arc<Self>, len: usize, deadline: Instant) -> Result<(ChunkRef, Arc<crate::core::View>)> {
-        let r = self.wait_capped(Some(deadline), false, Some(POOL_POLL), |core| match core.alloc.alloc(len) {
-            Ok(c) => Ok(Some((c, core.pool.clone()))),
-            Err(hybus_layout::pool::AllocError::Exhausted { .. }) => {
-                core.want_releases = true;
-                Ok(None)
-            }
-            Err(e) => Err(crate::core::alloc_error(e)),
         });
         match r {
             Err(Error::DeadlineExceeded) => Err(Error::OutOfPool { len }),
