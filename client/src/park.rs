@@ -17,7 +17,7 @@
 //! not lost: the write puts the doorbell on the epoll's ready list, and the
 //! wait returns at once.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,8 +51,11 @@ pub(crate) struct Woke {
 #[derive(Debug)]
 pub(crate) struct Parker {
     epoll: Epoll,
+    /// Our doorbell and those of older channels, edge-triggered.
     bells: Vec<Arc<EventFd>>,
-    sock: Option<Arc<ControlSocket>>,
+    /// The control socket (one; none before the first sync).
+    sock: Vec<Arc<ControlSocket>>,
+    /// The channel peers' pidfds.
     pidfds: Vec<Arc<OwnedFd>>,
 }
 
@@ -61,7 +64,7 @@ impl Parker {
         Ok(Parker {
             epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
             bells: Vec::new(),
-            sock: None,
+            sock: Vec::new(),
             pidfds: Vec::new(),
         })
     }
@@ -70,45 +73,13 @@ impl Parker {
     /// channels, its control socket, its peers' pidfds. A few pointer
     /// comparisons when nothing changed (the usual case).
     pub(crate) fn sync(&mut self, core: &Core) -> nix::Result<()> {
+        let edge = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, BELL);
         let bells = || std::iter::once(&core.rx_bell).chain(core.channels.values().map(|c| &c.my_bell));
-        let pidfds = || core.channels.values().map(|c| &c.pidfd);
-        let epoll = &self.epoll;
-        // Delete before the clone is dropped: the registration must go
-        // before the descriptor can close.
-        self.bells.retain(|b| {
-            let keep = bells().any(|w| Arc::ptr_eq(w, b));
-            if !keep {
-                let _ = epoll.delete(b.fd());
-            }
-            keep
-        });
-        for b in bells() {
-            if !self.bells.iter().any(|r| Arc::ptr_eq(r, b)) {
-                epoll.add(b.fd(), EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, BELL))?;
-                self.bells.push(b.clone());
-            }
-        }
-        self.pidfds.retain(|p| {
-            let keep = pidfds().any(|w| Arc::ptr_eq(w, p));
-            if !keep {
-                let _ = epoll.delete(p.as_fd());
-            }
-            keep
-        });
-        for p in pidfds() {
-            if !self.pidfds.iter().any(|r| Arc::ptr_eq(r, p)) {
-                epoll.add(p.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, PEER_EXIT))?;
-                self.pidfds.push(p.clone());
-            }
-        }
-        if !self.sock.as_ref().is_some_and(|s| Arc::ptr_eq(s, &core.sock)) {
-            if let Some(old) = self.sock.take() {
-                let _ = epoll.delete(old.fd());
-            }
-            epoll.add(core.sock.fd(), EpollEvent::new(EpollFlags::EPOLLIN, CONTROL))?;
-            self.sock = Some(core.sock.clone());
-        }
-        Ok(())
+        sync_set(&self.epoll, &mut self.bells, bells, |b| b.fd(), edge)?;
+        let exits = EpollEvent::new(EpollFlags::EPOLLIN, PEER_EXIT);
+        sync_set(&self.epoll, &mut self.pidfds, || core.channels.values().map(|c| &c.pidfd), |p| p.as_fd(), exits)?;
+        let control = EpollEvent::new(EpollFlags::EPOLLIN, CONTROL);
+        sync_set(&self.epoll, &mut self.sock, || std::iter::once(&core.sock), |s| s.fd(), control)
     }
 
     /// Sleeps until a doorbell rings, the socket has something, a peer
@@ -136,4 +107,32 @@ impl Parker {
         }
         woke
     }
+}
+
+/// Makes `registered` (and the epoll set) hold exactly the descriptors
+/// `wanted` yields, compared by identity: deletes the registration of those
+/// no longer wanted before dropping their clone, adds the new ones with `event`.
+fn sync_set<'a, T: 'a, I: Iterator<Item = &'a Arc<T>>>(
+    epoll: &Epoll,
+    registered: &mut Vec<Arc<T>>,
+    wanted: impl Fn() -> I,
+    fd: impl Fn(&T) -> BorrowedFd<'_>,
+    event: EpollEvent,
+) -> nix::Result<()> {
+    // Delete before the clone is dropped: the registration must go before
+    // the descriptor can close.
+    registered.retain(|r| {
+        let keep = wanted().any(|w| Arc::ptr_eq(w, r));
+        if !keep {
+            let _ = epoll.delete(fd(r));
+        }
+        keep
+    });
+    for w in wanted() {
+        if !registered.iter().any(|r| Arc::ptr_eq(r, w)) {
+            epoll.add(fd(w), event)?;
+            registered.push(w.clone());
+        }
+    }
+    Ok(())
 }
