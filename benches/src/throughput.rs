@@ -117,25 +117,7 @@ fn ring_produce(mut tx: Producer, gate: &Gate, n: u64, buf: &mut [Descriptor]) -
         }
         return Ok(());
     }
-    let mut next = 0;
-    while next < n {
-        let k = (buf.len() as u64).min(n - next) as usize;
-        for (j, d) in buf[..k].iter_mut().enumerate() {
-            d.correlation = next + j as u64;
-        }
-        let mut sent = 0;
-        while sent < k {
-            let m = tx.push_batch(&buf[sent..k])?;
-            if m == 0 {
-                spin.pause()?;
-            } else {
-                spin.reset();
-            }
-            sent += m;
-        }
-        next += k as u64;
-    }
-    Ok(())
+    produce_batches(n, buf, &mut spin, |d, i| d.correlation = i, |b| Ok(tx.push_batch(b)?))
 }
 
 /// Streams `n` 64-byte slots through a [`BareRing`] from a child to the
@@ -165,15 +147,29 @@ pub fn bare_ring_throughput_2p(n: u64, batch: usize) -> Result<Rate, BenchError>
 fn bare_produce(mut tx: BareProducer<'_>, gate: &Gate, n: u64, buf: &mut [Words]) -> Result<(), BenchError> {
     gate.arrive(None)?;
     let mut spin = Spinner::with_spins(None, SPINS);
+    produce_batches(n, buf, &mut spin, |w, i| w[1] = i, |b| Ok(tx.push_batch(b)))
+}
+
+/// Pushes items numbered `0..n`, `buf.len()` per batch: `number` writes an
+/// item's number into an element of `buf`, `push` pushes a slice and says
+/// how many went (0 when the ring is full: then we pause).
+#[inline]
+fn produce_batches<T>(
+    n: u64,
+    buf: &mut [T],
+    spin: &mut Spinner<'_>,
+    number: impl Fn(&mut T, u64),
+    mut push: impl FnMut(&[T]) -> Result<usize, BenchError>,
+) -> Result<(), BenchError> {
     let mut next = 0;
     while next < n {
         let k = (buf.len() as u64).min(n - next) as usize;
-        for (j, w) in buf[..k].iter_mut().enumerate() {
-            w[1] = next + j as u64;
+        for (j, x) in buf[..k].iter_mut().enumerate() {
+            number(x, next + j as u64);
         }
         let mut sent = 0;
         while sent < k {
-            let m = tx.push_batch(&buf[sent..k]);
+            let m = push(&buf[sent..k])?;
             if m == 0 {
                 spin.pause()?;
             } else {
