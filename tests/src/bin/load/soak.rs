@@ -394,17 +394,7 @@ pub fn send(socket: &str, args: &[String]) -> R {
     let mut spent = [Duration::ZERO; 6];
     for op in 0..ops {
         if op > 0 && op % (ops / 4).max(1) == 0 {
-            let ms = |i: usize| spent[i].as_millis();
-            println!(
-                "progress ops={op} secs={:.1} fire={} pub={} call={} stream={} channel={} sync={} (ms)",
-                start.elapsed().as_secs_f64(),
-                ms(0),
-                ms(1),
-                ms(2),
-                ms(3),
-                ms(4),
-                ms(5)
-            );
+            println!("progress ops={op} secs={:.1} {}", start.elapsed().as_secs_f64(), timings(&spent));
         }
         let t = rng.below(s.routes.len() as u64) as usize;
         let len = rng.size(max);
@@ -435,16 +425,7 @@ pub fn send(socket: &str, args: &[String]) -> R {
         }
     }
     s.sync(0)?;
-    let ms = |i: usize| spent[i].as_millis();
-    println!(
-        "spent fire={} pub={} call={} stream={} channel={} sync={} (ms)",
-        ms(0),
-        ms(1),
-        ms(2),
-        ms(3),
-        ms(4),
-        ms(5)
-    );
+    println!("spent {}", timings(&spent));
     while let Some(ev) = s.bus.next_event(Duration::ZERO)? {
         if let BusEvent::FireFailed { error, .. } = ev {
             return Err(fail(format!("a fire failed: {error}")));
@@ -468,4 +449,18 @@ pub fn send(socket: &str, args: &[String]) -> R {
         start.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Milliseconds spent per kind of operation, as the progress and final lines print them.
+fn timings(spent: &[Duration; 6]) -> String {
+    let ms = |i: usize| spent[i].as_millis();
+    format!(
+        "fire={} pub={} call={} stream={} channel={} sync={} (ms)",
+        ms(0),
+        ms(1),
+        ms(2),
+        ms(3),
+        ms(4),
+        ms(5)
+    )
 }
