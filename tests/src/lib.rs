@@ -172,18 +172,12 @@ impl DaemonProc {
 
     /// Waits for the daemon to exit (bounded) and returns its status.
     pub fn wait_exit(&mut self) -> ExitStatus {
-        let child = self.child.as_mut().expect("running");
-        let end = Instant::now() + SOON;
-        loop {
-            if let Ok(Some(s)) = child.try_wait() {
+        match exit_within(self.child.as_mut().expect("running"), SOON) {
+            Some(s) => {
                 self.child = None;
-                return s;
+                s
             }
-            if Instant::now() >= end {
-                let _ = child.kill();
-                panic!("hybusd did not exit; log:\n{}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(10));
+            None => panic!("hybusd did not exit; log:\n{}", self.log_text()),
         }
     }
 
@@ -318,17 +312,7 @@ impl Peer {
     /// Closes stdin and waits (bounded) for a clean exit; returns the status.
     pub fn finish(mut self) -> ExitStatus {
         self.stdin = None;
-        let end = Instant::now() + SOON;
-        loop {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                return s;
-            }
-            if Instant::now() >= end {
-                let _ = self.child.kill();
-                panic!("peer did not exit");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        exit_within(&mut self.child, SOON).unwrap_or_else(|| panic!("peer did not exit"))
     }
 }
 
@@ -364,4 +348,20 @@ pub fn spawn_with_lines(cmd: &mut Command) -> (Child, Option<ChildStdin>, mpsc::
 /// Extracts `key=value` from a peer's line.
 pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace().find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+}
+
+/// Waits up to `timeout` for `child` to exit and returns its status; kills
+/// it and returns `None` if it does not.
+pub fn exit_within(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

@@ -15,7 +15,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use hybus::{BusEvent, Error};
-use hybus_tests::{eventually, target_bin, DaemonProc, Peer, TempDir, SOON};
+use hybus_tests::{eventually, exit_within, target_bin, DaemonProc, Peer, TempDir, SOON};
 use nix::sys::signal::Signal;
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 
@@ -317,17 +317,7 @@ fn inherit_listener(listener: &OwnedFd) -> Command {
 }
 
 fn wait_bounded(mut child: std::process::Child) -> ExitStatus {
-    let end = Instant::now() + SOON;
-    loop {
-        if let Ok(Some(s)) = child.try_wait() {
-            return s;
-        }
-        if Instant::now() >= end {
-            let _ = child.kill();
-            panic!("hybusd neither started nor exited");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    exit_within(&mut child, SOON).unwrap_or_else(|| panic!("hybusd neither started nor exited"))
 }
 
 fn find_on_path(tool: &str) -> Option<PathBuf> {

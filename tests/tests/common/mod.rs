@@ -9,7 +9,7 @@ use std::process::{Child, ChildStdin, Command, ExitStatus};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use hybus_tests::SOON;
+use hybus_tests::{exit_within, SOON};
 
 #[path = "../../src/bin/load/payload.rs"]
 pub mod payload;
@@ -123,16 +123,9 @@ impl Load {
 
     /// Waits (up to `timeout`) for it to exit by itself.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let end = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                return s;
-            }
-            if Instant::now() >= end {
-                let _ = self.child.kill();
-                panic!("hybus-load {} did not exit; it said:\n{}", self.pid(), self.seen.join("\n"));
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        match exit_within(&mut self.child, timeout) {
+            Some(s) => s,
+            None => panic!("hybus-load {} did not exit; it said:\n{}", self.pid(), self.seen.join("\n")),
         }
     }
 

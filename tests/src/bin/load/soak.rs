@@ -454,13 +454,5 @@ pub fn send(socket: &str, args: &[String]) -> R {
 /// Milliseconds spent per kind of operation, as the progress and final lines print them.
 fn timings(spent: &[Duration; 6]) -> String {
     let ms = |i: usize| spent[i].as_millis();
-    format!(
-        "fire={} pub={} call={} stream={} channel={} sync={} (ms)",
-        ms(0),
-        ms(1),
-        ms(2),
-        ms(3),
-        ms(4),
-        ms(5)
-    )
+    format!("fire={} pub={} call={} stream={} channel={} sync={} (ms)", ms(0), ms(1), ms(2), ms(3), ms(4), ms(5))
 }
