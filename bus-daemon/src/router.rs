@@ -106,15 +106,8 @@ impl Daemon {
         ids.clear();
         ids.extend_from_slice(&self.active);
         for &id in &ids {
-            let n = match self.sessions.get_mut(&id).and_then(|s| s.data.as_mut()) {
-                Some(d) => match d.tx.pop_batch(&mut buf) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        self.violation(id, &Violation::Ring(e));
-                        continue;
-                    }
-                },
-                None => continue,
+            let Some(n) = self.pop_from(id, &mut buf) else {
+                continue;
             };
             worked |= n > 0;
             for d in &buf[..n] {
@@ -138,15 +131,8 @@ impl Daemon {
         let mut buf = [Descriptor::new(Kind::Fence, 0, 0); BATCH];
         // Bounded: a ring holds at most `capacity` descriptors anyway.
         for _ in 0..(hybus_layout::ring::MAX_CAPACITY as usize / BATCH) {
-            let n = match self.sessions.get_mut(&id).and_then(|s| s.data.as_mut()) {
-                Some(d) => match d.tx.pop_batch(&mut buf) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        self.violation(id, &Violation::Ring(e));
-                        return;
-                    }
-                },
-                None => return,
+            let Some(n) = self.pop_from(id, &mut buf) else {
+                return;
             };
             for d in &buf[..n] {
                 if let Err(v) = self.route(id, *d) {
@@ -156,6 +142,20 @@ impl Daemon {
             }
             if n < BATCH {
                 return;
+            }
+        }
+    }
+
+    /// Pops up to `buf.len()` descriptors from client `id`'s ring; `None` if
+    /// it has no ring, or broke it (it is then disconnected).
+    #[inline]
+    fn pop_from(&mut self, id: u32, buf: &mut [Descriptor]) -> Option<usize> {
+        let popped = self.sessions.get_mut(&id)?.data.as_mut()?.tx.pop_batch(buf);
+        match popped {
+            Ok(n) => Some(n),
+            Err(e) => {
+                self.violation(id, &Violation::Ring(e));
+                None
             }
         }
     }
