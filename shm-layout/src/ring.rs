@@ -579,7 +579,7 @@ impl Consumer {
         // (it stores `tail` after the stamp): the stamp must be visible now.
         match self.ring.stamped(self.head) {
             Some(header) => Ok(Some(header)),
-            None => Err(RingError::Unstamped { index: self.head, tail: self.ring.header().tail.load(Relaxed) }),
+            None => Err(RingError::Unstamped { index: self.head, tail: self.cached_tail }),
         }
     }
 
