@@ -445,23 +445,18 @@ impl Bus {
 
     fn call_desc(&self, mut d: Descriptor, mut due: Due) -> Result<Sample> {
         let (corr, origin, sent) = self.start_call(&mut d)?;
-        if sent {
-            // Pushed already.
-        } else if let Err(e) = {
+        if !sent {
             // The ring is full: wait for room, then for the answer, within one deadline.
-            due = due.at(Instant::now());
-            let deadline = match due {
-                Due::At(t) => Some(t),
-                _ => None,
-            };
-            self.shared.send_on(origin, &d, deadline)
-        } {
-            let mut core = self.shared.lock();
-            core.forget_call(corr, origin);
-            if let Some(c) = d.chunk() {
-                core.free_own(c);
+            let deadline = due.deadline(Instant::now());
+            due = deadline.into();
+            if let Err(e) = self.shared.send_on(origin, &d, deadline) {
+                let mut core = self.shared.lock();
+                core.forget_call(corr, origin);
+                if let Some(c) = d.chunk() {
+                    core.free_own(c);
+                }
+                return Err(e);
             }
-            return Err(e);
         }
         let r = self.shared.wait(due, false, |core| match core.calls.get(&corr) {
             Some(Some(_)) => Ok(core.calls.remove(&corr).flatten()),
@@ -575,6 +570,14 @@ impl Due {
         match self {
             Due::After(t) => now.checked_add(t).map_or(Due::Never, Due::At),
             d => d,
+        }
+    }
+
+    /// The instant it falls due, `After` counted from `now`; `None` for never.
+    fn deadline(self, now: Instant) -> Option<Instant> {
+        match self.at(now) {
+            Due::At(t) => Some(t),
+            _ => None,
         }
     }
 }
@@ -780,10 +783,7 @@ impl Shared {
                 continue;
             }
             let now = now.unwrap_or_else(Instant::now);
-            let remaining = match due.at(now) {
-                Due::At(d) => Some(d.saturating_duration_since(now)),
-                _ => None,
-            };
+            let remaining = due.deadline(now).map(|d| d.saturating_duration_since(now));
             if core.parked_waiter {
                 let t = remaining.unwrap_or(Duration::from_millis(50)).min(Duration::from_millis(50));
                 core.cv_waiters += 1;
