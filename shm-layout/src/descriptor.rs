@@ -366,28 +366,76 @@ const _: () = {
     assert!(std::mem::align_of::<Slot>() == 64);
 };
 
-/// Writes a descriptor into a slot: words 0..6 with three 16-byte and one
-/// 8-byte store straight from the descriptor's memory, then the header word.
+/// How a batch's slots are stored on x86-64, decided once per batch by
+/// [`BatchStores::detect`].
 ///
 /// Why not eight atomic 8-byte stores: a producer streaming to another core
 /// waits on line ownership, and how many lines it can have in flight is
-/// bounded by its store queue; five entries per slot instead of eight let
-/// it run further ahead (`ring_report`, six interleaved pairs of runs:
-/// batched throughput 0.63–0.80× of the bare ring with eight atomic stores,
-/// 0.74–0.97× with these, ahead in every pair). Only for batches: a
-/// descriptor built just before a single push sits in 8-byte and smaller
-/// stores that 16-byte loads would wait for (a store-forwarding stall), and
-/// the block's memory clobber makes the compiler spill around it. (For the
-/// same reason, packing the words into an array first and copying that with
-/// 16-byte moves measured slower than eight atomic stores: 0.41–0.49×
-/// against 0.73–0.74×.)
+/// bounded by its store queue, so the fewer entries a slot takes, the
+/// further ahead it runs. Eight atomic stores measured 0.63–0.80× of the
+/// bare ring's batched throughput; five (three 16-byte, two 8-byte)
+/// 0.69–0.97× (median 0.74×); four 16-byte stores, as the bare ring itself
+/// makes, which is what [`BatchStores::Wide`] does, 0.94–0.96×
+/// (`ring_report`, three runs of three). Only for batches: a descriptor built just before a
+/// single push sits in 8-byte and smaller stores that 16-byte loads would
+/// wait for (a store-forwarding stall); a batch was written well before.
+/// (For the same reason, packing the words into an array first and copying
+/// that with 16-byte moves measured slower than eight atomic stores.)
+#[cfg(all(target_arch = "x86_64", not(loom)))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BatchStores {
+    /// Four aligned 16-byte stores, the last one carrying word 6 and the
+    /// header word together. Only where aligned 16-byte SSE stores are
+    /// single-copy atomic: every CPU that reports AVX (Intel SDM vol. 3
+    /// §9.1.1; AMD APM vol. 2 §7.3.2, "Access Atomicity"). There a consumer
+    /// that sees the new header word sees word 6 of the same store.
+    Wide,
+    /// Three 16-byte stores, then word 6, then the header word with 8-byte
+    /// stores: without the guarantee above, a 16-byte store may land as two
+    /// 8-byte halves in either order, so the header word must be a store
+    /// of its own.
+    Split,
+}
+
+#[cfg(all(target_arch = "x86_64", not(loom)))]
+impl BatchStores {
+    /// [`Wide`](Self::Wide) if this CPU reports AVX, else [`Split`](Self::Split).
+    /// (std caches the CPUID answer: this is one load and a test.)
+    #[inline]
+    pub(crate) fn detect() -> BatchStores {
+        if std::arch::is_x86_feature_detected!("avx") {
+            BatchStores::Wide
+        } else {
+            BatchStores::Split
+        }
+    }
+}
+
+/// Stand-in on targets where batches use atomic stores.
+#[cfg(not(all(target_arch = "x86_64", not(loom))))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BatchStores;
+
+#[cfg(not(all(target_arch = "x86_64", not(loom))))]
+impl BatchStores {
+    /// There is nothing to choose.
+    #[inline]
+    pub(crate) fn detect() -> BatchStores {
+        BatchStores
+    }
+}
+
+/// Writes a descriptor into a slot with SSE stores straight from the
+/// descriptor's memory, words in ascending order and the header word in the
+/// last store (see [`BatchStores`] for the two ways).
 ///
 /// What the consumer may assume is what eight atomic stores would give it:
 /// on x86-64 every store is a release store (TSO keeps stores in program
 /// order) and an aligned 16-byte SSE store is at least two single-copy
-/// atomic 8-byte stores, so once the consumer's Acquire load of the header
-/// word sees the stamp, words 0..7 are the new ones. The block is opaque to
-/// the compiler and clobbers memory, so nothing moves across it.
+/// atomic 8-byte stores (with [`BatchStores::Wide`], one 16-byte one), so
+/// once the consumer's Acquire load of the header word sees the stamp,
+/// words 0..7 are the new ones. The block is opaque to the compiler and
+/// clobbers memory, so nothing moves across it.
 ///
 /// # Safety
 ///
@@ -395,29 +443,54 @@ const _: () = {
 /// atomically or through this function by anyone else.
 #[cfg(all(target_arch = "x86_64", not(loom)))]
 #[inline(always)]
-unsafe fn store_slot_x86_64(dst: *mut u64, d: &Descriptor, header: u64) {
-    // SAFETY: `d` is 64 readable bytes and we read its first 56, which hold
-    // no padding; `dst` per the contract above.
-    unsafe {
-        std::arch::asm!(
-            "movups {a}, [{src}]",
-            "movups {b}, [{src} + 16]",
-            "movups {c}, [{src} + 32]",
-            "mov {w6}, [{src} + 48]",
-            "movaps [{dst}], {a}",
-            "movaps [{dst} + 16], {b}",
-            "movaps [{dst} + 32], {c}",
-            "mov [{dst} + 48], {w6}",
-            "mov [{dst} + 56], {header}",
-            src = in(reg) d as *const Descriptor,
-            dst = in(reg) dst,
-            header = in(reg) header,
-            w6 = out(reg) _,
-            a = out(xmm_reg) _,
-            b = out(xmm_reg) _,
-            c = out(xmm_reg) _,
-            options(nostack, preserves_flags),
-        );
+unsafe fn store_slot_x86_64(dst: *mut u64, d: &Descriptor, header: u64, stores: BatchStores) {
+    // SAFETY (both blocks): `d` is 64 readable bytes and we read its first
+    // 56, which hold no padding; `dst` per the contract above.
+    match stores {
+        BatchStores::Wide => unsafe {
+            std::arch::asm!(
+                "movups {a}, [{src}]",
+                "movups {b}, [{src} + 16]",
+                "movups {c}, [{src} + 32]",
+                "movq {d}, qword ptr [{src} + 48]",
+                "movq {h}, {header}",
+                "punpcklqdq {d}, {h}",
+                "movaps [{dst}], {a}",
+                "movaps [{dst} + 16], {b}",
+                "movaps [{dst} + 32], {c}",
+                "movaps [{dst} + 48], {d}",
+                src = in(reg) d as *const Descriptor,
+                dst = in(reg) dst,
+                header = in(reg) header,
+                a = out(xmm_reg) _,
+                b = out(xmm_reg) _,
+                c = out(xmm_reg) _,
+                d = out(xmm_reg) _,
+                h = out(xmm_reg) _,
+                options(nostack, preserves_flags),
+            );
+        },
+        BatchStores::Split => unsafe {
+            std::arch::asm!(
+                "movups {a}, [{src}]",
+                "movups {b}, [{src} + 16]",
+                "movups {c}, [{src} + 32]",
+                "mov {w6}, [{src} + 48]",
+                "movaps [{dst}], {a}",
+                "movaps [{dst} + 16], {b}",
+                "movaps [{dst} + 32], {c}",
+                "mov [{dst} + 48], {w6}",
+                "mov [{dst} + 56], {header}",
+                src = in(reg) d as *const Descriptor,
+                dst = in(reg) dst,
+                header = in(reg) header,
+                w6 = out(reg) _,
+                a = out(xmm_reg) _,
+                b = out(xmm_reg) _,
+                c = out(xmm_reg) _,
+                options(nostack, preserves_flags),
+            );
+        },
     }
 }
 
@@ -451,9 +524,9 @@ impl Slot {
 
     /// [`publish`](Self::publish) for descriptors of a batch, which sit in
     /// memory written well before: on x86-64 words 0..7 move with wide
-    /// stores straight from the descriptor (see `store_slot_x86_64`).
+    /// stores straight from the descriptor, as `stores` says (see `store_slot_x86_64`).
     #[inline]
-    pub(crate) fn publish_from_memory(&self, d: &Descriptor, stamp: u8) {
+    pub(crate) fn publish_from_memory(&self, d: &Descriptor, stamp: u8, stores: BatchStores) {
         #[cfg(all(target_arch = "x86_64", not(loom)))]
         // SAFETY: the slot pointer comes from `&self.words`, the whole
         // 64-byte, 64-aligned slot, whose bytes all live in `UnsafeCell`s
@@ -461,10 +534,13 @@ impl Slot {
         // words 0..7 without padding (asserted at its definition).
         unsafe {
             let header = d.header_word() | (stamp as u64) << STAMP_SHIFT;
-            store_slot_x86_64((&self.words as *const [AtomicU64; 8]).cast_mut().cast(), d, header)
+            store_slot_x86_64((&self.words as *const [AtomicU64; 8]).cast_mut().cast(), d, header, stores)
         };
         #[cfg(not(all(target_arch = "x86_64", not(loom))))]
-        self.publish(d, stamp);
+        {
+            let BatchStores = stores;
+            self.publish(d, stamp);
+        }
     }
 
     /// Loads the header word (the stamp, kind, flags, route) with Acquire.
@@ -539,6 +615,25 @@ mod tests {
         let mut c = Descriptor::new(Kind::Credit, 0, 0);
         c.inline_len = 3;
         assert_eq!(c.check(), Err(DescriptorError::UnexpectedPayload(Kind::Credit)));
+    }
+
+    /// Both ways of storing a batch's slot put every word where `publish` does.
+    #[cfg(all(target_arch = "x86_64", not(loom)))]
+    #[test]
+    fn batch_stores_write_what_publish_writes() {
+        let d = Descriptor::new(Kind::Request, 0xabcd_ef01, 0x1122_3344_5566_7788)
+            .with_aux(0x99)
+            .with_inline(&[7; 40])
+            .unwrap();
+        let reference = Slot::default();
+        reference.publish(&d, 0x85);
+        for stores in [BatchStores::Wide, BatchStores::Split] {
+            let slot = Slot::default();
+            slot.publish_from_memory(&d, 0x85, stores);
+            assert_eq!(slot.header(), reference.header(), "{stores:?}");
+            assert_eq!(stamp_of(slot.header()), 0x85);
+            assert_eq!(slot.read(slot.header()), d, "{stores:?}");
+        }
     }
 
     #[test]
