@@ -444,9 +444,9 @@ impl BatchStores {
 #[cfg(all(target_arch = "x86_64", not(loom)))]
 #[inline(always)]
 unsafe fn store_slot_x86_64(dst: *mut u64, d: &Descriptor, header: u64, stores: BatchStores) {
-    // SAFETY (both blocks): `d` is 64 readable bytes and we read its first
-    // 56, which hold no padding; `dst` per the contract above.
     match stores {
+        // SAFETY: `d` is 64 readable bytes and we read its first 56, which
+        // hold no padding; `dst` per the contract above.
         BatchStores::Wide => unsafe {
             std::arch::asm!(
                 "movups {a}, [{src}]",
@@ -470,6 +470,7 @@ unsafe fn store_slot_x86_64(dst: *mut u64, d: &Descriptor, header: u64, stores: 
                 options(nostack, preserves_flags),
             );
         },
+        // SAFETY: as for `Wide`.
         BatchStores::Split => unsafe {
             std::arch::asm!(
                 "movups {a}, [{src}]",
