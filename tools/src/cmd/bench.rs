@@ -43,7 +43,7 @@ pub struct Args {
     /// A smoke run: few round trips, under a minute.
     #[arg(long)]
     quick: bool,
-    /// Only results whose name contains this.
+    /// Only results whose name contains this (and the limits they are compared with).
     #[arg(long = "filter")]
     filter: Option<String>,
     /// Write the results as JSON to stdout instead of a table.
@@ -248,7 +248,10 @@ fn measure(socket: Option<&Path>, plan: &Plan, quiet: bool) -> anyhow::Result<Ve
         let n = plan.messages_for(p) / 4;
         jobs.push(("brokered/pubsub-4".into(), p, Box::new(move |s| pubsub(s, p, n.max(500), 4)), None));
     }
-    jobs.retain(|j| plan.wants(&j.0));
+    // A filtered run keeps the limits its results are compared with: a
+    // ratio is only meaningful against a limit measured in the same run.
+    let limits: Vec<&str> = jobs.iter().filter(|j| plan.wants(&j.0)).filter_map(|j| j.3).collect();
+    jobs.retain(|j| plan.wants(&j.0) || limits.contains(&j.0.as_str()));
     let target = match socket {
         Some(p) => Target::External(p.to_owned()),
         None => embedded()?,
