@@ -529,13 +529,16 @@ fn bench_quick_json_and_plot() {
     assert!(plot.trim_end().ends_with("</svg>"), "{plot}");
     assert_eq!(plot.matches("<polyline").count(), latency_names.len(), "a curve per latency result");
 
-    // Against a running daemon, filtered to the brokered round trips.
+    // Against a running daemon, filtered to the brokered round trips: the
+    // limits they are compared with are measured too, and nothing else.
     let daemon = DaemonProc::start(None);
     let args = ["bench", "--quick", "--json", "--payload", "8", "--round-trips", "200", "--filter", "brokered/rpc"];
     let v = run(ctl(Some(daemon.socket()), &args), SLOW).ok().json();
     let names: Vec<&str> =
         v["results"].as_array().expect("results").iter().filter_map(|r| r["name"].as_str()).collect();
-    assert_eq!(names, ["brokered/rpc", "brokered/rpc-blocking"], "{v}");
+    assert_eq!(names, ["limit/cacheline-3p", "limit/eventfd", "brokered/rpc", "brokered/rpc-blocking"], "{v}");
+    let find = |name: &str| v["results"].as_array().into_iter().flatten().find(|r| r["name"] == name).cloned();
+    assert!(find("brokered/rpc").is_some_and(|r| r["ratio_to_limit_p50"].as_f64().is_some_and(|x| x > 0.0)), "{v}");
     for r in v["results"].as_array().into_iter().flatten() {
         assert_eq!(latency(r).0, 200, "{r}");
         assert!(latency(r).1 > 0, "{r}");
