@@ -136,9 +136,8 @@ impl AsyncBus {
     /// Calls `route` and awaits the answer (see [`Bus::call`]).
     pub async fn call(&self, route: &Route, payload: &[u8], timeout: Duration) -> Result<Sample> {
         let deadline = Instant::now() + timeout;
-        let id = self.bus.route_id(route)?;
-        let mut d = self.bus.shared.build(Kind::Request, id, payload, Some(deadline))?;
-        let (corr, origin, sent) = self.bus.start_call(&mut d)?;
+        let mut d = self.bus.shared.build(Kind::Request, 0, payload, Some(deadline))?;
+        let (corr, origin, sent) = self.bus.start_call(route, &mut d)?;
         if !sent {
             self.bus.shared.send_on(origin, &d, Some(deadline))?;
         }

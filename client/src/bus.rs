@@ -9,7 +9,7 @@ use hybus_layout::header::LAYOUT_HASH;
 use hybus_layout::socket::ControlSocket;
 use hybus_layout::{ChunkRef, Descriptor, IdleStrategy, Kind};
 
-use crate::core::{error_of, Core, Origin, FIRE_BIT};
+use crate::core::{error_of, Core, Hot, Origin, FIRE_BIT};
 use crate::error::{Error, Result};
 use crate::park::{Parker, Woke};
 use crate::sample::{Loan, Sample};
@@ -406,24 +406,45 @@ impl Bus {
     /// copied once into a chunk of this client's pool (use [`Bus::loan`] and
     /// [`Bus::call_loan`] to write them in place instead).
     pub fn call(&self, route: &Route, payload: &[u8], timeout: Duration) -> Result<Sample> {
-        let id = self.route_id(route)?;
-        if let Some(d) = Descriptor::new(Kind::Request, id, 0).with_inline(payload) {
-            return self.call_desc(d, Due::After(timeout));
+        // The route id is filled in by `start_call`, under its lock.
+        if let Some(d) = Descriptor::new(Kind::Request, 0, 0).with_inline(payload) {
+            return self.call_desc(route, d, Due::After(timeout));
         }
         let deadline = Instant::now() + timeout;
-        let d = self.shared.build(Kind::Request, id, payload, Some(deadline))?;
-        self.call_desc(d, Due::At(deadline))
+        let d = self.shared.build(Kind::Request, 0, payload, Some(deadline))?;
+        self.call_desc(route, d, Due::At(deadline))
     }
 
-    /// Registers a call and pushes it, under one lock. `Ok(None)` when the
-    /// ring is full (the caller then waits for room).
-    pub(crate) fn start_call(&self, d: &mut Descriptor) -> Result<(u64, Origin, bool)> {
+    /// Registers a call to `route` and pushes it, under one lock: the
+    /// route's id on this connection, a correlation id, the path (a direct
+    /// channel or the daemon), the push. `sent` is false when the ring is
+    /// full (the caller then waits for room). On an error, a chunk `d`
+    /// carries is back in the pool.
+    pub(crate) fn start_call(&self, route: &Route, d: &mut Descriptor) -> Result<(u64, Origin, bool)> {
         let mut core = self.shared.lock();
+        d.route = match route.id_at(core.epoch) {
+            Some(id) => id,
+            None => {
+                // Resolved on another connection: resolve again (without the lock).
+                drop(core);
+                let id = self.route_id(route);
+                core = self.shared.lock();
+                match id {
+                    Ok(id) => id,
+                    Err(e) => {
+                        if let Some(c) = d.chunk() {
+                            core.free_own(c);
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+        };
         let corr = core.next_id();
         core.calls.insert(corr, None);
-        let origin = core.route_call(d, corr);
         d.correlation = corr;
-        match core.try_send_on(origin, d) {
+        let (origin, pushed) = core.send_call(d, corr);
+        match pushed {
             Ok(()) => Ok((corr, origin, true)),
             Err(Error::WouldBlock) => Ok((corr, origin, false)),
             Err(e) => {
@@ -438,13 +459,12 @@ impl Bus {
 
     /// Calls `route` with a loaned chunk written in place (zero-copy).
     pub fn call_loan(&self, route: &Route, loan: Loan, timeout: Duration) -> Result<Sample> {
-        let id = self.route_id(route)?;
-        let d = loan.into_descriptor(Kind::Request, id)?;
-        self.call_desc(d, Due::After(timeout))
+        let d = loan.into_descriptor(Kind::Request, 0)?;
+        self.call_desc(route, d, Due::After(timeout))
     }
 
-    fn call_desc(&self, mut d: Descriptor, mut due: Due) -> Result<Sample> {
-        let (corr, origin, sent) = self.start_call(&mut d)?;
+    fn call_desc(&self, route: &Route, mut d: Descriptor, mut due: Due) -> Result<Sample> {
+        let (corr, origin, sent) = self.start_call(route, &mut d)?;
         if !sent {
             // The ring is full: wait for room, then for the answer, within one deadline.
             let deadline = due.deadline(Instant::now());
@@ -458,12 +478,23 @@ impl Bus {
                 return Err(e);
             }
         }
-        let r = self.shared.wait(due, false, |core| match core.calls.get(&corr) {
-            Some(Some(_)) => Ok(core.calls.remove(&corr).flatten()),
-            _ if origin == Origin::Daemon && core.gone.is_some() => {
-                Err(Error::BusGone(core.gone.clone().unwrap_or_default()))
+        let hot = match origin {
+            Origin::Direct(channel) => Hot::Answer { channel, corr },
+            Origin::Daemon => Hot::All,
+        };
+        let r = self.shared.wait_hot(due, hot, |core| {
+            if let Some(answer) = core.taken.take() {
+                // `pump_hot` took our answer off the channel.
+                core.calls.remove(&corr);
+                return Ok(Some(answer));
             }
-            _ => Ok(None),
+            match core.calls.get(&corr) {
+                Some(Some(_)) => Ok(core.calls.remove(&corr).flatten()),
+                _ if origin == Origin::Daemon && core.gone.is_some() => {
+                    Err(Error::BusGone(core.gone.clone().unwrap_or_default()))
+                }
+                _ => Ok(None),
+            }
         });
         match r {
             Ok(answer) => self.shared.answer(Some(answer)),
@@ -704,7 +735,18 @@ impl Shared {
         control: bool,
         check: impl FnMut(&mut Core) -> Result<Option<T>>,
     ) -> Result<T> {
-        self.wait_capped(due, control, None, check)
+        self.wait_inner(due, control, None, Hot::All, check)
+    }
+
+    /// [`wait`](Self::wait) for what `hot` brings: while it spins, most
+    /// rounds poll only that (see [`Core::pump_hot`]).
+    pub(crate) fn wait_hot<T>(
+        self: &Arc<Self>,
+        due: impl Into<Due>,
+        hot: Hot,
+        check: impl FnMut(&mut Core) -> Result<Option<T>>,
+    ) -> Result<T> {
+        self.wait_inner(due, false, None, hot, check)
     }
 
     /// [`wait`](Self::wait), sleeping at most `cap` at a time: for waits no
@@ -714,6 +756,17 @@ impl Shared {
         due: impl Into<Due>,
         control: bool,
         cap: Option<Duration>,
+        check: impl FnMut(&mut Core) -> Result<Option<T>>,
+    ) -> Result<T> {
+        self.wait_inner(due, control, cap, Hot::All, check)
+    }
+
+    fn wait_inner<T>(
+        self: &Arc<Self>,
+        due: impl Into<Due>,
+        control: bool,
+        cap: Option<Duration>,
+        hot: Hot,
         mut check: impl FnMut(&mut Core) -> Result<Option<T>>,
     ) -> Result<T> {
         let mut due = due.into();
@@ -739,7 +792,11 @@ impl Shared {
                     continue;
                 }
             }
-            core.pump_data();
+            if round % 64 == 0 || round > idle.spins {
+                core.pump_data();
+            } else {
+                core.pump_hot(hot);
+            }
             // Read the control socket now and then even when every wait is
             // short (a busy direct channel): that is how a dead daemon is noticed.
             core.waits = core.waits.wrapping_add(1);
@@ -749,7 +806,10 @@ impl Shared {
                     core.check_peers();
                 }
             }
-            if let Some(v) = check(&mut core)? {
+            let checked = check(&mut core);
+            // A check that did not want what `pump_hot` took for it (it failed).
+            core.untake();
+            if let Some(v) = checked? {
                 return Ok(v);
             }
             if let Some(g) = &core.gone {

@@ -17,7 +17,7 @@
 //!   calls in flight over the channel fail with "peer gone", chunks it held
 //!   come back to the pool, and traffic falls back to the daemon.
 
-use hybus_layout::idhash::IdSet;
+use hybus_layout::idhash::{FewSet, IdSet};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
@@ -75,10 +75,10 @@ pub(crate) struct Direct {
     /// Peer chunks we hold (samples not yet dropped).
     pub held: u64,
     /// Our calls in flight over the channel (side A).
-    pub calls: IdSet<u64>,
+    pub calls: FewSet<u64>,
     /// Exchanges we serve over the channel and have not finished (side B):
     /// their answers must still travel on it.
-    pub serving: IdSet<u64>,
+    pub serving: FewSet<u64>,
     pub reason: String,
 }
 
@@ -135,8 +135,8 @@ impl Direct {
             peer_ended: false,
             lent: IdSet::default(),
             held: 0,
-            calls: IdSet::default(),
-            serving: IdSet::default(),
+            calls: FewSet::new(),
+            serving: FewSet::new(),
             reason: info.reason.clone(),
         })
     }

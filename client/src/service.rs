@@ -8,7 +8,7 @@ use hybus_layout::descriptor::flags;
 use hybus_layout::{Descriptor, Kind};
 
 use crate::bus::{Bus, Due, Shared};
-use crate::core::Origin;
+use crate::core::{Hot, Origin};
 use crate::error::{Error, Result};
 use crate::sample::{Loan, Sample};
 use crate::stream::{recv_item, send_item, service_error, End, Side, Window};
@@ -102,10 +102,9 @@ impl Service {
     /// Waits up to `timeout` for the next request, fire or stream. `Ok(None)` if none came.
     pub fn next(&self, timeout: Duration) -> Result<Option<Incoming>> {
         let (instance, epoch) = self.inbox();
-        let r = self
-            .bus
-            .shared
-            .wait(Due::After(timeout), false, |core| Ok(core.inboxes.get_mut(&instance).and_then(|q| q.pop_front())));
+        let r = self.bus.shared.wait_hot(Due::After(timeout), Hot::Inbox(instance), |core| {
+            Ok(core.taken.take().or_else(|| core.inboxes.get_mut(&instance).and_then(|q| q.pop_front())))
+        });
         match r {
             Ok((d, origin)) => self.incoming(d, origin, instance, epoch).map(Some),
             Err(Error::DeadlineExceeded) => Ok(None),
@@ -229,7 +228,7 @@ impl Request {
             let mut core = self.shared.lock();
             let r = if self.origin == Origin::Daemon && core.epoch != self.epoch {
                 Err(Error::BusGone("the request is from before a reconnect".into()))
-            } else if core.cancelled.remove(&(self.origin, self.corr)) {
+            } else if !core.cancelled.is_empty() && core.cancelled.remove(&(self.origin, self.corr)) {
                 Err(Error::Cancelled)
             } else {
                 match core.try_send_on(self.origin, &d) {
