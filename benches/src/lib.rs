@@ -52,7 +52,9 @@ pub mod throughput;
 pub mod worker;
 
 pub use error::BenchError;
-pub use pingpong::{cacheline_pingpong_2p, ring_pingpong_2p, ring_pingpong_threads, PINGPONG_CAPACITY};
+pub use pingpong::{
+    cacheline_payload_pingpong_2p, cacheline_pingpong_2p, ring_pingpong_2p, ring_pingpong_threads, PINGPONG_CAPACITY,
+};
 pub use process::{ChildProcess, SharedMap};
 pub use stats::Percentiles;
 pub use throughput::{bare_ring_throughput_2p, ring_throughput_2p, Rate};

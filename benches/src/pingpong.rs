@@ -6,7 +6,7 @@
 //! wall time. The first [`WARMUP`] round trips (page faults, a cold cache,
 //! the child still being scheduled in) are not recorded.
 
-use std::sync::atomic::Ordering::{Acquire, Release};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,14 +43,17 @@ pub const PINGPONG_CAPACITY: u64 = 64;
 /// Route id carried by the benchmark descriptors.
 pub(crate) const ROUTE: u32 = 7;
 
-/// The cache-line floor: one word each way, each alone on its 128-byte line.
+/// The cache-line floor: one word each way, each alone on its 128-byte
+/// line, and a payload word each way on lines of their own.
 #[repr(C)]
 struct Lines {
     ping: Line<AtomicU64>,
     pong: Line<AtomicU64>,
+    ping_payload: Line<AtomicU64>,
+    pong_payload: Line<AtomicU64>,
 }
 
-// SAFETY: `#[repr(C)]`, two atomics on padded lines; zero is the start value.
+// SAFETY: `#[repr(C)]`, four atomics on padded lines; zero is the start value.
 unsafe impl AtomicsOnly for Lines {}
 
 /// Round trips of a bare cache line between two processes: the floor for anything that spins.
@@ -59,24 +62,49 @@ unsafe impl AtomicsOnly for Lines {}
 /// in the other; no ring, no descriptor, nothing but two cache-line
 /// transfers per round trip. Returns `round_trips` samples in nanoseconds.
 pub fn cacheline_pingpong_2p(round_trips: u64) -> Result<Vec<u64>, BenchError> {
+    cacheline_rounds(round_trips, false)
+}
+
+/// [`cacheline_pingpong_2p`] where each side first writes a payload word on
+/// a line of its own, which the other side reads after it sees the flag:
+/// the floor for a round trip that moves a payload out of line each way (a
+/// chunk), beside the one whose payload rides in the flag's line (an
+/// inline descriptor). The payload line is written where the other side
+/// read it last time, so each way pays for taking it back and for the
+/// reader fetching it: about two more line transfers than the plain
+/// ping-pong.
+pub fn cacheline_payload_pingpong_2p(round_trips: u64) -> Result<Vec<u64>, BenchError> {
+    cacheline_rounds(round_trips, true)
+}
+
+fn cacheline_rounds(round_trips: u64, payload: bool) -> Result<Vec<u64>, BenchError> {
     let lines = Shared::<Lines>::new()?;
     let lines: &Lines = &lines;
     let total = WARMUP + round_trips;
     // SAFETY: the child only spins on atomics in shared memory and returns
     // (no allocation, no locks), so it is sound even if this process has
     // other threads.
-    let child = unsafe { ChildProcess::fork(|| exit_code(cacheline_echo(lines, total))) }?;
+    let child = unsafe { ChildProcess::fork(|| exit_code(cacheline_echo(lines, total, payload))) }?;
     let mut samples = sample_buffer(round_trips);
-    let result = cacheline_drive(lines, total, &child, &mut samples);
+    let result = cacheline_drive(lines, total, payload, &child, &mut samples);
     finish(result, child)?;
     Ok(samples)
 }
 
-fn cacheline_drive(l: &Lines, total: u64, child: &ChildProcess, samples: &mut [u64]) -> Result<(), BenchError> {
+fn cacheline_drive(
+    l: &Lines,
+    total: u64,
+    payload: bool,
+    child: &ChildProcess,
+    samples: &mut [u64],
+) -> Result<(), BenchError> {
     let mut t0 = Instant::now();
     for i in 1..=total {
-        // SYNC: Release/Acquire on each word order nothing else (there is no
-        // payload); they are what a real protocol would use, and plain moves on x86.
+        if payload {
+            l.ping_payload.store(i, Relaxed);
+        }
+        // SYNC: Release publishes the payload word (if any) with the flag;
+        // pairs with the other side's Acquire load of the flag. Plain moves on x86.
         l.ping.store(i, Release);
         let mut spin = Spinner::new(Some(child));
         loop {
@@ -93,6 +121,12 @@ fn cacheline_drive(l: &Lines, total: u64, child: &ChildProcess, samples: &mut [u
                 }
             }
         }
+        if payload {
+            let got = l.pong_payload.load(Relaxed);
+            if got != i {
+                return Err(BenchError::Mismatch { expected: i, got });
+            }
+        }
         let t1 = Instant::now();
         if i > WARMUP {
             samples[(i - WARMUP - 1) as usize] = nanos(t1 - t0);
@@ -102,7 +136,7 @@ fn cacheline_drive(l: &Lines, total: u64, child: &ChildProcess, samples: &mut [u
     Ok(())
 }
 
-fn cacheline_echo(l: &Lines, total: u64) -> Result<(), BenchError> {
+fn cacheline_echo(l: &Lines, total: u64, payload: bool) -> Result<(), BenchError> {
     for i in 1..=total {
         let mut spin = Spinner::new(None);
         loop {
@@ -114,6 +148,13 @@ fn cacheline_echo(l: &Lines, total: u64) -> Result<(), BenchError> {
                 return Err(BenchError::Mismatch { expected: i, got: v });
             }
             spin.pause()?;
+        }
+        if payload {
+            let got = l.ping_payload.load(Relaxed);
+            if got != i {
+                return Err(BenchError::Mismatch { expected: i, got });
+            }
+            l.pong_payload.store(i, Relaxed);
         }
         l.pong.store(i, Release);
     }

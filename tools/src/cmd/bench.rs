@@ -2,7 +2,10 @@
 //!
 //! Limits (DESIGN.md §9): `limit/cacheline-2p` (two processes, one atomic
 //! each way, spinning — the floor for anything that spins between two
-//! parties), `limit/cacheline-3p` (A → D → B → D → A, spinning with yield —
+//! parties), `limit/cacheline-2p-payload` (the same with a payload word
+//! written on a line of its own and read by the other side each way — the
+//! floor for a round trip whose payload travels in a chunk, which direct
+//! round trips of more than 40 bytes are set beside), `limit/cacheline-3p` (A → D → B → D → A, spinning with yield —
 //! the floor for a brokered path), `limit/eventfd` (two processes blocking
 //! on eventfds — the floor for anything that sleeps) and `baseline/uds`
 //! (a Unix stream socket ping-pong: what a user would otherwise write).
@@ -186,6 +189,12 @@ fn measure(socket: Option<&Path>, plan: &Plan, quiet: bool) -> anyhow::Result<Ve
     };
     jobs.push(("limit/cacheline-2p".into(), 8, Box::new(move |_| lat(hybus_benches::cacheline_pingpong_2p(rt))), None));
     jobs.push((
+        "limit/cacheline-2p-payload".into(),
+        8,
+        Box::new(move |_| lat(hybus_benches::cacheline_payload_pingpong_2p(rt))),
+        None,
+    ));
+    jobs.push((
         "limit/cacheline-3p".into(),
         8,
         Box::new(move |_| lat(hybus_benches::limits::cacheline_relay_3p(rt))),
@@ -217,12 +226,10 @@ fn measure(socket: Option<&Path>, plan: &Plan, quiet: bool) -> anyhow::Result<Ve
         ));
     }
     for &p in &plan.payloads {
-        jobs.push((
-            "direct/rpc".into(),
-            p,
-            Box::new(move |s| rpc_on(s, p, rt, "busy", true)),
-            Some("limit/cacheline-2p"),
-        ));
+        // A payload that does not fit in the descriptor is written to a
+        // chunk and read from there: its floor moves a line more each way.
+        let limit = if p <= hybus::INLINE_PAYLOAD { "limit/cacheline-2p" } else { "limit/cacheline-2p-payload" };
+        jobs.push(("direct/rpc".into(), p, Box::new(move |s| rpc_on(s, p, rt, "busy", true)), Some(limit)));
     }
     for &p in &plan.payloads {
         jobs.push((
