@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use hybus_layout::Kind;
 use tokio::io::unix::AsyncFd;
 
-use crate::bus::Bus;
+use crate::bus::{Bus, Shared};
 use crate::core::{Core, Origin};
 use crate::error::{Error, Result};
 use crate::sample::Sample;
@@ -137,7 +137,7 @@ impl AsyncBus {
     pub async fn call(&self, route: &Route, payload: &[u8], timeout: Duration) -> Result<Sample> {
         let deadline = Instant::now() + timeout;
         let mut d = self.bus.shared.build(Kind::Request, 0, payload, Some(deadline))?;
-        let (corr, origin, sent) = self.bus.start_call(route, &mut d)?;
+        let (corr, origin, sent) = self.bus.start_call(route, &mut d, None)?;
         if !sent {
             self.bus.shared.send_on(origin, &d, Some(deadline))?;
         }
@@ -151,7 +151,7 @@ impl AsyncBus {
             })
             .await;
         match r {
-            Ok(answer) => self.bus.shared.answer(Some(answer)),
+            Ok((d, origin)) => Shared::answer_sample(Sample::new(&self.bus.shared, d, origin)?),
             Err(e) => {
                 let mut core = self.bus.shared.lock();
                 core.forget_call(corr, origin);
@@ -171,7 +171,9 @@ impl AsyncBus {
             .wait(Instant::now() + timeout, |core| Ok(core.inboxes.get_mut(&instance).and_then(|q| q.pop_front())))
             .await;
         match r {
-            Ok((d, origin)) => service.incoming(d, origin, instance, epoch).map(Some),
+            Ok((d, origin)) => {
+                Sample::new(&self.bus.shared, d, origin).map(|p| Some(service.incoming(p, origin, instance, epoch)))
+            }
             Err(Error::DeadlineExceeded) => Ok(None),
             Err(e) => Err(e),
         }

@@ -408,11 +408,11 @@ impl Bus {
     pub fn call(&self, route: &Route, payload: &[u8], timeout: Duration) -> Result<Sample> {
         // The route id is filled in by `start_call`, under its lock.
         if let Some(d) = Descriptor::new(Kind::Request, 0, 0).with_inline(payload) {
-            return self.call_desc(route, d, Due::After(timeout));
+            return self.call_desc(route, d, None, Due::After(timeout));
         }
         let deadline = Instant::now() + timeout;
         let d = self.shared.build(Kind::Request, 0, payload, Some(deadline))?;
-        self.call_desc(route, d, Due::At(deadline))
+        self.call_desc(route, d, None, Due::At(deadline))
     }
 
     /// Registers a call to `route` and pushes it, under one lock: the
@@ -420,8 +420,17 @@ impl Bus {
     /// channel or the daemon), the push. `sent` is false when the ring is
     /// full (the caller then waits for room). On an error, a chunk `d`
     /// carries is back in the pool.
-    pub(crate) fn start_call(&self, route: &Route, d: &mut Descriptor) -> Result<(u64, Origin, bool)> {
+    pub(crate) fn start_call(
+        &self,
+        route: &Route,
+        d: &mut Descriptor,
+        loan_epoch: Option<u64>,
+    ) -> Result<(u64, Origin, bool)> {
         let mut core = self.shared.lock();
+        if loan_epoch.is_some_and(|e| e != core.epoch) {
+            // Not ours to free: the chunk belongs to a pool the old daemon took with it.
+            return Err(Error::BusGone("the loan is from before a reconnect".into()));
+        }
         d.route = match route.id_at(core.epoch) {
             Some(id) => id,
             None => {
@@ -459,12 +468,12 @@ impl Bus {
 
     /// Calls `route` with a loaned chunk written in place (zero-copy).
     pub fn call_loan(&self, route: &Route, loan: Loan, timeout: Duration) -> Result<Sample> {
-        let d = loan.into_descriptor(Kind::Request, 0)?;
-        self.call_desc(route, d, Due::After(timeout))
+        let (d, epoch) = loan.into_parts(Kind::Request, 0);
+        self.call_desc(route, d, Some(epoch), Due::After(timeout))
     }
 
-    fn call_desc(&self, route: &Route, mut d: Descriptor, mut due: Due) -> Result<Sample> {
-        let (corr, origin, sent) = self.start_call(route, &mut d)?;
+    fn call_desc(&self, route: &Route, mut d: Descriptor, loan_epoch: Option<u64>, mut due: Due) -> Result<Sample> {
+        let (corr, origin, sent) = self.start_call(route, &mut d, loan_epoch)?;
         if !sent {
             // The ring is full: wait for room, then for the answer, within one deadline.
             let deadline = due.deadline(Instant::now());
@@ -482,22 +491,31 @@ impl Bus {
             Origin::Direct(channel) => Hot::Answer { channel, corr },
             Origin::Daemon => Hot::All,
         };
-        let r = self.shared.wait_hot(due, hot, |core| {
-            if let Some(answer) = core.taken.take() {
+        let shared = &self.shared;
+        let r = shared.wait_hot(due, hot, |core| {
+            let answer = match core.taken.take() {
                 // `pump_hot` took our answer off the channel.
-                core.calls.remove(&corr);
-                return Ok(Some(answer));
-            }
-            match core.calls.get(&corr) {
-                Some(Some(_)) => Ok(core.calls.remove(&corr).flatten()),
-                _ if origin == Origin::Daemon && core.gone.is_some() => {
-                    Err(Error::BusGone(core.gone.clone().unwrap_or_default()))
+                Some(answer) => {
+                    core.calls.remove(&corr);
+                    answer
                 }
-                _ => Ok(None),
-            }
+                None => match core.calls.get(&corr) {
+                    Some(Some(_)) => match core.calls.remove(&corr).flatten() {
+                        Some(answer) => answer,
+                        None => return Ok(None),
+                    },
+                    _ if origin == Origin::Daemon && core.gone.is_some() => {
+                        return Err(Error::BusGone(core.gone.clone().unwrap_or_default()))
+                    }
+                    _ => return Ok(None),
+                },
+            };
+            // Mapped under this lock rather than another one. (A sample
+            // must not be dropped here: its drop takes the lock.)
+            Sample::new_locked(shared, core, answer.0, answer.1).map(Some)
         });
         match r {
-            Ok(answer) => self.shared.answer(Some(answer)),
+            Ok(sample) => Shared::answer_sample(sample),
             Err(e) => {
                 let mut core = self.shared.lock();
                 core.forget_call(corr, origin);
@@ -707,14 +725,11 @@ impl Shared {
         }
     }
 
-    /// Turns an answer descriptor into a sample or an error.
-    pub(crate) fn answer(self: &Arc<Self>, d: Option<(Descriptor, Origin)>) -> Result<Sample> {
-        let Some((d, origin)) = d else {
-            return Err(Error::Protocol("empty answer".into()));
-        };
-        let sample = Sample::new(self, d, origin)?;
+    /// An answer's sample, or the error it carries.
+    pub(crate) fn answer_sample(sample: Sample) -> Result<Sample> {
+        let d = sample.descriptor();
         if d.kind == Kind::Error as u8 {
-            return Err(error_of(&d, Some(&sample)));
+            return Err(error_of(d, Some(&sample)));
         }
         Ok(sample)
     }
@@ -791,6 +806,9 @@ impl Shared {
                     let _ = (Bus { shared: self.clone() }).reconnect();
                     continue;
                 }
+            }
+            if core.releases_queued {
+                core.flush_releases();
             }
             if round % 64 == 0 || round > idle.spins {
                 core.pump_data();

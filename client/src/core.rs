@@ -139,6 +139,8 @@ pub(crate) struct Core {
     /// What [`pump_hot`](Self::pump_hot) took off a ring for the wait that
     /// polled it; that wait's check takes it in the same critical section.
     pub taken: Option<(Descriptor, Origin)>,
+    /// Some channel has releases queued (see [`flush_releases`](Self::flush_releases)).
+    pub releases_queued: bool,
 }
 
 fn gone(e: impl std::fmt::Display) -> Error {
@@ -204,6 +206,7 @@ impl Core {
             want_releases: false,
             dropped_publications: 0,
             taken: None,
+            releases_queued: false,
         })
     }
 
@@ -957,18 +960,35 @@ impl Core {
             Origin::Daemon => self.push_or_backlog(Descriptor::new(Kind::Release, 0, 0).with_chunk(c)),
             Origin::Direct(id) => {
                 if let Some(ch) = self.channels.get_mut(&id) {
-                    // The return ring has a slot per chunk the peer can lend
-                    // at once only if its pool is smaller than the ring; if
-                    // not, wait for the peer to drain it (it never blocks on us).
-                    while let Err(Error::WouldBlock) = ch.release(c) {
-                        std::thread::yield_now();
-                        if ch.peer_exited() {
-                            break;
-                        }
-                    }
-                    self.reap_channel(id);
+                    ch.release(c);
+                    self.releases_queued = true;
                 }
             }
+        }
+    }
+
+    /// Puts every channel's queued releases on its return ring (see
+    /// [`Direct::release`]); a channel whose return ring is broken is cut off.
+    pub fn flush_releases(&mut self) {
+        self.releases_queued = false;
+        // Rare: allocated only when a channel broke or finished.
+        let mut broken = Vec::new();
+        let mut finished = Vec::new();
+        for ch in self.channels.values_mut().filter(|c| !c.releases.is_empty()) {
+            if let Err(e) = ch.flush_releases() {
+                broken.push((ch.id, e));
+            }
+            // A full return ring keeps some: try again on the next round.
+            self.releases_queued |= !ch.releases.is_empty();
+            if ch.finished() {
+                finished.push(ch.id);
+            }
+        }
+        for (id, e) in broken {
+            self.channel_violation(id, format!("return ring: {e}"));
+        }
+        for id in finished {
+            self.reap_channel(id);
         }
     }
 

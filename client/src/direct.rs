@@ -32,6 +32,9 @@ use hybus_layout::{ChunkRef, Consumer, Descriptor, Producer, PushError};
 use crate::core::View;
 use crate::error::{Error, Result};
 
+/// Releases queued on a channel before they are pushed whatever comes next.
+const RELEASE_BATCH: usize = 32;
+
 /// Where a channel stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum State {
@@ -74,6 +77,10 @@ pub(crate) struct Direct {
     pub lent: IdSet<u64>,
     /// Peer chunks we hold (samples not yet dropped).
     pub held: u64,
+    /// Peer chunks we are done with and have not put on the return ring
+    /// yet: they go right after our next push on the channel, or when a
+    /// wait begins, whichever comes first (see [`release`](Self::release)).
+    pub releases: Vec<ChunkRef>,
     /// Our calls in flight over the channel (side A).
     pub calls: FewSet<u64>,
     /// Exchanges we serve over the channel and have not finished (side B):
@@ -135,6 +142,7 @@ impl Direct {
             peer_ended: false,
             lent: IdSet::default(),
             held: 0,
+            releases: Vec::new(),
             calls: FewSet::new(),
             serving: FewSet::new(),
             reason: info.reason.clone(),
@@ -164,6 +172,12 @@ impl Direct {
                     self.lent.insert(c.offset);
                 }
                 self.counters().count(chunk.map_or(d.inline_len as u64, |c| c.len as u64));
+                if !self.releases.is_empty() {
+                    // Behind the descriptor, and rung for by its notify: a
+                    // parked peer always has its data ring armed. A broken
+                    // return ring is reported by the next `flush_releases`.
+                    let _ = self.push_releases();
+                }
                 self.tx.notify(&self.peer_bell);
                 Ok(())
             }
@@ -172,21 +186,47 @@ impl Direct {
         }
     }
 
-    /// Hands a chunk of the peer's pool back on our return ring.
+    /// Gives a chunk of the peer's pool back: queued, to go on our return
+    /// ring after our next push or when a wait begins (`Core::flush_releases`).
     ///
-    /// The peer is rung only if it sleeps waiting for pool space: it arms
-    /// its return ring only then (see `Core::prepare_park`).
-    pub fn release(&mut self, c: ChunkRef) -> Result<()> {
-        let d = Descriptor::new(hybus_layout::Kind::Release, 0, 0).with_chunk(c);
-        match self.rel_tx.push(&d) {
-            Ok(()) => {
-                self.held = self.held.saturating_sub(1);
-                self.rel_tx.notify(&self.peer_bell);
-                Ok(())
-            }
-            Err(PushError::Full(_)) => Err(Error::WouldBlock),
-            Err(PushError::Ring(e)) => Err(Error::Protocol(format!("direct return ring: {e}"))),
+    /// Why not at once: a release is a store to a line the peer reads, and
+    /// the lock released after it, or the fence of a notify, waits until
+    /// that line is ours. Released between receiving an answer and sending
+    /// the next request (or between a request and its answer), that wait
+    /// sat on the round trip; after a push it does not.
+    pub fn release(&mut self, c: ChunkRef) {
+        self.held = self.held.saturating_sub(1);
+        self.releases.push(c);
+        if self.releases.len() >= RELEASE_BATCH {
+            let _ = self.flush_releases();
         }
+    }
+
+    /// Puts the queued releases on the return ring (as many as fit; the
+    /// rest stay queued) and rings the peer if it sleeps waiting for them
+    /// (it arms its return ring only then, see `Core::prepare_park`).
+    pub fn flush_releases(&mut self) -> std::result::Result<(), hybus_layout::RingError> {
+        if self.push_releases()? > 0 {
+            self.rel_tx.notify(&self.peer_bell);
+        }
+        Ok(())
+    }
+
+    /// Pushes queued releases without ringing; returns how many went.
+    fn push_releases(&mut self) -> std::result::Result<usize, hybus_layout::RingError> {
+        let mut n = 0;
+        for c in &self.releases {
+            match self.rel_tx.push(&Descriptor::new(hybus_layout::Kind::Release, 0, 0).with_chunk(*c)) {
+                Ok(()) => n += 1,
+                Err(PushError::Full(_)) => break,
+                Err(PushError::Ring(e)) => {
+                    self.releases.drain(..n);
+                    return Err(e);
+                }
+            }
+        }
+        self.releases.drain(..n);
+        Ok(n)
     }
 
     /// Checks a descriptor that arrived on the channel and turns it into
@@ -218,6 +258,7 @@ impl Direct {
             && self.serving.is_empty()
             && self.lent.is_empty()
             && self.held == 0
+            && self.releases.is_empty()
     }
 
     /// Whether the peer process has exited (its pidfd is readable).

@@ -37,15 +37,40 @@ pub struct Sample {
 
 impl Sample {
     pub(crate) fn new(shared: &Arc<Shared>, d: Descriptor, origin: Origin) -> Result<Sample> {
+        if d.chunk().is_none() {
+            return Ok(Sample::inline(d, origin));
+        }
+        Sample::new_locked(shared, &mut shared.lock(), d, origin)
+    }
+
+    /// [`new`](Self::new) under a lock the caller holds (a wait's check:
+    /// one lock takes the descriptor and maps its payload).
+    pub(crate) fn new_locked(shared: &Arc<Shared>, core: &mut Core, d: Descriptor, origin: Origin) -> Result<Sample> {
         let Some(c) = d.chunk() else {
-            return Ok(Sample { d, range: None, _parent: None, origin, view: None, shared: None, epoch: 0 });
+            return Ok(Sample::inline(d, origin));
         };
-        let mut core = shared.lock();
-        let epoch = core.epoch;
         let view = core
             .view_for(c, origin)
             .ok_or_else(|| Error::Protocol(format!("no view of pool {} for a received chunk", c.segment)))?;
+        let epoch = core.epoch;
         Ok(Sample { d, range: None, _parent: None, origin, view: Some(view), shared: Some(shared.clone()), epoch })
+    }
+
+    fn inline(d: Descriptor, origin: Origin) -> Sample {
+        Sample { d, range: None, _parent: None, origin, view: None, shared: None, epoch: 0 }
+    }
+
+    /// The descriptor it came in.
+    pub(crate) fn descriptor(&self) -> &Descriptor {
+        &self.d
+    }
+
+    /// Gives the chunk back now, under a lock the caller holds (what
+    /// dropping it does, without taking the lock a second time).
+    pub(crate) fn release_locked(mut self, core: &mut Core) {
+        if self.shared.take().is_some() {
+            release_to(core, &self.d, self.origin, self.epoch);
+        }
     }
 
     /// One item of a batch: `range` of `parent`'s bytes (checked by the batch reader).
@@ -101,14 +126,17 @@ impl fmt::Debug for Sample {
 impl Drop for Sample {
     fn drop(&mut self) {
         if let Some(shared) = &self.shared {
-            let mut core = shared.lock();
-            // After a reconnect the old daemon's loans are gone with it.
-            // After a reconnect the old daemon's loans are gone with it;
-            // a direct channel's are not.
-            if core.epoch == self.epoch || matches!(self.origin, Origin::Direct(_)) {
-                core.release(self.d, self.origin);
-            }
+            release_to(&mut shared.lock(), &self.d, self.origin, self.epoch);
         }
+    }
+}
+
+/// Gives a received chunk back by the path it came, unless it came through
+/// a daemon we have since lost: the old daemon's loans are gone with it (a
+/// direct channel's are not).
+fn release_to(core: &mut Core, d: &Descriptor, origin: Origin, epoch: u64) {
+    if core.epoch == epoch || matches!(origin, Origin::Direct(_)) {
+        core.release(*d, origin);
     }
 }
 
@@ -136,6 +164,15 @@ impl Loan {
     /// Shrinks the payload to `len` bytes (it cannot grow past the loan).
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
+    }
+
+    /// The descriptor that sends the loan, and the connection epoch it was
+    /// lent in, which the sender checks under the lock it sends with (the
+    /// chunk is not ours to free if a reconnect came in between).
+    pub(crate) fn into_parts(mut self, kind: Kind, route: u32) -> (Descriptor, u64) {
+        self.sent = true;
+        let c = ChunkRef { len: self.len as u32, ..self.chunk };
+        (Descriptor::new(kind, route, 0).with_chunk(c), self.epoch)
     }
 
     pub(crate) fn into_descriptor(mut self, kind: Kind, route: u32) -> Result<Descriptor> {

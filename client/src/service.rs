@@ -102,11 +102,18 @@ impl Service {
     /// Waits up to `timeout` for the next request, fire or stream. `Ok(None)` if none came.
     pub fn next(&self, timeout: Duration) -> Result<Option<Incoming>> {
         let (instance, epoch) = self.inbox();
-        let r = self.bus.shared.wait_hot(Due::After(timeout), Hot::Inbox(instance), |core| {
-            Ok(core.taken.take().or_else(|| core.inboxes.get_mut(&instance).and_then(|q| q.pop_front())))
+        let shared = &self.bus.shared;
+        let r = shared.wait_hot(Due::After(timeout), Hot::Inbox(instance), |core| {
+            let Some((d, origin)) =
+                core.taken.take().or_else(|| core.inboxes.get_mut(&instance).and_then(|q| q.pop_front()))
+            else {
+                return Ok(None);
+            };
+            // Mapped under this lock rather than another one.
+            Ok(Some((Sample::new_locked(shared, core, d, origin)?, origin)))
         });
         match r {
-            Ok((d, origin)) => self.incoming(d, origin, instance, epoch).map(Some),
+            Ok((payload, origin)) => Ok(Some(self.incoming(payload, origin, instance, epoch))),
             Err(Error::DeadlineExceeded) => Ok(None),
             Err(e) => Err(e),
         }
@@ -118,11 +125,11 @@ impl Service {
         (instance, epoch)
     }
 
-    /// Wraps a descriptor from the inbox as what the application sees.
-    pub(crate) fn incoming(&self, d: Descriptor, origin: Origin, instance: u32, epoch: u64) -> Result<Incoming> {
+    /// Wraps what came to the inbox as what the application sees.
+    pub(crate) fn incoming(&self, payload: Sample, origin: Origin, instance: u32, epoch: u64) -> Incoming {
         let shared = &self.bus.shared;
-        let payload = Sample::new(shared, d, origin)?;
-        Ok(match Kind::from_u8(d.kind) {
+        let d = *payload.descriptor();
+        match Kind::from_u8(d.kind) {
             Some(Kind::Fire) => Incoming::Fire(payload),
             Some(Kind::StreamOpen) => {
                 let channel = d.aux & hybus_layout::descriptor::STREAM_CHANNEL != 0;
@@ -148,7 +155,7 @@ impl Service {
                 payload: Some(payload),
                 answered: false,
             }),
-        })
+        }
     }
 
     /// Stops getting new requests; requests in flight still arrive and may be answered.
@@ -209,24 +216,36 @@ impl Request {
         core.cancelled.contains(&(self.origin, self.corr))
     }
 
-    fn finish(&mut self, d: Result<Descriptor>) -> Result<()> {
+    /// Sends the answer `d` (with the epoch of the loan it was written in, if any).
+    fn finish(&mut self, d: Result<Descriptor>, loan_epoch: Option<u64>) -> Result<()> {
         self.answered = true;
-        // Release the request's chunk before answering, so the caller's pool
-        // gets it back no later than the answer.
-        self.payload = None;
+        let payload = self.payload.take();
         let mut d = match d {
             Ok(d) => d,
             Err(e) => {
-                self.shared.lock().served_done(self.origin, self.corr);
+                let mut core = self.shared.lock();
+                if let Some(p) = payload {
+                    p.release_locked(&mut core);
+                }
+                core.served_done(self.origin, self.corr);
                 return Err(e);
             }
         };
         d.correlation = self.corr;
         d.flags |= flags::SERVER;
-        // One lock for the checks and the push (the hot path of a server).
+        // One lock for the release, the checks and the push (the hot path of a server).
         let sent = {
             let mut core = self.shared.lock();
-            let r = if self.origin == Origin::Daemon && core.epoch != self.epoch {
+            // The request's chunk goes back first: through the daemon, the
+            // caller's pool has it no later than the answer; on a channel
+            // it is queued and follows the answer on the return ring.
+            if let Some(p) = payload {
+                p.release_locked(&mut core);
+            }
+            let stale_loan = loan_epoch.is_some_and(|e| e != core.epoch);
+            let r = if stale_loan {
+                Err(Error::BusGone("the loan is from before a reconnect".into()))
+            } else if self.origin == Origin::Daemon && core.epoch != self.epoch {
                 Err(Error::BusGone("the request is from before a reconnect".into()))
             } else if !core.cancelled.is_empty() && core.cancelled.remove(&(self.origin, self.corr)) {
                 Err(Error::Cancelled)
@@ -236,7 +255,8 @@ impl Request {
                     r => r.map(|()| true),
                 }
             };
-            if let (Err(_), Some(c)) = (&r, d.chunk()) {
+            // A stale loan's chunk belongs to a pool the old daemon took with it.
+            if let (Err(_), Some(c), false) = (&r, d.chunk(), stale_loan) {
                 core.free_own(c);
             }
             if !matches!(r, Ok(false)) {
@@ -263,19 +283,19 @@ impl Request {
             Some(d) => Ok(d),
             None => self.shared.build(Kind::Response, self.instance, payload, Some(Instant::now() + REPLY_POOL_WAIT)),
         };
-        self.finish(d)
+        self.finish(d, None)
     }
 
     /// Answers with a loaned chunk written in place (zero-copy).
     pub fn reply_loan(mut self, loan: Loan) -> Result<()> {
-        let d = loan.into_descriptor(Kind::Response, self.instance);
-        self.finish(d)
+        let (d, epoch) = loan.into_parts(Kind::Response, self.instance);
+        self.finish(Ok(d), Some(epoch))
     }
 
     /// Answers with an error the caller sees as [`Error::Service`] (first 40 bytes of `message`).
     pub fn fail(mut self, message: &str) -> Result<()> {
         let d = service_error(self.instance, 0, message);
-        self.finish(Ok(d))
+        self.finish(Ok(d), None)
     }
 }
 
@@ -283,7 +303,7 @@ impl Drop for Request {
     fn drop(&mut self) {
         if !self.answered {
             let d = service_error(self.instance, 0, "request dropped without an answer");
-            let _ = self.finish(Ok(d));
+            let _ = self.finish(Ok(d), None);
         }
     }
 }
