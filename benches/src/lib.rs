@@ -16,7 +16,8 @@
 //! * [`bare_ring`] — the throughput floor: a ring with nothing but two indices;
 //! * [`worker`] — the server roles the benchmarks talk to (echo, sink, streamer, subscriber);
 //! * [`stats`] — percentiles of latency samples;
-//! * [`limits`] — the other floors: a three-process relay, eventfd and Unix-socket ping-pongs.
+//! * [`limits`] — the other floors: a three-process relay, eventfd and Unix-socket ping-pongs;
+//! * [`placement`] — which CPUs the two parties of a measurement run on.
 //!
 //! Each helper checks what it moves (order and values) and returns
 //! [`BenchError::Mismatch`] instead of a figure if anything is wrong, so a
@@ -45,6 +46,7 @@ mod error;
 mod gate;
 pub mod limits;
 pub mod pingpong;
+pub mod placement;
 pub mod process;
 mod spin;
 pub mod stats;

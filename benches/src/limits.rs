@@ -22,6 +22,7 @@ use hybus_layout::shm::Line;
 
 use crate::error::os;
 use crate::pingpong::WARMUP;
+use crate::placement::Pinned;
 use crate::process::{exit_code, finish, AtomicsOnly, ChildProcess, Shared};
 use crate::spin::Spinner;
 use crate::BenchError;
@@ -143,6 +144,7 @@ pub fn eventfd_pingpong_2p(round_trips: u64) -> Result<Vec<u64>, BenchError> {
             }))
         })
     }?;
+    let _pinned = Pinned::pair_with(child.pid())?;
     let mut samples = Vec::with_capacity(round_trips as usize);
     let result = (|| {
         for i in 0..total {

@@ -17,6 +17,7 @@ use hybus_layout::segment::{EventFd, Segment};
 use hybus_layout::shm::Line;
 use hybus_layout::{Descriptor, IdleStrategy, Kind, SegmentKind, WaitOutcome};
 
+use crate::placement::Pinned;
 use crate::process::{exit_code, finish, AtomicsOnly, ChildProcess, Shared};
 use crate::spin::{Peer, Spinner};
 use crate::BenchError;
@@ -85,6 +86,7 @@ fn cacheline_rounds(round_trips: u64, payload: bool) -> Result<Vec<u64>, BenchEr
     // (no allocation, no locks), so it is sound even if this process has
     // other threads.
     let child = unsafe { ChildProcess::fork(|| exit_code(cacheline_echo(lines, total, payload))) }?;
+    let _pinned = Pinned::pair_with(child.pid())?;
     let mut samples = sample_buffer(round_trips);
     let result = cacheline_drive(lines, total, payload, &child, &mut samples);
     finish(result, child)?;

@@ -52,6 +52,13 @@ impl Worker {
     }
 }
 
+impl Worker {
+    /// The worker's process id.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
 impl Drop for Worker {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -494,8 +494,12 @@ fn bench_quick_json_and_plot() {
     assert!(v["machine"]["kernel"].as_str().is_some_and(|k| !k.is_empty()), "{v}");
     let results = v["results"].as_array().expect("results");
     let find = |name: &str| results.iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("no {name} in {v}"));
+    // Two-process results run pinned to two CPUs (this test machine has two).
+    let pinned = &v["machine"]["pinned_pair"];
+    assert!(pinned.is_null() || pinned.as_array().is_some_and(|p| p.len() == 2 && p[0] != p[1]), "{v}");
     let latency_names = [
         "limit/cacheline-2p",
+        "limit/cacheline-2p-payload",
         "limit/cacheline-3p",
         "limit/eventfd",
         "baseline/uds",

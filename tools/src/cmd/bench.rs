@@ -15,6 +15,12 @@
 //! (two parties, a core each), like `limit/cacheline-2p`; the `-blocking`
 //! results park at once, so every message is a wake-up, like `limit/eventfd`.
 //!
+//! Placement: the two parties of `limit/cacheline-2p*`, `limit/eventfd`
+//! and `direct/rpc*` run on two CPUs of their own, the same two for each
+//! (`--no-pin` leaves them to the scheduler; see
+//! [`hybus_benches::placement`] for why a blocking ratio means nothing
+//! otherwise).
+//!
 //! Round trips of 1 MiB measure the zero-copy claim itself: the payload is
 //! written in place and only its first 8 bytes (a sequence number, checked)
 //! are touched on each side. Throughput tests touch every byte they move.
@@ -55,6 +61,11 @@ pub struct Args {
     /// Draw the latency distributions to this SVG file.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Leave the two parties of the two-process results where the
+    /// scheduler puts them (by default each runs on a CPU of its own, the
+    /// same two CPUs for the limits and for hybus).
+    #[arg(long)]
+    no_pin: bool,
 }
 
 /// One measured figure.
@@ -139,6 +150,7 @@ pub fn run(socket: Option<&Path>, a: Args) -> anyhow::Result<()> {
         filter: a.filter.clone(),
     };
     anyhow::ensure!(!plan.payloads.is_empty(), "--payload needs at least one size");
+    hybus_benches::placement::pin_pairs(!a.no_pin);
     let results = measure(socket, &plan, a.json)?;
     if a.json {
         super::print_json(&to_json(&results, &plan))?;
@@ -302,7 +314,10 @@ fn rpc(socket: &Path, payload: usize, round_trips: u64, idle: &str) -> anyhow::R
 /// Request/response round trips to an echo worker, through the daemon or over a direct channel.
 fn rpc_on(socket: &Path, payload: usize, round_trips: u64, idle: &str, direct: bool) -> anyhow::Result<Figure> {
     let name = unique("bench.echo");
-    let _w = Worker::start(socket, "echo", &name, None, idle)?;
+    let w = Worker::start(socket, "echo", &name, None, idle)?;
+    // Placed like the two-process limits it is set beside (direct), or not
+    // at all (brokered: three parties share two CPUs).
+    let _pinned = if direct { hybus_benches::placement::Pinned::pair_with(w.pid())? } else { None };
     let bus = client(socket, idle)?;
     let route = bus.resolve(&name)?;
     if direct {
@@ -530,6 +545,7 @@ fn machine() -> serde_json::Value {
     json!({
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "kernel": uname.map(|u| format!("{} {}", u.sysname().to_string_lossy(), u.release().to_string_lossy())).unwrap_or_default(),
+        "pinned_pair": hybus_benches::placement::pair().map(|p| [p.near, p.far]),
     })
 }
 
