@@ -444,51 +444,53 @@ impl BatchStores {
 #[cfg(all(target_arch = "x86_64", not(loom)))]
 #[inline(always)]
 unsafe fn store_slot_x86_64(dst: *mut u64, d: &Descriptor, header: u64, stores: BatchStores) {
+    let src = d as *const Descriptor;
+    // Words 0..5, then word 6 and the header word. Each block clobbers
+    // memory, so their stores stay in this order.
+    // SAFETY: `d` is 64 readable bytes and we read its first 56, which hold
+    // no padding; `dst` per the contract above.
+    unsafe {
+        std::arch::asm!(
+            "movups {a}, [{src}]",
+            "movups {b}, [{src} + 16]",
+            "movups {c}, [{src} + 32]",
+            "movaps [{dst}], {a}",
+            "movaps [{dst} + 16], {b}",
+            "movaps [{dst} + 32], {c}",
+            src = in(reg) src,
+            dst = in(reg) dst,
+            a = out(xmm_reg) _,
+            b = out(xmm_reg) _,
+            c = out(xmm_reg) _,
+            options(nostack, preserves_flags),
+        );
+    }
     match stores {
-        // SAFETY: `d` is 64 readable bytes and we read its first 56, which
-        // hold no padding; `dst` per the contract above.
+        // SAFETY: as above.
         BatchStores::Wide => unsafe {
             std::arch::asm!(
-                "movups {a}, [{src}]",
-                "movups {b}, [{src} + 16]",
-                "movups {c}, [{src} + 32]",
-                "movq {d}, qword ptr [{src} + 48]",
+                "movq {w}, qword ptr [{src} + 48]",
                 "movq {h}, {header}",
-                "punpcklqdq {d}, {h}",
-                "movaps [{dst}], {a}",
-                "movaps [{dst} + 16], {b}",
-                "movaps [{dst} + 32], {c}",
-                "movaps [{dst} + 48], {d}",
-                src = in(reg) d as *const Descriptor,
+                "punpcklqdq {w}, {h}",
+                "movaps [{dst} + 48], {w}",
+                src = in(reg) src,
                 dst = in(reg) dst,
                 header = in(reg) header,
-                a = out(xmm_reg) _,
-                b = out(xmm_reg) _,
-                c = out(xmm_reg) _,
-                d = out(xmm_reg) _,
+                w = out(xmm_reg) _,
                 h = out(xmm_reg) _,
                 options(nostack, preserves_flags),
             );
         },
-        // SAFETY: as for `Wide`.
+        // SAFETY: as above.
         BatchStores::Split => unsafe {
             std::arch::asm!(
-                "movups {a}, [{src}]",
-                "movups {b}, [{src} + 16]",
-                "movups {c}, [{src} + 32]",
                 "mov {w6}, [{src} + 48]",
-                "movaps [{dst}], {a}",
-                "movaps [{dst} + 16], {b}",
-                "movaps [{dst} + 32], {c}",
                 "mov [{dst} + 48], {w6}",
                 "mov [{dst} + 56], {header}",
-                src = in(reg) d as *const Descriptor,
+                src = in(reg) src,
                 dst = in(reg) dst,
                 header = in(reg) header,
                 w6 = out(reg) _,
-                a = out(xmm_reg) _,
-                b = out(xmm_reg) _,
-                c = out(xmm_reg) _,
                 options(nostack, preserves_flags),
             );
         },
