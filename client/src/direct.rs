@@ -32,9 +32,6 @@ use hybus_layout::{ChunkRef, Consumer, Descriptor, Producer, PushError};
 use crate::core::View;
 use crate::error::{Error, Result};
 
-/// Releases queued on a channel before they are pushed whatever comes next.
-const RELEASE_BATCH: usize = 32;
-
 /// Where a channel stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum State {
@@ -78,8 +75,9 @@ pub(crate) struct Direct {
     /// Peer chunks we hold (samples not yet dropped).
     pub held: u64,
     /// Peer chunks we are done with and have not put on the return ring
-    /// yet: they go right after our next push on the channel, or when a
-    /// wait begins, whichever comes first (see [`release`](Self::release)).
+    /// yet (one at most, or more while the ring is full): they go right
+    /// after our next push on the channel, or when a wait begins (see
+    /// [`release`](Self::release)).
     pub releases: Vec<ChunkRef>,
     /// Our calls in flight over the channel (side A).
     pub calls: FewSet<u64>,
@@ -186,18 +184,21 @@ impl Direct {
         }
     }
 
-    /// Gives a chunk of the peer's pool back: queued, to go on our return
-    /// ring after our next push or when a wait begins (`Core::flush_releases`).
+    /// Gives a chunk of the peer's pool back: the latest release waits to
+    /// go on our return ring after our next push there, or when a wait
+    /// begins (`Core::flush_releases`); an earlier one still waiting goes now.
     ///
-    /// Why not at once: a release is a store to a line the peer reads, and
-    /// the lock released after it, or the fence of a notify, waits until
-    /// that line is ours. Released between receiving an answer and sending
-    /// the next request (or between a request and its answer), that wait
-    /// sat on the round trip; after a push it does not.
+    /// Why wait: a release is a store to a line the peer reads, and the lock
+    /// released after it, or the fence of a notify, waits until that line
+    /// is ours. Released between taking an answer and sending the next
+    /// request (or a request and its answer), that wait sat on the round
+    /// trip; after a push it does not. Why only one: a client that stops
+    /// using the bus keeps what waits until it uses it again, and one chunk
+    /// per channel is as much as it may keep from the peer's pool.
     pub fn release(&mut self, c: ChunkRef) {
         self.held = self.held.saturating_sub(1);
         self.releases.push(c);
-        if self.releases.len() >= RELEASE_BATCH {
+        if self.releases.len() > 1 {
             let _ = self.flush_releases();
         }
     }

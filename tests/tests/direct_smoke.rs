@@ -58,3 +58,50 @@ fn configured_pair_goes_direct_and_back() {
     t.join().unwrap();
     assert_eq!(cam.chunks_in_use(), 0);
 }
+
+/// Chunks the caller is done with go back to the server's pool over the
+/// channel: dropped while the caller does nothing else with the bus, all
+/// but the last come back at once (one may wait for the caller's next push
+/// or wait, which it rides along with).
+#[test]
+fn released_chunks_come_back_and_an_idle_caller_keeps_at_most_one() {
+    let dir = std::env::temp_dir().join(format!("hybus-drel-{}", std::process::id()));
+    let path = dir.join("bus.sock");
+    let mut cfg = hybusd::Config::default();
+    cfg.direct.push(hybusd::config::DirectPair { caller: "rel.caller".into(), service: "rel.big".into(), uid: None });
+    let _d = hybusd::Embedded::start(&path, cfg).unwrap();
+    let server = Bus::connect_to(&path).unwrap();
+    let svc = server.register("rel.big").unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let t = std::thread::spawn(move || {
+        // Keeps waiting (and so taking back returned chunks) until told to stop.
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Some(Incoming::Request(r)) = svc.next(Duration::from_millis(10)).unwrap() {
+                let n = r.payload()[0] as usize;
+                r.reply(&vec![7u8; n]).unwrap();
+            }
+        }
+    });
+    let caller = Bus::connect_to(&path).unwrap();
+    let _me = caller.register("rel.caller").unwrap();
+    let route = caller.resolve("rel.big").unwrap();
+    assert!(caller.is_direct(&route));
+    let answers: Vec<_> = (0..20).map(|_| caller.call(&route, &[200], Duration::from_secs(5)).unwrap()).collect();
+    assert!(answers.iter().all(|a| a.len() == 200 && a.is_zero_copy()));
+    assert!(server.chunks_in_use() >= 20, "the caller holds 20 answer chunks");
+    drop(answers);
+    let settled = |max: u32| {
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        while server.chunks_in_use() > max && std::time::Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        server.chunks_in_use()
+    };
+    assert!(settled(1) <= 1, "an idle caller keeps at most one chunk: {}", server.chunks_in_use());
+    // The next call (inline both ways) takes the last release along.
+    assert_eq!(caller.call(&route, &[1], Duration::from_secs(5)).unwrap().len(), 1);
+    assert_eq!(settled(0), 0, "every chunk came back");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    t.join().unwrap();
+}
