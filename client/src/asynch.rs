@@ -88,6 +88,9 @@ impl AsyncBus {
         loop {
             {
                 let mut core = shared.lock();
+                if core.releases_queued {
+                    core.flush_releases();
+                }
                 core.pump_data();
                 if let Some(v) = check(&mut core)? {
                     return Ok(v);
