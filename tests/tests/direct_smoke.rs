@@ -3,13 +3,19 @@ use std::time::Duration;
 
 use hybus::{Bus, BusEvent, Incoming};
 
-#[test]
-fn configured_pair_goes_direct_and_back() {
-    let dir = std::env::temp_dir().join(format!("hybus-dsmoke-{}", std::process::id()));
+/// An embedded daemon at a fresh socket (under a directory named after
+/// `tag`) whose config makes `caller` → `service` a direct pair.
+fn daemon_with_pair(tag: &str, caller: &str, service: &str) -> (hybusd::Embedded, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("hybus-{tag}-{}", std::process::id()));
     let path = dir.join("bus.sock");
     let mut cfg = hybusd::Config::default();
-    cfg.direct.push(hybusd::config::DirectPair { caller: "cam.front".into(), service: "det".into(), uid: None });
-    let _d = hybusd::Embedded::start(&path, cfg).unwrap();
+    cfg.direct.push(hybusd::config::DirectPair { caller: caller.into(), service: service.into(), uid: None });
+    (hybusd::Embedded::start(&path, cfg).unwrap(), path)
+}
+
+#[test]
+fn configured_pair_goes_direct_and_back() {
+    let (_d, path) = daemon_with_pair("dsmoke", "cam.front", "det");
     let server = Bus::connect_to(&path).unwrap();
     let svc = server.register("det").unwrap();
     let t = std::thread::spawn(move || {
@@ -65,11 +71,7 @@ fn configured_pair_goes_direct_and_back() {
 /// or wait, which it rides along with).
 #[test]
 fn released_chunks_come_back_and_an_idle_caller_keeps_at_most_one() {
-    let dir = std::env::temp_dir().join(format!("hybus-drel-{}", std::process::id()));
-    let path = dir.join("bus.sock");
-    let mut cfg = hybusd::Config::default();
-    cfg.direct.push(hybusd::config::DirectPair { caller: "rel.caller".into(), service: "rel.big".into(), uid: None });
-    let _d = hybusd::Embedded::start(&path, cfg).unwrap();
+    let (_d, path) = daemon_with_pair("drel", "rel.caller", "rel.big");
     let server = Bus::connect_to(&path).unwrap();
     let svc = server.register("rel.big").unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
