@@ -375,10 +375,11 @@ const _: () = {
 /// further ahead it runs. Eight atomic stores measured 0.63–0.80× of the
 /// bare ring's batched throughput; five (three 16-byte, two 8-byte)
 /// 0.69–0.97× (median 0.74×); four 16-byte stores, as the bare ring itself
-/// makes, which is what [`BatchStores::Wide`] does, 0.94–0.96×
-/// (`ring_report`, three runs of three). Only for batches: a descriptor built just before a
-/// single push sits in 8-byte and smaller stores that 16-byte loads would
-/// wait for (a store-forwarding stall); a batch was written well before.
+/// makes, which is what [`BatchStores::Wide`] does, 0.92–0.95× (medians of
+/// `ring_report` runs of three). Only for batches: a descriptor built just
+/// before a single push sits in 8-byte and smaller stores that 16-byte
+/// loads would wait for (a store-forwarding stall); a batch was written
+/// well before.
 /// (For the same reason, packing the words into an array first and copying
 /// that with 16-byte moves measured slower than eight atomic stores.)
 #[cfg(all(target_arch = "x86_64", not(loom)))]
@@ -434,8 +435,8 @@ impl BatchStores {
 /// order) and an aligned 16-byte SSE store is at least two single-copy
 /// atomic 8-byte stores (with [`BatchStores::Wide`], one 16-byte one), so
 /// once the consumer's Acquire load of the header word sees the stamp,
-/// words 0..7 are the new ones. The block is opaque to the compiler and
-/// clobbers memory, so nothing moves across it.
+/// words 0..7 are the new ones. The blocks are opaque to the compiler and
+/// clobber memory, so nothing moves across them.
 ///
 /// # Safety
 ///
