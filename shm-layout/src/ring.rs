@@ -27,7 +27,7 @@
 //! [`Consumer::pop_batch`]: a bulk reader that polled stamps would sit at
 //! the producer's write frontier and pull each line away from it mid-batch
 //! (measured: 0.6× the bare ring's throughput that way, 0.75–0.8× trailing
-//! `tail`, 0.94–0.96× since batches are stored with four 16-byte stores a
+//! `tail`, 0.92–0.95× since batches are stored with four 16-byte stores a
 //! slot, see `descriptor::BatchStores`). `tail` may lag behind slots that `pop` took by their stamps, by
 //! at most one batch.
 //!
@@ -664,7 +664,7 @@ impl Consumer {
     /// producer by its last `tail` store instead of polling the slot it is
     /// writing: polling stamps at the producer's frontier would pull each
     /// line away from it mid-batch (measured: 0.57× the bare ring's
-    /// throughput that way, against 0.94–0.96× this way).
+    /// throughput that way, against 0.92–0.95× this way).
     #[inline]
     pub fn pop_batch(&mut self, out: &mut [Descriptor]) -> Result<usize, RingError> {
         let mut ready = self.cached_tail.wrapping_sub(self.head);
