@@ -600,7 +600,9 @@ impl Core {
                         break;
                     }
                     if let Some(c) = d.chunk() {
-                        let _ = self.alloc.free(ChunkRef { segment: self.client_id, ..c });
+                        if self.alloc.free(ChunkRef { segment: self.client_id, ..c }).is_ok() {
+                            reclaim_first_line(&self.pool, c.offset);
+                        }
                     }
                 }
                 if n < buf.len() {
@@ -839,6 +841,8 @@ impl Core {
                 if let Some(c) = d.chunk() {
                     if self.alloc.free(c).is_err() {
                         self.lost("daemon returned a chunk we did not lend");
+                    } else {
+                        reclaim_first_line(&self.pool, c.offset);
                     }
                 }
             }
@@ -1123,6 +1127,29 @@ impl Core {
             }
         }
         Ok(d.with_chunk(c))
+    }
+}
+
+/// Takes the first cache line of the chunk of our `pool` at `offset`,
+/// just handed back and freed, into this core's cache for writing.
+///
+/// Why: the reader read that line last, so it sits in the reader's cache,
+/// and the next payload written there (its header, at least) must take it
+/// back. Taken at that write, the transfer held up the lock that publishes
+/// the descriptor behind it, on the round trip; taken here, it happens
+/// while this side waits (chunks come back during a wait's pump), and the
+/// free stacks are LIFO, so this chunk is the next one lent. A store, not
+/// a prefetch: `PREFETCHW` measured no gain, this store does (direct/rpc
+/// 1 MiB p50, medians of four 300 000-round-trip runs each: 720 → 636 ns).
+/// The chunk is free and only we write our pool (peers map it read-only),
+/// so the byte written is nobody's data.
+fn reclaim_first_line(pool: &View, offset: u64) {
+    // SAFETY: the chunk at `offset` was just freed to our allocator: no
+    // loan and no sender holds it, and nobody else writes our pool.
+    if let Some(first) = unsafe { pool.seg.bytes_mut(offset, 1) } {
+        // Volatile: the compiler must not drop a store nobody reads.
+        // SAFETY: `first` is one valid, exclusively held byte.
+        unsafe { std::ptr::write_volatile(first.as_mut_ptr(), 0) };
     }
 }
 
