@@ -370,6 +370,20 @@ mod tests {
         assert!(g.size() >= 8192 + 2 * 4096);
     }
 
+    /// A class whose chunk size is a multiple of 64 but not a power of two
+    /// checks the same way.
+    #[test]
+    fn odd_chunk_sizes_check_like_powers_of_two() {
+        let g = PoolGeometry::new(&[SizeClass { chunk_size: 192, count: 4 }]).unwrap();
+        let base = g.check(ChunkRef { segment: 0, len: 1, offset: 4096 }).map(|_| 4096).unwrap();
+        for i in 0..4u64 {
+            assert_eq!(g.check(ChunkRef { segment: 0, len: 192, offset: base + i * 192 }), Ok(i as u32));
+        }
+        for off in [base + 64, base + 191, base + 4 * 192] {
+            assert!(matches!(g.check(ChunkRef { segment: 0, len: 1, offset: off }), Err(ChunkError::OutOfPool { .. })));
+        }
+    }
+
     #[test]
     fn bad_geometries() {
         assert_eq!(PoolGeometry::new(&[]), Err(GeometryError::ClassCount(0)));
