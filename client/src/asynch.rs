@@ -145,12 +145,12 @@ impl AsyncBus {
             self.bus.shared.send_on(origin, &d, Some(deadline))?;
         }
         let r = self
-            .wait(deadline, |core| match core.calls.get(&corr) {
-                Some(Some(_)) => Ok(core.calls.remove(&corr).flatten()),
-                _ if origin == Origin::Daemon && core.gone.is_some() => {
+            .wait(deadline, |core| match core.take_answer(corr) {
+                Some(answer) => Ok(Some(answer)),
+                None if origin == Origin::Daemon && core.gone.is_some() => {
                     Err(Error::BusGone(core.gone.clone().unwrap_or_default()))
                 }
-                _ => Ok(None),
+                None => Ok(None),
             })
             .await;
         match r {
@@ -170,9 +170,7 @@ impl AsyncBus {
     /// Awaits the next request, fire or stream for `service` (see [`Service::next`]).
     pub async fn next_incoming(&self, service: &Service, timeout: Duration) -> Result<Option<Incoming>> {
         let (instance, epoch) = service.inbox();
-        let r = self
-            .wait(Instant::now() + timeout, |core| Ok(core.inboxes.get_mut(&instance).and_then(|q| q.pop_front())))
-            .await;
+        let r = self.wait(Instant::now() + timeout, |core| Ok(core.take_incoming(instance))).await;
         match r {
             Ok((d, origin)) => {
                 Sample::new(&self.bus.shared, d, origin).map(|p| Some(service.incoming(p, origin, instance, epoch)))

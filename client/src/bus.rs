@@ -493,26 +493,15 @@ impl Bus {
         };
         let shared = &self.shared;
         let r = shared.wait_hot(due, hot, |core| {
-            let answer = match core.taken.take() {
-                // `pump_hot` took our answer off the channel.
-                Some(answer) => {
-                    core.calls.remove(&corr);
-                    answer
+            let Some((answer, path)) = core.take_answer(corr) else {
+                if origin == Origin::Daemon && core.gone.is_some() {
+                    return Err(Error::BusGone(core.gone.clone().unwrap_or_default()));
                 }
-                None => match core.calls.get(&corr) {
-                    Some(Some(_)) => match core.calls.remove(&corr).flatten() {
-                        Some(answer) => answer,
-                        None => return Ok(None),
-                    },
-                    _ if origin == Origin::Daemon && core.gone.is_some() => {
-                        return Err(Error::BusGone(core.gone.clone().unwrap_or_default()))
-                    }
-                    _ => return Ok(None),
-                },
+                return Ok(None);
             };
             // Mapped under this lock rather than another one. (A sample
             // must not be dropped here: its drop takes the lock.)
-            Sample::new_locked(shared, core, answer.0, answer.1).map(Some)
+            Sample::new_locked(shared, core, answer, path).map(Some)
         });
         match r {
             Ok(sample) => Shared::answer_sample(sample),

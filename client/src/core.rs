@@ -10,7 +10,7 @@ use hybus_layout::channel::Side;
 use hybus_layout::control::{self, ClientMessage, DaemonMessage, Event, Reply, Request};
 use hybus_layout::descriptor::flags;
 use hybus_layout::header::SegmentKind;
-use hybus_layout::pool::{PoolAllocator, PoolGeometry, SizeClass};
+use hybus_layout::pool::{ChunkError, PoolAllocator, PoolGeometry, SizeClass};
 use hybus_layout::segment::{Access, EventFd, Segment};
 use hybus_layout::socket::{ControlSocket, RecvError};
 use hybus_layout::{ChunkRef, Consumer, Descriptor, Kind, Producer, PushError};
@@ -554,26 +554,27 @@ impl Core {
 
     /// Drains the rings of every channel whose peer has fenced.
     fn pump_channels(&mut self, only_closing: bool) -> usize {
-        // This runs on every poll of a waiting call: no allocation for the
-        // usual handful of channels.
-        let mut ids = [0u32; 16];
+        let ids = self.fenced_channels(|c| !only_closing || (c.state == State::Closing && !c.peer_ended));
+        ids.map(|id| self.pump_channel(id)).sum()
+    }
+
+    /// Ids of the channels whose peer has fenced and that `keep` selects, to
+    /// pump one by one. This runs on every poll of a waiting call: on the
+    /// stack for the usual handful, in a vector only beyond 16.
+    fn fenced_channels(&self, keep: impl Fn(&Direct) -> bool) -> impl Iterator<Item = u32> {
+        let mut few = [0u32; 16];
         let mut n = 0;
         let mut more = Vec::new();
-        for c in self.channels.values() {
-            if c.peer_fenced && (!only_closing || (c.state == State::Closing && !c.peer_ended)) {
-                if n < ids.len() {
-                    ids[n] = c.id;
+        for c in self.channels.values().filter(|c| c.peer_fenced && keep(c)) {
+            match few.get_mut(n) {
+                Some(slot) => {
+                    *slot = c.id;
                     n += 1;
-                } else {
-                    more.push(c.id);
                 }
+                None => more.push(c.id),
             }
         }
-        let mut total = 0;
-        for id in ids[..n].iter().copied().chain(more) {
-            total += self.pump_channel(id);
-        }
-        total
+        few.into_iter().take(n).chain(more)
     }
 
     /// Drains one channel's return ring and data ring.
@@ -600,9 +601,7 @@ impl Core {
                         break;
                     }
                     if let Some(c) = d.chunk() {
-                        if self.alloc.free(ChunkRef { segment: self.client_id, ..c }).is_ok() {
-                            reclaim_first_line(&self.pool, c.offset);
-                        }
+                        let _ = take_back(&mut self.alloc, &self.pool, ChunkRef { segment: self.client_id, ..c });
                     }
                 }
                 if n < buf.len() {
@@ -685,13 +684,7 @@ impl Core {
             }
             Hot::Answer { channel, .. } => self.pump_one(channel, hot),
             Hot::Inbox(_) => {
-                let mut ids = [0u32; 16];
-                let mut n = 0;
-                for c in self.channels.values().filter(|c| c.peer_fenced).take(ids.len()) {
-                    ids[n] = c.id;
-                    n += 1;
-                }
-                for &id in &ids[..n] {
+                for id in self.fenced_channels(|_| true) {
                     self.pump_one(id, hot);
                 }
             }
@@ -745,6 +738,30 @@ impl Core {
             }
         }
         self.taken = Some((d, Origin::Direct(id)));
+    }
+
+    /// The answer to our call `corr`, if it came: taken off its channel by
+    /// [`pump_hot`](Self::pump_hot) this round, or dispatched into the call
+    /// table. The call is forgotten once its answer is taken.
+    pub fn take_answer(&mut self, corr: u64) -> Option<(Descriptor, Origin)> {
+        if self.taken.is_some_and(|(d, _)| d.correlation == corr && d.flags & flags::SERVER == 0) {
+            self.calls.remove(&corr);
+            return self.taken.take();
+        }
+        if matches!(self.calls.get(&corr), Some(Some(_))) {
+            return self.calls.remove(&corr).flatten();
+        }
+        None
+    }
+
+    /// The next request or fire for `instance`: taken off a channel by
+    /// [`pump_hot`](Self::pump_hot) this round (only while the inbox is
+    /// empty), else the oldest in its inbox.
+    pub fn take_incoming(&mut self, instance: u32) -> Option<(Descriptor, Origin)> {
+        if self.taken.is_some_and(|(d, o)| d.flags & flags::SERVER != 0 && self.inbox_of(d.route, o) == instance) {
+            return self.taken.take();
+        }
+        self.inboxes.get_mut(&instance).and_then(|q| q.pop_front())
     }
 
     /// Hands what [`pump_hot`](Self::pump_hot) took and no check wanted to
@@ -839,10 +856,8 @@ impl Core {
         match (kind, server) {
             (Kind::Release, _) => {
                 if let Some(c) = d.chunk() {
-                    if self.alloc.free(c).is_err() {
+                    if take_back(&mut self.alloc, &self.pool, c).is_err() {
                         self.lost("daemon returned a chunk we did not lend");
-                    } else {
-                        reclaim_first_line(&self.pool, c.offset);
                     }
                 }
             }
@@ -1130,10 +1145,10 @@ impl Core {
     }
 }
 
-/// Takes the first cache line of the chunk of our `pool` at `offset`,
-/// just handed back and freed, into this core's cache for writing.
+/// Frees chunk `c` of our `pool`, handed back by whoever it was lent to,
+/// and takes its first cache line into this core's cache for writing.
 ///
-/// Why: the reader read that line last, so it sits in the reader's cache,
+/// Why the line: the reader read it last, so it sits in the reader's cache,
 /// and the next payload written there (its header, at least) must take it
 /// back. Taken at that write, the transfer held up the lock that publishes
 /// the descriptor behind it, on the round trip; taken here, it happens
@@ -1143,14 +1158,16 @@ impl Core {
 /// 1 MiB p50, medians of four 300 000-round-trip runs each: 720 → 636 ns).
 /// The chunk is free and only we write our pool (peers map it read-only),
 /// so the byte written is nobody's data.
-fn reclaim_first_line(pool: &View, offset: u64) {
-    // SAFETY: the chunk at `offset` was just freed to our allocator: no
-    // loan and no sender holds it, and nobody else writes our pool.
-    if let Some(first) = unsafe { pool.seg.bytes_mut(offset, 1) } {
+fn take_back(alloc: &mut PoolAllocator, pool: &View, c: ChunkRef) -> std::result::Result<(), ChunkError> {
+    alloc.free(c)?;
+    // SAFETY: the chunk was just freed to our allocator: no loan and no
+    // sender holds it, and nobody else writes our pool.
+    if let Some(first) = unsafe { pool.seg.bytes_mut(c.offset, 1) } {
         // Volatile: the compiler must not drop a store nobody reads.
         // SAFETY: `first` is one valid, exclusively held byte.
         unsafe { std::ptr::write_volatile(first.as_mut_ptr(), 0) };
     }
+    Ok(())
 }
 
 /// Correlation ids of fires have this bit set, so that an error for a fire

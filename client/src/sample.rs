@@ -175,13 +175,15 @@ impl Loan {
         (Descriptor::new(kind, route, 0).with_chunk(c), self.epoch)
     }
 
-    pub(crate) fn into_descriptor(mut self, kind: Kind, route: u32) -> Result<Descriptor> {
-        if self.shared.lock().epoch != self.epoch {
-            return Err(Error::BusGone("the loan is from before a reconnect".into()));
+    /// [`into_parts`](Self::into_parts) with the epoch checked here: for
+    /// senders that do not check it under a lock of their own. A loan from
+    /// before a reconnect is not freed either way (its pool is gone).
+    pub(crate) fn into_descriptor(self, kind: Kind, route: u32) -> Result<Descriptor> {
+        let now = self.shared.lock().epoch;
+        match self.into_parts(kind, route) {
+            (d, epoch) if epoch == now => Ok(d),
+            _ => Err(Error::BusGone("the loan is from before a reconnect".into())),
         }
-        self.sent = true;
-        let c = ChunkRef { len: self.len as u32, ..self.chunk };
-        Ok(Descriptor::new(kind, route, 0).with_chunk(c))
     }
 }
 

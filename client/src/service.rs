@@ -104,9 +104,7 @@ impl Service {
         let (instance, epoch) = self.inbox();
         let shared = &self.bus.shared;
         let r = shared.wait_hot(Due::After(timeout), Hot::Inbox(instance), |core| {
-            let Some((d, origin)) =
-                core.taken.take().or_else(|| core.inboxes.get_mut(&instance).and_then(|q| q.pop_front()))
-            else {
+            let Some((d, origin)) = core.take_incoming(instance) else {
                 return Ok(None);
             };
             // Mapped under this lock rather than another one.
@@ -220,28 +218,24 @@ impl Request {
     fn finish(&mut self, d: Result<Descriptor>, loan_epoch: Option<u64>) -> Result<()> {
         self.answered = true;
         let payload = self.payload.take();
+        // One lock for the release, the checks and the push (the hot path of a server).
+        let mut core = self.shared.lock();
+        // The request's chunk goes back first: through the daemon, the
+        // caller's pool has it no later than the answer; on a channel it is
+        // queued and follows the answer on the return ring.
+        if let Some(p) = payload {
+            p.release_locked(&mut core);
+        }
         let mut d = match d {
             Ok(d) => d,
             Err(e) => {
-                let mut core = self.shared.lock();
-                if let Some(p) = payload {
-                    p.release_locked(&mut core);
-                }
                 core.served_done(self.origin, self.corr);
                 return Err(e);
             }
         };
         d.correlation = self.corr;
         d.flags |= flags::SERVER;
-        // One lock for the release, the checks and the push (the hot path of a server).
         let sent = {
-            let mut core = self.shared.lock();
-            // The request's chunk goes back first: through the daemon, the
-            // caller's pool has it no later than the answer; on a channel
-            // it is queued and follows the answer on the return ring.
-            if let Some(p) = payload {
-                p.release_locked(&mut core);
-            }
             let stale_loan = loan_epoch.is_some_and(|e| e != core.epoch);
             let r = if stale_loan {
                 Err(Error::BusGone("the loan is from before a reconnect".into()))
@@ -264,6 +258,7 @@ impl Request {
             }
             r
         };
+        drop(core);
         match sent {
             Ok(true) => Ok(()),
             // The ring is full: wait for room like any sender.
