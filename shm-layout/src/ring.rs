@@ -16,11 +16,12 @@
 //! waiting consumer so polls one cache line, the slot's, and a hand-over
 //! costs one line transfer as in a bare cache-line ping-pong, where reading
 //! `tail` first and the slot next costs two, one after the other (measured
-//! with `benches/examples/ring_report.rs`: p50 round trip 1.6–1.9× the
-//! cache-line floor, from 1.8–2.1× before). A slot still holding the previous
-//! lap has the previous stamp, so it is never taken for the new one. This is
-//! how Vyukov's bounded queue and Aeron's log buffers mark an entry
-//! complete, with one byte instead of a sequence or length word.
+//! with `benches/examples/ring_report.rs` over 1024-slot rings: p50 round
+//! trip 1.6–1.9× the cache-line floor, from 1.8–2.1× before; 1.25–1.27×
+//! over 64-slot rings). A slot still holding the previous lap has the
+//! previous stamp, so it is never taken for the new one. This is how
+//! Vyukov's bounded queue and Aeron's log buffers mark an entry complete,
+//! with one byte instead of a sequence or length word.
 //!
 //! The producer still stores `tail` after each push or batch. The park
 //! handshake and the checks below read it, and so does
@@ -28,8 +29,8 @@
 //! the producer's write frontier and pull each line away from it mid-batch
 //! (measured: 0.6× the bare ring's throughput that way, 0.75–0.8× trailing
 //! `tail`, 0.92–0.95× since batches are stored with four 16-byte stores a
-//! slot, see `descriptor::BatchStores`). `tail` may lag behind slots that `pop` took by their stamps, by
-//! at most one batch.
+//! slot, see `descriptor::BatchStores`). `tail` may lag behind slots that
+//! `pop` took by their stamps, by at most one batch.
 //!
 //! The producer keeps a private copy of `head` that it reloads only when the
 //! ring looks full, so a busy ring costs it one cache-line transfer per
