@@ -1,7 +1,7 @@
 //! The connection's state behind the lock: rings, pool, inboxes, and the
 //! pump that moves descriptors from the rx ring into them.
 
-use hybus_layout::idhash::{FewMap, IdMap, IdSet};
+use hybus_layout::idhash::{FewMap, FewSet, IdMap, IdSet};
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -95,7 +95,7 @@ pub(crate) struct Core {
     /// Caller side: requests waiting for an answer (`None` until it comes).
     pub calls: FewMap<u64, Option<(Descriptor, Origin)>>,
     /// Server side: requests and fires per instance.
-    pub inboxes: IdMap<u32, VecDeque<(Descriptor, Origin)>>,
+    pub inboxes: FewMap<u32, VecDeque<(Descriptor, Origin)>>,
     /// Publications per subscribed route.
     pub topics: IdMap<u32, VecDeque<Descriptor>>,
     pub streams: IdMap<u64, StreamState>,
@@ -103,15 +103,15 @@ pub(crate) struct Core {
     /// Server side: plain requests the caller cancelled.
     pub cancelled: IdSet<(Origin, u64)>,
     /// Direct channels by id.
-    pub channels: IdMap<u32, Direct>,
+    pub channels: FewMap<u32, Direct>,
     /// Caller side: the channel that carries new exchanges to a route.
-    pub route_direct: IdMap<u32, u32>,
+    pub route_direct: FewMap<u32, u32>,
     /// Whether any channel is downgrading (the ordering rule in `pump_data` applies).
     pub closing: usize,
     /// Chunks of our pool the application holds as unsent [`Loan`](crate::Loan)s.
-    pub loaned: IdSet<u64>,
+    pub loaned: FewSet<u64>,
     /// Instance ids from before a daemon restart → the ids now (direct requests still carry the old ones).
-    pub instance_alias: IdMap<u32, u32>,
+    pub instance_alias: FewMap<u32, u32>,
     /// When the last automatic reconnect was tried.
     pub last_reconnect: Option<std::time::Instant>,
     /// Waits so far (a cheap clock for occasional control-socket reads).
@@ -183,16 +183,16 @@ impl Core {
             replies: IdMap::default(),
             events: VecDeque::new(),
             calls: FewMap::new(),
-            inboxes: IdMap::default(),
+            inboxes: FewMap::new(),
             topics: IdMap::default(),
             streams: IdMap::default(),
             served: IdMap::default(),
             cancelled: IdSet::default(),
-            channels: IdMap::default(),
-            route_direct: IdMap::default(),
+            channels: FewMap::new(),
+            route_direct: FewMap::new(),
             closing: 0,
-            loaned: IdSet::default(),
-            instance_alias: IdMap::default(),
+            loaned: FewSet::new(),
+            instance_alias: FewMap::new(),
             last_reconnect: None,
             waits: 0,
             rx_buf: Vec::new(),
@@ -466,7 +466,7 @@ impl Core {
         for q in self.inboxes.values_mut() {
             q.retain(|(_, o)| *o != origin);
         }
-        for off in &ch.lent {
+        for off in ch.lent.iter() {
             let _ = self.alloc.free(ChunkRef { segment: self.client_id, len: 0, offset: *off });
         }
         self.events.push_back(BusEvent::DirectClosed {
@@ -882,7 +882,7 @@ impl Core {
                     }
                 }
                 let inbox = self.inbox_of(d.route, origin);
-                self.inboxes.entry(inbox).or_default().push_back((d, origin));
+                self.inboxes.get_or_insert_with(inbox, VecDeque::new).push_back((d, origin));
             }
             (Kind::StreamOpen, true) => {
                 if let Origin::Direct(id) = origin {
@@ -892,7 +892,7 @@ impl Core {
                 }
                 self.served.insert(key, ServedState { send_credits: d.aux & 0xffff_ffff, ..ServedState::default() });
                 let inbox = self.inbox_of(d.route, origin);
-                self.inboxes.entry(inbox).or_default().push_back((d, origin));
+                self.inboxes.get_or_insert_with(inbox, VecDeque::new).push_back((d, origin));
             }
             (Kind::Publish, _) => {
                 let q = self.topics.entry(d.route).or_default();

@@ -17,7 +17,7 @@
 //!   calls in flight over the channel fail with "peer gone", chunks it held
 //!   come back to the pool, and traffic falls back to the daemon.
 
-use hybus_layout::idhash::{FewSet, IdSet};
+use hybus_layout::idhash::FewSet;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
@@ -71,7 +71,7 @@ pub(crate) struct Direct {
     /// The peer's end fence was seen on its ring (downgrade).
     pub peer_ended: bool,
     /// Our chunks the peer holds (by offset).
-    pub lent: IdSet<u64>,
+    pub lent: FewSet<u64>,
     /// Peer chunks we hold (samples not yet dropped).
     pub held: u64,
     /// Peer chunks we are done with and have not put on the return ring
@@ -138,7 +138,7 @@ impl Direct {
             state: State::Open,
             peer_fenced: false,
             peer_ended: false,
-            lent: IdSet::default(),
+            lent: FewSet::new(),
             held: 0,
             releases: Vec::new(),
             calls: FewSet::new(),
@@ -243,6 +243,7 @@ impl Direct {
                 ));
             }
             self.peer_view.geometry.check(c).map_err(|e| e.to_string())?;
+            self.peer_view.seg.prefetch(c.offset);
         }
         if kind == hybus_layout::Kind::Release {
             return Err("a release on a data ring".into());
