@@ -466,7 +466,7 @@ impl Core {
         for q in self.inboxes.values_mut() {
             q.retain(|(_, o)| *o != origin);
         }
-        for off in ch.lent.iter() {
+        for off in &ch.lent {
             let _ = self.alloc.free(ChunkRef { segment: self.client_id, len: 0, offset: *off });
         }
         self.events.push_back(BusEvent::DirectClosed {

@@ -17,7 +17,7 @@
 //!   calls in flight over the channel fail with "peer gone", chunks it held
 //!   come back to the pool, and traffic falls back to the daemon.
 
-use hybus_layout::idhash::FewSet;
+use hybus_layout::idhash::{FewSet, IdSet};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
@@ -70,8 +70,10 @@ pub(crate) struct Direct {
     pub peer_fenced: bool,
     /// The peer's end fence was seen on its ring (downgrade).
     pub peer_ended: bool,
-    /// Our chunks the peer holds (by offset).
-    pub lent: FewSet<u64>,
+    /// Our chunks the peer holds (by offset). A hash set: a stream keeps
+    /// thousands in flight (a `FewSet` here measured 10-20 % fewer 64-byte
+    /// stream items per second).
+    pub lent: IdSet<u64>,
     /// Peer chunks we hold (samples not yet dropped).
     pub held: u64,
     /// Peer chunks we are done with and have not put on the return ring
@@ -138,7 +140,7 @@ impl Direct {
             state: State::Open,
             peer_fenced: false,
             peer_ended: false,
-            lent: FewSet::new(),
+            lent: IdSet::default(),
             held: 0,
             releases: Vec::new(),
             calls: FewSet::new(),
