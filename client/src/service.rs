@@ -217,18 +217,26 @@ impl Request {
     /// Sends the answer `d` (with the epoch of the loan it was written in, if any).
     fn finish(&mut self, d: Result<Descriptor>, loan_epoch: Option<u64>) -> Result<()> {
         self.answered = true;
-        let payload = self.payload.take();
+        let mut payload = self.payload.take();
         // One lock for the release, the checks and the push (the hot path of a server).
         let mut core = self.shared.lock();
-        // The request's chunk goes back first: through the daemon, the
-        // caller's pool has it no later than the answer; on a channel it is
-        // queued and follows the answer on the return ring.
-        if let Some(p) = payload {
-            p.release_locked(&mut core);
+        // The request's chunk goes back. Through the daemon, first: the
+        // caller's pool then has it no later than the answer. On a channel,
+        // after the answer's push: there it is only queued (it follows on
+        // the return ring at our next push or wait), and queueing it before
+        // the push put the channel lookup and the queue between the
+        // request's arrival and its answer for nothing.
+        if self.origin == Origin::Daemon {
+            if let Some(p) = payload.take() {
+                p.release_locked(&mut core);
+            }
         }
         let mut d = match d {
             Ok(d) => d,
             Err(e) => {
+                if let Some(p) = payload {
+                    p.release_locked(&mut core);
+                }
                 core.served_done(self.origin, self.corr);
                 return Err(e);
             }
@@ -258,6 +266,10 @@ impl Request {
             }
             r
         };
+        // (A sample must not be dropped under the lock: its drop takes it.)
+        if let Some(p) = payload {
+            p.release_locked(&mut core);
+        }
         drop(core);
         match sent {
             Ok(true) => Ok(()),
