@@ -3,9 +3,10 @@
 //! Limits (DESIGN.md §9): `limit/cacheline-2p` (two processes, one atomic
 //! each way, spinning — the floor for anything that spins between two
 //! parties), `limit/cacheline-2p-payload` (the same with a payload word
-//! written on a line of its own and read by the other side each way — the
-//! floor for a round trip whose payload travels in a chunk, which direct
-//! round trips of more than 40 bytes are set beside), `limit/cacheline-3p` (A → D → B → D → A, spinning with yield —
+//! written on a line of its own and read by the other side each way, the
+//! line found from the flag as a chunk is from its descriptor — the floor
+//! for a round trip whose payload travels in a chunk, which direct round
+//! trips of more than 40 bytes are set beside), `limit/cacheline-3p` (A → D → B → D → A, spinning with yield —
 //! the floor for a brokered path), `limit/eventfd` (two processes blocking
 //! on eventfds — the floor for anything that sleeps) and `baseline/uds`
 //! (a Unix stream socket ping-pong: what a user would otherwise write).
