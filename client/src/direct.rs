@@ -236,6 +236,11 @@ impl Direct {
     /// the form the daemon would have delivered (the side flag is relative
     /// to the receiver).
     pub fn accept(&self, mut d: Descriptor) -> std::result::Result<Descriptor, String> {
+        if let Some(c) = d.chunk() {
+            // First: the payload's transfer overlaps with every check here
+            // (the chunk check divides). A prefetch of any offset is harmless.
+            self.peer_view.seg.prefetch(c.offset);
+        }
         let kind = d.check().map_err(|e| e.to_string())?;
         if let Some(c) = d.chunk() {
             if c.segment != self.peer_pool {
@@ -245,7 +250,6 @@ impl Direct {
                 ));
             }
             self.peer_view.geometry.check(c).map_err(|e| e.to_string())?;
-            self.peer_view.seg.prefetch(c.offset);
         }
         if kind == hybus_layout::Kind::Release {
             return Err("a release on a data ring".into());
