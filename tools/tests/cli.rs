@@ -536,13 +536,40 @@ fn bench_quick_json_and_plot() {
     // Against a running daemon, filtered to the brokered round trips: the
     // limits they are compared with are measured too, and nothing else.
     let daemon = DaemonProc::start(None);
-    let args = ["bench", "--quick", "--json", "--payload", "8", "--round-trips", "200", "--filter", "brokered/rpc"];
+    // Two payloads: the larger one is also set beside the 8-byte one.
+    let args =
+        ["bench", "--quick", "--json", "--payload", "8,4096", "--round-trips", "200", "--filter", "brokered/rpc"];
     let v = run(ctl(Some(daemon.socket()), &args), SLOW).ok().json();
-    let names: Vec<&str> =
-        v["results"].as_array().expect("results").iter().filter_map(|r| r["name"].as_str()).collect();
-    assert_eq!(names, ["limit/cacheline-3p", "limit/eventfd", "brokered/rpc", "brokered/rpc-blocking"], "{v}");
-    let find = |name: &str| v["results"].as_array().into_iter().flatten().find(|r| r["name"] == name).cloned();
-    assert!(find("brokered/rpc").is_some_and(|r| r["ratio_to_limit_p50"].as_f64().is_some_and(|x| x > 0.0)), "{v}");
+    let names: Vec<(&str, u64)> = v["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .filter_map(|r| Some((r["name"].as_str()?, r["payload_bytes"].as_u64()?)))
+        .collect();
+    let want = [
+        ("limit/cacheline-3p", 8),
+        ("limit/eventfd", 8),
+        ("brokered/rpc", 8),
+        ("brokered/rpc", 4096),
+        ("brokered/rpc-blocking", 8),
+        ("brokered/rpc-blocking", 4096),
+    ];
+    assert_eq!(names, want, "{v}");
+    let find = |name: &str, payload: u64| {
+        v["results"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["name"] == name && r["payload_bytes"] == payload)
+            .cloned()
+    };
+    assert!(
+        find("brokered/rpc", 8).is_some_and(
+            |r| r["ratio_to_limit_p50"].as_f64().is_some_and(|x| x > 0.0) && r["ratio_to_8b_p50"].is_null()
+        ),
+        "{v}"
+    );
+    assert!(find("brokered/rpc", 4096).is_some_and(|r| r["ratio_to_8b_p50"].as_f64().is_some_and(|x| x > 0.0)), "{v}");
     for r in v["results"].as_array().into_iter().flatten() {
         assert_eq!(latency(r).0, 200, "{r}");
         assert!(latency(r).1 > 0, "{r}");

@@ -480,9 +480,29 @@ fn find<'a>(results: &'a [BenchResult], name: &str) -> Option<&'a BenchResult> {
     results.iter().find(|r| r.name == name)
 }
 
+/// The same result with an 8-byte payload, for one with a larger payload
+/// (the cost of a chunk against an inline payload, in the same run).
+fn eight_bytes<'a>(results: &'a [BenchResult], r: &BenchResult) -> Option<&'a BenchResult> {
+    let ours = !(r.name.starts_with("limit/") || r.name.starts_with("baseline/"));
+    if !ours || r.payload <= 8 {
+        return None;
+    }
+    results.iter().find(|o| o.name == r.name && o.payload == 8)
+}
+
 fn render(results: &[BenchResult]) -> String {
     let mut out = String::new();
-    let mut t = Table::new(&["RESULT", ">PAYLOAD", ">P50", ">P99", ">P99.9", ">MAX", ">×LIMIT(P50)", ">×UDS(P50)"]);
+    let mut t = Table::new(&[
+        "RESULT",
+        ">PAYLOAD",
+        ">P50",
+        ">P99",
+        ">P99.9",
+        ">MAX",
+        ">×LIMIT(P50)",
+        ">×UDS(P50)",
+        ">×8 B(P50)",
+    ]);
     for r in results {
         let Figure::Latency(s) = &r.figure else {
             continue;
@@ -506,6 +526,7 @@ fn render(results: &[BenchResult]) -> String {
             ns(p.max),
             r.limit.map_or("-".into(), |l| ratio(find(results, l))),
             if r.name.starts_with("limit/") || r.name.starts_with("baseline/") { "-".into() } else { ratio(uds) },
+            eight_bytes(results, r).map_or("-".into(), |e| ratio(Some(e))),
         ]);
     }
     if !t.is_empty() {
@@ -561,6 +582,10 @@ fn to_json(results: &[BenchResult], plan: &Plan) -> serde_json::Value {
                     "rtt_ns": {"p50": p.p50, "p99": p.p99, "p999": p.p999, "max": p.max, "mean": p.mean},
                     "limit": r.limit,
                     "ratio_to_limit_p50": r.limit.and_then(|l| find(results, l)).and_then(|l| match &l.figure {
+                        Figure::Latency(o) => Some(p.p50 as f64 / percentiles(o).p50.max(1) as f64),
+                        _ => None,
+                    }),
+                    "ratio_to_8b_p50": eight_bytes(results, r).and_then(|e| match &e.figure {
                         Figure::Latency(o) => Some(p.p50 as f64 / percentiles(o).p50.max(1) as f64),
                         _ => None,
                     }),
