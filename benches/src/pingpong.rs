@@ -44,14 +44,19 @@ pub const PINGPONG_CAPACITY: u64 = 64;
 /// Route id carried by the benchmark descriptors.
 pub(crate) const ROUTE: u32 = 7;
 
-/// The cache-line floor: one flag each way, each alone on its 128-byte
-/// line, and two payload lines each way, used in turn.
+/// The cache-line floor: one [`Way`] each way.
 #[repr(C)]
 struct Lines {
-    ping: Line<Flag>,
-    pong: Line<Flag>,
-    ping_payload: [Line<AtomicU64>; 2],
-    pong_payload: [Line<AtomicU64>; 2],
+    ping: Way,
+    pong: Way,
+}
+
+/// One direction of the floor: a flag alone on its 128-byte line, and two
+/// payload lines used in turn.
+#[repr(C)]
+struct Way {
+    flag: Line<Flag>,
+    payload: [Line<AtomicU64>; 2],
 }
 
 /// A flag and, beside it on its line, which payload line goes with it: the
@@ -65,6 +70,43 @@ struct Flag {
 
 // SAFETY: `#[repr(C)]`, atomics only on padded lines; zero is the start value.
 unsafe impl AtomicsOnly for Lines {}
+
+impl Way {
+    /// Sends round `i`: with `payload`, the payload word first, on the line
+    /// named beside the flag.
+    #[inline]
+    fn send(&self, i: u64, payload: bool) {
+        if payload {
+            let k = (i & 1) as usize;
+            self.payload[k].store(i, Relaxed);
+            self.flag.at.store(k as u64, Relaxed);
+        }
+        // SYNC: Release publishes the payload word (if any) with the flag;
+        // pairs with the other side's Acquire load of the flag. Plain moves on x86.
+        self.flag.seq.store(i, Release);
+        if payload {
+            // Take back the line the other side is done with (it read it
+            // before its last answer), while waiting: it is the next one written.
+            self.payload[((i + 1) & 1) as usize].store(0, Relaxed);
+        }
+    }
+
+    /// The round the flag says was sent last.
+    #[inline]
+    fn seq(&self) -> u64 {
+        self.flag.seq.load(Acquire)
+    }
+
+    /// Checks the payload word of round `i`, read from the line the flag names.
+    #[inline]
+    fn check_payload(&self, i: u64) -> Result<(), BenchError> {
+        let got = self.payload[self.flag.at.load(Relaxed) as usize & 1].load(Relaxed);
+        if got != i {
+            return Err(BenchError::Mismatch { expected: i, got });
+        }
+        Ok(())
+    }
+}
 
 /// Round trips of a bare cache line between two processes: the floor for anything that spins.
 ///
@@ -119,22 +161,10 @@ fn cacheline_drive(
 ) -> Result<(), BenchError> {
     let mut t0 = Instant::now();
     for i in 1..=total {
-        if payload {
-            let k = (i & 1) as usize;
-            l.ping_payload[k].store(i, Relaxed);
-            l.ping.at.store(k as u64, Relaxed);
-        }
-        // SYNC: Release publishes the payload word (if any) with the flag;
-        // pairs with the other side's Acquire load of the flag. Plain moves on x86.
-        l.ping.seq.store(i, Release);
-        if payload {
-            // Take back the line the other side is done with (it read it
-            // before its last answer), while waiting: it is the next one written.
-            l.ping_payload[((i + 1) & 1) as usize].store(0, Relaxed);
-        }
+        l.ping.send(i, payload);
         let mut spin = Spinner::new(Some(child));
         loop {
-            let v = l.pong.seq.load(Acquire);
+            let v = l.pong.seq();
             if v == i {
                 break;
             }
@@ -142,16 +172,13 @@ fn cacheline_drive(
                 return Err(BenchError::Mismatch { expected: i, got: v });
             }
             if let Err(e) = spin.pause() {
-                if l.pong.seq.load(Acquire) != i {
+                if l.pong.seq() != i {
                     return Err(e);
                 }
             }
         }
         if payload {
-            let got = l.pong_payload[l.pong.at.load(Relaxed) as usize & 1].load(Relaxed);
-            if got != i {
-                return Err(BenchError::Mismatch { expected: i, got });
-            }
+            l.pong.check_payload(i)?;
         }
         let t1 = Instant::now();
         if i > WARMUP {
@@ -166,7 +193,7 @@ fn cacheline_echo(l: &Lines, total: u64, payload: bool) -> Result<(), BenchError
     for i in 1..=total {
         let mut spin = Spinner::new(None);
         loop {
-            let v = l.ping.seq.load(Acquire);
+            let v = l.ping.seq();
             if v == i {
                 break;
             }
@@ -176,18 +203,9 @@ fn cacheline_echo(l: &Lines, total: u64, payload: bool) -> Result<(), BenchError
             spin.pause()?;
         }
         if payload {
-            let got = l.ping_payload[l.ping.at.load(Relaxed) as usize & 1].load(Relaxed);
-            if got != i {
-                return Err(BenchError::Mismatch { expected: i, got });
-            }
-            let k = (i & 1) as usize;
-            l.pong_payload[k].store(i, Relaxed);
-            l.pong.at.store(k as u64, Relaxed);
+            l.ping.check_payload(i)?;
         }
-        l.pong.seq.store(i, Release);
-        if payload {
-            l.pong_payload[((i + 1) & 1) as usize].store(0, Relaxed);
-        }
+        l.pong.send(i, payload);
     }
     Ok(())
 }
