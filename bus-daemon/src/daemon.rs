@@ -622,7 +622,42 @@ impl Daemon {
         }
         self.chunks.drop_pool(id);
         self.close_channels_of(id);
+        self.retire_views_of(id);
         // Dropping `s` closes its socket and unmaps its segments.
+    }
+
+    /// Tells every client that maps pool `pool` that its owner is gone, so
+    /// that it can unmap the view (a client that came and went must not
+    /// leave a mapping and a descriptor in every service it called). A
+    /// client whose queue still holds descriptors is told once the queue
+    /// is on its ring ([`flush_clients`](Self::flush_clients)).
+    fn retire_views_of(&mut self, pool: u32) {
+        let mut now = Vec::new();
+        for (&id, s) in self.sessions.iter_mut() {
+            let Some(d) = s.data.as_mut() else {
+                continue;
+            };
+            if !d.views.remove(&pool) {
+                continue;
+            }
+            d.gone_views.push(pool);
+            if d.queue.is_empty() {
+                now.push(id);
+            }
+        }
+        for id in now {
+            self.tell_pools_gone(id);
+        }
+    }
+
+    /// Sends client `id` a [`Event::PoolGone`] for each pool of its `gone_views`.
+    pub(crate) fn tell_pools_gone(&mut self, id: u32) {
+        let Some(d) = self.sessions.get_mut(&id).and_then(|s| s.data.as_mut()) else {
+            return;
+        };
+        for pool in std::mem::take(&mut d.gone_views) {
+            self.send(id, &DaemonMessage::Event(Event::PoolGone { pool }), &[]);
+        }
     }
 
     /// Removes an instance and tells watchers.

@@ -219,6 +219,7 @@ impl Daemon {
             geometry: self.geometry.clone(),
             queue: Default::default(),
             views: Default::default(),
+            gone_views: Vec::new(),
             dirty: false,
             active: true,
             drops: 0,

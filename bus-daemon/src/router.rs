@@ -170,6 +170,7 @@ impl Daemon {
     /// Moves queued descriptors onto rings and rings the doorbells of clients we pushed to.
     pub(crate) fn flush_clients(&mut self) {
         let mut touched = std::mem::take(&mut self.touched);
+        let mut drained = Vec::new();
         touched.retain(|id| {
             let Some(d) = self.sessions.get_mut(id).and_then(|s| s.data.as_mut()) else {
                 return false;
@@ -181,9 +182,15 @@ impl Daemon {
             d.ring_bell();
             let keep = !d.queue.is_empty();
             d.listed = keep;
+            if !keep && !d.gone_views.is_empty() {
+                drained.push(*id);
+            }
             keep
         });
         self.touched = touched;
+        for id in drained {
+            self.tell_pools_gone(id);
+        }
     }
 
     /// Hands `d` to client `to`, first giving it a view of the chunk's pool if it has none.
@@ -208,7 +215,8 @@ impl Daemon {
     }
 
     fn ensure_view(&mut self, to: u32, pool: u32) -> Option<()> {
-        if self.sessions.get(&to)?.data.as_ref()?.views.contains(&pool) {
+        // A client's own pool (a chunk coming home) needs no view: it maps it read-write.
+        if pool == to || self.sessions.get(&to)?.data.as_ref()?.views.contains(&pool) {
             return Some(());
         }
         let owner = self.sessions.get(&pool)?.data.as_ref()?;

@@ -42,6 +42,11 @@ pub struct DataPlane {
     pub queue: VecDeque<Descriptor>,
     /// Pools of which the client already has a read-only view.
     pub views: IdSet<u32>,
+    /// Pools whose owner left, still mapped by the client: it is told
+    /// ([`Event::PoolGone`](hybus_layout::control::Event::PoolGone)) once
+    /// [`queue`](Self::queue) is empty, so that every descriptor referring
+    /// to them is on its ring before it hears that they are gone.
+    pub gone_views: Vec<u32>,
     /// Whether something was pushed to `rx` since the last doorbell check.
     pub dirty: bool,
     /// Whether `tx` is in the daemon's active set (polled) rather than parked.

@@ -345,13 +345,14 @@ impl Bus {
     pub fn debug_state(&self) -> String {
         let core = self.shared.lock();
         let mut out = format!(
-            "client {} epoch {} gone {:?} calls pending {:?} route_direct {:?} closing {}\n",
+            "client {} epoch {} gone {:?} calls pending {:?} route_direct {:?} closing {} views {:?}\n",
             core.client_id,
             core.epoch,
             core.gone,
             core.calls.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| *k).collect::<Vec<_>>(),
             core.route_direct,
-            core.closing
+            core.closing,
+            core.views_state(),
         );
         for c in core.channels.values() {
             out +=

@@ -141,6 +141,10 @@ pub(crate) struct Core {
     pub taken: Option<(Descriptor, Origin)>,
     /// Some channel has releases queued (see [`flush_releases`](Self::flush_releases)).
     pub releases_queued: bool,
+    /// Pools whose owner is gone, each with the rx position up to which the
+    /// daemon may have pushed descriptors into it: the view goes once
+    /// those are read (see [`retire_views`](Self::retire_views)).
+    retiring: Vec<(u32, u64)>,
 }
 
 fn gone(e: impl std::fmt::Display) -> Error {
@@ -207,6 +211,7 @@ impl Core {
             dropped_publications: 0,
             taken: None,
             releases_queued: false,
+            retiring: Vec::new(),
         })
     }
 
@@ -245,6 +250,7 @@ impl Core {
         self.tx_bell = fresh.tx_bell;
         self.rx_bell = fresh.rx_bell;
         self.views.clear();
+        self.retiring.clear();
         self.replies.clear();
         self.backlog.clear();
         self.topics.clear();
@@ -367,7 +373,12 @@ impl Core {
                 }
             }
             Event::PoolGone { pool } => {
-                self.views.remove(&pool);
+                // The daemon says so once everything it sent us from that
+                // pool is on our ring, which we may not have read yet.
+                match self.rx.published() {
+                    Ok(at) => self.retiring.push((pool, at)),
+                    Err(e) => self.lost(&format!("daemon ring corrupt: {e}")),
+                }
             }
             Event::ServiceUp { name, route, instance, pid } => {
                 self.events.push_back(BusEvent::ServiceUp { name, route, instance, pid })
@@ -809,7 +820,46 @@ impl Core {
         if !self.backlog.is_empty() {
             self.flush_backlog();
         }
+        if !self.retiring.is_empty() {
+            self.retire_views();
+        }
         total
+    }
+
+    /// Drops the views of gone pools whose last descriptors we have read
+    /// and no longer keep in an inbox, a call, a stream or a topic queue
+    /// (samples already made keep their own reference: the mapping goes
+    /// with the last of them). Runs only while some pool is retiring.
+    fn retire_views(&mut self) {
+        let read = self.rx.taken();
+        let mut retiring = std::mem::take(&mut self.retiring);
+        retiring.retain(|&(pool, at)| {
+            let done = read.wrapping_sub(at) <= u64::MAX / 2 && !self.holds_chunk_of(pool);
+            if done {
+                self.views.remove(&pool);
+            }
+            !done
+        });
+        self.retiring = retiring;
+    }
+
+    /// The pools we map a view of, and those retiring (for `Bus::debug_state`).
+    pub fn views_state(&self) -> (Vec<u32>, &[(u32, u64)]) {
+        let mut ids: Vec<u32> = self.views.keys().copied().collect();
+        ids.sort_unstable();
+        (ids, &self.retiring)
+    }
+
+    /// Whether a descriptor the daemon gave us that the application has not
+    /// taken yet refers to a chunk of `pool`.
+    fn holds_chunk_of(&self, pool: u32) -> bool {
+        let of = |d: &Descriptor| d.chunk().is_some_and(|c| c.segment == pool);
+        let brokered = |&(d, o): &(Descriptor, Origin)| o == Origin::Daemon && of(&d);
+        self.taken.as_ref().is_some_and(brokered)
+            || self.inboxes.values().any(|q| q.iter().any(brokered))
+            || self.calls.values().any(|c| c.as_ref().is_some_and(brokered))
+            || self.streams.values().any(|s| s.origin == Origin::Daemon && s.items.iter().any(of))
+            || self.topics.values().any(|q| q.iter().any(of))
     }
 
     /// The inbox (instance id) a request addressed to `route` lands in: a

@@ -625,6 +625,20 @@ impl Consumer {
         self.tail_ready()
     }
 
+    /// How many descriptors were taken off the ring so far (its `head`).
+    #[inline]
+    pub fn taken(&self) -> u64 {
+        self.head
+    }
+
+    /// The position the producer has published up to: every descriptor
+    /// pushed before the producer's last `tail` store this call sees is
+    /// below it, so it is read once [`taken`](Self::taken) reaches it.
+    #[inline]
+    pub fn published(&mut self) -> Result<u64, RingError> {
+        Ok(self.head.wrapping_add(self.tail_ready()?))
+    }
+
     /// Whether nothing is ready.
     #[inline]
     pub fn is_empty(&mut self) -> Result<bool, RingError> {

@@ -394,3 +394,40 @@ fn stream_window_two_slow_reader_gets_everything_without_overrun() {
     assert_eq!(&*bus.call(&route, b"ab", SOON).unwrap(), b"ba");
     settled(&d, &bus);
 }
+
+/// The pool segments a process has open: its own pool and its views of others'.
+fn pool_fds(pid: i32) -> usize {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().contains("memfd:hybus-pool"))
+        .count()
+}
+
+/// A service keeps no view of the pool of a caller that came and went: the
+/// daemon tells it the pool is gone once everything it sent from there is on
+/// the service's ring, and the service unmaps it once that is read. Found by
+/// the session fuzz target: every departed caller that had sent a chunk left
+/// a mapping and a descriptor in the service, until it ran out of descriptors.
+#[test]
+fn views_of_departed_callers_are_unmapped() {
+    let d = DaemonProc::start(None);
+    let (srv, _) = Load::ready(d.socket(), &["serve", "views.echo"]);
+    let chunk = pattern(INLINE_PAYLOAD + 1000, 7);
+    for _ in 0..20 {
+        let caller = d.connect();
+        let route = caller.resolve("views.echo").unwrap();
+        assert_eq!(&caller.call(&route, &chunk, SOON).unwrap()[..], &reversed(&chunk)[..]);
+    }
+    // One caller stays, to keep the service pumping: its own pool and its
+    // view of ours are all the service may keep mapped.
+    let stays = d.connect();
+    let route = stays.resolve("views.echo").unwrap();
+    let left = eventually(SOON, || {
+        stays.call(&route, &chunk, SOON).unwrap();
+        let n = pool_fds(srv.pid());
+        (n <= 2).then_some(n)
+    });
+    assert!(left.is_some(), "the service still maps {} pools; log:\n{}", pool_fds(srv.pid()), d.log_text());
+}
