@@ -217,8 +217,13 @@ impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         use anyhow::Context;
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
-        let c: Config = toml::from_str(&text).with_context(|| format!("bad config {}", path.display()))?;
-        c.check().with_context(|| format!("bad config {}", path.display()))?;
+        Config::parse(&text).with_context(|| format!("bad config {}", path.display()))
+    }
+
+    /// Parses and checks the text of a configuration file.
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        let c: Config = toml::from_str(text)?;
+        c.check()?;
         Ok(c)
     }
 

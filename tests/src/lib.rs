@@ -5,6 +5,9 @@
 //! Tests assert behaviour, never timing: every deadline here only bounds
 //! how long a broken build may hang.
 
+pub mod fuzz;
+pub mod raw;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};

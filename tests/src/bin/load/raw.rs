@@ -1,9 +1,9 @@
 //! `hostile CASE [NAME] [other=ID]`: a client that speaks the protocol by
 //! hand and then writes into its own tx ring what no honest client would.
 //!
-//! It does the Hello handshake itself, maps the segments of the Welcome the
-//! way `hybus::Bus` does (client `core.rs`, `Core::new`), sets up what the
-//! case needs, prints `sent`, and then watches its control socket: `closed`
+//! It connects with [`hybus_tests::raw::Raw`] (the Hello handshake by hand,
+//! the segments of the Welcome mapped as `hybus::Bus` maps them), sets up
+//! what the case needs, prints `sent`, and then watches its control socket: `closed`
 //! if the daemon hung up within 10 s, `still-open` if not. Cases:
 //!
 //! * `bad-route` — a Request to a route id the daemon never handed out;
@@ -21,204 +21,16 @@
 //!   and sends it an item without credit;
 //! * `credit-server NAME` — registers NAME, prints `ready`, waits for a
 //!   request-stream and sends one item more than the caller's window.
-//!
-//! # Safety
-//!
-//! One `unsafe` block: `tail-ahead` writes the ring's tail word directly,
-//! as an atomic inside its own read-write mapping of the rings segment.
 
-#![allow(unsafe_code)]
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use hybus_layout::control::{self, ClientMessage, DaemonMessage, Reply, Request, Welcome};
+use hybus_layout::control::{Reply, Request};
 use hybus_layout::descriptor::{flags, STREAM_CHANNEL};
-use hybus_layout::header::{SegmentKind, LAYOUT_HASH};
-use hybus_layout::pool::{PoolAllocator, PoolGeometry, SizeClass};
-use hybus_layout::segment::{Access, EventFd, Segment};
-use hybus_layout::socket::{ControlSocket, RecvError};
-use hybus_layout::{ChunkRef, Consumer, Descriptor, Kind, Producer, Wake};
+use hybus_layout::{ChunkRef, Descriptor, Kind, Wake};
+use hybus_tests::raw::{self, Raw};
 
 use crate::{arg, stdin_commands, R};
-
-/// A client without the client library.
-pub struct Raw {
-    sock: ControlSocket,
-    welcome: Welcome,
-    rings: Arc<Segment>,
-    _pool: Segment,
-    geometry: PoolGeometry,
-    tx: Producer,
-    rx: Consumer,
-    tx_bell: EventFd,
-    _rx_bell: EventFd,
-    next_id: u64,
-}
-
-type Res<T> = Result<T, Box<dyn std::error::Error>>;
-
-fn wait_readable(sock: &ControlSocket, timeout: Duration) -> bool {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let mut pfd = [PollFd::new(sock.fd(), PollFlags::POLLIN)];
-    let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
-    matches!(poll(&mut pfd, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)), Ok(n) if n > 0)
-}
-
-impl Raw {
-    /// Connects, says Hello, and maps the rings and the pool of the Welcome.
-    pub fn connect(path: &str) -> Res<Raw> {
-        let sock = ControlSocket::connect(std::path::Path::new(path))?;
-        let hello = ClientMessage {
-            id: 1,
-            request: Request::Hello {
-                version: control::PROTOCOL_VERSION,
-                layout_hash: LAYOUT_HASH,
-                label: "hostile".into(),
-                reuse_pool: false,
-            },
-        };
-        sock.send(&control::encode(&hello)?, &[])?;
-        if !wait_readable(&sock, Duration::from_secs(20)) {
-            return Err("no Welcome".into());
-        }
-        let mut buf = vec![0u8; control::MAX_MESSAGE];
-        let (n, fds) = sock.recv(&mut buf)?;
-        let welcome = match control::decode::<DaemonMessage>(&buf[..n])? {
-            DaemonMessage::Reply { result: Ok(Reply::Welcome(w)), .. } => w,
-            other => return Err(format!("expected Welcome, got {other:?}").into()),
-        };
-        let mut fds = fds.into_iter();
-        let (Some(rings), Some(pool), Some(txb), Some(rxb)) = (fds.next(), fds.next(), fds.next(), fds.next()) else {
-            return Err("Welcome without its four descriptors".into());
-        };
-        let (rings, _) = Segment::open(rings, Access::ReadWrite, SegmentKind::ClientRings)?;
-        let rings = Arc::new(rings);
-        let cap = welcome.ring_capacity;
-        let tx = rings.ring_producer(welcome.tx_offset as usize, cap)?;
-        let rx = rings.ring_consumer(welcome.rx_offset as usize, cap)?;
-        let (pool, _) = Segment::open(pool, Access::ReadWrite, SegmentKind::Pool)?;
-        let classes: Vec<SizeClass> =
-            welcome.pool_classes.iter().map(|&(chunk_size, count)| SizeClass { chunk_size, count }).collect();
-        let geometry = PoolGeometry::new(&classes)?;
-        sock.set_nonblocking(true)?;
-        Ok(Raw {
-            sock,
-            welcome,
-            rings,
-            _pool: pool,
-            geometry,
-            tx,
-            rx,
-            tx_bell: EventFd::from_fd(txb),
-            _rx_bell: EventFd::from_fd(rxb),
-            next_id: 1,
-        })
-    }
-
-    /// Sends a control request and waits for its reply (events are skipped).
-    pub fn control(&mut self, request: Request) -> Res<Reply> {
-        self.next_id += 1;
-        let id = self.next_id;
-        let bytes = control::encode(&ClientMessage { id, request })?;
-        self.sock.send(&bytes, &[])?;
-        let end = Instant::now() + Duration::from_secs(20);
-        let mut buf = vec![0u8; control::MAX_MESSAGE];
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err("no reply from the daemon".into());
-            }
-            if !wait_readable(&self.sock, left) {
-                continue;
-            }
-            let (n, _fds): (usize, Vec<OwnedFd>) = match self.sock.recv(&mut buf) {
-                Ok(x) => x,
-                Err(RecvError::WouldBlock) => continue,
-                Err(e) => return Err(e.to_string().into()),
-            };
-            if let DaemonMessage::Reply { id: rid, result } = control::decode(&buf[..n])? {
-                if rid == id {
-                    return result.map_err(|e| e.message.into());
-                }
-            }
-        }
-    }
-
-    /// The route id of a serving name.
-    pub fn resolve(&mut self, name: &str) -> Res<u32> {
-        match self.control(Request::Resolve { name: name.into() })? {
-            Reply::Resolved { route, .. } => Ok(route),
-            r => Err(format!("unexpected reply {r:?}").into()),
-        }
-    }
-
-    /// Pushes `d` onto the tx ring and rings the daemon's doorbell.
-    pub fn send(&mut self, d: &Descriptor) -> Res<()> {
-        self.tx.push(d)?;
-        self.tx_bell.wake();
-        Ok(())
-    }
-
-    /// Pushes all of `ds` with one index store and rings the doorbell.
-    pub fn send_batch(&mut self, ds: &[Descriptor]) -> Res<()> {
-        if self.tx.push_batch(ds)? != ds.len() {
-            return Err("tx ring full".into());
-        }
-        self.tx_bell.wake();
-        Ok(())
-    }
-
-    /// A real chunk of our own pool, `len` bytes.
-    pub fn own_chunk(&self, len: usize) -> Res<ChunkRef> {
-        let mut alloc = PoolAllocator::new(self.geometry.clone(), self.welcome.client_id);
-        Ok(alloc.alloc(len)?)
-    }
-
-    /// The tx ring's `tail` word (ring header: capacity +0, tail +128, head +256).
-    fn tx_word(&self, offset: usize) -> &AtomicU64 {
-        let base = self.welcome.tx_offset as usize + offset;
-        assert!(base + 8 <= self.rings.len() && base % 8 == 0);
-        // SAFETY: in bounds and 8-aligned (checked above) in a read-write
-        // mapping that lives as long as `self`; the ring's control words are
-        // atomics that both sides access only atomically.
-        unsafe { &*(self.rings.as_ptr().as_ptr().add(base) as *const AtomicU64) }
-    }
-
-    /// Waits up to `timeout` for a descriptor of `kind` on the rx ring.
-    pub fn wait_for(&mut self, kind: Kind, timeout: Duration) -> Res<Descriptor> {
-        let end = Instant::now() + timeout;
-        while Instant::now() < end {
-            match self.rx.pop()? {
-                Some(d) if d.kind == kind as u8 => return Ok(d),
-                Some(_) => {}
-                None => std::thread::sleep(Duration::from_millis(1)),
-            }
-        }
-        Err(format!("no {kind:?} within {timeout:?}").into())
-    }
-
-    /// Whether the daemon closes the control socket within `timeout`.
-    pub fn wait_closed(&self, timeout: Duration) -> bool {
-        let end = Instant::now() + timeout;
-        let mut buf = vec![0u8; control::MAX_MESSAGE];
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            if !wait_readable(&self.sock, left) {
-                continue;
-            }
-            match self.sock.recv(&mut buf) {
-                Err(RecvError::Closed) | Err(RecvError::Os(_)) => return true,
-                Ok(_) | Err(RecvError::WouldBlock) | Err(RecvError::Truncated) => {}
-            }
-        }
-    }
-}
 
 pub fn run(socket: &str, args: &[String]) -> R {
     stdin_commands(|_| {});
@@ -270,9 +82,9 @@ pub fn run(socket: &str, args: &[String]) -> R {
             r.send(&Descriptor::new(Kind::Release, 0, 0).with_chunk(ChunkRef { segment: other, ..c }))?;
         }
         "tail-ahead" => {
-            let head = r.tx_word(256).load(Ordering::Acquire);
+            let head = r.tx_word(raw::HEAD).load(Ordering::Acquire);
             let cap = r.welcome.ring_capacity;
-            r.tx_word(128).store(head.wrapping_add(cap * 4 + 5), Ordering::Release);
+            r.tx_word(raw::TAIL).store(head.wrapping_add(cap * 4 + 5), Ordering::Release);
             r.tx_bell.wake();
         }
         "bad-kind" => {

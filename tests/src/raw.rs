@@ -1,0 +1,232 @@
+//! A client without the client library: the Hello handshake, the mapped
+//! segments of the Welcome, and the rings used by hand.
+//!
+//! It maps the segments of the Welcome the way `hybus::Bus` does (client
+//! `core.rs`, `Core::new`) and then lets a test write what no honest client
+//! would: descriptors the client library never builds, and the ring's own
+//! control words. The hostile peers of `hybus-load hostile` and the
+//! daemon-session fuzz target ([`crate::fuzz`]) are built on it.
+//!
+//! # Safety
+//!
+//! One `unsafe` block: [`Raw::tx_word`] hands out the tx ring's control
+//! words as atomics inside our own read-write mapping of the rings segment.
+
+#![allow(unsafe_code)]
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hybus_layout::control::{self, ClientMessage, DaemonMessage, Reply, Request, Welcome};
+use hybus_layout::header::{SegmentKind, LAYOUT_HASH};
+use hybus_layout::pool::{PoolAllocator, PoolGeometry, SizeClass};
+use hybus_layout::segment::{Access, EventFd, Segment};
+use hybus_layout::socket::{ControlSocket, RecvError};
+use hybus_layout::{ChunkRef, Consumer, Descriptor, Kind, Producer, Wake};
+
+/// Byte offsets of a ring's shared words from the ring's start (asserted in
+/// `hybus_layout::ring`): its capacity, the producer's index, the
+/// consumer's index, the consumer's parked word; slots follow at 512.
+pub const CAPACITY: usize = 0;
+/// See [`CAPACITY`].
+pub const TAIL: usize = 128;
+/// See [`CAPACITY`].
+pub const HEAD: usize = 256;
+/// See [`CAPACITY`].
+pub const PARKED: usize = 384;
+
+/// A client without the client library, connected and welcomed.
+#[derive(Debug)]
+pub struct Raw {
+    /// The control socket (non-blocking after the Welcome).
+    pub sock: ControlSocket,
+    /// What the daemon said in its Welcome.
+    pub welcome: Welcome,
+    /// The rings segment, read-write.
+    pub rings: Arc<Segment>,
+    _pool: Segment,
+    /// The geometry of our pool.
+    pub geometry: PoolGeometry,
+    /// Our end of the ring to the daemon.
+    pub tx: Producer,
+    /// Our end of the ring from the daemon.
+    pub rx: Consumer,
+    /// The doorbell that wakes the daemon.
+    pub tx_bell: EventFd,
+    _rx_bell: EventFd,
+    next_id: u64,
+}
+
+/// What [`Raw`]'s operations return.
+pub type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// Whether `sock` has something to read within `timeout`.
+pub fn wait_readable(sock: &ControlSocket, timeout: Duration) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut pfd = [PollFd::new(sock.fd(), PollFlags::POLLIN)];
+    let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
+    matches!(poll(&mut pfd, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)), Ok(n) if n > 0)
+}
+
+impl Raw {
+    /// Connects, says Hello, and maps the rings and the pool of the Welcome.
+    pub fn connect(path: &str) -> Res<Raw> {
+        let sock = ControlSocket::connect(std::path::Path::new(path))?;
+        let hello = ClientMessage {
+            id: 1,
+            request: Request::Hello {
+                version: control::PROTOCOL_VERSION,
+                layout_hash: LAYOUT_HASH,
+                label: "hostile".into(),
+                reuse_pool: false,
+            },
+        };
+        sock.send(&control::encode(&hello)?, &[])?;
+        if !wait_readable(&sock, Duration::from_secs(20)) {
+            return Err("no Welcome".into());
+        }
+        let mut buf = vec![0u8; control::MAX_MESSAGE];
+        let (n, fds) = sock.recv(&mut buf)?;
+        let welcome = match control::decode::<DaemonMessage>(&buf[..n])? {
+            DaemonMessage::Reply { result: Ok(Reply::Welcome(w)), .. } => w,
+            other => return Err(format!("expected Welcome, got {other:?}").into()),
+        };
+        let mut fds = fds.into_iter();
+        let (Some(rings), Some(pool), Some(txb), Some(rxb)) = (fds.next(), fds.next(), fds.next(), fds.next()) else {
+            return Err("Welcome without its four descriptors".into());
+        };
+        let (rings, _) = Segment::open(rings, Access::ReadWrite, SegmentKind::ClientRings)?;
+        let rings = Arc::new(rings);
+        let cap = welcome.ring_capacity;
+        let tx = rings.ring_producer(welcome.tx_offset as usize, cap)?;
+        let rx = rings.ring_consumer(welcome.rx_offset as usize, cap)?;
+        let (pool, _) = Segment::open(pool, Access::ReadWrite, SegmentKind::Pool)?;
+        let classes: Vec<SizeClass> =
+            welcome.pool_classes.iter().map(|&(chunk_size, count)| SizeClass { chunk_size, count }).collect();
+        let geometry = PoolGeometry::new(&classes)?;
+        sock.set_nonblocking(true)?;
+        Ok(Raw {
+            sock,
+            welcome,
+            rings,
+            _pool: pool,
+            geometry,
+            tx,
+            rx,
+            tx_bell: EventFd::from_fd(txb),
+            _rx_bell: EventFd::from_fd(rxb),
+            next_id: 1,
+        })
+    }
+
+    /// Sends a control request and waits for its reply (events are skipped).
+    pub fn control(&mut self, request: Request) -> Res<Reply> {
+        self.next_id += 1;
+        let id = self.next_id;
+        let bytes = control::encode(&ClientMessage { id, request })?;
+        self.sock.send(&bytes, &[])?;
+        let end = Instant::now() + Duration::from_secs(20);
+        let mut buf = vec![0u8; control::MAX_MESSAGE];
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err("no reply from the daemon".into());
+            }
+            if !wait_readable(&self.sock, left) {
+                continue;
+            }
+            let (n, _fds): (usize, Vec<OwnedFd>) = match self.sock.recv(&mut buf) {
+                Ok(x) => x,
+                Err(RecvError::WouldBlock) => continue,
+                Err(e) => return Err(e.to_string().into()),
+            };
+            if let DaemonMessage::Reply { id: rid, result } = control::decode(&buf[..n])? {
+                if rid == id {
+                    return result.map_err(|e| e.message.into());
+                }
+            }
+        }
+    }
+
+    /// The route id of a serving name.
+    pub fn resolve(&mut self, name: &str) -> Res<u32> {
+        match self.control(Request::Resolve { name: name.into() })? {
+            Reply::Resolved { route, .. } => Ok(route),
+            r => Err(format!("unexpected reply {r:?}").into()),
+        }
+    }
+
+    /// Pushes `d` onto the tx ring and rings the daemon's doorbell.
+    pub fn send(&mut self, d: &Descriptor) -> Res<()> {
+        self.tx.push(d)?;
+        self.tx_bell.wake();
+        Ok(())
+    }
+
+    /// Pushes all of `ds` with one index store and rings the doorbell.
+    pub fn send_batch(&mut self, ds: &[Descriptor]) -> Res<()> {
+        if self.tx.push_batch(ds)? != ds.len() {
+            return Err("tx ring full".into());
+        }
+        self.tx_bell.wake();
+        Ok(())
+    }
+
+    /// A real chunk of our own pool, `len` bytes.
+    pub fn own_chunk(&self, len: usize) -> Res<ChunkRef> {
+        let mut alloc = PoolAllocator::new(self.geometry.clone(), self.welcome.client_id);
+        Ok(alloc.alloc(len)?)
+    }
+
+    /// A shared word of the tx ring, at one of the offsets [`CAPACITY`], [`TAIL`], [`HEAD`], [`PARKED`].
+    pub fn tx_word(&self, offset: usize) -> &AtomicU64 {
+        let base = self.welcome.tx_offset as usize + offset;
+        assert!(base + 8 <= self.rings.len() && base % 8 == 0);
+        // SAFETY: in bounds and 8-aligned (checked above) in a read-write
+        // mapping that lives as long as `self`; the ring's control words are
+        // atomics that both sides access only atomically.
+        unsafe { &*(self.rings.as_ptr().as_ptr().add(base) as *const AtomicU64) }
+    }
+
+    /// Waits up to `timeout` for a descriptor of `kind` on the rx ring.
+    pub fn wait_for(&mut self, kind: Kind, timeout: Duration) -> Res<Descriptor> {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            match self.rx.pop()? {
+                Some(d) if d.kind == kind as u8 => return Ok(d),
+                Some(_) => {}
+                None => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+        Err(format!("no {kind:?} within {timeout:?}").into())
+    }
+
+    /// Reads and drops whatever the daemon sent so far: control messages and
+    /// descriptors (a stalled reader would only test the daemon's patience).
+    pub fn drain(&mut self) {
+        let mut buf = vec![0u8; control::MAX_MESSAGE];
+        while let Ok((_, _fds)) = self.sock.recv(&mut buf) {}
+        while let Ok(Some(_)) = self.rx.pop() {}
+    }
+
+    /// Whether the daemon closes the control socket within `timeout`.
+    pub fn wait_closed(&self, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        let mut buf = vec![0u8; control::MAX_MESSAGE];
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            if !wait_readable(&self.sock, left) {
+                continue;
+            }
+            match self.sock.recv(&mut buf) {
+                Err(RecvError::Closed) | Err(RecvError::Os(_)) => return true,
+                Ok(_) | Err(RecvError::WouldBlock) | Err(RecvError::Truncated) => {}
+            }
+        }
+    }
+}
