@@ -17,12 +17,12 @@
 //!
 //! | harness | what it feeds | what must hold |
 //! |---|---|---|
-//! | [`control`] | bytes as a control frame, both directions | decoding fails cleanly or round-trips |
-//! | [`descriptor_pool`] | words as a descriptor; chunk references and pool operations | checks fail cleanly; no chunk is handed out twice |
-//! | [`ring`] | ring operations between raw writes to the ring's shared words | every operation returns, `Ok` or `Err` |
-//! | [`segment_header`] | bytes over a sealed segment's header | mapping it fails cleanly or validates |
-//! | [`config`] | text as a `hybusd` configuration file | parsing and checking fail cleanly |
-//! | [`session`] | a hostile client of a real daemon: control frames, ring descriptors, ring words | the daemon keeps serving an honest client |
+//! | [`control()`] | bytes as a control frame, both directions | decoding fails cleanly or round-trips |
+//! | [`descriptor_pool()`] | words as a descriptor; chunk references and pool operations | checks fail cleanly; no chunk is handed out twice |
+//! | [`ring()`] | ring operations between raw writes to the ring's shared words | every operation returns, `Ok` or `Err` |
+//! | [`segment_header()`] | bytes over a sealed segment's header | mapping it fails cleanly or validates |
+//! | [`config()`] | text as a `hybusd` configuration file | parsing and checking fail cleanly |
+//! | [`session()`] | a hostile client of a real daemon: control frames, ring descriptors, ring words | the daemon keeps serving an honest client |
 //!
 //! # Safety
 //!
