@@ -102,6 +102,9 @@ pub struct Limits {
     pub hello_timeout_ms: u64,
     /// Descriptors the daemon queues for a client whose ring is full.
     pub queue_per_client: u32,
+    /// Names (services and topics) the bus holds, for all uids together; 0
+    /// for no limit. A name keeps its route id while the daemon runs.
+    pub names: u32,
 }
 
 /// Access policy.
@@ -160,6 +163,7 @@ impl Default for Limits {
             in_flight_per_uid: 65536,
             hello_timeout_ms: 5000,
             queue_per_client: 65536,
+            names: 65536,
         }
     }
 }

@@ -197,6 +197,7 @@ impl Daemon {
         }
         let geometry = opts.config.pool_geometry()?;
         let idle = opts.config.idle_strategy();
+        let max_names = opts.config.limits.names;
         Ok(Daemon {
             config: opts.config,
             config_path: opts.config_path,
@@ -205,7 +206,7 @@ impl Daemon {
             poller,
             sessions: IdMap::default(),
             next_client: 0,
-            registry: Registry::default(),
+            registry: Registry::with_max_names(max_names as usize),
             chunks: Chunks::default(),
             exchanges: Exchanges::default(),
             active: Vec::new(),

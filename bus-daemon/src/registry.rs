@@ -92,6 +92,11 @@ pub enum RegisterError {
         /// The owner.
         uid: u32,
     },
+    /// The name is new and the registry holds [`Registry::max_names`] already.
+    TooManyNames {
+        /// The limit.
+        limit: usize,
+    },
 }
 
 /// The registry.
@@ -104,13 +109,29 @@ pub struct Registry {
     next_instance: u32,
     /// How to pick instances.
     pub balance: Balance,
+    /// Most names the registry holds (`limits.names`); 0 for no limit.
+    ///
+    /// A name keeps its route id for the daemon's lifetime, so that a
+    /// client's resolved route stays valid while its service is replaced or
+    /// restarted; without a bound, clients creating names (topics,
+    /// registrations under fresh names) would grow the daemon without end.
+    pub max_names: usize,
 }
 
 impl Registry {
-    /// The route of `name`, creating it if new.
-    pub fn route_for(&mut self, name: &str) -> u32 {
+    /// An empty registry that holds at most `max_names` names (0: no limit).
+    pub fn with_max_names(max_names: usize) -> Registry {
+        Registry { max_names, ..Registry::default() }
+    }
+
+    /// The route of `name`, creating it if new; `None` if it is new and
+    /// there are [`max_names`](Self::max_names) already.
+    pub fn route_for(&mut self, name: &str) -> Option<u32> {
         if let Some(&r) = self.names.get(name) {
-            return r;
+            return Some(r);
+        }
+        if self.max_names != 0 && self.names.len() >= self.max_names {
+            return None;
         }
         self.next_route += 1;
         let r = self.next_route;
@@ -119,7 +140,7 @@ impl Registry {
             r,
             RouteEntry { name: name.to_owned(), instances: Vec::new(), subscribers: Vec::new(), owner_uid: None },
         );
-        r
+        Some(r)
     }
 
     /// The route of `name`, if it exists.
@@ -161,7 +182,7 @@ impl Registry {
         version: u32,
         weight: u32,
     ) -> Result<(u32, u32), RegisterError> {
-        let route = self.route_for(name);
+        let route = self.route_for(name).ok_or(RegisterError::TooManyNames { limit: self.max_names })?;
         let entry = self.routes.get_mut(&route).ok_or(RegisterError::Owned { uid })?;
         match entry.owner_uid {
             Some(owner) if owner != uid && !entry.instances.is_empty() => {
@@ -258,6 +279,22 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_stop_at_the_limit_and_keep_their_routes() {
+        let mut r = Registry::with_max_names(2);
+        let a = r.route_for("a").unwrap();
+        let (_, b) = r.register("b", 1, 1000, 1, 1).unwrap();
+        assert_eq!(r.route_for("c"), None);
+        assert_eq!(r.register("c", 1, 1000, 1, 1), Err(RegisterError::TooManyNames { limit: 2 }));
+        // Names it holds stay usable, and keep their routes after their instances leave.
+        assert_eq!(r.route_for("a"), Some(a));
+        let (inst, again) = r.register("b", 2, 1000, 1, 1).unwrap();
+        assert_eq!(again, b);
+        r.unregister(inst);
+        assert_eq!(r.route_for("b"), Some(b));
+        assert!(Registry::with_max_names(0).route_for("any").is_some());
+    }
 
     #[test]
     fn weighted_round_robin_spreads_by_weight() {

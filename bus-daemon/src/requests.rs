@@ -12,6 +12,7 @@ use hybus_layout::segment::{EventFd, Segment};
 
 use crate::config::Action;
 use crate::daemon::{error_reply, Daemon, DOORBELL_TOKEN};
+use crate::registry::RegisterError;
 use crate::session::DataPlane;
 
 type Answer = Result<Reply, (ErrorCode, String)>;
@@ -58,9 +59,7 @@ impl Daemon {
                 Reply::Done
             }),
             Request::Resolve { name } => self.resolve(id, &name),
-            Request::Topic { name } => self
-                .check(id, Action::Publish, &name)
-                .map(|_| Reply::Resolved { route: self.registry.route_for(&name), instances: 0 }),
+            Request::Topic { name } => self.topic(id, &name),
             Request::List => Ok(Reply::Services(self.list())),
             Request::Watch { prefix } => {
                 if let Some(s) = self.sessions.get_mut(&id) {
@@ -256,11 +255,12 @@ impl Daemon {
                 format!("uid {uid} already has {owned} instances (limit {})", self.config.limits.instances_per_uid),
             ));
         }
-        let (instance, route) = self.registry.register(name, id, uid, version, weight).map_err(
-            |crate::registry::RegisterError::Owned { uid: owner }| {
+        let (instance, route) = self.registry.register(name, id, uid, version, weight).map_err(|e| match e {
+            RegisterError::Owned { uid: owner } => {
                 (ErrorCode::NameOwned, format!("name {name:?} is already owned by uid {owner}"))
-            },
-        )?;
+            }
+            RegisterError::TooManyNames { limit } => too_many_names(limit),
+        })?;
         tracing::info!(client = id, pid, name, instance, route, "registered");
         self.broadcast_watch(name, Event::ServiceUp { name: name.to_owned(), route, instance, pid });
         Ok(Reply::Registered { instance, route })
@@ -284,6 +284,19 @@ impl Daemon {
         }
     }
 
+    /// The route of topic `name` to publish on, created if new.
+    fn topic(&mut self, id: u32, name: &str) -> Answer {
+        control::check_name(name).map_err(bad)?;
+        self.check(id, Action::Publish, name)?;
+        let route = self.route_for(name)?;
+        Ok(Reply::Resolved { route, instances: 0 })
+    }
+
+    /// [`Registry::route_for`], refused with a quota error at the name limit.
+    pub(crate) fn route_for(&mut self, name: &str) -> Result<u32, (ErrorCode, String)> {
+        self.registry.route_for(name).ok_or_else(|| too_many_names(self.registry.max_names))
+    }
+
     fn subscribe(&mut self, id: u32, topic: &str) -> Answer {
         control::check_name(topic).map_err(bad)?;
         self.check(id, Action::Subscribe, topic)?;
@@ -295,7 +308,7 @@ impl Daemon {
         if subs >= self.config.limits.subscriptions_per_uid as usize {
             return Err((ErrorCode::QuotaExceeded, format!("uid {uid} has {subs} subscriptions (limit reached)")));
         }
-        let route = self.registry.route_for(topic);
+        let route = self.route_for(topic)?;
         if let Some(r) = self.registry.route_mut(route) {
             if !r.subscribers.contains(&id) {
                 r.subscribers.push(id);
@@ -387,4 +400,9 @@ impl Daemon {
         out.sort_by(|a, b| (&a.name, a.instance).cmp(&(&b.name, b.instance)));
         out
     }
+}
+
+/// The error for a new name past `limits.names`.
+fn too_many_names(limit: usize) -> (ErrorCode, String) {
+    (ErrorCode::QuotaExceeded, format!("the bus holds {limit} names (limits.names reached)"))
 }

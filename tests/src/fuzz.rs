@@ -305,7 +305,11 @@ fn stage() -> &'static Stage {
     STAGE.get_or_init(|| {
         let dir = crate::TempDir::new("fuzz");
         let path = dir.path().join("bus.sock");
-        let daemon = hybusd::Embedded::start(&path, hybusd::Config::default()).expect("embedded daemon");
+        let mut config = hybusd::Config::default();
+        // Reached within a run, so that refusing a new name is explored too
+        // (and memory stays flat over millions of sessions).
+        config.limits.names = 256;
+        let daemon = hybusd::Embedded::start(&path, config).expect("embedded daemon");
         let opts = |label: &str| BusOptions {
             path: Some(path.clone()),
             label: label.into(),

@@ -644,3 +644,30 @@ fn bad_names_are_refused_and_the_connection_stays_usable() {
     drop(bus);
     b.still_serving();
 }
+
+/// Names are bounded (`limits.names`): a name keeps its route while the
+/// daemon runs, so without a bound a client creating topics or registering
+/// fresh names would grow the daemon without end (the session fuzz target
+/// saw it grow by every name it made up). Past the limit a new name is
+/// refused with a quota error; the names the bus holds keep working. Topic
+/// names are checked like service names.
+#[test]
+fn new_names_past_the_limit_are_refused() {
+    let d = DaemonProc::start(Some("[limits]\nnames = 3\n"));
+    let bus = d.connect();
+    let svc = bus.register("names.one").unwrap();
+    let _publisher = bus.publisher("names.two").unwrap();
+    let _subscription = bus.subscribe("names.three").unwrap();
+    assert!(matches!(bus.register("names.four"), Err(Error::QuotaExceeded(_))), "a fourth service name");
+    assert!(matches!(bus.publisher("names.five"), Err(Error::QuotaExceeded(_))), "a fourth topic name");
+    assert!(matches!(bus.subscribe("names.six"), Err(Error::QuotaExceeded(_))), "a fourth subscription name");
+    assert!(matches!(bus.publisher("not a name!"), Err(Error::BadRequest(_))), "a malformed topic name");
+    // What the bus holds still works, and a name outlives its instances with its route.
+    let route = bus.resolve("names.one").unwrap();
+    drop(svc);
+    let again = bus.register("names.one").unwrap();
+    assert_eq!(bus.resolve("names.one").unwrap().id(), route.id());
+    drop(again);
+    assert!(bus.publisher("names.two").is_ok());
+    assert!(bus.status().is_ok(), "the daemon serves on; log:\n{}", d.log_text());
+}
