@@ -23,6 +23,7 @@
 //! | [`segment_header()`] | bytes over a sealed segment's header | mapping it fails cleanly or validates |
 //! | [`config()`] | text as a `hybusd` configuration file | parsing and checking fail cleanly |
 //! | [`session()`] | a hostile client of a real daemon: control frames, ring descriptors, ring words | the daemon keeps serving an honest client |
+//! | [`channel()`] | a hostile peer on a direct channel: descriptors on its data and return rings, raw words anywhere in the channel segment | the honest side cuts it off and keeps working |
 //!
 //! # Safety
 //!
@@ -397,6 +398,82 @@ fn descriptor(input: &mut Input<'_>, raw: &Raw, routes: &[u32]) -> Descriptor {
     d
 }
 
+/// Calls the stage's echo service as its honest caller; a few retries while a
+/// hostile client's instance of a name (gone with it) may still be picked.
+fn honest_call(stage: &Stage, after: &str) {
+    let mut last = None;
+    for _ in 0..5 {
+        match stage.caller.call(&stage.route, b"still there?", Duration::from_secs(10)) {
+            Ok(answer) => {
+                assert_eq!(&answer[..], b"still there?", "the echo answered something else");
+                return;
+            }
+            Err(e @ (hybus::Error::PeerGone | hybus::Error::NotFound(_))) => last = Some(e),
+            Err(e) => panic!("the honest caller was not served after {after}: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the honest call kept failing after {after}: {last:?}");
+}
+
+/// A hostile peer on a direct channel with the stage's honest caller.
+///
+/// A raw client registers a service, the honest caller asks for a direct
+/// channel to it, and the raw side (which maps the channel segment
+/// read-write, as any peer does) puts what the input says on the channel:
+/// plausible and arbitrary descriptors on its data ring, returns of chunks
+/// it was never lent, raw writes to any word of the segment (ring indices,
+/// counters, slots), interleaved with honest calls that make the caller
+/// read the channel. The caller must cut the channel off rather than
+/// misbehave, and keep being served.
+pub fn channel(data: &[u8]) {
+    let stage = stage();
+    let mut input = Input::new(data);
+    let mut raw = Raw::connect(&stage.path.to_string_lossy())
+        .unwrap_or_else(|e| panic!("the daemon refused a new client after earlier sessions: {e}"));
+    let name = format!("fuzz.chan{}", input.u8() % 4);
+    let registered = raw.control(Request::Register { name: name.clone(), version: 1, weight: 1 });
+    let Ok(Reply::Registered { instance, .. }) = registered else {
+        panic!("a fresh client could not register {name}: {registered:?}");
+    };
+    let opened = stage.caller.resolve(&name).and_then(|route| stage.caller.request_direct(&route));
+    // An instance of the name from an earlier session, not yet seen gone, may have been picked.
+    let Ok(ch) = opened
+        .map_err(|e| e.to_string())
+        .and_then(|_| raw.await_direct(Duration::from_secs(5)).map_err(|e| e.to_string()))
+    else {
+        return;
+    };
+    let mut ch = ch;
+    let words = ch.layout.size / 8;
+    let mut ops = 0;
+    while !input.is_empty() && ops < 64 {
+        ops += 1;
+        match input.u8() % 6 {
+            0 | 1 => {
+                let mut d = descriptor(&mut input, &raw, &[instance]);
+                if input.u8() % 2 == 0 {
+                    d.flags |= hybus_layout::descriptor::flags::SERVER;
+                }
+                let _ = ch.tx.push(&d);
+            }
+            2 => {
+                let c = ChunkRef { segment: ch.info.peer, len: input.u32(), offset: input.size() };
+                let _ = ch.rel_tx.push(&Descriptor::new(Kind::Release, 0, 0).with_chunk(c));
+            }
+            3 | 4 => {
+                let at = input.u32() as usize % words * 8;
+                ch.word(at).store(input.size(), SeqCst);
+            }
+            _ => honest_call(stage, "a hostile peer wrote into its direct channel"),
+        }
+        ch.peer_bell.wake();
+    }
+    honest_call(stage, "a hostile peer wrote into its direct channel");
+    drop(ch);
+    drop(raw);
+}
+
 /// One hostile client session against a real daemon, then a check that an
 /// honest client is still served.
 ///
@@ -459,18 +536,5 @@ pub fn session(data: &[u8]) {
             }
         }
     }
-    let mut last = None;
-    for _ in 0..5 {
-        match stage.caller.call(&stage.route, b"still there?", Duration::from_secs(10)) {
-            Ok(answer) => {
-                assert_eq!(&answer[..], b"still there?", "the echo answered something else");
-                return;
-            }
-            // A call routed to the hostile client's instance of the name, before its hang-up was seen.
-            Err(e @ (hybus::Error::PeerGone | hybus::Error::NotFound(_))) => last = Some(e),
-            Err(e) => panic!("the daemon stopped serving an honest client after a hostile session: {e}"),
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("the honest call kept failing after a hostile session: {last:?}");
+    honest_call(stage, "a hostile session");
 }

@@ -5,12 +5,17 @@
 //! `core.rs`, `Core::new`) and then lets a test write what no honest client
 //! would: descriptors the client library never builds, and the ring's own
 //! control words. The hostile peers of `hybus-load hostile` and the
-//! daemon-session fuzz target ([`crate::fuzz`]) are built on it.
+//! session and channel fuzz targets ([`crate::fuzz`]) are built on it.
+//!
+//! [`RawChannel`] is the same for a direct channel: the peer's end of it,
+//! mapped read-write as every peer maps it, with any word of the segment
+//! writable.
 //!
 //! # Safety
 //!
-//! One `unsafe` block: [`Raw::tx_word`] hands out the tx ring's control
-//! words as atomics inside our own read-write mapping of the rings segment.
+//! Two `unsafe` blocks: [`Raw::tx_word`] and [`RawChannel::word`] hand out
+//! shared words as atomics inside our own read-write mappings of the rings
+//! and channel segments.
 
 #![allow(unsafe_code)]
 
@@ -19,7 +24,8 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hybus_layout::control::{self, ClientMessage, DaemonMessage, Reply, Request, Welcome};
+use hybus_layout::channel::{ChannelLayout, Side};
+use hybus_layout::control::{self, ClientMessage, DaemonMessage, DirectInfo, Event, Reply, Request, Welcome};
 use hybus_layout::header::{SegmentKind, LAYOUT_HASH};
 use hybus_layout::pool::{PoolAllocator, PoolGeometry, SizeClass};
 use hybus_layout::segment::{Access, EventFd, Segment};
@@ -203,6 +209,33 @@ impl Raw {
         Err(format!("no {kind:?} within {timeout:?}").into())
     }
 
+    /// Waits up to `timeout` for a direct channel to be opened to us, maps
+    /// it and sends its upgrade fence (through the daemon, as the client
+    /// library does), after which the peer reads what we put on it.
+    pub fn await_direct(&mut self, timeout: Duration) -> Res<RawChannel> {
+        let end = Instant::now() + timeout;
+        let mut buf = vec![0u8; control::MAX_MESSAGE];
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err("no DirectOpen".into());
+            }
+            if !wait_readable(&self.sock, left) {
+                continue;
+            }
+            let (n, fds) = match self.sock.recv(&mut buf) {
+                Ok(x) => x,
+                Err(RecvError::WouldBlock) => continue,
+                Err(e) => return Err(e.to_string().into()),
+            };
+            if let DaemonMessage::Event(Event::DirectOpen(info)) = control::decode(&buf[..n])? {
+                let ch = RawChannel::open(info, fds)?;
+                self.send(&Descriptor::new(Kind::Fence, 0, 0).with_aux(ch.info.channel as u64))?;
+                return Ok(ch);
+            }
+        }
+    }
+
     /// Reads and drops whatever the daemon sent so far: control messages and
     /// descriptors (a stalled reader would only test the daemon's patience).
     pub fn drain(&mut self) {
@@ -228,5 +261,49 @@ impl Raw {
                 Ok(_) | Err(RecvError::WouldBlock) | Err(RecvError::Truncated) => {}
             }
         }
+    }
+}
+
+/// Our end of a direct channel, mapped read-write as the client library maps it.
+#[derive(Debug)]
+pub struct RawChannel {
+    /// What the daemon said of the channel.
+    pub info: DirectInfo,
+    /// The channel segment.
+    pub seg: Arc<Segment>,
+    /// Where its rings and counters lie.
+    pub layout: ChannelLayout,
+    /// Our data ring to the peer.
+    pub tx: Producer,
+    /// Our return ring to the peer (its chunks going back).
+    pub rel_tx: Producer,
+    /// The peer's doorbell.
+    pub peer_bell: EventFd,
+    _fds: Vec<OwnedFd>,
+}
+
+impl RawChannel {
+    fn open(info: DirectInfo, fds: Vec<OwnedFd>) -> Res<RawChannel> {
+        let mut fds = fds.into_iter();
+        let (Some(seg), Some(_pool), Some(bell)) = (fds.next(), fds.next(), fds.next()) else {
+            return Err("DirectOpen without its descriptors".into());
+        };
+        let (seg, _) = Segment::open(seg, Access::ReadWrite, SegmentKind::Channel)?;
+        let seg = Arc::new(seg);
+        let layout = ChannelLayout::new(info.capacity);
+        let side = if info.side == 0 { Side::A } else { Side::B };
+        let (out, _, rel_out, _) = layout.rings(side);
+        let tx = seg.ring_producer(out, info.capacity)?;
+        let rel_tx = seg.ring_producer(rel_out, info.capacity)?;
+        Ok(RawChannel { info, seg, layout, tx, rel_tx, peer_bell: EventFd::from_fd(bell), _fds: fds.collect() })
+    }
+
+    /// The channel segment's shared word at byte `offset` (rounded down to a word, kept inside the segment).
+    pub fn word(&self, offset: usize) -> &AtomicU64 {
+        let at = (offset % self.seg.len()) & !7;
+        // SAFETY: 8-aligned and inside our read-write mapping of the segment,
+        // which lives as long as `self`; its shared words are only ever
+        // accessed atomically, by both sides.
+        unsafe { &*(self.seg.as_ptr().as_ptr().add(at) as *const AtomicU64) }
     }
 }

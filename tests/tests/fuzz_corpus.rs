@@ -73,3 +73,8 @@ fn config() {
 fn session() {
     run("session", fuzz::session, 150, 1_024);
 }
+
+#[test]
+fn channel() {
+    run("channel", fuzz::channel, 150, 1_024);
+}
