@@ -851,7 +851,8 @@ impl Core {
     }
 
     /// Whether a descriptor the daemon gave us that the application has not
-    /// taken yet refers to a chunk of `pool`.
+    /// taken yet refers to a chunk of `pool` (every place such a descriptor
+    /// waits: the hot hand-over, inboxes, calls, both ends of streams, topics).
     fn holds_chunk_of(&self, pool: u32) -> bool {
         let of = |d: &Descriptor| d.chunk().is_some_and(|c| c.segment == pool);
         let brokered = |&(d, o): &(Descriptor, Origin)| o == Origin::Daemon && of(&d);
@@ -859,6 +860,7 @@ impl Core {
             || self.inboxes.values().any(|q| q.iter().any(brokered))
             || self.calls.values().any(|c| c.as_ref().is_some_and(brokered))
             || self.streams.values().any(|s| s.origin == Origin::Daemon && s.items.iter().any(of))
+            || self.served.iter().any(|((o, _), s)| *o == Origin::Daemon && s.items.iter().any(of))
             || self.topics.values().any(|q| q.iter().any(of))
     }
 

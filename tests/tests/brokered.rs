@@ -431,3 +431,41 @@ fn views_of_departed_callers_are_unmapped() {
     });
     assert!(left.is_some(), "the service still maps {} pools; log:\n{}", pool_fds(srv.pid()), d.log_text());
 }
+
+/// Items a departed caller sent on a channel stay readable: the view of its
+/// pool is kept while a served stream still holds chunks from it.
+#[test]
+fn channel_items_of_a_departed_caller_stay_readable() {
+    let d = DaemonProc::start(None);
+    let server = d.connect();
+    let svc = server.register("views.chan").unwrap();
+    let caller = d.connect();
+    let route = caller.resolve("views.chan").unwrap();
+    let mut stream = caller.request_channel(&route, b"open", 8).unwrap();
+    let Some(hybus::Incoming::Stream(mut ch)) = svc.next(SOON).unwrap() else {
+        panic!("no channel request");
+    };
+    // The first receive grants the caller its window.
+    assert!(matches!(ch.recv(Duration::from_millis(50)), Err(Error::DeadlineExceeded)));
+    let items: Vec<Vec<u8>> = (0..3).map(|i| pattern(INLINE_PAYLOAD + 500, i)).collect();
+    for item in &items {
+        stream.send(item, SOON).unwrap();
+    }
+    // Until the items are here, then the caller leaves.
+    let queued = eventually(SOON, || (svc.next(Duration::from_millis(10)).is_ok()).then_some(()));
+    assert!(queued.is_some());
+    drop(stream);
+    drop(caller);
+    // Long enough for the daemon to see it go and say so; the server reads on meanwhile.
+    for _ in 0..20 {
+        let _ = svc.next(Duration::from_millis(10));
+    }
+    for (i, item) in items.iter().enumerate() {
+        match ch.recv(SOON) {
+            Ok(Some(sample)) => assert_eq!(&sample[..], &item[..], "item {i}"),
+            Ok(None) | Err(Error::PeerGone) => break,
+            Err(e) => panic!("item {i} of a departed caller: {e}"),
+        }
+    }
+    assert!(server.status().is_ok());
+}
