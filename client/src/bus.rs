@@ -96,12 +96,9 @@ fn handshake(path: &Path, label: &str, pool: Option<std::os::fd::BorrowedFd<'_>>
     let fds: Vec<_> = pool.into_iter().collect();
     sock.send(&bytes, &fds).map_err(|e| Error::BusGone(format!("sending Hello: {}", e.desc())))?;
     let mut buf = vec![0u8; control::MAX_MESSAGE];
-    // The daemon answers Hello at once; bound the wait so a wedged daemon is an error.
-    let mut pfd = [nix::poll::PollFd::new(sock.fd(), nix::poll::PollFlags::POLLIN)];
-    let _ = nix::poll::poll(
-        &mut pfd,
-        nix::poll::PollTimeout::try_from(CONTROL_TIMEOUT.as_millis() as i32).unwrap_or(nix::poll::PollTimeout::MAX),
-    );
+    // The daemon answers Hello at once; bound the wait so a wedged daemon
+    // is an error. (Not cut short by a signal: see `wait_readable`.)
+    let _ = sock.wait_readable(CONTROL_TIMEOUT);
     sock.set_nonblocking(true).map_err(|e| Error::os("control socket", e))?;
     let (n, fds) = sock.recv(&mut buf).map_err(|e| match e {
         hybus_layout::socket::RecvError::WouldBlock => Error::BusGone("the daemon did not answer Hello".into()),

@@ -107,6 +107,29 @@ impl ControlSocket {
         }
     }
 
+    /// Waits up to `timeout` for something to read (or the peer's hang-up);
+    /// `Ok(false)` if the time passed first.
+    ///
+    /// A signal that interrupts the wait does not end it: the wait resumes
+    /// for the time that is left. (A bare `poll` returns `EINTR` at every
+    /// signal the process handles, a timer's or a profiler's, and a caller
+    /// that took that for "nothing came" failed at random.)
+    pub fn wait_readable(&self, timeout: std::time::Duration) -> Result<bool, Errno> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let end = std::time::Instant::now() + timeout;
+        loop {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX);
+            let mut pfd = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut pfd, ms) {
+                Ok(n) => return Ok(n > 0),
+                Err(Errno::EINTR) if !left.is_zero() => continue,
+                Err(Errno::EINTR) => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Receives one datagram into `buf` (at least [`MAX_MESSAGE`] bytes) with its descriptors.
     ///
     /// A datagram that did not fit, or whose descriptors were cut off, is

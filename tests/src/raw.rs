@@ -70,10 +70,7 @@ pub type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// Whether `sock` has something to read within `timeout`.
 pub fn wait_readable(sock: &ControlSocket, timeout: Duration) -> bool {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let mut pfd = [PollFd::new(sock.fd(), PollFlags::POLLIN)];
-    let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
-    matches!(poll(&mut pfd, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)), Ok(n) if n > 0)
+    sock.wait_readable(timeout).unwrap_or(false)
 }
 
 impl Raw {
