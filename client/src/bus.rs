@@ -389,6 +389,10 @@ impl Bus {
 
     /// The next event, waiting up to `timeout`. `Ok(None)` if none came.
     /// A lost connection is reported once as [`BusEvent::Disconnected`].
+    ///
+    /// At most 4 096 unread events are kept: beyond that the oldest is
+    /// dropped, and counted by [`events_dropped`](Self::events_dropped). (An
+    /// application that never reads events loses nothing else by it.)
     pub fn next_event(&self, timeout: Duration) -> Result<Option<BusEvent>> {
         let deadline = Instant::now() + timeout;
         match self.shared.wait_events(deadline) {
@@ -396,6 +400,11 @@ impl Bus {
             Err(Error::DeadlineExceeded) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Events dropped unread since the connection was made (see [`next_event`](Self::next_event)).
+    pub fn events_dropped(&self) -> u64 {
+        self.shared.lock().dropped_events
     }
 
     /// Calls `route` with `payload` and waits up to `timeout` for the answer.

@@ -78,6 +78,11 @@ pub(crate) enum Hot {
 /// Largest number of unread publications kept per subscription before the oldest is dropped.
 pub(crate) const TOPIC_INBOX: usize = 65_536;
 
+/// Largest number of unread [`BusEvent`]s kept before the oldest is dropped:
+/// most applications never read events, and some come with every failed
+/// fire or channel change.
+pub(crate) const EVENT_QUEUE: usize = 4_096;
+
 #[derive(Debug)]
 pub(crate) struct Core {
     pub sock: Arc<ControlSocket>,
@@ -136,6 +141,8 @@ pub(crate) struct Core {
     /// after each sleep.
     pub want_releases: bool,
     pub dropped_publications: u64,
+    /// Events dropped unread (see [`EVENT_QUEUE`]).
+    pub dropped_events: u64,
     /// What [`pump_hot`](Self::pump_hot) took off a ring for the wait that
     /// polled it; that wait's check takes it in the same critical section.
     pub taken: Option<(Descriptor, Origin)>,
@@ -211,6 +218,7 @@ impl Core {
             dropped_publications: 0,
             taken: None,
             releases_queued: false,
+            dropped_events: 0,
             retiring: Vec::new(),
         })
     }
@@ -344,10 +352,20 @@ impl Core {
         self.ctl_buf = buf;
     }
 
+    /// Queues an event for [`Bus::next_event`](crate::Bus::next_event),
+    /// dropping the oldest unread one beyond [`EVENT_QUEUE`].
+    pub fn push_event(&mut self, ev: BusEvent) {
+        if self.events.len() >= EVENT_QUEUE {
+            self.events.pop_front();
+            self.dropped_events += 1;
+        }
+        self.events.push_back(ev);
+    }
+
     fn lost(&mut self, why: &str) {
         if self.gone.is_none() {
             self.gone = Some(why.to_owned());
-            self.events.push_back(BusEvent::Disconnected { reason: why.to_owned() });
+            self.push_event(BusEvent::Disconnected { reason: why.to_owned() });
         }
     }
 
@@ -381,13 +399,13 @@ impl Core {
                 }
             }
             Event::ServiceUp { name, route, instance, pid } => {
-                self.events.push_back(BusEvent::ServiceUp { name, route, instance, pid })
+                self.push_event(BusEvent::ServiceUp { name, route, instance, pid })
             }
             Event::ServiceDown { name, route, instance, pid } => {
-                self.events.push_back(BusEvent::ServiceDown { name, route, instance, pid })
+                self.push_event(BusEvent::ServiceDown { name, route, instance, pid })
             }
             Event::Traffic { kind, from, to, route, correlation, len } => {
-                self.events.push_back(BusEvent::Traffic { kind, from, to, route, correlation, len })
+                self.push_event(BusEvent::Traffic { kind, from, to, route, correlation, len })
             }
             Event::DirectOpen(info) => match Direct::open(&info, fds, self.client_id, self.rx_bell.clone()) {
                 Ok(ch) => {
@@ -397,7 +415,7 @@ impl Core {
                     if ch.side == Side::A {
                         self.route_direct.insert(ch.route, ch.id);
                     }
-                    self.events.push_back(BusEvent::DirectOpened {
+                    self.push_event(BusEvent::DirectOpened {
                         channel: ch.id,
                         service: ch.service.clone(),
                         peer_pid: ch.peer_pid,
@@ -408,7 +426,7 @@ impl Core {
                 Err(e) => {
                     // Unusable: ask the daemon to close it so the peer falls back too.
                     let _ = self.send_control(Request::CloseDirect { channel: info.channel });
-                    self.events.push_back(BusEvent::DirectClosed {
+                    self.push_event(BusEvent::DirectClosed {
                         channel: info.channel,
                         service: info.service,
                         reason: e.to_string(),
@@ -442,7 +460,7 @@ impl Core {
         if side == Side::A && self.route_direct.get(&route) == Some(&id) {
             self.route_direct.remove(&route);
         }
-        self.events.push_back(BusEvent::DirectClosed { channel: id, service, reason: reason.to_owned() });
+        self.push_event(BusEvent::DirectClosed { channel: id, service, reason: reason.to_owned() });
         self.reap_channel(id);
     }
 
@@ -480,11 +498,7 @@ impl Core {
         for off in &ch.lent {
             let _ = self.alloc.free(ChunkRef { segment: self.client_id, len: 0, offset: *off });
         }
-        self.events.push_back(BusEvent::DirectClosed {
-            channel: id,
-            service: ch.service.clone(),
-            reason: reason.to_owned(),
-        });
+        self.push_event(BusEvent::DirectClosed { channel: id, service: ch.service.clone(), reason: reason.to_owned() });
     }
 
     fn reap_channel(&mut self, id: u32) {
@@ -970,7 +984,7 @@ impl Core {
                     s.error = Some(error_of(&d, None));
                     self.release(d, origin);
                 } else if kind == Kind::Error && d.correlation & FIRE_BIT != 0 {
-                    self.events.push_back(BusEvent::FireFailed { route: d.route, error: error_of(&d, None) });
+                    self.push_event(BusEvent::FireFailed { route: d.route, error: error_of(&d, None) });
                 } else {
                     // An answer to a call that timed out: give the chunk back.
                     self.release(d, origin);

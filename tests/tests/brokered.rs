@@ -469,3 +469,34 @@ fn channel_items_of_a_departed_caller_stay_readable() {
     }
     assert!(server.status().is_ok());
 }
+
+/// Unread events are bounded: an application that never reads them (most
+/// never do) does not grow with every watched change, failed fire or
+/// channel change. The oldest go first, and are counted.
+#[test]
+fn unread_events_are_bounded() {
+    let d = DaemonProc::start(None);
+    let watcher = d.connect();
+    watcher.watch("ev.").unwrap();
+    let owner = d.connect();
+    for i in 0..2100 {
+        drop(owner.register(&format!("ev.s{}", i % 10)).unwrap());
+        if i % 100 == 99 {
+            // Busy with something else, which reads the control socket (a
+            // client that never does is cut off by the daemon instead).
+            // Every event was sent before the reply to this.
+            watcher.status().unwrap();
+        }
+    }
+    assert_eq!(watcher.events_dropped(), 4200 - 4096);
+    let mut kept = Vec::new();
+    while let Some(e) = watcher.next_event(Duration::ZERO).unwrap() {
+        kept.push(e);
+    }
+    assert_eq!(kept.len(), 4096);
+    assert!(
+        matches!(kept.last(), Some(hybus::BusEvent::ServiceDown { name, .. }) if name == "ev.s9"),
+        "the newest event is kept: {:?}",
+        kept.last()
+    );
+}
