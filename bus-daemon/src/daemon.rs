@@ -651,13 +651,31 @@ impl Daemon {
         }
     }
 
-    /// Sends client `id` a [`Event::PoolGone`] for each pool of its `gone_views`.
+    /// Sends client `id` an [`Event::PoolGone`] for each pool of its
+    /// `gone_views`, as many as its control socket takes now.
+    ///
+    /// They only let it unmap what it no longer needs, so unlike a reply they
+    /// never cut off a client whose socket is full (one busy elsewhere while
+    /// many of its callers came and went), nor fill it: they go while less
+    /// than 16 KiB of what we sent is unread, the rest at its next request
+    /// ([`handle_request`](Self::handle_request)) or flush.
     pub(crate) fn tell_pools_gone(&mut self, id: u32) {
-        let Some(d) = self.sessions.get_mut(&id).and_then(|s| s.data.as_mut()) else {
+        /// Unread bytes in a client's socket beyond which hints wait: the
+        /// room is kept for replies and pool views, which must get through.
+        const HINT_ROOM: usize = 16 * 1024;
+        let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
-        for pool in std::mem::take(&mut d.gone_views) {
-            self.send(id, &DaemonMessage::Event(Event::PoolGone { pool }), &[]);
+        let Some(d) = s.data.as_mut() else {
+            return;
+        };
+        while let Some(&pool) = d.gone_views.last() {
+            if !s.sock.unread_by_peer().is_ok_and(|n| n < HINT_ROOM)
+                || !send_to(&s.sock, &DaemonMessage::Event(Event::PoolGone { pool }), &[])
+            {
+                break;
+            }
+            d.gone_views.pop();
         }
     }
 

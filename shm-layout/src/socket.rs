@@ -107,6 +107,17 @@ impl ControlSocket {
         }
     }
 
+    /// Bytes we sent that the peer has not read yet (`SIOCOUTQ`), to keep
+    /// room in its socket for what matters more than a hint.
+    pub fn unread_by_peer(&self) -> Result<usize, Errno> {
+        let mut n: nix::libc::c_int = 0;
+        // SAFETY: SIOCOUTQ (TIOCOUTQ's number) writes one `int` through the
+        // pointer, which points at `n`, alive for the call; the descriptor
+        // is ours for the life of `self`.
+        let r = unsafe { nix::libc::ioctl(self.fd.as_raw_fd(), nix::libc::TIOCOUTQ, &mut n as *mut nix::libc::c_int) };
+        Errno::result(r).map(|_| n.max(0) as usize)
+    }
+
     /// Waits up to `timeout` for something to read (or the peer's hang-up);
     /// `Ok(false)` if the time passed first.
     ///
