@@ -629,36 +629,33 @@ impl Daemon {
 
     /// Tells every client that maps pool `pool` that its owner is gone, so
     /// that it can unmap the view (a client that came and went must not
-    /// leave a mapping and a descriptor in every service it called). A
-    /// client whose queue still holds descriptors is told once the queue
-    /// is on its ring ([`flush_clients`](Self::flush_clients)).
+    /// leave a mapping and a descriptor in every service it called).
     fn retire_views_of(&mut self, pool: u32) {
-        let mut now = Vec::new();
+        let mut viewers = Vec::new();
         for (&id, s) in self.sessions.iter_mut() {
-            let Some(d) = s.data.as_mut() else {
-                continue;
-            };
-            if !d.views.remove(&pool) {
-                continue;
-            }
-            d.gone_views.push(pool);
-            if d.queue.is_empty() {
-                now.push(id);
+            if let Some(d) = s.data.as_mut() {
+                if d.views.remove(&pool) {
+                    d.gone_views.push(pool);
+                    viewers.push(id);
+                }
             }
         }
-        for id in now {
+        for id in viewers {
             self.tell_pools_gone(id);
         }
     }
 
     /// Sends client `id` an [`Event::PoolGone`] for each pool of its
-    /// `gone_views`, as many as its control socket takes now.
+    /// `gone_views`, as many as its control socket takes now, once its
+    /// queue is on its ring (so that every descriptor referring to those
+    /// pools is there before it hears that they are gone).
     ///
     /// They only let it unmap what it no longer needs, so unlike a reply they
     /// never cut off a client whose socket is full (one busy elsewhere while
     /// many of its callers came and went), nor fill it: they go while less
-    /// than 16 KiB of what we sent is unread, the rest at its next request
-    /// ([`handle_request`](Self::handle_request)) or flush.
+    /// than 16 KiB of what we sent is unread. What waits goes at the
+    /// client's next request ([`handle_request`](Self::handle_request)) or
+    /// flush ([`flush_clients`](Self::flush_clients)).
     pub(crate) fn tell_pools_gone(&mut self, id: u32) {
         /// Unread bytes in a client's socket beyond which hints wait: the
         /// room is kept for replies and pool views, which must get through.
@@ -666,7 +663,7 @@ impl Daemon {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
-        let Some(d) = s.data.as_mut() else {
+        let Some(d) = s.data.as_mut().filter(|d| d.queue.is_empty()) else {
             return;
         };
         while let Some(&pool) = d.gone_views.last() {

@@ -170,7 +170,7 @@ impl Daemon {
     /// Moves queued descriptors onto rings and rings the doorbells of clients we pushed to.
     pub(crate) fn flush_clients(&mut self) {
         let mut touched = std::mem::take(&mut self.touched);
-        let mut drained = Vec::new();
+        let mut hints = Vec::new();
         touched.retain(|id| {
             let Some(d) = self.sessions.get_mut(id).and_then(|s| s.data.as_mut()) else {
                 return false;
@@ -182,13 +182,13 @@ impl Daemon {
             d.ring_bell();
             let keep = !d.queue.is_empty();
             d.listed = keep;
-            if !keep && !d.gone_views.is_empty() {
-                drained.push(*id);
+            if !d.gone_views.is_empty() {
+                hints.push(*id);
             }
             keep
         });
         self.touched = touched;
-        for id in drained {
+        for id in hints {
             self.tell_pools_gone(id);
         }
     }
