@@ -130,7 +130,9 @@ impl ControlSocket {
         let end = std::time::Instant::now() + timeout;
         loop {
             let left = end.saturating_duration_since(std::time::Instant::now());
-            let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX);
+            // Rounded up: a wait of under a millisecond must not become a spin.
+            let ms = left.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
+            let ms = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
             let mut pfd = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
             match poll(&mut pfd, ms) {
                 Ok(n) => return Ok(n > 0),

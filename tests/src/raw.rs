@@ -124,6 +124,25 @@ impl Raw {
         })
     }
 
+    /// The next control message into `buf`, waiting until `end`; `None` if
+    /// none came by then.
+    fn recv_until(&self, end: Instant, buf: &mut [u8]) -> Res<Option<(usize, Vec<OwnedFd>)>> {
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            if !wait_readable(&self.sock, left) {
+                continue;
+            }
+            match self.sock.recv(buf) {
+                Ok(x) => return Ok(Some(x)),
+                Err(RecvError::WouldBlock) => continue,
+                Err(e) => return Err(e.to_string().into()),
+            }
+        }
+    }
+
     /// Sends a control request and waits for its reply (events are skipped).
     pub fn control(&mut self, request: Request) -> Res<Reply> {
         self.next_id += 1;
@@ -133,17 +152,8 @@ impl Raw {
         let end = Instant::now() + Duration::from_secs(20);
         let mut buf = vec![0u8; control::MAX_MESSAGE];
         loop {
-            let left = end.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            let Some((n, _fds)) = self.recv_until(end, &mut buf)? else {
                 return Err("no reply from the daemon".into());
-            }
-            if !wait_readable(&self.sock, left) {
-                continue;
-            }
-            let (n, _fds): (usize, Vec<OwnedFd>) = match self.sock.recv(&mut buf) {
-                Ok(x) => x,
-                Err(RecvError::WouldBlock) => continue,
-                Err(e) => return Err(e.to_string().into()),
             };
             if let DaemonMessage::Reply { id: rid, result } = control::decode(&buf[..n])? {
                 if rid == id {
@@ -213,17 +223,8 @@ impl Raw {
         let end = Instant::now() + timeout;
         let mut buf = vec![0u8; control::MAX_MESSAGE];
         loop {
-            let left = end.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            let Some((n, fds)) = self.recv_until(end, &mut buf)? else {
                 return Err("no DirectOpen".into());
-            }
-            if !wait_readable(&self.sock, left) {
-                continue;
-            }
-            let (n, fds) = match self.sock.recv(&mut buf) {
-                Ok(x) => x,
-                Err(RecvError::WouldBlock) => continue,
-                Err(e) => return Err(e.to_string().into()),
             };
             if let DaemonMessage::Event(Event::DirectOpen(info)) = control::decode(&buf[..n])? {
                 let ch = RawChannel::open(info, fds)?;
