@@ -436,15 +436,13 @@ pub fn channel(data: &[u8]) {
     let Ok(Reply::Registered { instance, .. }) = registered else {
         panic!("a fresh client could not register {name}: {registered:?}");
     };
-    let opened = stage.caller.resolve(&name).and_then(|route| stage.caller.request_direct(&route));
     // An instance of the name from an earlier session, not yet seen gone, may have been picked.
-    let Ok(ch) = opened
-        .map_err(|e| e.to_string())
-        .and_then(|_| raw.await_direct(Duration::from_secs(5)).map_err(|e| e.to_string()))
-    else {
+    if stage.caller.resolve(&name).and_then(|route| stage.caller.request_direct(&route)).is_err() {
+        return;
+    }
+    let Ok(mut ch) = raw.await_direct(Duration::from_secs(5)) else {
         return;
     };
-    let mut ch = ch;
     let words = ch.layout.size / 8;
     let mut ops = 0;
     while !input.is_empty() && ops < 64 {
