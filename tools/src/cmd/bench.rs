@@ -481,14 +481,26 @@ fn find<'a>(results: &'a [BenchResult], name: &str) -> Option<&'a BenchResult> {
     results.iter().find(|r| r.name == name)
 }
 
+/// Whether `name` measures the machine (a limit or a baseline), not hybus.
+fn is_reference(name: &str) -> bool {
+    name.starts_with("limit/") || name.starts_with("baseline/")
+}
+
 /// The same result with an 8-byte payload, for one with a larger payload
 /// (the cost of a chunk against an inline payload, in the same run).
 fn eight_bytes<'a>(results: &'a [BenchResult], r: &BenchResult) -> Option<&'a BenchResult> {
-    let ours = !(r.name.starts_with("limit/") || r.name.starts_with("baseline/"));
-    if !ours || r.payload <= 8 {
+    if is_reference(&r.name) || r.payload <= 8 {
         return None;
     }
     results.iter().find(|o| o.name == r.name && o.payload == 8)
+}
+
+/// `p50` over the p50 of `other`, if that is a latency result.
+fn p50_ratio(p50: u64, other: Option<&BenchResult>) -> Option<f64> {
+    match &other?.figure {
+        Figure::Latency(o) => Some(p50 as f64 / percentiles(o).p50.max(1) as f64),
+        _ => None,
+    }
 }
 
 fn render(results: &[BenchResult]) -> String {
@@ -509,14 +521,7 @@ fn render(results: &[BenchResult]) -> String {
             continue;
         };
         let p = percentiles(s);
-        let ratio = |other: Option<&BenchResult>| -> String {
-            match other.map(|o| &o.figure) {
-                Some(Figure::Latency(o)) => {
-                    format!("{:.2}", p.p50 as f64 / percentiles(o).p50.max(1) as f64)
-                }
-                _ => "-".into(),
-            }
-        };
+        let ratio = |other: Option<&BenchResult>| p50_ratio(p.p50, other).map_or("-".into(), |x| format!("{x:.2}"));
         let uds = results.iter().find(|u| u.name == "baseline/uds" && u.payload == r.payload);
         t.row(vec![
             r.name.clone(),
@@ -525,9 +530,9 @@ fn render(results: &[BenchResult]) -> String {
             ns(p.p99),
             ns(p.p999),
             ns(p.max),
-            r.limit.map_or("-".into(), |l| ratio(find(results, l))),
-            if r.name.starts_with("limit/") || r.name.starts_with("baseline/") { "-".into() } else { ratio(uds) },
-            eight_bytes(results, r).map_or("-".into(), |e| ratio(Some(e))),
+            ratio(r.limit.and_then(|l| find(results, l))),
+            if is_reference(&r.name) { "-".into() } else { ratio(uds) },
+            ratio(eight_bytes(results, r)),
         ]);
     }
     if !t.is_empty() {
@@ -582,14 +587,8 @@ fn to_json(results: &[BenchResult], plan: &Plan) -> serde_json::Value {
                     "name": r.name, "payload_bytes": r.payload, "round_trips": s.len(),
                     "rtt_ns": {"p50": p.p50, "p99": p.p99, "p999": p.p999, "max": p.max, "mean": p.mean},
                     "limit": r.limit,
-                    "ratio_to_limit_p50": r.limit.and_then(|l| find(results, l)).and_then(|l| match &l.figure {
-                        Figure::Latency(o) => Some(p.p50 as f64 / percentiles(o).p50.max(1) as f64),
-                        _ => None,
-                    }),
-                    "ratio_to_8b_p50": eight_bytes(results, r).and_then(|e| match &e.figure {
-                        Figure::Latency(o) => Some(p.p50 as f64 / percentiles(o).p50.max(1) as f64),
-                        _ => None,
-                    }),
+                    "ratio_to_limit_p50": p50_ratio(p.p50, r.limit.and_then(|l| find(results, l))),
+                    "ratio_to_8b_p50": p50_ratio(p.p50, eight_bytes(results, r)),
                 })
             }
             Figure::Throughput { messages, elapsed } => {
