@@ -97,6 +97,8 @@ pub struct Daemon {
     pub(crate) dbuf: Vec<hybus_layout::Descriptor>,
     /// Clients pushed to (or with queued descriptors) since the last flush.
     pub(crate) touched: Vec<u32>,
+    /// Clients with control messages in their outbox (see [`flush_outboxes`](Self::flush_outboxes)).
+    pub(crate) outboxed: Vec<u32>,
     /// Connections that have not said Hello yet, with their deadline.
     pending_hellos: Vec<(u32, Instant)>,
     /// Live direct channels.
@@ -225,6 +227,7 @@ impl Daemon {
             scratch: Vec::new(),
             dbuf: Vec::new(),
             touched: Vec::new(),
+            outboxed: Vec::new(),
             pending_hellos: Vec::new(),
             channels: IdMap::default(),
             next_channel: 0,
@@ -275,6 +278,7 @@ impl Daemon {
         let mut last_watchdog = Instant::now();
         let mut last_status = Instant::now();
         let mut last_tick = Instant::now();
+        let mut last_outbox = Instant::now();
         loop {
             loops += 1;
             let worked = self.poll_rings();
@@ -334,6 +338,11 @@ impl Daemon {
                 }
             }
             self.expire_hellos();
+            // Nobody tells us when a client has read its socket: look every millisecond.
+            if !self.outboxed.is_empty() && last_outbox.elapsed() >= Duration::from_millis(1) {
+                last_outbox = Instant::now();
+                self.flush_outboxes();
+            }
             if last_tick.elapsed() >= Duration::from_millis(100) {
                 last_tick = Instant::now();
                 self.promote_busy_pairs();
@@ -362,6 +371,10 @@ impl Daemon {
         // cost of going to sleep must not grow with the number of clients.
         for &(_, dl) in &self.pending_hellos {
             bound(dl.saturating_duration_since(now));
+        }
+        if !self.outboxed.is_empty() {
+            // A client with a full control socket: retry soon, it does not tell us when it drains.
+            bound(Duration::from_millis(1));
         }
         if !self.touched.is_empty() {
             // A client with a full ring (queued descriptors stay on the
@@ -511,6 +524,7 @@ impl Daemon {
                     watches: Vec::new(),
                     monitor: None,
                     subscriptions: Vec::new(),
+                    outbox: Default::default(),
                 },
             );
             self.pending_hellos.push((id, deadline));
@@ -581,14 +595,81 @@ impl Daemon {
         }
     }
 
-    /// Sends `msg` to client `id`; a client that does not read its control
-    /// socket (buffer full) is disconnected rather than letting it stall us.
+    /// Sends `msg` to client `id`, or keeps it in the client's outbox while
+    /// its socket is full (see [`Outbox`](crate::session::Outbox)). A
+    /// client whose outbox is full too does not read its control socket: it
+    /// is disconnected rather than letting it hold us or our memory.
     pub(crate) fn send(&mut self, id: u32, msg: &DaemonMessage, fds: &[std::os::fd::BorrowedFd<'_>]) {
-        let Some(s) = self.sessions.get(&id) else {
+        let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
-        if !send_to(&s.sock, msg, fds) {
+        let bytes = match control::encode(msg) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("cannot encode a control message: {e}");
+                return;
+            }
+        };
+        if s.outbox.is_empty() {
+            match s.sock.send(&bytes, fds) {
+                Ok(()) => return,
+                Err(nix::errno::Errno::EAGAIN) => {}
+                Err(e) => {
+                    // Gone, or worse; its hang-up is read next anyway.
+                    self.disconnect(id, &format!("control socket: {e}"));
+                    return;
+                }
+            }
+        }
+        if s.outbox.push(bytes.to_vec(), fds).is_err() {
             self.disconnect(id, "does not read its control socket");
+            return;
+        }
+        if let Some(d) = s.data.as_mut() {
+            d.held = true;
+        }
+        if s.outbox.len() == 1 {
+            tracing::debug!(client = id, "its control socket is full: messages wait in its outbox");
+            self.outboxed.push(id);
+        }
+    }
+
+    /// Sends what waits in the outboxes of clients whose socket was full,
+    /// as far as their sockets take it now; a client whose outbox empties
+    /// gets the descriptors that waited behind it.
+    pub(crate) fn flush_outboxes(&mut self) {
+        let mut outboxed = std::mem::take(&mut self.outboxed);
+        let mut broken = Vec::new();
+        let mut emptied = Vec::new();
+        outboxed.retain(|&id| {
+            let Some(s) = self.sessions.get_mut(&id) else {
+                return false;
+            };
+            match s.outbox.flush(&s.sock) {
+                Ok(false) => true,
+                Ok(true) => {
+                    emptied.push(id);
+                    false
+                }
+                Err(e) => {
+                    broken.push((id, e));
+                    false
+                }
+            }
+        });
+        self.outboxed = outboxed;
+        for (id, e) in broken {
+            self.disconnect(id, &format!("control socket: {e}"));
+        }
+        for id in emptied {
+            let Some(d) = self.sessions.get_mut(&id).and_then(|s| s.data.as_mut()) else {
+                continue;
+            };
+            d.held = false;
+            if !d.listed {
+                d.listed = true;
+                self.touched.push(id);
+            }
         }
     }
 
@@ -663,6 +744,9 @@ impl Daemon {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
+        if !s.outbox.is_empty() {
+            return;
+        }
         let Some(d) = s.data.as_mut().filter(|d| d.queue.is_empty()) else {
             return;
         };

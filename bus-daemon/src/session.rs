@@ -2,6 +2,7 @@
 
 use hybus_layout::idhash::IdSet;
 use std::collections::VecDeque;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -38,8 +39,14 @@ pub struct DataPlane {
     pub pool: Segment,
     /// The pool's geometry, for checking chunk references.
     pub geometry: PoolGeometry,
-    /// Descriptors for the client that did not fit in `rx` yet.
+    /// Descriptors for the client that did not fit in `rx` yet, or that
+    /// wait behind control messages (see [`held`](Self::held)).
     pub queue: VecDeque<Descriptor>,
+    /// Control messages wait in the session's [`Outbox`]: descriptors go
+    /// to [`queue`](Self::queue), not to the ring, until it is empty. A
+    /// descriptor may refer to a pool whose view is one of those messages,
+    /// and the client must have the view before it reads the descriptor.
+    pub held: bool,
     /// Pools of which the client already has a read-only view.
     pub views: IdSet<u32>,
     /// Pools whose owner left, still mapped by the client: it is told
@@ -78,6 +85,84 @@ pub struct Session {
     pub monitor: Option<String>,
     /// Subscribed topic routes.
     pub subscriptions: Vec<u32>,
+    /// Control messages its socket had no room for.
+    pub outbox: Outbox,
+}
+
+/// Control messages for a client whose socket is full, in order.
+///
+/// Why: a client reads its control socket only when its application calls
+/// into the bus. A service busy elsewhere while a few hundred new callers
+/// send it chunks (each brings a pool view), or a watcher that does not
+/// look while a few hundred services come and go, fills the socket (about
+/// 250 messages: the kernel counts each datagram's buffer, not its bytes).
+/// Cutting such a client off at the first message that does not fit, as
+/// the daemon did, punished a client that did nothing wrong. It is cut off
+/// now only when this outbox is full too ([`Outbox::MAX_MESSAGES`]).
+#[derive(Debug, Default)]
+pub struct Outbox {
+    messages: VecDeque<(Vec<u8>, Vec<OwnedFd>)>,
+    bytes: usize,
+    fds: usize,
+}
+
+/// The outbox had no room: the client does not read its control socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxFull;
+
+impl Outbox {
+    /// Messages kept for one client before it is cut off.
+    pub const MAX_MESSAGES: usize = 16_384;
+    /// Encoded bytes kept for one client.
+    pub const MAX_BYTES: usize = 4 << 20;
+    /// Descriptors kept for one client (each is a descriptor the daemon holds).
+    pub const MAX_FDS: usize = 1_024;
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// Messages waiting.
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    /// Keeps an encoded message and copies of its descriptors.
+    pub fn push(&mut self, bytes: Vec<u8>, fds: &[BorrowedFd<'_>]) -> Result<(), OutboxFull> {
+        if self.messages.len() >= Self::MAX_MESSAGES
+            || self.bytes + bytes.len() > Self::MAX_BYTES
+            || self.fds + fds.len() > Self::MAX_FDS
+        {
+            return Err(OutboxFull);
+        }
+        let fds: Vec<OwnedFd> = fds.iter().map(|f| f.try_clone_to_owned()).collect::<Result<_, _>>().map_err(|e| {
+            tracing::warn!("cannot keep a descriptor for a control message: {e}");
+            OutboxFull
+        })?;
+        self.fds += fds.len();
+        self.bytes += bytes.len();
+        self.messages.push_back((bytes, fds));
+        Ok(())
+    }
+
+    /// Sends what waits, in order, until the socket is full again.
+    /// `Ok(true)` once nothing waits; an error other than a full socket
+    /// means the connection is broken.
+    pub fn flush(&mut self, sock: &ControlSocket) -> Result<bool, nix::errno::Errno> {
+        while let Some((bytes, fds)) = self.messages.front() {
+            let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+            match sock.send(bytes, &borrowed) {
+                Ok(()) => {}
+                Err(nix::errno::Errno::EAGAIN) => return Ok(false),
+                Err(e) => return Err(e),
+            }
+            self.fds -= fds.len();
+            self.bytes -= bytes.len();
+            self.messages.pop_front();
+        }
+        Ok(true)
+    }
 }
 
 /// Result of trying to hand a descriptor to a client.
@@ -97,7 +182,7 @@ impl DataPlane {
     /// queued, since they are bounded by what the client itself started.
     #[inline]
     pub fn deliver(&mut self, d: Descriptor, limit: usize) -> Result<Delivery, RingError> {
-        if self.queue.is_empty() {
+        if self.queue.is_empty() && !self.held {
             match self.rx.push(&d) {
                 Ok(()) => {
                     self.dirty = true;
@@ -116,8 +201,12 @@ impl DataPlane {
         Ok(Delivery::Queued)
     }
 
-    /// Moves queued descriptors onto the ring as room allows.
+    /// Moves queued descriptors onto the ring as room allows (none while
+    /// control messages are [`held`](Self::held)).
     pub fn flush_queue(&mut self) -> Result<(), RingError> {
+        if self.held {
+            return Ok(());
+        }
         while let Some(d) = self.queue.front() {
             match self.rx.push(d) {
                 Ok(()) => {
@@ -138,5 +227,55 @@ impl DataPlane {
             self.dirty = false;
             self.rx.notify(&self.rx_bell);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What does not fit waits, goes in order once the peer reads, and is bounded.
+    #[test]
+    fn outbox_keeps_order_and_bounds() {
+        let (ours, theirs) = ControlSocket::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let mut sent = 0u32;
+        while ours.send(&sent.to_le_bytes(), &[]).is_ok() {
+            sent += 1;
+        }
+        let mut outbox = Outbox::default();
+        let fd = theirs.fd().try_clone_to_owned().unwrap();
+        for i in sent..sent + 10 {
+            outbox.push(i.to_le_bytes().to_vec(), &[fd.as_fd()]).unwrap();
+        }
+        assert_eq!(outbox.flush(&ours), Ok(false), "nothing was read: nothing goes");
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut next = 0u32;
+        let mut read_one = |next: &mut u32| {
+            let (n, fds) = theirs.recv(&mut buf).unwrap();
+            assert_eq!(buf[..n], next.to_le_bytes(), "in order");
+            assert_eq!(fds.len(), usize::from(*next >= sent));
+            *next += 1;
+        };
+        while next < sent {
+            read_one(&mut next);
+        }
+        assert_eq!(outbox.flush(&ours), Ok(true));
+        assert!(outbox.is_empty());
+        while next < sent + 10 {
+            read_one(&mut next);
+        }
+        // Bounded in messages and in descriptors.
+        let fds = vec![fd.as_fd(); Outbox::MAX_FDS];
+        assert_eq!(outbox.push(Vec::new(), &fds), Ok(()));
+        assert_eq!(outbox.push(Vec::new(), &[fd.as_fd()]), Err(OutboxFull));
+        let mut outbox = Outbox::default();
+        for _ in 0..Outbox::MAX_MESSAGES {
+            outbox.push(Vec::new(), &[]).unwrap();
+        }
+        assert_eq!(outbox.push(Vec::new(), &[]), Err(OutboxFull));
+        let mut outbox = Outbox::default();
+        assert_eq!(outbox.push(vec![0; Outbox::MAX_BYTES], &[]), Ok(()));
+        assert_eq!(outbox.push(vec![0], &[]), Err(OutboxFull));
     }
 }

@@ -432,6 +432,38 @@ fn views_of_departed_callers_are_unmapped() {
     assert!(left.is_some(), "the service still maps {} pools; log:\n{}", pool_fds(srv.pid()), d.log_text());
 }
 
+/// A service busy elsewhere while hundreds of new callers each send it a
+/// chunk misses none of them and stays connected. Each caller's first chunk
+/// brings the service a pool view over its control socket, which it reads
+/// only when it next calls into the bus: about 250 fill the socket, and the
+/// daemon used to cut the service off there. Now what does not fit waits
+/// in the daemon, and the descriptors wait behind their views.
+#[test]
+fn an_idle_service_misses_none_of_many_new_callers() {
+    const CALLERS: u64 = 400;
+    let d = DaemonProc::start(None);
+    let server = d.connect();
+    let svc = server.register("idle.sink").unwrap();
+    for i in 0..CALLERS {
+        let caller = d.connect();
+        let route = caller.resolve("idle.sink").unwrap();
+        caller.fire(&route, &pattern(INLINE_PAYLOAD + 1000, 2 * i + 1)).unwrap();
+    }
+    let mut seen = vec![false; CALLERS as usize];
+    for n in 0..CALLERS {
+        match svc.next(SOON) {
+            Ok(Some(hybus::Incoming::Fire(p))) => {
+                // Odd seeds: the pattern of seed `s` is that of `s | 1`.
+                let i = (0..CALLERS).find(|&i| p[..] == pattern(INLINE_PAYLOAD + 1000, 2 * i + 1)[..]);
+                let i = i.unwrap_or_else(|| panic!("fire #{n} carries no caller's payload"));
+                assert!(!std::mem::replace(&mut seen[i as usize], true), "caller {i}'s fire came twice");
+            }
+            other => panic!("fire #{n} of {CALLERS}: {other:?}; log:\n{}", d.log_text()),
+        }
+    }
+    assert!(server.status().is_ok(), "the service was cut off; log:\n{}", d.log_text());
+}
+
 /// Items a departed caller sent on a channel stay readable: the view of its
 /// pool is kept while a served stream still holds chunks from it.
 #[test]

@@ -97,3 +97,31 @@ fn register_resolve_list_watch_and_kill() {
     assert!(s.is_some(), "daemon still holds resources: {:?}", d.connect().status());
     let _ = Duration::ZERO;
 }
+
+/// A watcher that does not look while hundreds of services come and go
+/// gets every event once it does, in order. The events overflow its control
+/// socket (about 250 fit); the daemon keeps the rest for it instead of
+/// cutting it off.
+#[test]
+fn an_idle_watcher_misses_no_event() {
+    const SERVICES: usize = 300;
+    let d = DaemonProc::start(None);
+    let watcher = d.connect();
+    watcher.watch("idle.").unwrap();
+    let owner = d.connect();
+    for i in 0..SERVICES {
+        drop(owner.register(&format!("idle.s{i}")).unwrap());
+    }
+    for i in 0..SERVICES {
+        let name = format!("idle.s{i}");
+        match watcher.next_event(SOON) {
+            Ok(Some(BusEvent::ServiceUp { name: n, .. })) if n == name => {}
+            other => panic!("event for {name} up: {other:?}; log:\n{}", d.log_text()),
+        }
+        match watcher.next_event(SOON) {
+            Ok(Some(BusEvent::ServiceDown { name: n, .. })) if n == name => {}
+            other => panic!("event for {name} down: {other:?}; log:\n{}", d.log_text()),
+        }
+    }
+    assert_eq!(watcher.events_dropped(), 0);
+}
