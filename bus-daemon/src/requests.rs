@@ -371,6 +371,12 @@ impl Daemon {
             exchanges: self.exchanges.len() as u64,
             chunks_lent: self.chunks.len() as u64,
             queued: self.sessions.values().filter_map(|s| s.data.as_ref()).map(|d| d.queue.len() as u64).sum(),
+            control_backlog: self
+                .outboxed
+                .iter()
+                .filter_map(|id| self.sessions.get(id))
+                .map(|s| s.outbox.len() as u64)
+                .sum(),
             violations: self.violations,
             drops: self.drops,
         }

@@ -315,6 +315,9 @@ pub struct DaemonStatus {
     pub chunks_lent: u64,
     /// Descriptors queued in the daemon for clients whose rings are full.
     pub queued: u64,
+    /// Control messages waiting in the daemon for clients that have not
+    /// read their control socket (it was full).
+    pub control_backlog: u64,
     /// Clients disconnected for protocol violations since start.
     pub violations: u64,
     /// Publications dropped for slow subscribers since start (drop-oldest policy).

@@ -112,6 +112,8 @@ fn an_idle_watcher_misses_no_event() {
     for i in 0..SERVICES {
         drop(owner.register(&format!("idle.s{i}")).unwrap());
     }
+    // What did not fit is counted while it waits.
+    assert!(owner.status().unwrap().control_backlog > 0);
     for i in 0..SERVICES {
         let name = format!("idle.s{i}");
         match watcher.next_event(SOON) {
@@ -124,4 +126,5 @@ fn an_idle_watcher_misses_no_event() {
         }
     }
     assert_eq!(watcher.events_dropped(), 0);
+    assert!(eventually(SOON, || (owner.status().ok()?.control_backlog == 0).then_some(())).is_some());
 }

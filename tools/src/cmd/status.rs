@@ -25,7 +25,8 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
             return super::print_json(&json!({
                 "pid": s.pid, "uptime_s": s.uptime_s, "backend": s.backend, "clients": s.clients,
                 "services": s.services, "instances": s.instances, "exchanges": s.exchanges,
-                "chunks_lent": s.chunks_lent, "queued": s.queued, "violations": s.violations,
+                "chunks_lent": s.chunks_lent, "queued": s.queued, "control_backlog": s.control_backlog,
+                "violations": s.violations,
                 "drops": s.drops,
             }));
         }
@@ -35,6 +36,7 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
             "  {} exchanges in flight, {} chunks lent, {} descriptors queued",
             s.exchanges, s.chunks_lent, s.queued
         );
+        println!("  {} control messages wait for clients that do not read their socket", s.control_backlog);
         println!("  {} clients disconnected for protocol violations", s.violations);
         println!("  {} publications dropped for slow subscribers", s.drops);
         return Ok(());
