@@ -33,6 +33,39 @@ pub struct Config {
     pub direct: Vec<DirectPair>,
     /// Automatic promotion of busy brokered pairs to direct channels.
     pub promotion: Promotion,
+    /// How topics treat slow subscribers (`[[topic]]`, first match wins;
+    /// topics no entry matches drop the oldest).
+    pub topic: Vec<TopicRule>,
+}
+
+/// A `[[topic]]` entry: what a topic whose name starts with `prefix` does
+/// with a subscriber that does not keep up.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TopicRule {
+    /// Topic name prefix (`""` for every topic).
+    #[serde(default)]
+    pub prefix: String,
+    /// What happens once the subscriber's queue is full.
+    #[serde(default)]
+    pub slow: SlowPolicy,
+    /// Publications (with whatever else waits for the subscriber) the daemon
+    /// queues for one subscriber whose ring is full; at most, and by
+    /// default, `limits.queue_per_client`.
+    pub queue: Option<u32>,
+}
+
+/// What a topic does with a subscriber whose queue is full.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlowPolicy {
+    /// Drop that subscriber's oldest queued publication (it counts as a
+    /// drop in its statistics); the others get everything.
+    #[default]
+    DropOldest,
+    /// Disconnect the subscriber: for topics where a gap is worse than
+    /// starting over (it may reconnect and subscribe again).
+    Disconnect,
 }
 
 /// A `[[direct]]` pair: a client that owns `caller` gets a direct channel
@@ -144,6 +177,7 @@ impl Default for Config {
             force_epoll: false,
             direct: Vec::new(),
             promotion: Promotion::default(),
+            topic: Vec::new(),
         }
     }
 }
@@ -241,6 +275,9 @@ impl Config {
             hybus_layout::ring::MAX_CAPACITY
         );
         self.pool_geometry()?;
+        for t in &self.topic {
+            anyhow::ensure!(t.queue != Some(0), "[[topic]] {:?}: queue must be at least 1", t.prefix);
+        }
         for r in &self.policy.rules {
             for a in &r.allow {
                 anyhow::ensure!(
@@ -257,6 +294,17 @@ impl Config {
         let classes: Vec<SizeClass> =
             self.pool.iter().map(|c| SizeClass { chunk_size: c.chunk_size, count: c.count }).collect();
         PoolGeometry::new(&classes).map_err(|e| anyhow::anyhow!("pool: {e}"))
+    }
+
+    /// What a topic named `name` does with slow subscribers, and how many
+    /// descriptors it queues for one of them (the first matching
+    /// `[[topic]]`, capped by `limits.queue_per_client`).
+    pub fn topic_rule(&self, name: &str) -> (SlowPolicy, usize) {
+        let all = self.limits.queue_per_client;
+        match self.topic.iter().find(|t| name.starts_with(t.prefix.as_str())) {
+            Some(t) => (t.slow, t.queue.map_or(all, |q| q.min(all)) as usize),
+            None => (SlowPolicy::DropOldest, all as usize),
+        }
     }
 
     /// The daemon's idle strategy.
@@ -283,6 +331,22 @@ mod tests {
         assert!(toml::from_str::<Config>("nonsense = 1").is_err());
         let c: Config = toml::from_str("[[pool]]\nchunk_size = 100\ncount = 1").unwrap();
         assert!(c.check().is_err());
+    }
+
+    #[test]
+    fn topic_rules() {
+        let c = Config::parse(
+            "[limits]\nqueue_per_client = 100\n\
+             [[topic]]\nprefix = \"camera.raw\"\nslow = \"disconnect\"\nqueue = 8\n\
+             [[topic]]\nprefix = \"camera.\"\nqueue = 1000\n",
+        )
+        .unwrap();
+        // First match wins; the queue is capped by the per-client limit.
+        assert_eq!(c.topic_rule("camera.raw.left"), (SlowPolicy::Disconnect, 8));
+        assert_eq!(c.topic_rule("camera.front"), (SlowPolicy::DropOldest, 100));
+        assert_eq!(c.topic_rule("kv.log"), (SlowPolicy::DropOldest, 100));
+        assert!(Config::parse("[[topic]]\nslow = \"wait\"\n").is_err());
+        assert!(Config::parse("[[topic]]\nprefix = \"a.\"\nqueue = 0\n").is_err());
     }
 
     #[test]

@@ -18,6 +18,7 @@ use hybus_layout::pool::ChunkError;
 use hybus_layout::{ChunkRef, Descriptor, Kind, RingError};
 
 use crate::chunks::Released;
+use crate::config::SlowPolicy;
 use crate::daemon::Daemon;
 use crate::exchange::{Credits, Exchange};
 use crate::session::Delivery;
@@ -397,15 +398,21 @@ impl Daemon {
     }
 
     fn publish(&mut self, d: Descriptor, chunk: Chunk) -> Result<(), Violation> {
-        let limit = self.config.limits.queue_per_client as usize;
-        let subs = match self.registry.route(d.route) {
-            Some(r) => r.subscribers.clone(),
-            None => return Err(Violation::BadRoute(d.route)),
+        let Some(r) = self.registry.route(d.route) else {
+            return Err(Violation::BadRoute(d.route));
+        };
+        let subs = r.subscribers.clone();
+        let (slow, limit) = if self.config.topic.is_empty() {
+            (SlowPolicy::DropOldest, self.config.limits.queue_per_client as usize)
+        } else {
+            self.config.topic_rule(&r.name)
         };
         let mut holders = Vec::with_capacity(subs.len());
+        let mut too_slow = Vec::new();
         for sub in subs {
             match self.forward(sub, d, limit) {
                 Some(Delivery::Queued) => holders.push(sub),
+                Some(Delivery::Full) if slow == SlowPolicy::Disconnect => too_slow.push(sub),
                 Some(Delivery::Full) => {
                     // Slow subscriber: drop its oldest queued publication to
                     // make room (the topic's drop-oldest policy); the others
@@ -428,6 +435,14 @@ impl Daemon {
             } else {
                 self.chunks.lend(idx, c, holders);
             }
+        }
+        for sub in too_slow {
+            let name = self.registry.route(d.route).map(|r| r.name.clone()).unwrap_or_default();
+            self.drops += 1;
+            self.disconnect(
+                sub,
+                &format!("too slow for topic {name:?}: {limit} descriptors wait for it (policy: disconnect)"),
+            );
         }
         Ok(())
     }

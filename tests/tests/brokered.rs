@@ -432,6 +432,51 @@ fn views_of_departed_callers_are_unmapped() {
     assert!(left.is_some(), "the service still maps {} pools; log:\n{}", pool_fds(srv.pid()), d.log_text());
 }
 
+/// A topic whose `[[topic]]` policy is "disconnect" cuts off a subscriber
+/// that stops reading once its queue (16 here) is full, instead of dropping
+/// its oldest; the subscriber that keeps up gets everything.
+#[test]
+fn a_disconnect_topic_cuts_off_its_slow_subscriber() {
+    use nix::sys::signal::Signal;
+    let config = "[[topic]]\nprefix = \"strict.\"\nslow = \"disconnect\"\nqueue = 16\n";
+    let d = DaemonProc::start(Some(config));
+    let (mut fast, _) = Load::ready(d.socket(), &["sub", "strict.topic", "progress=100", "register=st.fast"]);
+    let (slow, _) = Load::ready(d.socket(), &["sub", "strict.topic", "slow_ms=50", "register=st.slow"]);
+    slow.signal(Signal::SIGSTOP);
+    stopped(slow.pid());
+    let bus = d.connect();
+    let p = bus.publisher("strict.topic").unwrap();
+    // More than the stopped subscriber's ring (1024) and queue (16) hold.
+    let n = 2000u64;
+    let (mut published, mut acked) = (0u64, 0u64);
+    while published < n {
+        while published < n && published - acked < 512 {
+            let h = Header { sender: 0, model: model::PUB, seq: published };
+            p.publish(&payload::make(h, 16 + published as usize % 25)).unwrap();
+            published += 1;
+        }
+        if published < n {
+            acked = num(&fast.expect_line("progress"), "n");
+        }
+    }
+    let r = eventually(SOON, || {
+        let r = fast.report();
+        (num(&r, "n") == n).then_some(r)
+    })
+    .unwrap_or_else(|| panic!("the fast subscriber lags: {}", fast.report()));
+    assert_eq!((num(&r, "bad"), num(&r, "gaps"), num(&r, "last")), (0, 0, n - 1), "{r}");
+    // The stopped one is gone: its name with it, and the daemon says why.
+    let gone = eventually(SOON, || {
+        let list = bus.list().ok()?;
+        (!list.iter().any(|s| s.name == "st.slow" && !s.instances.is_empty())).then_some(())
+    });
+    assert!(gone.is_some(), "the slow subscriber is still connected; log:\n{}", d.log_text());
+    assert!(d.log_text().contains("too slow for topic \"strict.topic\""), "{}", d.log_text());
+    assert!(bus.status().unwrap().drops >= 1);
+    slow.signal(Signal::SIGCONT);
+    settled(&d, &bus);
+}
+
 /// A service busy elsewhere while hundreds of new callers each send it a
 /// chunk misses none of them and stays connected. Each caller's first chunk
 /// brings the service a pool view over its control socket, which it reads
