@@ -504,12 +504,13 @@ impl Daemon {
                 send_to(&sock, &error_reply(0, ErrorCode::QuotaExceeded, msg), &[]);
                 continue;
             }
-            *conns += 1;
             let id = self.new_client_id();
             if let Err(e) = self.poller.add(sock.fd(), CONTROL | id as u64) {
                 tracing::warn!("cannot watch a new connection: {}", e.desc());
                 continue;
             }
+            // Counted once it is a session: `disconnect` gives it back.
+            *self.uid_connections.entry(creds.uid).or_default() += 1;
             let deadline = Instant::now() + Duration::from_millis(self.config.limits.hello_timeout_ms);
             tracing::debug!(client = id, uid = creds.uid, pid = creds.pid, "connected");
             self.sessions.insert(
