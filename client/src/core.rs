@@ -152,6 +152,8 @@ pub(crate) struct Core {
     /// daemon may have pushed descriptors into it: the view goes once
     /// those are read (see [`retire_views`](Self::retire_views)).
     retiring: Vec<(u32, u64)>,
+    /// Pumps while some pool is retiring (see [`pump_data`](Self::pump_data)).
+    retire_rounds: u32,
 }
 
 fn gone(e: impl std::fmt::Display) -> Error {
@@ -220,6 +222,7 @@ impl Core {
             releases_queued: false,
             dropped_events: 0,
             retiring: Vec::new(),
+            retire_rounds: 0,
         })
     }
 
@@ -835,7 +838,12 @@ impl Core {
             self.flush_backlog();
         }
         if !self.retiring.is_empty() {
-            self.retire_views();
+            // Every 64th pump: the check may scan every queued descriptor
+            // (a subscriber's backlog), and a view may well go a little later.
+            self.retire_rounds = self.retire_rounds.wrapping_add(1);
+            if self.retire_rounds % 64 == 1 {
+                self.retire_views();
+            }
         }
         total
     }
