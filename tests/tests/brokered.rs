@@ -306,6 +306,31 @@ fn stopped(pid: i32) {
     assert!(ok.is_some(), "process {pid} did not stop");
 }
 
+/// Publishes `n` numbered publications on `topic` and checks that `fast`
+/// (a `sub` role with `progress=100`) got every one, in order. The fast
+/// subscriber is kept at most 512 behind (a ring and a small queue hold
+/// more), so that it cannot drop even when descheduled.
+fn publish_to_the_fast_one(bus: &Bus, topic: &str, fast: &mut Load, n: u64) {
+    let p = bus.publisher(topic).unwrap();
+    let (mut published, mut acked) = (0u64, 0u64);
+    while published < n {
+        while published < n && published - acked < 512 {
+            let h = Header { sender: 0, model: model::PUB, seq: published };
+            p.publish(&payload::make(h, 16 + published as usize % 25)).unwrap();
+            published += 1;
+        }
+        if published < n {
+            acked = num(&fast.expect_line("progress"), "n");
+        }
+    }
+    let r = eventually(SOON, || {
+        let r = fast.report();
+        (num(&r, "n") == n).then_some(r)
+    })
+    .unwrap_or_else(|| panic!("the fast subscriber lags: {}", fast.report()));
+    assert_eq!((num(&r, "bad"), num(&r, "gaps"), num(&r, "last")), (0, 0, n - 1), "{r}");
+}
+
 #[test]
 fn slow_subscriber_never_stalls_the_topic() {
     use nix::sys::signal::Signal;
@@ -318,28 +343,9 @@ fn slow_subscriber_never_stalls_the_topic() {
     slow.signal(Signal::SIGSTOP);
     stopped(slow.pid());
     let bus = d.connect();
-    let p = bus.publisher("sl.topic").unwrap();
     let n = 2000u64;
-    let (mut published, mut acked) = (0u64, 0u64);
-    // The fast one is kept at most 512 behind (its ring and queue hold
-    // 1088), so that a descheduled fast subscriber cannot drop either.
-    while published < n {
-        while published < n && published - acked < 512 {
-            let h = Header { sender: 0, model: model::PUB, seq: published };
-            p.publish(&payload::make(h, 16 + published as usize % 25)).unwrap();
-            published += 1;
-        }
-        if published < n {
-            acked = num(&fast.expect_line("progress"), "n");
-        }
-    }
-    // The publisher finished while one subscriber is stopped.
-    let r = eventually(SOON, || {
-        let r = fast.report();
-        (num(&r, "n") == n).then_some(r)
-    })
-    .unwrap_or_else(|| panic!("the fast subscriber lags: {}", fast.report()));
-    assert_eq!((num(&r, "bad"), num(&r, "gaps"), num(&r, "last")), (0, 0, n - 1), "{r}");
+    // The publisher finishes while one subscriber is stopped.
+    publish_to_the_fast_one(&bus, "sl.topic", &mut fast, n);
 
     let drops_of = |name: &str| {
         let stats = bus.stats().unwrap();
@@ -445,26 +451,8 @@ fn a_disconnect_topic_cuts_off_its_slow_subscriber() {
     slow.signal(Signal::SIGSTOP);
     stopped(slow.pid());
     let bus = d.connect();
-    let p = bus.publisher("strict.topic").unwrap();
     // More than the stopped subscriber's ring (1024) and queue (16) hold.
-    let n = 2000u64;
-    let (mut published, mut acked) = (0u64, 0u64);
-    while published < n {
-        while published < n && published - acked < 512 {
-            let h = Header { sender: 0, model: model::PUB, seq: published };
-            p.publish(&payload::make(h, 16 + published as usize % 25)).unwrap();
-            published += 1;
-        }
-        if published < n {
-            acked = num(&fast.expect_line("progress"), "n");
-        }
-    }
-    let r = eventually(SOON, || {
-        let r = fast.report();
-        (num(&r, "n") == n).then_some(r)
-    })
-    .unwrap_or_else(|| panic!("the fast subscriber lags: {}", fast.report()));
-    assert_eq!((num(&r, "bad"), num(&r, "gaps"), num(&r, "last")), (0, 0, n - 1), "{r}");
+    publish_to_the_fast_one(&bus, "strict.topic", &mut fast, 2000);
     // The stopped one is gone: its name with it, and the daemon says why.
     let gone = eventually(SOON, || {
         let list = bus.list().ok()?;
