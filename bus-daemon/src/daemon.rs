@@ -627,7 +627,7 @@ impl Daemon {
             return;
         }
         if let Some(d) = s.data.as_mut() {
-            d.held = true;
+            d.held |= !fds.is_empty();
         }
         if s.outbox.len() == 1 {
             tracing::debug!(client = id, "its control socket is full: messages wait in its outbox");
@@ -641,17 +641,18 @@ impl Daemon {
     pub(crate) fn flush_outboxes(&mut self) {
         let mut outboxed = std::mem::take(&mut self.outboxed);
         let mut broken = Vec::new();
-        let mut emptied = Vec::new();
+        let mut released = Vec::new();
         outboxed.retain(|&id| {
             let Some(s) = self.sessions.get_mut(&id) else {
                 return false;
             };
-            match s.outbox.flush(&s.sock) {
-                Ok(false) => true,
-                Ok(true) => {
-                    emptied.push(id);
-                    false
-                }
+            let flushed = s.outbox.flush(&s.sock);
+            if let Some(d) = s.data.as_mut().filter(|d| d.held && !s.outbox.carries_descriptors()) {
+                d.held = false;
+                released.push(id);
+            }
+            match flushed {
+                Ok(done) => !done,
                 Err(e) => {
                     broken.push((id, e));
                     false
@@ -662,12 +663,9 @@ impl Daemon {
         for (id, e) in broken {
             self.disconnect(id, &format!("control socket: {e}"));
         }
-        for id in emptied {
-            let Some(d) = self.sessions.get_mut(&id).and_then(|s| s.data.as_mut()) else {
-                continue;
-            };
-            d.held = false;
-            if !d.listed {
+        // What waited behind the views goes to the ring at the next flush.
+        for id in released {
+            if let Some(d) = self.sessions.get_mut(&id).and_then(|s| s.data.as_mut()).filter(|d| !d.listed) {
                 d.listed = true;
                 self.touched.push(id);
             }

@@ -222,8 +222,8 @@ impl Daemon {
             pool,
             geometry: self.geometry.clone(),
             queue: Default::default(),
-            // The Welcome itself may wait in the outbox.
-            held: !s.outbox.is_empty(),
+            // The Welcome itself (it carries the rings) may wait in the outbox.
+            held: s.outbox.carries_descriptors(),
             views: Default::default(),
             gone_views: Vec::new(),
             dirty: false,

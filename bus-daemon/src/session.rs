@@ -42,10 +42,15 @@ pub struct DataPlane {
     /// Descriptors for the client that did not fit in `rx` yet, or that
     /// wait behind control messages (see [`held`](Self::held)).
     pub queue: VecDeque<Descriptor>,
-    /// Control messages wait in the session's [`Outbox`]: descriptors go
-    /// to [`queue`](Self::queue), not to the ring, until it is empty. A
-    /// descriptor may refer to a pool whose view is one of those messages,
-    /// and the client must have the view before it reads the descriptor.
+    /// Control messages that carry file descriptors wait in the session's
+    /// [`Outbox`]: descriptors go to [`queue`](Self::queue), not to the
+    /// ring, until they are sent. A descriptor may refer to a pool whose
+    /// view (a `PoolView`) or to a channel whose segment (a `DirectOpen`) is
+    /// one of them, and the client must have it before it reads the
+    /// descriptor. Other control messages (replies, events) need no such
+    /// order, and holding the ring behind them would only make the queue
+    /// overflow sooner (a publication dropped, or a subscriber of a
+    /// "disconnect" topic cut off, while its ring has room).
     pub held: bool,
     /// Pools of which the client already has a read-only view.
     pub views: IdSet<u32>,
@@ -121,6 +126,11 @@ impl Outbox {
     /// Whether nothing waits.
     pub fn is_empty(&self) -> bool {
         self.messages.is_empty()
+    }
+
+    /// Whether a waiting message carries file descriptors (see [`DataPlane::held`]).
+    pub fn carries_descriptors(&self) -> bool {
+        self.fds > 0
     }
 
     /// Messages waiting.
@@ -249,6 +259,7 @@ mod tests {
             outbox.push(i.to_le_bytes().to_vec(), &[fd.as_fd()]).unwrap();
         }
         assert_eq!(outbox.flush(&ours), Ok(false), "nothing was read: nothing goes");
+        assert!(outbox.carries_descriptors());
         let mut buf = vec![0u8; 64 * 1024];
         let mut next = 0u32;
         let mut read_one = |next: &mut u32| {
@@ -261,7 +272,7 @@ mod tests {
             read_one(&mut next);
         }
         assert_eq!(outbox.flush(&ours), Ok(true));
-        assert!(outbox.is_empty());
+        assert!(outbox.is_empty() && !outbox.carries_descriptors());
         while next < sent + 10 {
             read_one(&mut next);
         }
