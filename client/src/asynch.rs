@@ -13,14 +13,15 @@
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use hybus_layout::Kind;
+use hybus_layout::{Descriptor, Kind};
 use tokio::io::unix::AsyncFd;
 
-use crate::bus::{Bus, Shared};
-use crate::core::{Core, Origin};
+use crate::bus::{Bus, Shared, POOL_POLL};
+use crate::core::{Core, Origin, FIRE_BIT};
 use crate::error::{Error, Result};
 use crate::sample::Sample;
 use crate::service::{Incoming, Service};
+use crate::stream::Stream;
 use crate::topic::Subscription;
 use crate::{BusEvent, Route};
 
@@ -82,8 +83,16 @@ impl AsyncBus {
         &self.bus
     }
 
-    /// Waits until `check` yields a value, the connection is lost, or `deadline` passes.
-    async fn wait<T>(&self, deadline: Instant, mut check: impl FnMut(&mut Core) -> Result<Option<T>>) -> Result<T> {
+    /// Waits until `check` yields a value, the connection is lost, or
+    /// `deadline` passes, sleeping at most `cap` at a time: for waits no
+    /// doorbell announces (room in a ring, space in our pool), as in the
+    /// blocking [`Shared::wait_capped`].
+    async fn wait<T>(
+        &self,
+        deadline: Option<Instant>,
+        cap: Option<Duration>,
+        mut check: impl FnMut(&mut Core) -> Result<Option<T>>,
+    ) -> Result<T> {
         let shared = &self.bus.shared;
         loop {
             {
@@ -100,7 +109,7 @@ impl AsyncBus {
                         return Err(Error::BusGone(g.clone()));
                     }
                 }
-                if Instant::now() >= deadline {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
                     return Err(Error::DeadlineExceeded);
                 }
                 match core.prepare_park() {
@@ -109,6 +118,17 @@ impl AsyncBus {
                     Err(e) => return Err(Error::BusGone(format!("daemon ring corrupt: {e}"))),
                 }
             }
+            let wake = match (deadline, cap) {
+                (Some(d), Some(c)) => Some(d.min(Instant::now() + c)),
+                (d, None) => d,
+                (None, Some(c)) => Some(Instant::now() + c),
+            };
+            let timer = async {
+                match wake {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             let control = tokio::select! {
                 r = self.bell.readable() => {
                     if let Ok(mut g) = r {
@@ -124,10 +144,12 @@ impl AsyncBus {
                     }
                     true
                 }
-                _ = tokio::time::sleep_until(deadline.into()) => false,
+                _ = timer => false,
             };
             let mut core = shared.lock();
             core.finish_park();
+            // A wait for pool space sets it again on its next round if it still waits.
+            core.want_releases = false;
             if control {
                 // Reads until it would block, so tokio's edge is not lost.
                 core.pump_control();
@@ -136,16 +158,73 @@ impl AsyncBus {
         }
     }
 
-    /// Calls `route` and awaits the answer (see [`Bus::call`]).
-    pub async fn call(&self, route: &Route, payload: &[u8], timeout: Duration) -> Result<Sample> {
-        let deadline = Instant::now() + timeout;
-        let mut d = self.bus.shared.build(Kind::Request, 0, payload, Some(deadline))?;
-        let (corr, origin, sent) = self.bus.start_call(route, &mut d, None)?;
-        if !sent {
-            self.bus.shared.send_on(origin, &d, Some(deadline))?;
+    /// A descriptor of `kind` to `route` carrying `payload` (in a chunk of
+    /// our pool beyond 40 bytes), waiting until `deadline` for pool space
+    /// without blocking the executor (see the blocking `Shared::build`).
+    async fn build(&self, kind: Kind, route: u32, payload: &[u8], deadline: Option<Instant>) -> Result<Descriptor> {
+        let base = Descriptor::new(kind, route, 0);
+        match self.bus.shared.lock().payload(base, payload) {
+            Err(Error::OutOfPool { .. }) => {}
+            r => return r,
         }
         let r = self
-            .wait(deadline, |core| match core.take_answer(corr) {
+            .wait(deadline, Some(POOL_POLL), |core| match core.payload(base, payload) {
+                Ok(d) => Ok(Some(d)),
+                Err(Error::OutOfPool { .. }) => {
+                    // Arms the channels' return rings while we sleep.
+                    core.want_releases = true;
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            })
+            .await;
+        match r {
+            Err(Error::DeadlineExceeded) => Err(Error::OutOfPool { len: payload.len() }),
+            r => r,
+        }
+    }
+
+    /// Sends `d` on the path `origin`, waiting until `deadline` for room in
+    /// its ring without blocking the executor ([`Error::WouldBlock`] when it
+    /// passes).
+    async fn send_on(&self, origin: Origin, d: &Descriptor, deadline: Option<Instant>) -> Result<()> {
+        match self.bus.shared.lock().try_send_on(origin, d) {
+            Err(Error::WouldBlock) => {}
+            r => return r,
+        }
+        // Nobody rings us when the ring drains: look again every millisecond.
+        let r = self
+            .wait(deadline, Some(Duration::from_millis(1)), |core| match core.try_send_on(origin, d) {
+                Ok(()) => Ok(Some(())),
+                Err(Error::WouldBlock) => Ok(None),
+                Err(e) => Err(e),
+            })
+            .await;
+        match r {
+            Err(Error::DeadlineExceeded) => Err(Error::WouldBlock),
+            r => r,
+        }
+    }
+
+    /// Calls `route` and awaits the answer (see [`Bus::call`]). Waits for
+    /// pool space and ring room, when there is none, without blocking the
+    /// executor.
+    pub async fn call(&self, route: &Route, payload: &[u8], timeout: Duration) -> Result<Sample> {
+        let deadline = Instant::now() + timeout;
+        let mut d = self.build(Kind::Request, 0, payload, Some(deadline)).await?;
+        let (corr, origin, sent) = self.bus.start_call(route, &mut d, None)?;
+        if !sent {
+            if let Err(e) = self.send_on(origin, &d, Some(deadline)).await {
+                let mut core = self.bus.shared.lock();
+                core.forget_call(corr, origin);
+                if let Some(c) = d.chunk() {
+                    core.free_own(c);
+                }
+                return Err(e);
+            }
+        }
+        let r = self
+            .wait(Some(deadline), None, |core| match core.take_answer(corr) {
                 Some(answer) => Ok(Some(answer)),
                 None if origin == Origin::Daemon && core.gone.is_some() => {
                     Err(Error::BusGone(core.gone.clone().unwrap_or_default()))
@@ -159,7 +238,7 @@ impl AsyncBus {
                 let mut core = self.bus.shared.lock();
                 core.forget_call(corr, origin);
                 if matches!(e, Error::DeadlineExceeded) {
-                    let cancel = hybus_layout::Descriptor::new(Kind::Cancel, d.route, corr);
+                    let cancel = Descriptor::new(Kind::Cancel, d.route, corr);
                     let _ = core.try_send_on(origin, &cancel);
                 }
                 Err(e)
@@ -167,10 +246,62 @@ impl AsyncBus {
         }
     }
 
+    /// Sends `payload` to one instance of `route`, expecting no answer (see
+    /// [`Bus::fire`]); awaits pool space and ring room while there is none.
+    pub async fn fire(&self, route: &Route, payload: &[u8]) -> Result<()> {
+        let id = self.bus.route_id(route)?;
+        let mut d = self.build(Kind::Fire, id, payload, None).await?;
+        let origin = {
+            let mut core = self.bus.shared.lock();
+            d.correlation = core.next_id() | FIRE_BIT;
+            core.route_fire(&mut d)
+        };
+        self.send_on(origin, &d, None).await
+    }
+
+    /// The next item of `stream`, awaited up to `timeout` (see
+    /// [`Stream::next`]); `Ok(None)` once the service ended the stream.
+    /// `stream` must have been opened on this connection.
+    pub async fn next_item(&self, stream: &mut Stream, timeout: Duration) -> Result<Option<Sample>> {
+        self.owns(stream)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(item) = stream.batch_item() {
+                return item.map(Some);
+            }
+            let r = self.wait(Some(deadline), None, crate::stream::recv_check(stream.this_end())).await;
+            if let Some(item) = stream.arrived(r)? {
+                return Ok(item);
+            }
+        }
+    }
+
+    /// Sends an item on a request-channel, awaiting a credit (and pool space
+    /// and ring room) up to `timeout` (see [`Stream::send`]). `stream` must
+    /// have been opened on this connection.
+    pub async fn send_item(&self, stream: &mut Stream, payload: &[u8], timeout: Duration) -> Result<()> {
+        self.owns(stream)?;
+        if !stream.is_channel() {
+            return Err(crate::stream::not_a_channel());
+        }
+        let deadline = Some(Instant::now() + timeout);
+        let end = stream.this_end();
+        self.wait(deadline, None, crate::stream::credit_check(end)).await?;
+        let d = crate::stream::item_of(end, self.build(Kind::StreamItem, end.route, payload, deadline).await?);
+        self.send_on(end.origin, &d, deadline).await
+    }
+
+    fn owns(&self, stream: &Stream) -> Result<()> {
+        if !std::sync::Arc::ptr_eq(&stream.bus().shared, &self.bus.shared) {
+            return Err(Error::BadRequest("the stream was opened on another connection".into()));
+        }
+        Ok(())
+    }
+
     /// Awaits the next request, fire or stream for `service` (see [`Service::next`]).
     pub async fn next_incoming(&self, service: &Service, timeout: Duration) -> Result<Option<Incoming>> {
         let (instance, epoch) = service.inbox();
-        let r = self.wait(Instant::now() + timeout, |core| Ok(core.take_incoming(instance))).await;
+        let r = self.wait(Some(Instant::now() + timeout), None, |core| Ok(core.take_incoming(instance))).await;
         match r {
             Ok((d, origin)) => {
                 Sample::new(&self.bus.shared, d, origin).map(|p| Some(service.incoming(p, origin, instance, epoch)))
@@ -184,7 +315,9 @@ impl AsyncBus {
     pub async fn next_publication(&self, subscription: &Subscription, timeout: Duration) -> Result<Option<Sample>> {
         let route = subscription.route();
         let r = self
-            .wait(Instant::now() + timeout, |core| Ok(core.topics.get_mut(&route).and_then(|q| q.pop_front())))
+            .wait(Some(Instant::now() + timeout), None, |core| {
+                Ok(core.topics.get_mut(&route).and_then(|q| q.pop_front()))
+            })
             .await;
         match r {
             Ok(d) => Sample::new(&self.bus.shared, d, Origin::Daemon).map(Some),
@@ -195,7 +328,7 @@ impl AsyncBus {
 
     /// Awaits the next bus event (see [`Bus::next_event`]).
     pub async fn next_event(&self, timeout: Duration) -> Result<Option<BusEvent>> {
-        match self.wait(Instant::now() + timeout, |core| Ok(core.events.pop_front())).await {
+        match self.wait(Some(Instant::now() + timeout), None, |core| Ok(core.events.pop_front())).await {
             Ok(e) => Ok(Some(e)),
             Err(Error::DeadlineExceeded) => Ok(None),
             Err(e) => Err(e),

@@ -591,7 +591,7 @@ impl Bus {
 /// How often a wait for pool space looks again while parked, whatever rings
 /// or does not ring us (belt and braces: a waiter arms the return rings, see
 /// `Core::want_releases`).
-const POOL_POLL: Duration = Duration::from_millis(1);
+pub(crate) const POOL_POLL: Duration = Duration::from_millis(1);
 
 /// When a wait gives up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -66,30 +66,47 @@ fn credits(core: &mut Core, side: Side, origin: Origin, corr: u64) -> Result<Opt
     }
 }
 
-/// Sends one item once the peer has granted a credit.
-pub(crate) fn send_item(shared: &Arc<Shared>, end: End, payload: &[u8], deadline: Instant) -> Result<()> {
-    let End { side, origin, corr, route } = end;
-    shared.wait(Some(deadline), false, |core| match credits(core, side, origin, corr)? {
+/// A wait's check that takes one of the peer's credits for `end` (see
+/// [`Shared::wait`]); for the blocking and the async waits alike.
+pub(crate) fn credit_check(end: End) -> impl FnMut(&mut Core) -> Result<Option<()>> {
+    let End { side, origin, corr, .. } = end;
+    move |core| match credits(core, side, origin, corr)? {
         Some(c) if *c > 0 => {
             *c -= 1;
             Ok(Some(()))
         }
         Some(_) => Ok(None),
         None => Err(Error::Cancelled),
-    })?;
-    let mut d = shared.build(Kind::StreamItem, route, payload, Some(deadline))?;
-    d.correlation = corr;
-    if side == Side::Server {
+    }
+}
+
+/// An item of `end` with `payload`'s descriptor `d` (built with route and payload).
+pub(crate) fn item_of(end: End, mut d: Descriptor) -> Descriptor {
+    d.correlation = end.corr;
+    if end.side == Side::Server {
         d.flags |= flags::SERVER;
     }
-    shared.send_on(origin, &d, Some(deadline))
+    d
+}
+
+/// Sends one item once the peer has granted a credit.
+pub(crate) fn send_item(shared: &Arc<Shared>, end: End, payload: &[u8], deadline: Instant) -> Result<()> {
+    shared.wait(Some(deadline), false, credit_check(end))?;
+    let d = item_of(end, shared.build(Kind::StreamItem, end.route, payload, Some(deadline))?);
+    shared.send_on(end.origin, &d, Some(deadline))
 }
 
 /// Receives one descriptor of a stream (an item or a batch of items);
 /// `Ok(None)` once the peer ended its direction. No credit is granted here.
 pub(crate) fn recv_desc(shared: &Arc<Shared>, end: End, deadline: Instant) -> Result<Option<Descriptor>> {
+    shared.wait(Some(deadline), false, recv_check(end))
+}
+
+/// A wait's check that takes the next descriptor of `end` (`Some(None)`
+/// once the peer ended its direction); for the blocking and the async waits alike.
+pub(crate) fn recv_check(end: End) -> impl FnMut(&mut Core) -> Result<Option<Option<Descriptor>>> {
     let End { side, origin, corr, .. } = end;
-    shared.wait(Some(deadline), false, |core| {
+    move |core| {
         let (items, ended, err) = match side {
             Side::Caller => {
                 let s = core.streams.get_mut(&corr).ok_or(Error::Cancelled)?;
@@ -108,7 +125,7 @@ pub(crate) fn recv_desc(shared: &Arc<Shared>, end: End, deadline: Instant) -> Re
             return Err(e);
         }
         Ok(ended.then_some(None))
-    })
+    }
 }
 
 /// Counts `n` items consumed and grants the peer new credits after every half window.
@@ -348,35 +365,55 @@ impl Stream {
     pub fn next(&mut self, timeout: Duration) -> Result<Option<Sample>> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some((parent, at, left)) = &mut self.batch {
-                let bytes = parent.bytes();
-                let mut r = hybus_layout::batch::BatchReader::new(bytes.get(*at..).unwrap_or(&[]), *left);
-                match r.next_range() {
-                    Some(Ok(range)) => {
-                        let range = (*at + range.start)..(*at + range.end);
-                        *at += hybus_layout::batch::item_size(range.len());
-                        *left -= 1;
-                        let item = Sample::slice(parent, range);
-                        if *left == 0 {
-                            self.batch = None;
-                        }
-                        return Ok(Some(item));
-                    }
-                    Some(Err(e)) => {
-                        self.batch = None;
-                        self.finish();
-                        return Err(Error::Protocol(e.to_string()));
-                    }
-                    None => self.batch = None,
-                }
+            if let Some(item) = self.batch_item() {
+                return item.map(Some);
             }
-            match self.next_desc(deadline)? {
-                None => return Ok(None),
-                Some((d, sample)) if d.flags & flags::BATCH != 0 => {
-                    self.batch = Some((Arc::new(sample), 0, d.aux as u32));
-                }
-                Some((_, sample)) => return Ok(Some(sample)),
+            let r = recv_desc(&self.bus.shared, self.this_end(), deadline);
+            if let Some(item) = self.arrived(r)? {
+                return Ok(item);
             }
+        }
+    }
+
+    /// The next item of the batch being handed out, if one is.
+    pub(crate) fn batch_item(&mut self) -> Option<Result<Sample>> {
+        let (parent, at, left) = self.batch.as_mut()?;
+        let bytes = parent.bytes();
+        let mut r = hybus_layout::batch::BatchReader::new(bytes.get(*at..).unwrap_or(&[]), *left);
+        match r.next_range() {
+            Some(Ok(range)) => {
+                let range = (*at + range.start)..(*at + range.end);
+                *at += hybus_layout::batch::item_size(range.len());
+                *left -= 1;
+                let item = Sample::slice(parent, range);
+                if *left == 0 {
+                    self.batch = None;
+                }
+                Some(Ok(item))
+            }
+            Some(Err(e)) => {
+                self.batch = None;
+                self.finish();
+                Some(Err(Error::Protocol(e.to_string())))
+            }
+            None => {
+                self.batch = None;
+                None
+            }
+        }
+    }
+
+    /// Takes what a wait for the next arrival gave (see [`recv_check`]):
+    /// `Some(Some(item))`, `Some(None)` once the stream ended, or `None` for
+    /// a batch, now handed out by [`batch_item`](Self::batch_item).
+    pub(crate) fn arrived(&mut self, r: Result<Option<Descriptor>>) -> Result<Option<Option<Sample>>> {
+        match self.took(r)? {
+            None => Ok(Some(None)),
+            Some((d, sample)) if d.flags & flags::BATCH != 0 => {
+                self.batch = Some((Arc::new(sample), 0, d.aux as u32));
+                Ok(None)
+            }
+            Some((_, sample)) => Ok(Some(Some(sample))),
         }
     }
 
@@ -394,14 +431,31 @@ impl Stream {
         Ok(Some(Batch { sample, items: if packed { d.aux as u32 } else { 1 }, packed }))
     }
 
-    fn this_end(&self) -> End {
+    pub(crate) fn this_end(&self) -> End {
         End { side: Side::Caller, origin: self.origin, corr: self.corr, route: self.route }
     }
 
+    /// The connection the stream was opened on.
+    pub(crate) fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    /// Whether it is a request-channel (we may send).
+    pub(crate) fn is_channel(&self) -> bool {
+        self.channel
+    }
+
     fn next_desc(&mut self, deadline: Instant) -> Result<Option<(Descriptor, Sample)>> {
+        let r = recv_desc(&self.bus.shared, self.this_end(), deadline);
+        self.took(r)
+    }
+
+    /// Takes what a wait for the next descriptor gave: grants the service
+    /// new credits and maps the payload; `None` once the stream ended (and
+    /// forgotten, as on an error other than a deadline).
+    fn took(&mut self, r: Result<Option<Descriptor>>) -> Result<Option<(Descriptor, Sample)>> {
         let shared = &self.bus.shared;
         let end = self.this_end();
-        let r = recv_desc(shared, end, deadline);
         let d = match r {
             Ok(Some(d)) => d,
             Ok(None) => {
@@ -422,7 +476,7 @@ impl Stream {
     /// `timeout` for a credit.
     pub fn send(&mut self, payload: &[u8], timeout: Duration) -> Result<()> {
         if !self.channel {
-            return Err(Error::BadRequest("send on a request-stream; open a request-channel".into()));
+            return Err(not_a_channel());
         }
         send_item(&self.bus.shared, self.this_end(), payload, Instant::now() + timeout)
     }
@@ -460,6 +514,11 @@ impl Drop for Stream {
             self.finish();
         }
     }
+}
+
+/// What sending on a request-stream is.
+pub(crate) fn not_a_channel() -> Error {
+    Error::BadRequest("send on a request-stream; open a request-channel".into())
 }
 
 /// The error a stream ended with, for the server side's `fail`.

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use hybus::{Bus, Incoming};
+use hybus::{Bus, Error, Incoming};
 use hybus_tests::{DaemonProc, Peer};
 
 const T: Duration = Duration::from_secs(10);
@@ -67,4 +67,82 @@ fn async_calls_services_and_subscriptions() {
 fn to_async_outside_a_runtime_is_an_error_not_a_panic() {
     let d = DaemonProc::start(None);
     assert!(d.connect().to_async().is_err());
+}
+
+/// Streams and channels from async code: a request-stream item by item and
+/// packed in batches, a request-channel echoed item by item, and the
+/// errors for sending on a stream or using one on another connection.
+#[test]
+fn async_streams_and_channels() {
+    let d = DaemonProc::start(None);
+    let (_server, _) = Peer::ready(d.socket(), &["serve", "svc.astream"]);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let bus = d.connect().to_async().unwrap();
+        let route = bus.bus().resolve("svc.astream").unwrap();
+        for ask in ["n=100", "n=1000 batch"] {
+            let n = if ask.contains("batch") { 1000 } else { 100 };
+            let mut st = bus.bus().request_stream(&route, ask.as_bytes(), 8).unwrap();
+            for i in 0..n {
+                let item = bus.next_item(&mut st, T).await.unwrap().unwrap_or_else(|| panic!("{ask}: ended at {i}"));
+                assert_eq!(&*item, format!("item-{i}").as_bytes(), "{ask}");
+            }
+            assert!(bus.next_item(&mut st, T).await.unwrap().is_none(), "{ask}: more than {n} items");
+            assert!(matches!(bus.send_item(&mut st, b"x", T).await, Err(Error::BadRequest(_))));
+        }
+        let mut ch = bus.bus().request_channel(&route, b"open", 4).unwrap();
+        for i in 0..50u32 {
+            bus.send_item(&mut ch, &i.to_le_bytes(), T).await.unwrap();
+            assert_eq!(&*bus.next_item(&mut ch, T).await.unwrap().unwrap(), &i.to_le_bytes());
+        }
+        ch.end().unwrap();
+        assert!(bus.next_item(&mut ch, T).await.unwrap().is_none());
+        let other = d.connect().to_async().unwrap();
+        let mut st = bus.bus().request_stream(&route, b"n=1", 1).unwrap();
+        assert!(matches!(other.next_item(&mut st, T).await, Err(Error::BadRequest(_))));
+    });
+}
+
+/// An async sender whose pool runs out awaits chunks coming back instead
+/// of blocking its thread: here the receiver that gives them back is a task
+/// on the same current-thread runtime, so a blocking wait would never end.
+#[test]
+fn async_fires_await_pool_space_without_blocking_the_runtime() {
+    const N: usize = 300;
+    let d = DaemonProc::start(None);
+    let socket = d.socket().to_owned();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let got = rt.block_on(async {
+            let svc_bus = Bus::connect_to(&socket).unwrap();
+            let svc = svc_bus.register("svc.asink").unwrap();
+            let server = svc_bus.to_async().unwrap();
+            let firer = Bus::connect_to(&socket).unwrap().to_async().unwrap();
+            let route = firer.bus().resolve("svc.asink").unwrap();
+            // 60 KB each: the pool holds 36 chunks that large.
+            let sending = async {
+                for i in 0..N {
+                    firer.fire(&route, &vec![i as u8; 60_000]).await.unwrap();
+                }
+            };
+            let receiving = async {
+                let mut got = 0;
+                while got < N {
+                    match server.next_incoming(&svc, T).await.unwrap() {
+                        Some(Incoming::Fire(s)) => {
+                            assert!(s.len() == 60_000 && s.iter().all(|&b| b == got as u8), "fire {got}");
+                            got += 1;
+                        }
+                        other => panic!("expected fire {got}, got {other:?}"),
+                    }
+                }
+                got
+            };
+            tokio::join!(sending, receiving).1
+        });
+        let _ = done.send(got);
+    });
+    let got = finished.recv_timeout(Duration::from_secs(60)).expect("the runtime is stuck in a blocking wait");
+    assert_eq!(got, N);
 }
