@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use hybus_layout::control::{self, DaemonMessage, ErrorCode, ErrorReply, Event};
+use hybus_layout::control::{self, DaemonMessage, ErrorCode, ErrorReply, Event, Preamble};
 use hybus_layout::pool::PoolGeometry;
 use hybus_layout::segment::EventFd;
 use hybus_layout::socket::ControlSocket;
@@ -579,7 +579,28 @@ impl Daemon {
                     return;
                 }
             };
-            match control::decode::<control::ClientMessage>(&self.buf[..n]) {
+            // A client's first message starts with its preamble: compared
+            // before anything is decoded, since a client of another build
+            // would be misread rather than fail to decode.
+            let start = match Preamble::parse(&self.buf[..n]) {
+                Some(p) if p == Preamble::OURS => Preamble::LEN,
+                Some(p) => {
+                    // Our preamble, raw, is all such a client can read safely.
+                    let _ = s.sock.send(&Preamble::OURS.to_bytes(), &[]);
+                    tracing::warn!(client = id, pid = s.creds.pid, "refused: speaks {p}, we speak {}", Preamble::OURS);
+                    self.disconnect(id, "another hybus version");
+                    return;
+                }
+                None if s.data.is_none() => {
+                    let msg =
+                        "the first message must start with the hybus preamble (a client of another hybus version?)";
+                    send_to(&s.sock, &error_reply(0, ErrorCode::BadRequest, msg.into()), &[]);
+                    self.disconnect(id, msg);
+                    return;
+                }
+                None => 0,
+            };
+            match control::decode::<control::ClientMessage>(&self.buf[start..n]) {
                 Ok(m) => {
                     self.drain_client(id);
                     self.handle_request(id, m, fds)

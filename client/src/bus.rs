@@ -92,7 +92,7 @@ fn handshake(path: &Path, label: &str, pool: Option<std::os::fd::BorrowedFd<'_>>
             reuse_pool: pool.is_some(),
         },
     };
-    let bytes = control::encode(&hello).map_err(|e| Error::BadRequest(e.to_string()))?;
+    let bytes = control::encode_first(&hello).map_err(|e| Error::BadRequest(e.to_string()))?;
     let fds: Vec<_> = pool.into_iter().collect();
     sock.send(&bytes, &fds).map_err(|e| Error::BusGone(format!("sending Hello: {}", e.desc())))?;
     let mut buf = vec![0u8; control::MAX_MESSAGE];
@@ -104,6 +104,14 @@ fn handshake(path: &Path, label: &str, pool: Option<std::os::fd::BorrowedFd<'_>>
         hybus_layout::socket::RecvError::WouldBlock => Error::BusGone("the daemon did not answer Hello".into()),
         e => Error::BusGone(format!("waiting for Welcome: {e}")),
     })?;
+    if let Some(theirs) = control::Preamble::parse(&buf[..n]) {
+        // A daemon of another build refused ours, and says what it speaks.
+        return Err(Error::VersionMismatch(format!(
+            "hybusd at {} speaks {theirs}; this client speaks {}: run clients and hybusd of the same hybus version",
+            path.display(),
+            control::Preamble::OURS
+        )));
+    }
     match control::decode::<DaemonMessage>(&buf[..n]) {
         Ok(DaemonMessage::Reply { result: Ok(Reply::Welcome(w)), .. }) => Ok((sock, w, fds)),
         Ok(DaemonMessage::Reply { result: Err(e), .. }) => Err(e.into()),

@@ -15,7 +15,129 @@ use std::fmt;
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// Version of the control protocol; Hello and Welcome must agree on it.
+/// Bump it for any change to these messages that [`SCHEMA_HASH`] cannot
+/// see (fields of one size swapped, a variant's meaning changed).
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A hash of the size and alignment of every archived control message type.
+///
+/// rkyv reads an archive by offsets fixed at build time: a daemon and a
+/// client built from different versions of these types do not fail to
+/// decode each other's messages, they misread them (a reply from an older
+/// `hybusd` once read as "bad request" followed by blanks). Adding or
+/// widening a field changes some archived type's size, and so this hash,
+/// which travels in the [`Preamble`] and is compared before anything is
+/// decoded.
+pub const SCHEMA_HASH: u64 = {
+    use std::mem::{align_of, size_of};
+    macro_rules! shape {
+        ($($t:ty),* $(,)?) => {
+            [$(size_of::<<$t as Archive>::Archived>() as u64, align_of::<<$t as Archive>::Archived>() as u64),*]
+        };
+    }
+    let parts = shape![
+        ClientMessage,
+        Request,
+        DaemonMessage,
+        Reply,
+        Welcome,
+        ServiceInfo,
+        InstanceInfo,
+        StatsReport,
+        ChannelStats,
+        DirectInfo,
+        DaemonStatus,
+        InstanceStats,
+        Event,
+        ErrorReply,
+        ErrorCode,
+    ];
+    // FNV-1a over the parts and the protocol version.
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ PROTOCOL_VERSION as u64;
+    let mut i = 0;
+    while i < parts.len() {
+        let mut b = 0;
+        while b < 8 {
+            h ^= (parts[i] >> (b * 8)) & 0xff;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+            b += 1;
+        }
+        i += 1;
+    }
+    h
+};
+
+/// What a client and a daemon must agree on before either decodes the
+/// other's messages: the protocol version, the control schema
+/// ([`SCHEMA_HASH`]) and the shared-memory layout
+/// ([`LAYOUT_HASH`](crate::header::LAYOUT_HASH)).
+///
+/// Its bytes ([`to_bytes`](Self::to_bytes): a magic word, then the three
+/// values little endian) are the same in every version of hybus. A
+/// client's first message starts with its preamble; a daemon that finds a
+/// different one answers with its own preamble, raw, and closes, so each
+/// side can say which versions met instead of misreading the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preamble {
+    /// [`PROTOCOL_VERSION`].
+    pub protocol: u32,
+    /// [`SCHEMA_HASH`].
+    pub schema: u64,
+    /// [`LAYOUT_HASH`](crate::header::LAYOUT_HASH).
+    pub layout: u64,
+}
+
+impl Preamble {
+    /// Bytes of a preamble.
+    pub const LEN: usize = 32;
+    const MAGIC: [u8; 8] = *b"hybus\0\0\x01";
+    /// This build's preamble.
+    pub const OURS: Preamble =
+        Preamble { protocol: PROTOCOL_VERSION, schema: SCHEMA_HASH, layout: crate::header::LAYOUT_HASH };
+
+    /// The preamble's bytes.
+    pub fn to_bytes(self) -> [u8; Preamble::LEN] {
+        let mut b = [0u8; Preamble::LEN];
+        b[..8].copy_from_slice(&Self::MAGIC);
+        b[8..12].copy_from_slice(&self.protocol.to_le_bytes());
+        b[16..24].copy_from_slice(&self.schema.to_le_bytes());
+        b[24..32].copy_from_slice(&self.layout.to_le_bytes());
+        b
+    }
+
+    /// The preamble `bytes` start with, if they start with one.
+    pub fn parse(bytes: &[u8]) -> Option<Preamble> {
+        let b: &[u8; Preamble::LEN] = bytes.get(..Preamble::LEN)?.try_into().ok()?;
+        if b[..8] != Self::MAGIC {
+            return None;
+        }
+        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or_default());
+        let protocol = u32::from_le_bytes(b[8..12].try_into().unwrap_or_default());
+        Some(Preamble { protocol, schema: u64_at(16), layout: u64_at(24) })
+    }
+}
+
+impl fmt::Display for Preamble {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "protocol {} (control schema {:#018x}, memory layout {:#018x})",
+            self.protocol, self.schema, self.layout
+        )
+    }
+}
+
+/// Encodes a client's first message: this build's [`Preamble`], then `msg`.
+pub fn encode_first(msg: &ClientMessage) -> Result<Vec<u8>, CodecError> {
+    let body = encode(msg)?;
+    let mut bytes = Vec::with_capacity(Preamble::LEN + body.len());
+    bytes.extend_from_slice(&Preamble::OURS.to_bytes());
+    bytes.extend_from_slice(&body);
+    if bytes.len() > MAX_MESSAGE {
+        return Err(CodecError::TooLarge(bytes.len()));
+    }
+    Ok(bytes)
+}
 
 /// Largest control message, in bytes.
 pub const MAX_MESSAGE: usize = 64 * 1024;
@@ -580,6 +702,19 @@ pub fn check_name(name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn preamble_round_trip_and_rejects() {
+        let theirs = Preamble { protocol: 9, schema: 0x1122_3344_5566_7788, layout: 42 };
+        assert_eq!(Preamble::parse(&theirs.to_bytes()), Some(theirs));
+        let first = encode_first(&ClientMessage { id: 1, request: Request::List }).unwrap();
+        assert_eq!(Preamble::parse(&first), Some(Preamble::OURS));
+        assert_eq!(decode::<ClientMessage>(&first[Preamble::LEN..]).unwrap().request, Request::List);
+        // Too short, or no magic: not a preamble (an rkyv message, garbage).
+        assert_eq!(Preamble::parse(&Preamble::OURS.to_bytes()[..Preamble::LEN - 1]), None);
+        assert_eq!(Preamble::parse(&encode(&ClientMessage { id: 1, request: Request::List }).unwrap()), None);
+        assert_eq!(Preamble::parse(&[0u8; 64]), None);
+    }
 
     #[test]
     fn round_trip() {

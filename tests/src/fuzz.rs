@@ -117,6 +117,9 @@ impl<'a> Input<'a> {
 /// Decodes `data` as a control frame in each direction; whatever decodes must
 /// encode and decode to itself.
 pub fn control(data: &[u8]) {
+    if let Some(p) = control::Preamble::parse(data) {
+        assert_eq!(control::Preamble::parse(&p.to_bytes()), Some(p), "a preamble does not round-trip");
+    }
     if let Ok(m) = control::decode::<ClientMessage>(data) {
         if let Ok(bytes) = control::encode(&m) {
             assert_eq!(control::decode::<ClientMessage>(&bytes).ok(), Some(m), "a request does not round-trip");

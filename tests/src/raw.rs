@@ -86,7 +86,7 @@ impl Raw {
                 reuse_pool: false,
             },
         };
-        sock.send(&control::encode(&hello)?, &[])?;
+        sock.send(&control::encode_first(&hello)?, &[])?;
         if !wait_readable(&sock, Duration::from_secs(20)) {
             return Err("no Welcome".into());
         }

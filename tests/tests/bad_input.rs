@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use hybus::{Bus, Error, Route};
 use hybus_layout::control::{
-    self, ClientMessage, DaemonMessage, ErrorCode, Reply, Request, MAX_FDS, MAX_MESSAGE, PROTOCOL_VERSION,
+    self, ClientMessage, DaemonMessage, ErrorCode, Preamble, Reply, Request, MAX_FDS, MAX_MESSAGE, PROTOCOL_VERSION,
 };
 use hybus_layout::header::LAYOUT_HASH;
 use hybus_layout::socket::{ControlSocket, RecvError};
@@ -94,8 +94,13 @@ fn hello(version: u32, layout_hash: u64) -> ClientMessage {
     }
 }
 
+/// `m` encoded; a Hello starts with this build's preamble, as a client's
+/// first message must (a later one may, too).
 fn bytes(m: &ClientMessage) -> Vec<u8> {
-    control::encode(m).expect("encode").to_vec()
+    match m.request {
+        Request::Hello { .. } => control::encode_first(m).expect("encode"),
+        _ => control::encode(m).expect("encode").to_vec(),
+    }
 }
 
 fn send(s: &ControlSocket, m: &ClientMessage) {
@@ -246,6 +251,67 @@ fn wrong_version_or_layout_is_refused_clearly() {
     b.still_serving();
 }
 
+/// A client of another build (another protocol, control schema or memory
+/// layout in its preamble) gets the daemon's preamble back, raw, and is
+/// closed: it can say which versions met instead of misreading a reply.
+/// A first message without a preamble gets a plain error.
+#[test]
+fn another_build_is_told_which_build_it_met() {
+    let mut b = Bench::start(None);
+    let ours = Preamble::OURS;
+    for theirs in [
+        Preamble { protocol: ours.protocol + 1, ..ours },
+        Preamble { schema: ours.schema ^ 1, ..ours },
+        Preamble { layout: ours.layout ^ 1, ..ours },
+    ] {
+        let s = b.raw();
+        let mut first = theirs.to_bytes().to_vec();
+        first.extend_from_slice(&control::encode(&hello(PROTOCOL_VERSION, LAYOUT_HASH)).expect("encode"));
+        s.send(&first, &[]).expect("send");
+        assert!(s.wait_readable(SOON).unwrap_or(false), "no answer to {theirs}");
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        let (n, fds) = s.recv(&mut buf).expect("recv");
+        assert_eq!(Preamble::parse(&buf[..n]), Some(ours), "the answer to {theirs}");
+        assert!(fds.is_empty(), "segments handed to another build");
+        expect_closed(&s);
+    }
+    let s = b.raw();
+    s.send(&control::encode(&hello(PROTOCOL_VERSION, LAYOUT_HASH)).expect("encode"), &[]).expect("send");
+    assert!(expect_error(&s, ErrorCode::BadRequest).contains("preamble"));
+    expect_closed(&s);
+    b.still_serving();
+}
+
+/// The client library, met by a daemon of another build, says so: which
+/// versions met, not a misread reply.
+#[test]
+fn the_client_names_both_builds_on_a_mismatch() {
+    use nix::sys::socket::{accept, bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let dir = hybus_tests::TempDir::new("mismatch");
+    let path = dir.path().join("bus.sock");
+    let listener = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).unwrap();
+    bind(listener.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
+    listen(&listener, Backlog::new(1).unwrap()).unwrap();
+    let theirs = Preamble { schema: Preamble::OURS.schema ^ 0xff, ..Preamble::OURS };
+    let fake = std::thread::spawn(move || {
+        // SAFETY: accept returned a new descriptor that nothing else owns.
+        let conn = ControlSocket::from_fd(unsafe { OwnedFd::from_raw_fd(accept(listener.as_raw_fd()).unwrap()) });
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        let (n, _) = conn.recv(&mut buf).unwrap();
+        assert_eq!(Preamble::parse(&buf[..n]), Some(Preamble::OURS), "the client's first message");
+        conn.send(&theirs.to_bytes(), &[]).unwrap();
+    });
+    match Bus::connect_to(&path) {
+        Err(Error::VersionMismatch(m)) => {
+            assert!(m.contains(&format!("{:#018x}", theirs.schema)), "{m}");
+            assert!(m.contains(&format!("{:#018x}", Preamble::OURS.schema)), "{m}");
+        }
+        other => panic!("expected VersionMismatch, got {other:?}"),
+    }
+    fake.join().unwrap();
+}
+
 #[test]
 fn requests_before_hello_are_refused() {
     let mut b = Bench::start(None);
@@ -256,7 +322,8 @@ fn requests_before_hello_are_refused() {
         Request::Resolve { name: "bad.echo".into() },
     ] {
         let s = b.raw();
-        send(&s, &ClientMessage { id: 9, request });
+        // With the preamble: past that check, to the one this is about.
+        s.send(&control::encode_first(&ClientMessage { id: 9, request }).expect("encode"), &[]).expect("send");
         let msg = expect_error(&s, ErrorCode::BadRequest);
         assert!(msg.contains("Hello"), "{msg}");
         expect_closed(&s);
