@@ -138,6 +138,10 @@ pub struct Limits {
     /// Names (services and topics) the bus holds, for all uids together; 0
     /// for no limit. A name keeps its route id while the daemon runs.
     pub names: u32,
+    /// Names one uid may make (the first to register, publish on or
+    /// subscribe to a name makes it); 0 for no limit. Keeps one uid from
+    /// taking every name the bus may hold.
+    pub names_per_uid: u32,
 }
 
 /// Access policy.
@@ -198,6 +202,7 @@ impl Default for Limits {
             hello_timeout_ms: 5000,
             queue_per_client: 65536,
             names: 65536,
+            names_per_uid: 16384,
         }
     }
 }

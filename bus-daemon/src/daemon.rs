@@ -199,7 +199,7 @@ impl Daemon {
         }
         let geometry = opts.config.pool_geometry()?;
         let idle = opts.config.idle_strategy();
-        let max_names = opts.config.limits.names;
+        let limits = opts.config.limits;
         Ok(Daemon {
             config: opts.config,
             config_path: opts.config_path,
@@ -208,7 +208,7 @@ impl Daemon {
             poller,
             sessions: IdMap::default(),
             next_client: 0,
-            registry: Registry::with_max_names(max_names as usize),
+            registry: Registry::with_limits(limits.names as usize, limits.names_per_uid as usize),
             chunks: Chunks::default(),
             exchanges: Exchanges::default(),
             active: Vec::new(),
@@ -446,6 +446,9 @@ impl Daemon {
                     Ok(g) => self.geometry = g,
                     Err(e) => tracing::warn!("SIGHUP: keeping old pool geometry: {e}"),
                 }
+                // Names made stay; new ones count against the new limits.
+                self.registry.max_names = c.limits.names as usize;
+                self.registry.max_names_per_uid = c.limits.names_per_uid as usize;
                 self.config = c;
                 tracing::info!(path = %path.display(), "configuration reloaded");
                 let s = format!("STATUS=configuration reloaded, {}", self.status());

@@ -212,7 +212,7 @@ impl Daemon {
             }
             return Ok(*id);
         }
-        let route = self.route_for(service)?;
+        let route = self.route_for(client, service)?;
         self.next_channel += 1;
         let id = self.next_channel;
         let (a, b, a_pid, b_pid) =

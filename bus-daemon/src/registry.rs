@@ -92,11 +92,34 @@ pub enum RegisterError {
         /// The owner.
         uid: u32,
     },
-    /// The name is new and the registry holds [`Registry::max_names`] already.
-    TooManyNames {
+    /// The name is new and a limit on names was reached.
+    TooManyNames(NameLimit),
+}
+
+/// Why a new name was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameLimit {
+    /// The bus holds [`Registry::max_names`] names.
+    Bus {
         /// The limit.
         limit: usize,
     },
+    /// The uid made [`Registry::max_names_per_uid`] names.
+    Uid {
+        /// Who asked.
+        uid: u32,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+impl std::fmt::Display for NameLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Bus { limit } => write!(f, "the bus holds {limit} names (limits.names reached)"),
+            Self::Uid { uid, limit } => write!(f, "uid {uid} made {limit} names (limits.names_per_uid reached)"),
+        }
+    }
 }
 
 /// The registry.
@@ -116,23 +139,36 @@ pub struct Registry {
     /// restarted; without a bound, clients creating names (topics,
     /// registrations under fresh names) would grow the daemon without end.
     pub max_names: usize,
+    /// Most names one uid may make (`limits.names_per_uid`); 0 for no limit.
+    /// Without it, one uid could take every name the bus may hold and
+    /// leave none for the others (quotas are charged per uid, DESIGN §7).
+    pub max_names_per_uid: usize,
+    /// Names made, by the uid that made them (a name is charged once, to
+    /// whoever first registered, published on or subscribed to it).
+    made_by: IdMap<u32, usize>,
 }
 
 impl Registry {
-    /// An empty registry that holds at most `max_names` names (0: no limit).
-    pub fn with_max_names(max_names: usize) -> Registry {
-        Registry { max_names, ..Registry::default() }
+    /// An empty registry that holds at most `max_names` names, and at most
+    /// `max_names_per_uid` made by one uid (0: no limit).
+    pub fn with_limits(max_names: usize, max_names_per_uid: usize) -> Registry {
+        Registry { max_names, max_names_per_uid, ..Registry::default() }
     }
 
-    /// The route of `name`, creating it if new; `None` if it is new and
-    /// there are [`max_names`](Self::max_names) already.
-    pub fn route_for(&mut self, name: &str) -> Option<u32> {
+    /// The route of `name`, made for `uid` if new; refused if it is new and
+    /// a limit is reached.
+    pub fn route_for(&mut self, name: &str, uid: u32) -> Result<u32, NameLimit> {
         if let Some(&r) = self.names.get(name) {
-            return Some(r);
+            return Ok(r);
         }
         if self.max_names != 0 && self.names.len() >= self.max_names {
-            return None;
+            return Err(NameLimit::Bus { limit: self.max_names });
         }
+        let made = self.made_by.entry(uid).or_default();
+        if self.max_names_per_uid != 0 && *made >= self.max_names_per_uid {
+            return Err(NameLimit::Uid { uid, limit: self.max_names_per_uid });
+        }
+        *made += 1;
         self.next_route += 1;
         let r = self.next_route;
         self.names.insert(name.to_owned(), r);
@@ -140,7 +176,7 @@ impl Registry {
             r,
             RouteEntry { name: name.to_owned(), instances: Vec::new(), subscribers: Vec::new(), owner_uid: None },
         );
-        Some(r)
+        Ok(r)
     }
 
     /// The route of `name`, if it exists.
@@ -182,7 +218,7 @@ impl Registry {
         version: u32,
         weight: u32,
     ) -> Result<(u32, u32), RegisterError> {
-        let route = self.route_for(name).ok_or(RegisterError::TooManyNames { limit: self.max_names })?;
+        let route = self.route_for(name, uid).map_err(RegisterError::TooManyNames)?;
         let entry = self.routes.get_mut(&route).ok_or(RegisterError::Owned { uid })?;
         match entry.owner_uid {
             Some(owner) if owner != uid && !entry.instances.is_empty() => {
@@ -282,18 +318,33 @@ mod tests {
 
     #[test]
     fn names_stop_at_the_limit_and_keep_their_routes() {
-        let mut r = Registry::with_max_names(2);
-        let a = r.route_for("a").unwrap();
+        let mut r = Registry::with_limits(2, 0);
+        let a = r.route_for("a", 1000).unwrap();
         let (_, b) = r.register("b", 1, 1000, 1, 1).unwrap();
-        assert_eq!(r.route_for("c"), None);
-        assert_eq!(r.register("c", 1, 1000, 1, 1), Err(RegisterError::TooManyNames { limit: 2 }));
+        let full = NameLimit::Bus { limit: 2 };
+        assert_eq!(r.route_for("c", 1001), Err(full));
+        assert_eq!(r.register("c", 1, 1000, 1, 1), Err(RegisterError::TooManyNames(full)));
         // Names it holds stay usable, and keep their routes after their instances leave.
-        assert_eq!(r.route_for("a"), Some(a));
+        assert_eq!(r.route_for("a", 1001), Ok(a));
         let (inst, again) = r.register("b", 2, 1000, 1, 1).unwrap();
         assert_eq!(again, b);
         r.unregister(inst);
-        assert_eq!(r.route_for("b"), Some(b));
-        assert!(Registry::with_max_names(0).route_for("any").is_some());
+        assert_eq!(r.route_for("b", 1000), Ok(b));
+        assert!(Registry::with_limits(0, 0).route_for("any", 0).is_ok());
+    }
+
+    #[test]
+    fn one_uid_cannot_take_every_name() {
+        let mut r = Registry::with_limits(10, 2);
+        r.route_for("a", 1000).unwrap();
+        r.register("b", 1, 1000, 1, 1).unwrap();
+        let limit = NameLimit::Uid { uid: 1000, limit: 2 };
+        assert_eq!(r.route_for("c", 1000), Err(limit));
+        assert_eq!(r.register("c", 1, 1000, 1, 1), Err(RegisterError::TooManyNames(limit)));
+        // Names another uid made cost it nothing; other uids still make theirs.
+        assert!(r.route_for("a", 1000).is_ok());
+        assert!(r.route_for("c", 1001).is_ok());
+        assert!(r.route_for("c", 1000).is_ok(), "an existing name is no new name");
     }
 
     #[test]

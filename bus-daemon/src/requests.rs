@@ -266,7 +266,7 @@ impl Daemon {
             RegisterError::Owned { uid: owner } => {
                 (ErrorCode::NameOwned, format!("name {name:?} is already owned by uid {owner}"))
             }
-            RegisterError::TooManyNames { limit } => too_many_names(limit),
+            RegisterError::TooManyNames(limit) => too_many_names(limit),
         })?;
         tracing::info!(client = id, pid, name, instance, route, "registered");
         self.broadcast_watch(name, Event::ServiceUp { name: name.to_owned(), route, instance, pid });
@@ -295,13 +295,14 @@ impl Daemon {
     fn topic(&mut self, id: u32, name: &str) -> Answer {
         control::check_name(name).map_err(bad)?;
         self.check(id, Action::Publish, name)?;
-        let route = self.route_for(name)?;
+        let route = self.route_for(id, name)?;
         Ok(Reply::Resolved { route, instances: 0 })
     }
 
-    /// [`Registry::route_for`], refused with a quota error at the name limit.
-    pub(crate) fn route_for(&mut self, name: &str) -> Result<u32, (ErrorCode, String)> {
-        self.registry.route_for(name).ok_or_else(|| too_many_names(self.registry.max_names))
+    /// [`Registry::route_for`] for client `id`, refused with a quota error at a name limit.
+    pub(crate) fn route_for(&mut self, id: u32, name: &str) -> Result<u32, (ErrorCode, String)> {
+        let uid = self.sessions.get(&id).ok_or_else(|| bad("gone"))?.creds.uid;
+        self.registry.route_for(name, uid).map_err(too_many_names)
     }
 
     fn subscribe(&mut self, id: u32, topic: &str) -> Answer {
@@ -315,7 +316,7 @@ impl Daemon {
         if subs >= self.config.limits.subscriptions_per_uid as usize {
             return Err((ErrorCode::QuotaExceeded, format!("uid {uid} has {subs} subscriptions (limit reached)")));
         }
-        let route = self.route_for(topic)?;
+        let route = self.route_for(id, topic)?;
         if let Some(r) = self.registry.route_mut(route) {
             if !r.subscribers.contains(&id) {
                 r.subscribers.push(id);
@@ -416,6 +417,6 @@ impl Daemon {
 }
 
 /// The error for a new name past `limits.names`.
-fn too_many_names(limit: usize) -> (ErrorCode, String) {
-    (ErrorCode::QuotaExceeded, format!("the bus holds {limit} names (limits.names reached)"))
+fn too_many_names(limit: crate::registry::NameLimit) -> (ErrorCode, String) {
+    (ErrorCode::QuotaExceeded, limit.to_string())
 }

@@ -738,3 +738,26 @@ fn new_names_past_the_limit_are_refused() {
     assert!(bus.publisher("names.two").is_ok());
     assert!(bus.status().is_ok(), "the daemon serves on; log:\n{}", d.log_text());
 }
+
+/// Names are charged to the uid that makes them (`limits.names_per_uid`):
+/// a uid past its share gets a quota error naming it, and another uid still
+/// makes names (so no uid can take every name the bus may hold).
+#[test]
+fn one_uid_cannot_take_every_name() {
+    const NOBODY: u32 = 65534;
+    let d = DaemonProc::start(Some("[limits]\nnames = 100\nnames_per_uid = 2\n"));
+    let bus = d.connect();
+    let _svc = bus.register("quota.one").unwrap();
+    let _publisher = bus.publisher("quota.two").unwrap();
+    match bus.subscribe("quota.three") {
+        Err(Error::QuotaExceeded(m)) => {
+            assert!(m.contains("names_per_uid") && m.contains(&format!("uid {}", nix::unistd::getuid())), "{m}")
+        }
+        other => panic!("a third name for one uid: {other:?}"),
+    }
+    // Names that exist cost nothing more.
+    let _sub = bus.subscribe("quota.two").unwrap();
+    let mut other = Peer::spawn_as(d.socket(), &["serve", "quota.nobodys"], NOBODY, NOBODY);
+    other.expect_line("ready");
+    assert!(bus.resolve("quota.nobodys").is_ok());
+}
