@@ -142,6 +142,9 @@ pub struct Limits {
     /// subscribe to a name makes it); 0 for no limit. Keeps one uid from
     /// taking every name the bus may hold.
     pub names_per_uid: u32,
+    /// Bytes of pools (one per connection, of the `[[pool]]` geometry) one
+    /// uid may hold; 0 (default) for no limit beyond `connections_per_uid`.
+    pub pool_bytes_per_uid: u64,
 }
 
 /// Access policy.
@@ -203,6 +206,7 @@ impl Default for Limits {
             queue_per_client: 65536,
             names: 65536,
             names_per_uid: 16384,
+            pool_bytes_per_uid: 0,
         }
     }
 }

@@ -164,6 +164,7 @@ impl Daemon {
         }
         let os =
             |e: hybus_layout::segment::SegmentError| (ErrorCode::QuotaExceeded, format!("cannot create segments: {e}"));
+        self.check_pool_quota(id)?;
         let cap = self.config.ring_capacity;
         let ring_bytes = ring::memory_size(cap);
         let tx_offset = HEADER_REGION;
@@ -242,6 +243,37 @@ impl Daemon {
             Some(_) => Err((ErrorCode::AccessDenied, format!("instance {instance} is not yours"))),
             None => Err((ErrorCode::NotFound, format!("no instance {instance}"))),
         }
+    }
+
+    /// Refuses a pool for client `id` if its uid would then hold more than
+    /// `limits.pool_bytes_per_uid` bytes of pools (0: no limit). A pool's
+    /// pages cost memory only once written, but its owner may write all of
+    /// them: without a bound, one uid's connections could take all of tmpfs.
+    fn check_pool_quota(&self, id: u32) -> Result<(), (ErrorCode, String)> {
+        let limit = self.config.limits.pool_bytes_per_uid;
+        let Some(uid) = self.sessions.get(&id).map(|s| s.creds.uid) else {
+            return Err(bad("gone"));
+        };
+        if limit == 0 {
+            return Ok(());
+        }
+        let held: u64 = self
+            .sessions
+            .values()
+            .filter(|s| s.creds.uid == uid)
+            .filter_map(|s| s.data.as_ref())
+            .map(|d| d.pool.len() as u64)
+            .sum();
+        let more = self.geometry.size();
+        if held.saturating_add(more) > limit {
+            return Err((
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "uid {uid} holds {held} bytes of pools; one more ({more}) passes limits.pool_bytes_per_uid {limit}"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn register(&mut self, id: u32, name: &str, version: u32, weight: u32) -> Answer {

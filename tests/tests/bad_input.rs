@@ -761,3 +761,22 @@ fn one_uid_cannot_take_every_name() {
     other.expect_line("ready");
     assert!(bus.resolve("quota.nobodys").is_ok());
 }
+
+/// Pools are charged to their uid (`limits.pool_bytes_per_uid`): a
+/// connection whose pool would pass it is refused at Hello with a quota
+/// error; one that goes gives its share back.
+#[test]
+fn pool_bytes_are_bounded_per_uid() {
+    let pool = hybus_layout::pool::PoolGeometry::default_classes().size();
+    let d = DaemonProc::start(Some(&format!("[limits]\npool_bytes_per_uid = {}\n", pool * 5 / 2)));
+    let first = d.connect();
+    let second = d.connect();
+    match Bus::connect_to(d.socket()) {
+        Err(Error::QuotaExceeded(m)) => assert!(m.contains("pool_bytes_per_uid"), "{m}"),
+        other => panic!("a third pool: {other:?}"),
+    }
+    drop(second);
+    let again = eventually(SOON, || Bus::connect_to(d.socket()).ok());
+    assert!(again.is_some(), "a pool given back is not counted; log:\n{}", d.log_text());
+    assert!(first.status().is_ok());
+}
