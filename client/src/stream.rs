@@ -80,7 +80,8 @@ pub(crate) fn credit_check(end: End) -> impl FnMut(&mut Core) -> Result<Option<(
     }
 }
 
-/// An item of `end` with `payload`'s descriptor `d` (built with route and payload).
+/// Addresses `d`, a `StreamItem` built with the route and the payload, to
+/// `end`: its correlation id and, on the serving side, the server flag.
 pub(crate) fn item_of(end: End, mut d: Descriptor) -> Descriptor {
     d.correlation = end.corr;
     if end.side == Side::Server {
