@@ -465,7 +465,6 @@ impl Bus {
             }
         };
         let corr = core.next_id();
-        core.calls.insert(corr, None);
         d.correlation = corr;
         let (origin, pushed) = core.send_call(d, corr);
         match pushed {

@@ -268,9 +268,9 @@ impl Core {
         self.gone = None;
         self.epoch += 1;
         let gone = Descriptor::new(Kind::Error, 0, 0).with_aux(control::DataError::PeerGone as u64);
-        let direct: IdSet<u64> = self.channels.values().flat_map(|c| c.calls.iter().copied()).collect();
+        // (Calls on direct channels are not in the table: they go on.)
         for (corr, slot) in self.calls.iter_mut() {
-            if slot.is_none() && !direct.contains(corr) {
+            if slot.is_none() {
                 *slot = Some((Descriptor { correlation: *corr, ..gone }, Origin::Daemon));
             }
         }
@@ -480,10 +480,9 @@ impl Core {
             self.route_direct.remove(&ch.route);
         }
         let gone = Descriptor::new(Kind::Error, ch.route, 0).with_aux(control::DataError::PeerGone as u64);
-        for corr in ch.calls.iter() {
-            if let Some(slot) = self.calls.get_mut(corr) {
-                *slot = Some((Descriptor { correlation: *corr, ..gone }, Origin::Daemon));
-            }
+        // Calls in flight on it (the others in its set are streams).
+        for corr in ch.calls.iter().filter(|c| !self.streams.contains_key(c)) {
+            self.calls.insert(*corr, Some((Descriptor { correlation: *corr, ..gone }, Origin::Daemon)));
         }
         let origin = Origin::Direct(id);
         for s in self.streams.values_mut().filter(|s| s.origin == origin) {
@@ -511,10 +510,20 @@ impl Core {
         }
     }
 
-    /// Picks the path for a new call and tries to push it there: a direct
-    /// channel to the route if one is open (the descriptor is then
-    /// addressed to the channel's instance and the call remembered for
-    /// "peer gone"), else the daemon. `Err(WouldBlock)` when that ring is full.
+    /// Picks the path for a new call, remembers the call, and tries to push
+    /// it there: a direct channel to the route if one is open (the
+    /// descriptor is then addressed to the channel's instance, and the call
+    /// is remembered in the channel's [`calls`](Direct::calls)), else the
+    /// daemon (the call is remembered in [`calls`](Self::calls)).
+    /// `Err(WouldBlock)` when that ring is full.
+    ///
+    /// Why not the call table for a direct call: its answer is nearly always
+    /// taken straight off the channel by the waiting caller
+    /// ([`pump_hot`](Self::pump_hot)), and an entry made and removed per
+    /// call was a fifth of the caller's work between its answer and its next
+    /// request. An answer that comes by another pump is put in the table then
+    /// ([`dispatch`](Self::dispatch)), and "peer gone" puts its error there
+    /// ([`kill_channel`](Self::kill_channel)).
     #[inline]
     pub fn send_call(&mut self, d: &mut Descriptor, corr: u64) -> (Origin, Result<()>) {
         if let Some(ch) = self.direct_for(d.route).and_then(|id| self.channels.get_mut(&id)) {
@@ -522,6 +531,7 @@ impl Core {
             d.route = ch.instance;
             return (Origin::Direct(ch.id), ch.push(d));
         }
+        self.calls.insert(corr, None);
         (Origin::Daemon, self.try_send(d))
     }
 
@@ -987,6 +997,11 @@ impl Core {
                         }
                         self.reap_channel(id);
                     }
+                } else if let Some(id) = self.direct_call(origin, d.correlation) {
+                    // Our direct call's answer, brought by a full pump: the
+                    // caller takes it from the table.
+                    self.calls.insert(d.correlation, Some((d, origin)));
+                    self.reap_channel(id);
                 } else if let Some(s) = self.streams.get_mut(&d.correlation) {
                     s.ended = true;
                     s.error = Some(error_of(&d, None));
@@ -1043,6 +1058,16 @@ impl Core {
                 Origin::Direct(id) => self.channel_violation(id, format!("unexpected {kind:?}")),
             },
         }
+    }
+
+    /// If `corr` is a call of ours in flight on the channel `origin` names,
+    /// forgets it there and returns the channel (a stream's id is no call).
+    fn direct_call(&mut self, origin: Origin, corr: u64) -> Option<u32> {
+        let Origin::Direct(id) = origin else { return None };
+        if self.streams.contains_key(&corr) {
+            return None;
+        }
+        self.channels.get_mut(&id).is_some_and(|ch| ch.calls.remove(&corr)).then_some(id)
     }
 
     /// Hands a received chunk back, by the path it came. Inline payloads need nothing.
