@@ -32,10 +32,13 @@ pub const SCHEMA_HASH: u64 = {
     use std::mem::{align_of, size_of};
     macro_rules! shape {
         ($($t:ty),* $(,)?) => {
-            [$(size_of::<<$t as Archive>::Archived>() as u64, align_of::<<$t as Archive>::Archived>() as u64),*]
+            [
+                PROTOCOL_VERSION as u64,
+                $(size_of::<<$t as Archive>::Archived>() as u64, align_of::<<$t as Archive>::Archived>() as u64),*
+            ]
         };
     }
-    let parts = shape![
+    crate::header::fnv1a(&shape![
         ClientMessage,
         Request,
         DaemonMessage,
@@ -51,20 +54,7 @@ pub const SCHEMA_HASH: u64 = {
         Event,
         ErrorReply,
         ErrorCode,
-    ];
-    // FNV-1a over the parts and the protocol version.
-    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ PROTOCOL_VERSION as u64;
-    let mut i = 0;
-    while i < parts.len() {
-        let mut b = 0;
-        while b < 8 {
-            h ^= (parts[i] >> (b * 8)) & 0xff;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-            b += 1;
-        }
-        i += 1;
-    }
-    h
+    ])
 };
 
 /// What a client and a daemon must agree on before either decodes the

@@ -93,7 +93,12 @@ pub const LAYOUT_HASH: u64 = {
         crate::pool::CHUNK_ALIGN as u64,
         ABI_VERSION as u64,
     ];
-    // FNV-1a over the parts.
+    fnv1a(&parts)
+};
+
+/// FNV-1a over the little-endian bytes of `parts` (for the build hashes:
+/// [`LAYOUT_HASH`], [`SCHEMA_HASH`](crate::control::SCHEMA_HASH)).
+pub(crate) const fn fnv1a(parts: &[u64]) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
     let mut i = 0;
     while i < parts.len() {
@@ -106,7 +111,7 @@ pub const LAYOUT_HASH: u64 = {
         i += 1;
     }
     h
-};
+}
 
 /// What a validated header says, copied into private memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

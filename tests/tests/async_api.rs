@@ -11,11 +11,17 @@ use hybus_tests::{DaemonProc, Peer};
 
 const T: Duration = Duration::from_secs(10);
 
+/// A current-thread runtime: every wait must complete through tokio's
+/// reactor, with no other thread to poll on the side.
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
 #[test]
 fn async_calls_services_and_subscriptions() {
     let d = DaemonProc::start(None);
     let (_server, _) = Peer::ready(d.socket(), &["serve", "svc.async"]);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = current_thread();
     rt.block_on(async {
         // Calls from async code to a server process.
         let bus = d.connect().to_async().unwrap();
@@ -76,7 +82,7 @@ fn to_async_outside_a_runtime_is_an_error_not_a_panic() {
 fn async_streams_and_channels() {
     let d = DaemonProc::start(None);
     let (_server, _) = Peer::ready(d.socket(), &["serve", "svc.astream"]);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = current_thread();
     rt.block_on(async {
         let bus = d.connect().to_async().unwrap();
         let route = bus.bus().resolve("svc.astream").unwrap();
@@ -113,7 +119,7 @@ fn async_fires_await_pool_space_without_blocking_the_runtime() {
     let socket = d.socket().to_owned();
     let (done, finished) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = current_thread();
         let got = rt.block_on(async {
             let svc_bus = Bus::connect_to(&socket).unwrap();
             let svc = svc_bus.register("svc.asink").unwrap();
