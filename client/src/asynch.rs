@@ -26,11 +26,44 @@ use crate::topic::Subscription;
 use crate::{BusEvent, Route};
 
 /// An async view of a [`Bus`].
+///
+/// After the bus reconnects (a daemon restart) it waits on the new
+/// connection's doorbell and socket by itself, and its waits try to
+/// reconnect like the blocking ones, on tokio's blocking pool.
 #[derive(Debug)]
 pub struct AsyncBus {
     bus: Bus,
+    /// What a waiting task awaits: replaced when the connection's epoch changes.
+    fds: std::sync::Mutex<std::sync::Arc<Fds>>,
+}
+
+/// The doorbell and the control socket of one connection epoch, registered with tokio.
+#[derive(Debug)]
+struct Fds {
+    epoch: u64,
     bell: AsyncFd<OwnedFd>,
     sock: AsyncFd<OwnedFd>,
+}
+
+impl Fds {
+    /// Copies of `core`'s doorbell and control socket, registered with
+    /// tokio (the caller is within a runtime).
+    fn of(core: &Core) -> Result<Fds> {
+        let dup = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().map_err(|e| Error::os("dup", e));
+        let (bell, sock) = (dup(core.rx_bell.fd())?, dup(core.sock.fd())?);
+        // The doorbell is read after tokio says it is readable; non-blocking
+        // so that a read another waiter won cannot stall the executor. (The
+        // flag is on the shared file description; every reader of it in
+        // this crate reads only after a readiness report.)
+        set_nonblocking(&bell)?;
+        let reg = |fd: OwnedFd| {
+            // SAFETY: the AsyncFd owns `fd`, so it stays open and names the
+            // same file description for the AsyncFd's whole life.
+            unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+                .map_err(|e| Error::os("register with tokio", e))
+        };
+        Ok(Fds { epoch: core.epoch, bell: reg(bell)?, sock: reg(sock)? })
+    }
 }
 
 impl Bus {
@@ -47,28 +80,16 @@ impl Bus {
     /// # let _ = answer; Ok(()) }
     /// ```
     pub fn to_async(&self) -> Result<AsyncBus> {
-        let (bell, sock) = {
-            let core = self.shared.lock();
-            let dup = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().map_err(|e| Error::os("dup", e));
-            (dup(core.rx_bell.fd())?, dup(core.sock.fd())?)
-        };
-        // The doorbell is read after tokio says it is readable; non-blocking
-        // so that a read another waiter won cannot stall the executor. (The
-        // flag is on the shared file description; every reader of it in
-        // this crate reads only after a readiness report.)
-        set_nonblocking(&bell)?;
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(Error::Os("to_async must be called from within a tokio runtime".into()));
         }
-        let reg = |fd: OwnedFd| {
-            // SAFETY: the AsyncFd owns `fd`, so it stays open and names the
-            // same file description for the AsyncFd's whole life.
-            unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
-                .map_err(|e| Error::os("register with tokio", e))
-        };
-        Ok(AsyncBus { bus: self.clone(), bell: reg(bell)?, sock: reg(sock)? })
+        let fds = Fds::of(&self.shared.lock())?;
+        Ok(AsyncBus { bus: self.clone(), fds: std::sync::Mutex::new(std::sync::Arc::new(fds)) })
     }
 }
+
+/// How often a wait tries to reconnect while the daemon is gone.
+const RETRY: Duration = Duration::from_millis(200);
 
 fn set_nonblocking(fd: &OwnedFd) -> Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
@@ -95,7 +116,12 @@ impl AsyncBus {
     ) -> Result<T> {
         let shared = &self.bus.shared;
         loop {
-            {
+            let due = shared.reconnect_due(&mut shared.lock());
+            if due {
+                self.reconnect().await;
+                continue;
+            }
+            let (fds, gone) = {
                 let mut core = shared.lock();
                 if core.releases_queued {
                     core.flush_releases();
@@ -105,19 +131,23 @@ impl AsyncBus {
                     return Ok(v);
                 }
                 if let Some(g) = &core.gone {
-                    if core.channels.is_empty() {
+                    if core.channels.is_empty() && !shared.reconnects() {
                         return Err(Error::BusGone(g.clone()));
                     }
                 }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     return Err(Error::DeadlineExceeded);
                 }
+                let fds = self.fds_of(&core)?;
                 match core.prepare_park() {
                     Ok(true) => {}
                     Ok(false) => continue,
                     Err(e) => return Err(Error::BusGone(format!("daemon ring corrupt: {e}"))),
                 }
-            }
+                (fds, core.gone.is_some())
+            };
+            // While the daemon is gone, wake up to try again.
+            let cap = if gone { Some(cap.map_or(RETRY, |c| c.min(RETRY))) } else { cap };
             let wake = match (deadline, cap) {
                 (Some(d), Some(c)) => Some(d.min(Instant::now() + c)),
                 (d, None) => d,
@@ -130,15 +160,15 @@ impl AsyncBus {
                 }
             };
             let control = tokio::select! {
-                r = self.bell.readable() => {
+                r = fds.bell.readable() => {
                     if let Ok(mut g) = r {
                         let mut b = [0u8; 8];
-                        let _ = nix::unistd::read(self.bell.get_ref(), &mut b);
+                        let _ = nix::unistd::read(fds.bell.get_ref(), &mut b);
                         g.clear_ready();
                     }
                     false
                 }
-                r = self.sock.readable() => {
+                r = fds.sock.readable() => {
                     if let Ok(mut g) = r {
                         g.clear_ready();
                     }
@@ -155,6 +185,30 @@ impl AsyncBus {
                 core.pump_control();
                 core.check_peers();
             }
+        }
+    }
+
+    /// The fds of `core`'s connection epoch, registered anew after a reconnect.
+    fn fds_of(&self, core: &Core) -> Result<std::sync::Arc<Fds>> {
+        let mut fds = self.fds.lock().unwrap_or_else(|p| p.into_inner());
+        if fds.epoch != core.epoch {
+            *fds = std::sync::Arc::new(Fds::of(core)?);
+        }
+        Ok(fds.clone())
+    }
+
+    /// Reconnects on tokio's blocking pool (a handshake waits for the daemon).
+    async fn reconnect(&self) {
+        let bus = self.bus.clone();
+        let _ = tokio::task::spawn_blocking(move || bus.reconnect()).await;
+    }
+
+    /// Tries to reconnect if one is due (see the blocking `Shared::revive`),
+    /// without blocking the executor: before a send reads a route id.
+    async fn revive(&self) {
+        let due = self.bus.shared.reconnect_due(&mut self.bus.shared.lock());
+        if due {
+            self.reconnect().await;
         }
     }
 
@@ -210,6 +264,7 @@ impl AsyncBus {
     /// pool space and ring room, when there is none, without blocking the
     /// executor.
     pub async fn call(&self, route: &Route, payload: &[u8], timeout: Duration) -> Result<Sample> {
+        self.revive().await;
         let deadline = Instant::now() + timeout;
         let mut d = self.build(Kind::Request, 0, payload, Some(deadline)).await?;
         let (corr, origin, sent) = self.bus.start_call(route, &mut d, None)?;
@@ -249,6 +304,7 @@ impl AsyncBus {
     /// Sends `payload` to one instance of `route`, expecting no answer (see
     /// [`Bus::fire`]); awaits pool space and ring room while there is none.
     pub async fn fire(&self, route: &Route, payload: &[u8]) -> Result<()> {
+        self.revive().await;
         let id = self.bus.route_id(route)?;
         let mut d = self.build(Kind::Fire, id, payload, None).await?;
         let origin = {

@@ -52,6 +52,9 @@ pub(crate) struct Shared {
     label: String,
     /// What to restore on reconnect.
     pub(crate) registrations: Mutex<Vec<crate::service::Registration>>,
+    /// Topics subscribed to, to subscribe again on reconnect (each handle
+    /// learns its new route id there).
+    pub(crate) subscriptions: Mutex<Vec<Arc<Route>>>,
     /// Reconnect by ourselves when the daemon goes away.
     auto_reconnect: bool,
     /// A reconnect is under way (its own control requests must not start another).
@@ -145,6 +148,7 @@ impl Bus {
                 path,
                 label: opts.label,
                 registrations: Mutex::new(Vec::new()),
+                subscriptions: Mutex::new(Vec::new()),
                 auto_reconnect: opts.reconnect,
                 reconnecting: std::sync::atomic::AtomicBool::new(false),
                 parker: Mutex::new(parker),
@@ -216,6 +220,11 @@ impl Bus {
             }
             core.instance_alias.insert(old, instance);
         }
+        let subs: Vec<_> = self.shared.subscriptions.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for s in subs {
+            let id = self.subscribe_raw(s.name())?;
+            s.set(id, epoch);
+        }
         // Tell the new daemon about our live channels (for its stats), and
         // point the callers' routes at them again.
         for (id, token, side, service, peer_pid, seg) in channels {
@@ -279,6 +288,7 @@ impl Bus {
     }
 
     pub(crate) fn route_id(&self, route: &Route) -> Result<u32> {
+        self.shared.revive();
         let epoch = self.shared.lock().epoch;
         if let Some(id) = route.id_at(epoch) {
             return Ok(id);
@@ -442,6 +452,12 @@ impl Bus {
         loan_epoch: Option<u64>,
     ) -> Result<(u64, Origin, bool)> {
         let mut core = self.shared.lock();
+        if core.gone.is_some() && self.shared.reconnect_due(&mut core) {
+            // Before the route id is read: a reconnect changes them all.
+            drop(core);
+            let _ = self.reconnect();
+            core = self.shared.lock();
+        }
         if loan_epoch.is_some_and(|e| e != core.epoch) {
             // Not ours to free: the chunk belongs to a pool the old daemon took with it.
             return Err(Error::BusGone("the loan is from before a reconnect".into()));
@@ -641,6 +657,35 @@ impl From<Option<Instant>> for Due {
 }
 
 impl Shared {
+    /// Whether to try a reconnect now: the daemon is gone, we reconnect by
+    /// ourselves, none is under way, and the last try was 200 ms ago or
+    /// more (marked as tried if so). Every use of the bus tries, a wait
+    /// or a send alike: a caller whose sends fail at once would otherwise
+    /// never wait, and never come back.
+    pub(crate) fn reconnect_due(&self, core: &mut Core) -> bool {
+        if core.gone.is_none() || !self.auto_reconnect || self.reconnecting.load(std::sync::atomic::Ordering::Acquire) {
+            return false;
+        }
+        let now = Instant::now();
+        if core.last_reconnect.is_some_and(|t| now.duration_since(t) < Duration::from_millis(200)) {
+            return false;
+        }
+        core.last_reconnect = Some(now);
+        true
+    }
+
+    /// Whether the bus reconnects by itself ([`BusOptions::reconnect`]).
+    pub(crate) fn reconnects(&self) -> bool {
+        self.auto_reconnect
+    }
+
+    /// Tries to reconnect if one is [due](Self::reconnect_due).
+    pub(crate) fn revive(self: &Arc<Self>) {
+        if self.reconnect_due(&mut self.lock()) {
+            let _ = (Bus { shared: self.clone() }).reconnect();
+        }
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, Core> {
         // A panic while holding the lock leaves the core consistent enough
         // to report errors; do not propagate the poison.
@@ -796,19 +841,11 @@ impl Shared {
         let mut yield_start: Option<Instant> = None;
         loop {
             let mut core = self.lock();
-            if core.gone.is_some()
-                && self.auto_reconnect
-                && !self.reconnecting.load(std::sync::atomic::Ordering::Acquire)
-            {
-                // Try to get the daemon back every 200 ms while the bus is
-                // used; direct channels keep working meanwhile.
-                let now = Instant::now();
-                if core.last_reconnect.is_none_or(|t| now.duration_since(t) >= Duration::from_millis(200)) {
-                    core.last_reconnect = Some(now);
-                    drop(core);
-                    let _ = (Bus { shared: self.clone() }).reconnect();
-                    continue;
-                }
+            if self.reconnect_due(&mut core) {
+                // Direct channels keep working meanwhile.
+                drop(core);
+                let _ = (Bus { shared: self.clone() }).reconnect();
+                continue;
             }
             if core.releases_queued {
                 core.flush_releases();

@@ -154,6 +154,8 @@ pub(crate) struct Core {
     retiring: Vec<(u32, u64)>,
     /// Pumps while some pool is retiring (see [`pump_data`](Self::pump_data)).
     retire_rounds: u32,
+    /// When a send last read the control socket ([`coarse_millis`]).
+    last_look: u64,
 }
 
 fn gone(e: impl std::fmt::Display) -> Error {
@@ -223,6 +225,7 @@ impl Core {
             dropped_events: 0,
             retiring: Vec::new(),
             retire_rounds: 0,
+            last_look: coarse_millis(),
         })
     }
 
@@ -1163,6 +1166,21 @@ impl Core {
         }
     }
 
+    /// Reads the control socket if it was not read for [`LIFE_SIGNS`]: the
+    /// daemon's death shows there (its end closes), and a client that only
+    /// sends (a publisher, a firer) never waits, so nothing else reads it.
+    /// Without this such a client kept pushing into the ring of a daemon
+    /// that was gone, and never reconnected. A coarse clock read costs
+    /// about 5 ns here (`Instant::now` about 28).
+    #[inline]
+    fn look_for_the_daemon(&mut self) {
+        let now = coarse_millis();
+        if now.wrapping_sub(self.last_look) >= LIFE_SIGNS {
+            self.last_look = now;
+            self.pump_control();
+        }
+    }
+
     /// Arms every ring we read for parking; `false` if one is not empty
     /// (then nothing stays armed). The first half of the doorbell handshake
     /// over all our rings: the daemon and every peer ring the same eventfd.
@@ -1203,6 +1221,7 @@ impl Core {
     /// Tries to push `d` now. `Err(WouldBlock)` if the ring is full.
     #[inline]
     pub fn try_send(&mut self, d: &Descriptor) -> Result<()> {
+        self.look_for_the_daemon();
         self.check_alive()?;
         if !self.backlog.is_empty() {
             self.flush_backlog();
@@ -1267,6 +1286,17 @@ fn take_back(alloc: &mut PoolAllocator, pool: &View, c: ChunkRef) -> std::result
         unsafe { std::ptr::write_volatile(first.as_mut_ptr(), 0) };
     }
     Ok(())
+}
+
+/// How often, in milliseconds, a sending client reads its control socket
+/// for signs of a dead daemon (see [`Core::look_for_the_daemon`]).
+const LIFE_SIGNS: u64 = 50;
+
+/// `CLOCK_MONOTONIC_COARSE` in milliseconds (a few milliseconds' resolution).
+fn coarse_millis() -> u64 {
+    use nix::time::{clock_gettime, ClockId};
+    clock_gettime(ClockId::CLOCK_MONOTONIC_COARSE)
+        .map_or(0, |t| t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000)
 }
 
 /// Correlation ids of fires have this bit set, so that an error for a fire

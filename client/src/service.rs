@@ -101,17 +101,20 @@ impl Service {
 
     /// Waits up to `timeout` for the next request, fire or stream. `Ok(None)` if none came.
     pub fn next(&self, timeout: Duration) -> Result<Option<Incoming>> {
-        let (instance, epoch) = self.inbox();
         let shared = &self.bus.shared;
-        let r = shared.wait_hot(Due::After(timeout), Hot::Inbox(instance), |core| {
+        let r = shared.wait_hot(Due::After(timeout), Hot::Inbox(self.inbox().0), |core| {
+            // Read on every round, not once: a reconnect during the wait
+            // registers us again, under a new instance id and epoch, and a
+            // request taken then is answered in the new epoch.
+            let (instance, epoch) = self.inbox();
             let Some((d, origin)) = core.take_incoming(instance) else {
                 return Ok(None);
             };
             // Mapped under this lock rather than another one.
-            Ok(Some((Sample::new_locked(shared, core, d, origin)?, origin)))
+            Ok(Some((Sample::new_locked(shared, core, d, origin)?, origin, instance, epoch)))
         });
         match r {
-            Ok((payload, origin)) => Ok(Some(self.incoming(payload, origin, instance, epoch))),
+            Ok((payload, origin, instance, epoch)) => Ok(Some(self.incoming(payload, origin, instance, epoch))),
             Err(Error::DeadlineExceeded) => Ok(None),
             Err(e) => Err(e),
         }

@@ -1,5 +1,6 @@
 //! Publish/subscribe: one chunk, every subscriber reads it in place.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hybus_layout::control::{Reply, Request};
@@ -9,45 +10,76 @@ use crate::bus::Bus;
 use crate::core::Origin;
 use crate::error::{Error, Result};
 use crate::sample::{Loan, Sample};
+use crate::Route;
 
-/// Publishes on one topic.
+/// Publishes on one topic. After a reconnect it learns the topic's new
+/// route id by itself.
 #[derive(Debug, Clone)]
 pub struct Publisher {
     bus: Bus,
-    topic: String,
-    route: u32,
+    route: Route,
 }
 
-/// Receives a topic's publications. Dropping it unsubscribes.
+/// Receives a topic's publications. Dropping it unsubscribes. After a
+/// reconnect it is subscribed again by itself (publications sent while the
+/// daemon was away are lost).
 #[derive(Debug)]
 pub struct Subscription {
     bus: Bus,
-    topic: String,
-    route: u32,
+    /// Shared with the bus's list of subscriptions, which a reconnect renews.
+    route: Arc<Route>,
 }
 
 impl Bus {
     /// A publisher for `topic` (created if new).
     pub fn publisher(&self, topic: &str) -> Result<Publisher> {
-        match self.control(Request::Topic { name: topic.to_owned() })? {
-            Reply::Resolved { route, .. } => Ok(Publisher { bus: self.clone(), topic: topic.to_owned(), route }),
-            r => Err(Error::Protocol(format!("unexpected reply {r:?}"))),
-        }
+        let id = self.topic_raw(topic)?;
+        Ok(Publisher { bus: self.clone(), route: Route::new(topic, id, self.shared.lock().epoch) })
     }
 
     /// Subscribes to `topic`.
     pub fn subscribe(&self, topic: &str) -> Result<Subscription> {
-        match self.control(Request::Subscribe { topic: topic.to_owned() })? {
-            Reply::Subscribed { route } => Ok(Subscription { bus: self.clone(), topic: topic.to_owned(), route }),
+        let id = self.subscribe_raw(topic)?;
+        let route = Arc::new(Route::new(topic, id, self.shared.lock().epoch));
+        self.shared.subscriptions.lock().unwrap_or_else(|p| p.into_inner()).push(route.clone());
+        Ok(Subscription { bus: self.clone(), route })
+    }
+
+    /// The route id of topic `name` (made if new).
+    fn topic_raw(&self, name: &str) -> Result<u32> {
+        match self.control(Request::Topic { name: name.to_owned() })? {
+            Reply::Resolved { route, .. } => Ok(route),
             r => Err(Error::Protocol(format!("unexpected reply {r:?}"))),
         }
+    }
+
+    /// Subscribes this connection to topic `name`; its route id.
+    pub(crate) fn subscribe_raw(&self, name: &str) -> Result<u32> {
+        match self.control(Request::Subscribe { topic: name.to_owned() })? {
+            Reply::Subscribed { route } => Ok(route),
+            r => Err(Error::Protocol(format!("unexpected reply {r:?}"))),
+        }
+    }
+
+    /// The id of topic `route` on this connection: asked again after a
+    /// reconnect (the new daemon numbers names afresh; an old id may name
+    /// another topic there).
+    fn topic_id(&self, route: &Route) -> Result<u32> {
+        self.shared.revive();
+        let epoch = self.shared.lock().epoch;
+        if let Some(id) = route.id_at(epoch) {
+            return Ok(id);
+        }
+        let id = self.topic_raw(route.name())?;
+        route.set(id, self.shared.lock().epoch);
+        Ok(id)
     }
 }
 
 impl Publisher {
     /// The topic's name.
     pub fn topic(&self) -> &str {
-        &self.topic
+        self.route.name()
     }
 
     /// Publishes `payload` to every subscriber. Waits for room in the ring
@@ -55,7 +87,7 @@ impl Publisher {
     pub fn publish(&self, payload: &[u8]) -> Result<()> {
         let d = self.bus.shared.build(
             Kind::Publish,
-            self.route,
+            self.bus.topic_id(&self.route)?,
             payload,
             Some(Instant::now() + Duration::from_secs(10)),
         )?;
@@ -65,8 +97,9 @@ impl Publisher {
     /// Publishes without waiting: [`Error::WouldBlock`] if the ring is full,
     /// [`Error::OutOfPool`] if no chunk is free.
     pub fn try_publish(&self, payload: &[u8]) -> Result<()> {
+        let route = self.bus.topic_id(&self.route)?;
         let mut core = self.bus.shared.lock();
-        let d = core.payload(hybus_layout::Descriptor::new(Kind::Publish, self.route, 0), payload)?;
+        let d = core.payload(hybus_layout::Descriptor::new(Kind::Publish, route, 0), payload)?;
         let r = core.try_send(&d);
         if r.is_err() {
             if let Some(c) = d.chunk() {
@@ -78,7 +111,7 @@ impl Publisher {
 
     /// Publishes a loaned chunk written in place (zero-copy fan-out).
     pub fn publish_loan(&self, loan: Loan) -> Result<()> {
-        let d = loan.into_descriptor(Kind::Publish, self.route)?;
+        let d = loan.into_descriptor(Kind::Publish, self.bus.topic_id(&self.route)?)?;
         self.bus.shared.send(&d, None)
     }
 }
@@ -86,7 +119,7 @@ impl Publisher {
 impl Subscription {
     /// The topic's name.
     pub fn topic(&self) -> &str {
-        &self.topic
+        self.route.name()
     }
 
     /// The next publication, waiting up to `timeout`; `Ok(None)` if none came.
@@ -102,9 +135,9 @@ impl Subscription {
         }
     }
 
-    /// The topic's route id.
+    /// The topic's route id (as renewed by the last reconnect).
     pub(crate) fn route(&self) -> u32 {
-        self.route
+        self.route.id()
     }
 
     /// Publications this client dropped because the application read too slowly.
@@ -115,11 +148,18 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        self.bus
+            .shared
+            .subscriptions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|r| !Arc::ptr_eq(r, &self.route));
+        let route = self.route();
         if self.bus.is_connected() {
-            let _ = self.bus.control(Request::Unsubscribe { route: self.route });
+            let _ = self.bus.control(Request::Unsubscribe { route });
         }
         let mut core = self.bus.shared.lock();
-        if let Some(q) = core.topics.remove(&self.route) {
+        if let Some(q) = core.topics.remove(&route) {
             for d in q {
                 core.release(d, Origin::Daemon);
             }

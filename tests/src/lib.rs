@@ -368,3 +368,21 @@ pub fn exit_within(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Starts `hybusd --socket SOCKET` (stderr to `log`) and waits until it
+/// takes connections: for tests that stop a daemon and start another on
+/// the same socket, which a [`DaemonProc`] (one daemon, one directory) does not.
+pub fn start_daemon_at(socket: &Path, log: &Path) -> Child {
+    let child = Command::new(target_bin("hybusd"))
+        .arg("--socket")
+        .arg(socket)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("daemon log"))
+        .spawn()
+        .expect("spawn hybusd");
+    assert!(eventually(SOON, || hybus::Bus::connect_to(socket).ok()).is_some(), "hybusd did not start");
+    child
+}

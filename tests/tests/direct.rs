@@ -2,14 +2,12 @@
 //! processes: transparency, switching under traffic without loss,
 //! the peer killed, a hostile peer, a daemon restart, visibility.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hybus::{Bus, BusEvent, Error};
-use hybus_tests::{eventually, field, target_bin, DaemonProc, Peer, TempDir, SOON};
+use hybus_tests::{eventually, field, start_daemon_at, DaemonProc, Peer, TempDir, SOON};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -138,21 +136,6 @@ fn fires_keep_their_order_across_switches() {
         let line = server.expect_line("fire");
         assert_eq!(field(&line, "data"), Some(i.to_string().as_str()), "fire {i} out of order: {line}");
     }
-}
-
-fn start_daemon_at(socket: &Path, log: &Path) -> Child {
-    let child = Command::new(target_bin("hybusd"))
-        .arg("--socket")
-        .arg(socket)
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("LISTEN_FDS")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    assert!(eventually(SOON, || Bus::connect_to(socket).ok()).is_some(), "hybusd did not start");
-    child
 }
 
 #[test]

@@ -1,0 +1,110 @@
+//! A daemon restart under brokered traffic only (no direct channel to keep
+//! things going): callers, publishers and subscribers of the real client
+//! library reconnect by themselves, blocking and async alike, and a route
+//! or a topic resolved before the restart never reaches another name under
+//! the new daemon's ids.
+
+use std::process::Child;
+use std::time::Duration;
+
+use hybus::Bus;
+use hybus_tests::{eventually, start_daemon_at, Peer, TempDir, SOON};
+
+const SHORT: Duration = Duration::from_millis(200);
+
+struct Restartable {
+    dir: TempDir,
+    daemon: Child,
+}
+
+impl Restartable {
+    fn start(tag: &str) -> Restartable {
+        let dir = TempDir::new(tag);
+        let daemon = start_daemon_at(&dir.path().join("bus.sock"), &dir.path().join("hybusd.log"));
+        Restartable { dir, daemon }
+    }
+
+    fn socket(&self) -> std::path::PathBuf {
+        self.dir.path().join("bus.sock")
+    }
+
+    /// Kills the daemon hard and starts another on the same socket.
+    fn restart(&mut self) {
+        self.daemon.kill().unwrap();
+        self.daemon.wait().unwrap();
+        let _ = std::fs::remove_file(self.socket());
+        self.daemon = start_daemon_at(&self.socket(), &self.dir.path().join("hybusd2.log"));
+    }
+}
+
+impl Drop for Restartable {
+    fn drop(&mut self) {
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+    }
+}
+
+#[test]
+fn brokered_clients_come_back_by_themselves() {
+    let mut d = Restartable::start("restart-brokered");
+    let (_server, _) = Peer::ready(&d.socket(), &["serve", "back.echo"]);
+    let caller = Bus::connect_to(d.socket()).unwrap();
+    let route = caller.resolve("back.echo").unwrap();
+    assert_eq!(&*caller.call(&route, b"abc", SOON).unwrap(), b"cba");
+    let subscriber = Bus::connect_to(d.socket()).unwrap();
+    let sub = subscriber.subscribe("back.topic").unwrap();
+    let publisher = Bus::connect_to(d.socket()).unwrap().publisher("back.topic").unwrap();
+    publisher.publish(b"before").unwrap();
+    assert_eq!(&*sub.next(SOON).unwrap().unwrap(), b"before");
+
+    d.restart();
+    // Another name first, so that the old ids mean something else now.
+    let other = Bus::connect_to(d.socket()).unwrap();
+    let decoy = other.subscribe("back.decoy").unwrap();
+    let decoy2 = other.subscribe("back.decoy2").unwrap();
+
+    // The caller: its calls fail while the daemon is away, then go through.
+    let answered = eventually(SOON, || caller.call(&route, b"xyz", SHORT).ok());
+    let log = std::fs::read_to_string(d.dir.path().join("hybusd2.log")).unwrap_or_default();
+    assert_eq!(&*answered.unwrap_or_else(|| panic!("the caller did not come back; log:\n{log}")), b"zyx");
+    // The publisher and the subscriber: the topic again, under its new id.
+    let got = eventually(SOON, || {
+        let _ = publisher.publish(b"after");
+        sub.next(SHORT).ok().flatten()
+    });
+    assert_eq!(&*got.expect("the publication did not come through"), b"after");
+    // Nothing went to the other names.
+    assert!(decoy.next(SHORT).unwrap().is_none());
+    assert!(decoy2.next(SHORT).unwrap().is_none());
+}
+
+/// The async API across a restart: an async caller comes back, and its
+/// waits afterwards sleep on the new connection (not on the old socket,
+/// whose hang-up would wake them at once, forever).
+#[test]
+fn async_clients_come_back_and_sleep_again() {
+    let mut d = Restartable::start("restart-async");
+    let (_server, _) = Peer::ready(&d.socket(), &["serve", "back.async"]);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let bus = rt.block_on(async { Bus::connect_to(d.socket()).unwrap().to_async().unwrap() });
+    let route = bus.bus().resolve("back.async").unwrap();
+    assert_eq!(&*rt.block_on(bus.call(&route, b"abc", SOON)).unwrap(), b"cba");
+    d.restart();
+    let answered = eventually(SOON, || rt.block_on(bus.call(&route, b"xyz", SHORT)).ok());
+    assert_eq!(&*answered.expect("the async caller did not come back"), b"zyx");
+    // The events the restart brought (the connection lost, and back).
+    while rt.block_on(bus.next_event(Duration::from_millis(50))).unwrap().is_some() {}
+    // An idle wait of 300 ms: asleep, it costs next to no CPU.
+    let before = thread_cpu();
+    assert!(rt.block_on(bus.next_event(Duration::from_millis(300))).unwrap().is_none());
+    let spent = thread_cpu() - before;
+    assert!(spent < Duration::from_millis(100), "an idle async wait spun for {spent:?} of CPU");
+}
+
+/// CPU time of this thread so far.
+fn thread_cpu() -> Duration {
+    let mut ts = nix::libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec through the pointer, to `ts`.
+    unsafe { nix::libc::clock_gettime(nix::libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
