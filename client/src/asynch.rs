@@ -356,10 +356,15 @@ impl AsyncBus {
 
     /// Awaits the next request, fire or stream for `service` (see [`Service::next`]).
     pub async fn next_incoming(&self, service: &Service, timeout: Duration) -> Result<Option<Incoming>> {
-        let (instance, epoch) = service.inbox();
-        let r = self.wait(Some(Instant::now() + timeout), None, |core| Ok(core.take_incoming(instance))).await;
+        // Read on every round, as in the blocking `Service::next`.
+        let r = self
+            .wait(Some(Instant::now() + timeout), None, |core| {
+                let (instance, epoch) = service.inbox();
+                Ok(core.take_incoming(instance).map(|(d, origin)| (d, origin, instance, epoch)))
+            })
+            .await;
         match r {
-            Ok((d, origin)) => {
+            Ok((d, origin, instance, epoch)) => {
                 Sample::new(&self.bus.shared, d, origin).map(|p| Some(service.incoming(p, origin, instance, epoch)))
             }
             Err(Error::DeadlineExceeded) => Ok(None),
@@ -369,10 +374,10 @@ impl AsyncBus {
 
     /// Awaits the next publication of `subscription` (see [`Subscription::next`]).
     pub async fn next_publication(&self, subscription: &Subscription, timeout: Duration) -> Result<Option<Sample>> {
-        let route = subscription.route();
+        // The route read on every round, as in the blocking `Subscription::next`.
         let r = self
             .wait(Some(Instant::now() + timeout), None, |core| {
-                Ok(core.topics.get_mut(&route).and_then(|q| q.pop_front()))
+                Ok(core.topics.get_mut(&subscription.route()).and_then(|q| q.pop_front()))
             })
             .await;
         match r {

@@ -124,9 +124,9 @@ impl Subscription {
 
     /// The next publication, waiting up to `timeout`; `Ok(None)` if none came.
     pub fn next(&self, timeout: Duration) -> Result<Option<Sample>> {
-        let route = self.route();
+        // The route read on every round: a reconnect during the wait subscribes again under a new id.
         let r = self.bus.shared.wait(Some(Instant::now() + timeout), false, |core| {
-            Ok(core.topics.get_mut(&route).and_then(|q| q.pop_front()))
+            Ok(core.topics.get_mut(&self.route()).and_then(|q| q.pop_front()))
         });
         match r {
             Ok(d) => Sample::new(&self.bus.shared, d, Origin::Daemon).map(Some),

@@ -56,6 +56,12 @@ fn brokered_clients_come_back_by_themselves() {
     let publisher = Bus::connect_to(d.socket()).unwrap().publisher("back.topic").unwrap();
     publisher.publish(b"before").unwrap();
     assert_eq!(&*sub.next(SOON).unwrap().unwrap(), b"before");
+    // A subscriber already waiting, with a long timeout, when the daemon goes.
+    let patient = std::thread::spawn({
+        let bus = Bus::connect_to(d.socket()).unwrap();
+        let sub = bus.subscribe("back.topic").unwrap();
+        move || sub.next(SOON).map(|s| s.map(|s| s.to_vec()))
+    });
 
     d.restart();
     // Another name first, so that the old ids mean something else now.
@@ -73,6 +79,8 @@ fn brokered_clients_come_back_by_themselves() {
         sub.next(SHORT).ok().flatten()
     });
     assert_eq!(&*got.expect("the publication did not come through"), b"after");
+    let waited = patient.join().unwrap().unwrap();
+    assert_eq!(waited.as_deref(), Some(&b"after"[..]), "the waiting subscriber missed it");
     // Nothing went to the other names.
     assert!(decoy.next(SHORT).unwrap().is_none());
     assert!(decoy2.next(SHORT).unwrap().is_none());
