@@ -159,21 +159,26 @@ impl AsyncBus {
                     None => std::future::pending().await,
                 }
             };
+            let bell = async {
+                if let Ok(mut g) = fds.bell.readable().await {
+                    let mut b = [0u8; 8];
+                    let _ = nix::unistd::read(fds.bell.get_ref(), &mut b);
+                    g.clear_ready();
+                }
+            };
+            let sock = async {
+                // Not once the daemon is gone: its closed end reads as ready
+                // for ever (see the blocking `Parker::sync`).
+                if gone {
+                    std::future::pending::<()>().await;
+                }
+                if let Ok(mut g) = fds.sock.readable().await {
+                    g.clear_ready();
+                }
+            };
             let control = tokio::select! {
-                r = fds.bell.readable() => {
-                    if let Ok(mut g) = r {
-                        let mut b = [0u8; 8];
-                        let _ = nix::unistd::read(fds.bell.get_ref(), &mut b);
-                        g.clear_ready();
-                    }
-                    false
-                }
-                r = fds.sock.readable() => {
-                    if let Ok(mut g) = r {
-                        g.clear_ready();
-                    }
-                    true
-                }
+                _ = bell => false,
+                _ = sock => true,
                 _ = timer => false,
             };
             let mut core = shared.lock();

@@ -79,7 +79,12 @@ impl Parker {
         let exits = EpollEvent::new(EpollFlags::EPOLLIN, PEER_EXIT);
         sync_set(&self.epoll, &mut self.pidfds, || core.channels.values().map(|c| &c.pidfd), |p| p.as_fd(), exits)?;
         let control = EpollEvent::new(EpollFlags::EPOLLIN, CONTROL);
-        sync_set(&self.epoll, &mut self.sock, || std::iter::once(&core.sock), |s| s.fd(), control)
+        // Not once the daemon is gone: its end closed, so the socket reads as
+        // ready for ever, and a waiter woken by it at once spun at 100 % CPU
+        // for as long as the daemon stayed away (a reconnecting waiter wakes
+        // every 200 ms by its own timeout instead).
+        let live = || core.gone.is_none().then_some(&core.sock).into_iter();
+        sync_set(&self.epoll, &mut self.sock, live, |s| s.fd(), control)
     }
 
     /// Sleeps until a doorbell rings, the socket has something, a peer

@@ -8,7 +8,7 @@ use std::process::Child;
 use std::time::Duration;
 
 use hybus::Bus;
-use hybus_tests::{eventually, start_daemon_at, Peer, TempDir, SOON};
+use hybus_tests::{eventually, proc_cpu_ticks, start_daemon_at, Peer, TempDir, SOON};
 
 const SHORT: Duration = Duration::from_millis(200);
 
@@ -115,4 +115,30 @@ fn thread_cpu() -> Duration {
     // SAFETY: clock_gettime writes one timespec through the pointer, to `ts`.
     unsafe { nix::libc::clock_gettime(nix::libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// A client waiting while the daemon is away sleeps: the closed control
+/// socket reads as ready for ever, and a waiter woken by it spun at 100 %
+/// of a CPU for as long as the daemon stayed away. It wakes every 200 ms to
+/// try again, and serves again once a daemon is back.
+#[test]
+fn a_waiting_client_sleeps_while_the_daemon_is_away() {
+    let mut d = Restartable::start("restart-idle");
+    let (server, _) = Peer::ready(&d.socket(), &["serve", "back.idle"]);
+    d.daemon.kill().unwrap();
+    d.daemon.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = proc_cpu_ticks(server.pid());
+    std::thread::sleep(Duration::from_secs(1));
+    let spent = proc_cpu_ticks(server.pid()) - before;
+    // 100 ticks a second: a spinning waiter takes about 100.
+    assert!(spent < 20, "the waiting server used {spent} ticks of CPU in one second");
+    let _ = std::fs::remove_file(d.socket());
+    d.daemon = start_daemon_at(&d.socket(), &d.dir.path().join("hybusd2.log"));
+    let caller = Bus::connect_to(d.socket()).unwrap();
+    let answered = eventually(SOON, || {
+        let route = caller.resolve("back.idle").ok()?;
+        caller.call(&route, b"abc", SHORT).ok()
+    });
+    assert_eq!(&*answered.expect("the server did not come back"), b"cba");
 }
