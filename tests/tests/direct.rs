@@ -208,9 +208,17 @@ fn direct_channels_survive_a_daemon_restart() {
         let _ = caller.call(&route, b"x", T);
         let s = probe.stats().ok()?;
         let listed = probe.list().ok()?.iter().any(|s| s.name == "svc.survive");
-        (listed && s.channels.iter().any(|c| c.service == "svc.survive")).then_some(())
+        // Both sides: the server may be back well before the caller's next
+        // try (one every 200 ms; its last may have found no daemon yet).
+        let both = listed && caller.is_connected();
+        (both && s.channels.iter().any(|c| c.service == "svc.survive")).then_some(())
     });
-    assert!(ok.is_some(), "the new daemon did not learn the service and its channel");
+    assert!(
+        ok.is_some(),
+        "the caller did not come back, or the new daemon did not learn the service and its channel; caller: {}; log:\n{}",
+        caller.debug_state(),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     for i in 0..10u32 {
         let a = caller.call(&route, &i.to_le_bytes(), T).unwrap();
         assert_eq!(a.len(), 4);
