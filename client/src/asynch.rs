@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use hybus_layout::{Descriptor, Kind};
 use tokio::io::unix::AsyncFd;
 
-use crate::bus::{Bus, Shared, POOL_POLL};
+use crate::bus::{pool_check, room_check, Bus, Shared, POOL_POLL, ROOM_POLL};
 use crate::core::{Core, Origin, FIRE_BIT};
 use crate::error::{Error, Result};
 use crate::sample::Sample;
@@ -115,14 +115,14 @@ impl AsyncBus {
         mut check: impl FnMut(&mut Core) -> Result<Option<T>>,
     ) -> Result<T> {
         let shared = &self.bus.shared;
-        loop {
-            let due = shared.reconnect_due(&mut shared.lock());
-            if due {
-                self.reconnect().await;
-                continue;
-            }
-            let (fds, gone) = {
+        'wait: loop {
+            // One lock a round; `None` when a reconnect is due (it is awaited
+            // without the lock).
+            let parked = 'round: {
                 let mut core = shared.lock();
+                if shared.reconnect_due(&mut core) {
+                    break 'round None;
+                }
                 if core.releases_queued {
                     core.flush_releases();
                 }
@@ -141,10 +141,14 @@ impl AsyncBus {
                 let fds = self.fds_of(&core)?;
                 match core.prepare_park() {
                     Ok(true) => {}
-                    Ok(false) => continue,
+                    Ok(false) => continue 'wait,
                     Err(e) => return Err(Error::BusGone(format!("daemon ring corrupt: {e}"))),
                 }
-                (fds, core.gone.is_some())
+                Some((fds, core.gone.is_some()))
+            };
+            let Some((fds, gone)) = parked else {
+                self.reconnect().await;
+                continue;
             };
             // While the daemon is gone, wake up to try again.
             let cap = if gone { Some(cap.map_or(RETRY, |c| c.min(RETRY))) } else { cap };
@@ -208,8 +212,9 @@ impl AsyncBus {
         let _ = tokio::task::spawn_blocking(move || bus.reconnect()).await;
     }
 
-    /// Tries to reconnect if one is due (see the blocking `Shared::revive`),
-    /// without blocking the executor: before a send reads a route id.
+    /// Tries to reconnect if one is due, without blocking the executor:
+    /// before a send reads a route id (so that the blocking
+    /// `Shared::lock_live` under it finds none due).
     async fn revive(&self) {
         let due = self.bus.shared.reconnect_due(&mut self.bus.shared.lock());
         if due {
@@ -222,21 +227,12 @@ impl AsyncBus {
     /// without blocking the executor (see the blocking `Shared::build`).
     async fn build(&self, kind: Kind, route: u32, payload: &[u8], deadline: Option<Instant>) -> Result<Descriptor> {
         let base = Descriptor::new(kind, route, 0);
-        match self.bus.shared.lock().payload(base, payload) {
+        let take = |core: &mut Core| core.payload(base, payload);
+        match take(&mut self.bus.shared.lock()) {
             Err(Error::OutOfPool { .. }) => {}
             r => return r,
         }
-        let r = self
-            .wait(deadline, Some(POOL_POLL), |core| match core.payload(base, payload) {
-                Ok(d) => Ok(Some(d)),
-                Err(Error::OutOfPool { .. }) => {
-                    // Arms the channels' return rings while we sleep.
-                    core.want_releases = true;
-                    Ok(None)
-                }
-                Err(e) => Err(e),
-            })
-            .await;
+        let r = self.wait(deadline, Some(POOL_POLL), pool_check(take)).await;
         match r {
             Err(Error::DeadlineExceeded) => Err(Error::OutOfPool { len: payload.len() }),
             r => r,
@@ -251,14 +247,7 @@ impl AsyncBus {
             Err(Error::WouldBlock) => {}
             r => return r,
         }
-        // Nobody rings us when the ring drains: look again every millisecond.
-        let r = self
-            .wait(deadline, Some(Duration::from_millis(1)), |core| match core.try_send_on(origin, d) {
-                Ok(()) => Ok(Some(())),
-                Err(Error::WouldBlock) => Ok(None),
-                Err(e) => Err(e),
-            })
-            .await;
+        let r = self.wait(deadline, Some(ROOM_POLL), room_check(origin, d)).await;
         match r {
             Err(Error::DeadlineExceeded) => Err(Error::WouldBlock),
             r => r,

@@ -288,8 +288,7 @@ impl Bus {
     }
 
     pub(crate) fn route_id(&self, route: &Route) -> Result<u32> {
-        self.shared.revive();
-        let epoch = self.shared.lock().epoch;
+        let epoch = self.shared.lock_live().epoch;
         if let Some(id) = route.id_at(epoch) {
             return Ok(id);
         }
@@ -451,13 +450,7 @@ impl Bus {
         d: &mut Descriptor,
         loan_epoch: Option<u64>,
     ) -> Result<(u64, Origin, bool)> {
-        let mut core = self.shared.lock();
-        if core.gone.is_some() && self.shared.reconnect_due(&mut core) {
-            // Before the route id is read: a reconnect changes them all.
-            drop(core);
-            let _ = self.reconnect();
-            core = self.shared.lock();
-        }
+        let mut core = self.shared.lock_live();
         if loan_epoch.is_some_and(|e| e != core.epoch) {
             // Not ours to free: the chunk belongs to a pool the old daemon took with it.
             return Err(Error::BusGone("the loan is from before a reconnect".into()));
@@ -616,6 +609,36 @@ impl Bus {
 /// `Core::want_releases`).
 pub(crate) const POOL_POLL: Duration = Duration::from_millis(1);
 
+/// How often a wait for room in a ring looks again once parked: nobody
+/// rings us when the peer drains it.
+pub(crate) const ROOM_POLL: Duration = Duration::from_millis(1);
+
+/// A wait's check that pushes `d` on the path `origin` once its ring has
+/// room; for the blocking and the async sends alike.
+pub(crate) fn room_check(origin: Origin, d: &Descriptor) -> impl FnMut(&mut Core) -> Result<Option<()>> + '_ {
+    move |core| match core.try_send_on(origin, d) {
+        Ok(()) => Ok(Some(())),
+        Err(Error::WouldBlock) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A wait's check that takes something from our pool with `take`; while
+/// the pool is exhausted it has the parked waiter arm the channels' return
+/// rings (`Core::want_releases`). For the blocking and the async waits alike.
+pub(crate) fn pool_check<T>(
+    mut take: impl FnMut(&mut Core) -> Result<T>,
+) -> impl FnMut(&mut Core) -> Result<Option<T>> {
+    move |core| match take(core) {
+        Ok(v) => Ok(Some(v)),
+        Err(Error::OutOfPool { .. }) => {
+            core.want_releases = true;
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// When a wait gives up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Due {
@@ -679,11 +702,17 @@ impl Shared {
         self.auto_reconnect
     }
 
-    /// Tries to reconnect if one is [due](Self::reconnect_due).
-    pub(crate) fn revive(self: &Arc<Self>) {
-        if self.reconnect_due(&mut self.lock()) {
+    /// [`lock`](Self::lock), after a reconnect if one is
+    /// [due](Self::reconnect_due): for a send, before it reads a route id
+    /// (a reconnect changes them all).
+    pub(crate) fn lock_live(self: &Arc<Self>) -> MutexGuard<'_, Core> {
+        let mut core = self.lock();
+        if self.reconnect_due(&mut core) {
+            drop(core);
             let _ = (Bus { shared: self.clone() }).reconnect();
+            core = self.lock();
         }
+        core
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Core> {
@@ -729,14 +758,7 @@ impl Shared {
             Err(Error::OutOfPool { .. }) => {}
             r => return r,
         }
-        let r = self.wait_capped(due, false, Some(POOL_POLL), |core| match take(core) {
-            Ok(v) => Ok(Some(v)),
-            Err(Error::OutOfPool { .. }) => {
-                core.want_releases = true;
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        });
+        let r = self.wait_capped(due, false, Some(POOL_POLL), pool_check(take));
         match r {
             Err(Error::DeadlineExceeded) => Err(Error::OutOfPool { len }),
             r => r,
@@ -759,14 +781,7 @@ impl Shared {
                 r => return r,
             }
         }
-        // Nobody rings us when the ring drains: poll for room every millisecond once parked.
-        let r = self.wait_capped(deadline, false, Some(Duration::from_millis(1)), |core| {
-            match core.try_send_on(origin, d) {
-                Ok(()) => Ok(Some(())),
-                Err(Error::WouldBlock) => Ok(None),
-                Err(e) => Err(e),
-            }
-        });
+        let r = self.wait_capped(deadline, false, Some(ROOM_POLL), room_check(origin, d));
         match r {
             Err(Error::DeadlineExceeded) => Err(Error::WouldBlock),
             r => r,

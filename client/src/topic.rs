@@ -65,8 +65,7 @@ impl Bus {
     /// reconnect (the new daemon numbers names afresh; an old id may name
     /// another topic there).
     fn topic_id(&self, route: &Route) -> Result<u32> {
-        self.shared.revive();
-        let epoch = self.shared.lock().epoch;
+        let epoch = self.shared.lock_live().epoch;
         if let Some(id) = route.id_at(epoch) {
             return Ok(id);
         }
