@@ -628,12 +628,8 @@ impl Daemon {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
-        let bytes = match control::encode(msg) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!("cannot encode a control message: {e}");
-                return;
-            }
+        let Some(bytes) = encoded(msg) else {
+            return;
         };
         if s.outbox.is_empty() {
             match s.sock.send(&bytes, fds) {
@@ -810,13 +806,12 @@ impl Daemon {
 
 /// Encodes and sends; returns false if the peer's buffer is full or the socket is gone.
 pub(crate) fn send_to(sock: &ControlSocket, msg: &DaemonMessage, fds: &[std::os::fd::BorrowedFd<'_>]) -> bool {
-    match control::encode(msg) {
-        Ok(bytes) => sock.send(&bytes, fds).is_ok(),
-        Err(e) => {
-            tracing::error!("cannot encode a control message: {e}");
-            true
-        }
-    }
+    encoded(msg).is_none_or(|bytes| sock.send(&bytes, fds).is_ok())
+}
+
+/// `msg` encoded; `None` (logged: our own message is too large) if it cannot be.
+fn encoded(msg: &DaemonMessage) -> Option<rkyv::util::AlignedVec> {
+    control::encode(msg).map_err(|e| tracing::error!("cannot encode a control message: {e}")).ok()
 }
 
 pub(crate) fn error_reply(id: u64, code: ErrorCode, message: String) -> DaemonMessage {

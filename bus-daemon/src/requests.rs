@@ -448,7 +448,7 @@ impl Daemon {
     }
 }
 
-/// The error for a new name past `limits.names`.
+/// The error for a new name past `limits.names` or `limits.names_per_uid`.
 fn too_many_names(limit: crate::registry::NameLimit) -> (ErrorCode, String) {
     (ErrorCode::QuotaExceeded, limit.to_string())
 }

@@ -402,11 +402,7 @@ impl Daemon {
             return Err(Violation::BadRoute(d.route));
         };
         let subs = r.subscribers.clone();
-        let (slow, limit) = if self.config.topic.is_empty() {
-            (SlowPolicy::DropOldest, self.config.limits.queue_per_client as usize)
-        } else {
-            self.config.topic_rule(&r.name)
-        };
+        let (slow, limit) = self.config.topic_rule(&r.name);
         let mut holders = Vec::with_capacity(subs.len());
         let mut too_slow = Vec::new();
         for sub in subs {
