@@ -20,7 +20,7 @@ use crate::bus::{pool_check, room_check, Bus, Shared, POOL_POLL, ROOM_POLL};
 use crate::core::{Core, Origin, FIRE_BIT};
 use crate::error::{Error, Result};
 use crate::sample::Sample;
-use crate::service::{Incoming, Service};
+use crate::service::{Incoming, Service, StreamRequest};
 use crate::stream::Stream;
 use crate::topic::Subscription;
 use crate::{BusEvent, Route};
@@ -309,40 +309,81 @@ impl AsyncBus {
         self.send_on(origin, &d, None).await
     }
 
-    /// The next item of `stream`, awaited up to `timeout` (see
-    /// [`Stream::next`]); `Ok(None)` once the service ended the stream.
-    /// `stream` must have been opened on this connection.
-    pub async fn next_item(&self, stream: &mut Stream, timeout: Duration) -> Result<Option<Sample>> {
-        self.owns(stream)?;
+    /// The next item of `stream`, awaited up to `timeout`; `Ok(None)` once
+    /// the other end ended its direction. Either end: the caller's
+    /// [`Stream`] (see [`Stream::next`]) or the service's [`StreamRequest`]
+    /// of a request-channel (see [`StreamRequest::recv`]). Credits it grants
+    /// the other end are sent without blocking the executor. `stream` must
+    /// have been opened on this connection.
+    pub async fn next_item(&self, stream: &mut impl StreamEnd, timeout: Duration) -> Result<Option<Sample>> {
         let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(item) = stream.batch_item() {
-                return item.map(Some);
+        match stream.end_mut() {
+            EndMut::Caller(stream) => {
+                self.owns(&stream.bus().shared)?;
+                let origin = stream.this_end().origin;
+                loop {
+                    if let Some(item) = stream.batch_item() {
+                        return item.map(Some);
+                    }
+                    let r = self.wait(Some(deadline), None, crate::stream::recv_check(stream.this_end())).await;
+                    let item = stream.arrived(r);
+                    if let Some(c) = stream.owed() {
+                        self.send_on(origin, &c, None).await?;
+                    }
+                    if let Some(item) = item? {
+                        return Ok(item);
+                    }
+                }
             }
-            let r = self.wait(Some(deadline), None, crate::stream::recv_check(stream.this_end())).await;
-            if let Some(item) = stream.arrived(r)? {
-                return Ok(item);
+            EndMut::Server(st) => {
+                self.owns(st.shared())?;
+                if !st.is_channel() {
+                    return Ok(None);
+                }
+                let end = st.this_end();
+                if let Some(c) = st.first_credit() {
+                    self.send_on(end.origin, &c, None).await?;
+                }
+                let Some(d) = self.wait(Some(deadline), None, crate::stream::recv_check(end)).await? else {
+                    return Ok(None);
+                };
+                // Mapped first: a descriptor taken is released by its sample whatever follows.
+                let item = Sample::new(&self.bus.shared, d, end.origin)?;
+                if let Some(c) = st.window().consume(end, d.items() as u32) {
+                    self.send_on(end.origin, &c, None).await?;
+                }
+                Ok(Some(item))
             }
         }
     }
 
-    /// Sends an item on a request-channel, awaiting a credit (and pool space
-    /// and ring room) up to `timeout` (see [`Stream::send`]). `stream` must
-    /// have been opened on this connection.
-    pub async fn send_item(&self, stream: &mut Stream, payload: &[u8], timeout: Duration) -> Result<()> {
-        self.owns(stream)?;
-        if !stream.is_channel() {
-            return Err(crate::stream::not_a_channel());
-        }
+    /// Sends an item on `stream`, awaiting a credit (and pool space and ring
+    /// room) up to `timeout`. Either end: the caller's [`Stream`] of a
+    /// request-channel (see [`Stream::send`]) or the service's
+    /// [`StreamRequest`] (see [`StreamRequest::send`]). `stream` must have
+    /// been opened on this connection.
+    pub async fn send_item(&self, stream: &mut impl StreamEnd, payload: &[u8], timeout: Duration) -> Result<()> {
+        let end = match stream.end_mut() {
+            EndMut::Caller(stream) => {
+                self.owns(&stream.bus().shared)?;
+                if !stream.is_channel() {
+                    return Err(crate::stream::not_a_channel());
+                }
+                stream.this_end()
+            }
+            EndMut::Server(st) => {
+                self.owns(st.shared())?;
+                st.this_end()
+            }
+        };
         let deadline = Some(Instant::now() + timeout);
-        let end = stream.this_end();
         self.wait(deadline, None, crate::stream::credit_check(end)).await?;
         let d = crate::stream::item_of(end, self.build(Kind::StreamItem, end.route, payload, deadline).await?);
         self.send_on(end.origin, &d, deadline).await
     }
 
-    fn owns(&self, stream: &Stream) -> Result<()> {
-        if !std::sync::Arc::ptr_eq(&stream.bus().shared, &self.bus.shared) {
+    fn owns(&self, shared: &std::sync::Arc<Shared>) -> Result<()> {
+        if !std::sync::Arc::ptr_eq(shared, &self.bus.shared) {
             return Err(Error::BadRequest("the stream was opened on another connection".into()));
         }
         Ok(())
@@ -387,6 +428,45 @@ impl AsyncBus {
             Ok(e) => Ok(Some(e)),
             Err(Error::DeadlineExceeded) => Ok(None),
             Err(e) => Err(e),
+        }
+    }
+}
+
+/// Either end of a request-stream or request-channel, for
+/// [`AsyncBus::next_item`] and [`AsyncBus::send_item`]: the caller's
+/// [`Stream`] or the service's [`StreamRequest`]. Sealed: implemented by
+/// those two only.
+pub trait StreamEnd: sealed::Ends {}
+
+impl StreamEnd for Stream {}
+impl StreamEnd for StreamRequest {}
+
+use sealed::EndMut;
+
+mod sealed {
+    use crate::service::StreamRequest;
+    use crate::stream::Stream;
+
+    /// Which end a [`StreamEnd`](super::StreamEnd) is.
+    #[derive(Debug)]
+    pub enum EndMut<'a> {
+        Caller(&'a mut Stream),
+        Server(&'a mut StreamRequest),
+    }
+
+    pub trait Ends {
+        fn end_mut(&mut self) -> EndMut<'_>;
+    }
+
+    impl Ends for Stream {
+        fn end_mut(&mut self) -> EndMut<'_> {
+            EndMut::Caller(self)
+        }
+    }
+
+    impl Ends for StreamRequest {
+        fn end_mut(&mut self) -> EndMut<'_> {
+            EndMut::Server(self)
         }
     }
 }

@@ -52,7 +52,7 @@ mod topic;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 #[cfg(feature = "tokio")]
-pub use asynch::AsyncBus;
+pub use asynch::{AsyncBus, StreamEnd};
 pub use bus::{Bus, BusOptions};
 pub use error::{Error, Result};
 pub use hybus_layout::control::{ChannelStats, DaemonStatus, InstanceInfo, InstanceStats, ServiceInfo, StatsReport};

@@ -368,18 +368,38 @@ impl StreamRequest {
         if !self.channel {
             return Ok(None);
         }
-        if !self.granted {
-            self.granted = true;
-            let mut c = Descriptor::new(Kind::Credit, self.instance, self.corr).with_aux(self.window.size as u64);
-            c.flags |= flags::SERVER;
+        if let Some(c) = self.first_credit() {
             self.shared.send_on(self.origin, &c, None)?;
         }
         let end = self.this_end();
         recv_item(&self.shared, end, &mut self.window, Instant::now() + timeout)
     }
 
-    fn this_end(&self) -> End {
+    /// The caller's first credits (a whole window), at our first read of a
+    /// channel; `None` after it (or if the sending failed: the channel
+    /// then fails too).
+    pub(crate) fn first_credit(&mut self) -> Option<Descriptor> {
+        if self.granted {
+            return None;
+        }
+        self.granted = true;
+        Some(crate::stream::credit(self.this_end(), self.window.size))
+    }
+
+    pub(crate) fn this_end(&self) -> End {
         End { side: Side::Server, origin: self.origin, corr: self.corr, route: self.instance }
+    }
+
+    /// The connection it was opened on.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Credits we grant the caller (channels).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn window(&mut self) -> &mut Window {
+        &mut self.window
     }
 
     /// Ends the stream (our direction).

@@ -129,18 +129,35 @@ pub(crate) fn recv_check(end: End) -> impl FnMut(&mut Core) -> Result<Option<Opt
     }
 }
 
+impl Window {
+    /// Counts `n` items consumed; after every half window, the credit to
+    /// grant the peer (the caller sends it, blocking or async).
+    pub(crate) fn consume(&mut self, end: End, n: u32) -> Option<Descriptor> {
+        self.consumed = self.consumed.saturating_add(n);
+        if self.consumed < (self.size / 2).max(1) {
+            return None;
+        }
+        let c = credit(end, self.consumed);
+        self.consumed = 0;
+        Some(c)
+    }
+}
+
+/// A grant of `n` credits to the peer of `end`.
+pub(crate) fn credit(end: End, n: u32) -> Descriptor {
+    let mut c = Descriptor::new(Kind::Credit, end.route, end.corr).with_aux(n as u64);
+    if end.side == Side::Server {
+        c.flags |= flags::SERVER;
+    }
+    c
+}
+
 /// Counts `n` items consumed and grants the peer new credits after every half window.
 pub(crate) fn grant(shared: &Arc<Shared>, end: End, window: &mut Window, n: u32) -> Result<()> {
-    window.consumed = window.consumed.saturating_add(n);
-    if window.consumed >= (window.size / 2).max(1) {
-        let mut c = Descriptor::new(Kind::Credit, end.route, end.corr).with_aux(window.consumed as u64);
-        if end.side == Side::Server {
-            c.flags |= flags::SERVER;
-        }
-        window.consumed = 0;
-        shared.send_on(end.origin, &c, None)?;
+    match window.consume(end, n) {
+        Some(c) => shared.send_on(end.origin, &c, None),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Receives one item; `Ok(None)` once the peer ended its direction.
@@ -254,6 +271,9 @@ pub struct Stream {
     /// The batch being handed out item by item: the whole chunk, where the
     /// next item starts, and how many are left.
     batch: Option<(Arc<Sample>, usize, u32)>,
+    /// A credit for the service not sent yet: [`took`](Self::took) counts,
+    /// the blocking or the async reader sends ([`pay`](Self::pay)).
+    owed: Option<Descriptor>,
 }
 
 /// Several stream items that arrived together (see [`Stream::next_batch`]).
@@ -357,6 +377,7 @@ impl Bus {
             channel,
             done: false,
             batch: None,
+            owed: None,
         })
     }
 }
@@ -370,7 +391,9 @@ impl Stream {
                 return item.map(Some);
             }
             let r = recv_desc(&self.bus.shared, self.this_end(), deadline);
-            if let Some(item) = self.arrived(r)? {
+            let item = self.arrived(r);
+            self.pay()?;
+            if let Some(item) = item? {
                 return Ok(item);
             }
         }
@@ -437,23 +460,42 @@ impl Stream {
     }
 
     /// The connection the stream was opened on.
+    #[cfg(feature = "tokio")]
     pub(crate) fn bus(&self) -> &Bus {
         &self.bus
     }
 
     /// Whether it is a request-channel (we may send).
+    #[cfg(feature = "tokio")]
     pub(crate) fn is_channel(&self) -> bool {
         self.channel
     }
 
     fn next_desc(&mut self, deadline: Instant) -> Result<Option<(Descriptor, Sample)>> {
         let r = recv_desc(&self.bus.shared, self.this_end(), deadline);
-        self.took(r)
+        let took = self.took(r);
+        self.pay()?;
+        took
     }
 
-    /// Takes what a wait for the next descriptor gave: grants the service
-    /// new credits and maps the payload; `None` once the stream ended (and
-    /// forgotten, as on an error other than a deadline).
+    /// Sends the credit [`took`](Self::took) left owed, waiting for ring room (blocking).
+    fn pay(&mut self) -> Result<()> {
+        match self.owed.take() {
+            Some(c) => self.bus.shared.send_on(self.origin, &c, None),
+            None => Ok(()),
+        }
+    }
+
+    /// The credit [`took`](Self::took) left owed, for the async reader to send.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn owed(&mut self) -> Option<Descriptor> {
+        self.owed.take()
+    }
+
+    /// Takes what a wait for the next descriptor gave: counts the credits
+    /// it frees (left [`owed`](Self::owed)) and maps the payload; `None`
+    /// once the stream ended (and forgotten, as on an error other than a
+    /// deadline).
     fn took(&mut self, r: Result<Option<Descriptor>>) -> Result<Option<(Descriptor, Sample)>> {
         let shared = &self.bus.shared;
         let end = self.this_end();
@@ -469,7 +511,11 @@ impl Stream {
                 return Err(e);
             }
         };
-        grant(shared, end, &mut self.window, d.items() as u32)?;
+        if let Some(c) = self.window.consume(end, d.items() as u32) {
+            // Added to one not sent yet (an async reader dropped mid-send).
+            let before = self.owed.map_or(0, |o| o.aux);
+            self.owed = Some(c.with_aux(c.aux + before));
+        }
         Ok(Some((d, Sample::new(shared, d, self.origin)?)))
     }
 
