@@ -33,6 +33,8 @@ const STOP: u64 = 1;
 const SIGNALS: u64 = 2;
 const CONTROL: u64 = 1 << 32;
 pub(crate) const DOORBELL_TOKEN: u64 = 2 << 32;
+/// A client's control socket, full a moment ago, has room again.
+const WRITABLE: u64 = 3 << 32;
 
 /// How the daemon gets its listening socket and where it reports.
 #[derive(Debug, Default)]
@@ -97,8 +99,11 @@ pub struct Daemon {
     pub(crate) dbuf: Vec<hybus_layout::Descriptor>,
     /// Clients pushed to (or with queued descriptors) since the last flush.
     pub(crate) touched: Vec<u32>,
-    /// Clients with control messages in their outbox (see [`flush_outboxes`](Self::flush_outboxes)).
+    /// Clients with control messages in their outbox (see [`flush_outbox`](Self::flush_outbox)).
     pub(crate) outboxed: Vec<u32>,
+    /// The poller could not watch a full socket for room: outboxes are
+    /// then tried every millisecond instead.
+    outbox_tick: bool,
     /// Connections that have not said Hello yet, with their deadline.
     pending_hellos: Vec<(u32, Instant)>,
     /// Live direct channels.
@@ -228,6 +233,7 @@ impl Daemon {
             dbuf: Vec::new(),
             touched: Vec::new(),
             outboxed: Vec::new(),
+            outbox_tick: false,
             pending_hellos: Vec::new(),
             channels: IdMap::default(),
             next_channel: 0,
@@ -334,14 +340,18 @@ impl Daemon {
                     }
                     t if t & !0xffff_ffff == CONTROL => self.read_control(t as u32),
                     t if t & !0xffff_ffff == DOORBELL_TOKEN => self.doorbell(t as u32),
+                    t if t & !0xffff_ffff == WRITABLE => self.flush_outbox(t as u32),
                     _ => {}
                 }
             }
             self.expire_hellos();
-            // Nobody tells us when a client has read its socket: look every millisecond.
-            if !self.outboxed.is_empty() && last_outbox.elapsed() >= Duration::from_millis(1) {
+            // Only if the poller could not tell us when a socket has room.
+            if self.outbox_tick && last_outbox.elapsed() >= Duration::from_millis(1) {
                 last_outbox = Instant::now();
-                self.flush_outboxes();
+                for id in self.outboxed.clone() {
+                    self.flush_outbox(id);
+                }
+                self.outbox_tick = !self.outboxed.is_empty();
             }
             if last_tick.elapsed() >= Duration::from_millis(100) {
                 last_tick = Instant::now();
@@ -372,8 +382,8 @@ impl Daemon {
         for &(_, dl) in &self.pending_hellos {
             bound(dl.saturating_duration_since(now));
         }
-        if !self.outboxed.is_empty() {
-            // A client with a full control socket: retry soon, it does not tell us when it drains.
+        if self.outbox_tick {
+            // A full control socket the poller cannot watch: retry soon.
             bound(Duration::from_millis(1));
         }
         if !self.touched.is_empty() {
@@ -652,43 +662,50 @@ impl Daemon {
         if s.outbox.len() == 1 {
             tracing::debug!(client = id, "its control socket is full: messages wait in its outbox");
             self.outboxed.push(id);
+            self.watch_for_room(id);
         }
     }
 
-    /// Sends what waits in the outboxes of clients whose socket was full,
-    /// as far as their sockets take it now; a client whose outbox empties
-    /// gets the descriptors that waited behind it.
-    pub(crate) fn flush_outboxes(&mut self) {
-        let mut outboxed = std::mem::take(&mut self.outboxed);
-        let mut broken = Vec::new();
-        let mut released = Vec::new();
-        outboxed.retain(|&id| {
-            let Some(s) = self.sessions.get_mut(&id) else {
-                return false;
-            };
-            let flushed = s.outbox.flush(&s.sock);
-            if let Some(d) = s.data.as_mut().filter(|d| d.held && !s.outbox.carries_descriptors()) {
-                d.held = false;
-                released.push(id);
-            }
-            match flushed {
-                Ok(done) => !done,
-                Err(e) => {
-                    broken.push((id, e));
-                    false
-                }
-            }
-        });
-        self.outboxed = outboxed;
-        for (id, e) in broken {
-            self.disconnect(id, &format!("control socket: {e}"));
+    /// Asks the poller to say when client `id`'s control socket has room.
+    ///
+    /// Why not a timer: a client that stops reading (stopped, or stuck)
+    /// would wake an idle daemon every millisecond for as long as it lives.
+    fn watch_for_room(&mut self, id: u32) {
+        let Some(s) = self.sessions.get(&id) else {
+            return;
+        };
+        if let Err(e) = self.poller.notify_writable(s.sock.fd(), WRITABLE | id as u64) {
+            tracing::warn!(client = id, "cannot watch a full control socket: {e}; retrying every millisecond");
+            self.outbox_tick = true;
         }
-        // What waited behind the views goes to the ring at the next flush.
-        for id in released {
-            if let Some(d) = self.sessions.get_mut(&id).and_then(|s| s.data.as_mut()).filter(|d| !d.listed) {
+    }
+
+    /// Sends what waits in client `id`'s outbox, as far as its socket takes
+    /// it now; if all went, the descriptors that waited behind it go to its
+    /// ring at the next flush. Watches the socket again if some is left.
+    pub(crate) fn flush_outbox(&mut self, id: u32) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if s.outbox.is_empty() {
+            return; // a late report: flushed when the client spoke
+        }
+        let flushed = s.outbox.flush(&s.sock);
+        if let Some(d) = s.data.as_mut().filter(|d| d.held && !s.outbox.carries_descriptors()) {
+            d.held = false;
+            if !d.listed {
                 d.listed = true;
                 self.touched.push(id);
             }
+        }
+        match flushed {
+            Ok(true) => self.outboxed.retain(|&o| o != id),
+            Ok(false) => {
+                if !self.outbox_tick {
+                    self.watch_for_room(id);
+                }
+            }
+            Err(e) => self.disconnect(id, &format!("control socket: {e}")),
         }
     }
 
@@ -706,6 +723,9 @@ impl Daemon {
             *c = c.saturating_sub(1);
         }
         self.active.retain(|&a| a != id);
+        if !s.outbox.is_empty() {
+            self.outboxed.retain(|&o| o != id);
+        }
         if s.monitor.is_some() {
             self.monitors -= 1;
         }

@@ -8,6 +8,10 @@
 //! relies on that, because it reads at most 64 control messages per event
 //! so that one client cannot hold the loop.
 //!
+//! Writability is asked for once at a time ([`Poller::notify_writable`]):
+//! the daemon wants it only while a client's control socket is full, and
+//! a socket watched for writing all the time would report it on every wait.
+//!
 //! ## io_uring: single-shot polls, re-armed inside `wait`
 //!
 //! A multishot `POLL_ADD` posts a completion per wake-up of the file, which
@@ -133,6 +137,19 @@ impl Poller {
         }
     }
 
+    /// Reports `token` once, when `fd` (watched with [`add`](Self::add))
+    /// can be written to: at the next wait if it can now. Ask again after a
+    /// write that found it full. [`remove`](Self::remove) drops the request.
+    pub fn notify_writable(&mut self, fd: BorrowedFd<'_>, token: u64) -> nix::Result<()> {
+        match &mut self.backend {
+            Backend::Uring(u) => {
+                u.notify_writable(fd.as_raw_fd(), token);
+                Ok(())
+            }
+            Backend::Epoll(e) => e.notify_writable(fd, token),
+        }
+    }
+
     /// Stops watching `fd`. Call it before closing `fd`: an io_uring poll
     /// keeps the file open (see the module docs).
     pub fn remove(&mut self, fd: BorrowedFd<'_>) {
@@ -168,6 +185,9 @@ const CANCEL: u64 = 0;
 /// hang-ups are always reported.
 const POLL_MASK: u32 = (libc::POLLIN | libc::POLLRDHUP) as u32;
 
+/// What a [`Poller::notify_writable`] poll waits for.
+const WRITE_MASK: u32 = libc::POLLOUT as u32;
+
 /// One registered fd.
 #[derive(Debug)]
 struct Watch {
@@ -178,12 +198,17 @@ struct Watch {
     armed: bool,
     /// The key is in `Uring::ready`, not yet reported.
     ready: bool,
+    /// A [`Poller::notify_writable`] request: polls for [`WRITE_MASK`]
+    /// once, and is forgotten when reported.
+    once: bool,
 }
 
 struct Uring {
     ring: IoUring,
     /// The key of each registered fd.
     by_fd: HashMap<RawFd, u64>,
+    /// The key of each fd's pending writability request.
+    writes: HashMap<RawFd, u64>,
     /// Registrations by key. Keys are never reused: a completion whose key
     /// is not here belongs to a removed or replaced registration.
     watches: HashMap<u64, Watch>,
@@ -224,6 +249,7 @@ impl Uring {
         Ok(Uring {
             ring,
             by_fd: HashMap::new(),
+            writes: HashMap::new(),
             watches: HashMap::new(),
             next_key: CANCEL + 1,
             unarmed: Vec::new(),
@@ -240,8 +266,28 @@ impl Uring {
             // and has been reused.
             tracing::debug!(fd, "fd re-added without remove; replacing its poll");
             self.forget(old);
+            if let Some(old) = self.writes.remove(&fd) {
+                self.forget(old);
+            }
         }
-        self.watches.insert(key, Watch { fd, token, armed: false, ready: false });
+        self.watches.insert(key, Watch { fd, token, armed: false, ready: false, once: false });
+        self.arm_new(key);
+    }
+
+    fn notify_writable(&mut self, fd: RawFd, token: u64) {
+        if let Some(w) = self.writes.get(&fd).and_then(|k| self.watches.get_mut(k)) {
+            w.token = token;
+            return;
+        }
+        let key = self.next_key;
+        self.next_key += 1;
+        self.writes.insert(fd, key);
+        self.watches.insert(key, Watch { fd, token, armed: false, ready: false, once: true });
+        self.arm_new(key);
+    }
+
+    /// Arms a new registration: at once on the loop's thread, else at the first wait.
+    fn arm_new(&mut self, key: u64) {
         if !self.looping {
             self.unarmed.push(key);
             return;
@@ -255,13 +301,16 @@ impl Uring {
             Err(e) if transient(&e) => {}
             Err(e) => {
                 self.unarmed.push(key);
-                tracing::warn!(fd, "cannot arm an io_uring poll: {e}");
+                tracing::warn!(fd = self.watches.get(&key).map(|w| w.fd), "cannot arm an io_uring poll: {e}");
             }
         }
     }
 
     fn remove(&mut self, fd: RawFd) {
         if let Some(key) = self.by_fd.remove(&fd) {
+            self.forget(key);
+        }
+        if let Some(key) = self.writes.remove(&fd) {
             self.forget(key);
         }
     }
@@ -324,6 +373,11 @@ impl Uring {
             if let Some(w) = self.watches.get_mut(&key) {
                 w.ready = false;
                 out.push(w.token);
+                if w.once {
+                    let fd = w.fd;
+                    self.watches.remove(&key);
+                    self.writes.remove(&fd);
+                }
             }
         }
         Ok(())
@@ -348,7 +402,8 @@ impl Uring {
         if w.armed {
             return Ok(());
         }
-        let sqe = opcode::PollAdd::new(types::Fd(w.fd), POLL_MASK).build().user_data(key);
+        let mask = if w.once { WRITE_MASK } else { POLL_MASK };
+        let sqe = opcode::PollAdd::new(types::Fd(w.fd), mask).build().user_data(key);
         self.push(&sqe)?;
         if let Some(w) = self.watches.get_mut(&key) {
             w.armed = true;
@@ -391,7 +446,9 @@ impl Uring {
                 continue;
             }
             if res >= 0 {
-                self.unarmed.push(key);
+                if !w.once {
+                    self.unarmed.push(key);
+                }
             } else {
                 // EBADF, EINVAL: polling again would fail again. Report the
                 // token so that its owner reads the fd and finds the error.
@@ -415,20 +472,52 @@ fn transient(e: &io::Error) -> bool {
 struct EpollPoller {
     epoll: Epoll,
     buf: Vec<EpollEvent>,
+    /// The token of each registered fd. (An fd closed without `remove`
+    /// leaves its entry until its number is added again; epoll itself
+    /// forgets it.)
+    reads: HashMap<RawFd, u64>,
+    /// Fds watched for writing too ([`Poller::notify_writable`]), by their
+    /// read token: the fd, and the token to report when it is writable.
+    writes: HashMap<u64, (RawFd, u64)>,
 }
+
+/// What epoll waits for on every registered fd.
+const EPOLL_READ: EpollFlags = EpollFlags::EPOLLIN.union(EpollFlags::EPOLLRDHUP);
 
 impl EpollPoller {
     fn new() -> nix::Result<EpollPoller> {
-        Ok(EpollPoller { epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?, buf: vec![EpollEvent::empty(); 256] })
+        Ok(EpollPoller {
+            epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
+            buf: vec![EpollEvent::empty(); 256],
+            reads: HashMap::new(),
+            writes: HashMap::new(),
+        })
     }
 
-    fn add(&self, fd: BorrowedFd<'_>, token: u64) -> nix::Result<()> {
-        self.epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP, token))
+    fn add(&mut self, fd: BorrowedFd<'_>, token: u64) -> nix::Result<()> {
+        self.epoll.add(fd, EpollEvent::new(EPOLL_READ, token))?;
+        if let Some(old) = self.reads.insert(fd.as_raw_fd(), token) {
+            // Closed without `remove` and reused: its request went with it.
+            self.writes.remove(&old);
+        }
+        Ok(())
     }
 
-    fn remove(&self, fd: BorrowedFd<'_>) {
+    /// One epoll registration per fd: `EPOLLOUT` is added to it, under its
+    /// read token, until [`wait`](Self::wait) reports writability.
+    fn notify_writable(&mut self, fd: BorrowedFd<'_>, token: u64) -> nix::Result<()> {
+        let read = *self.reads.get(&fd.as_raw_fd()).ok_or(Errno::ENOENT)?;
+        self.epoll.modify(fd, &mut EpollEvent::new(EPOLL_READ | EpollFlags::EPOLLOUT, read))?;
+        self.writes.insert(read, (fd.as_raw_fd(), token));
+        Ok(())
+    }
+
+    fn remove(&mut self, fd: BorrowedFd<'_>) {
         // Fails only if the fd was not registered; nothing to undo then.
         let _ = self.epoll.delete(fd);
+        if let Some(read) = self.reads.remove(&fd.as_raw_fd()) {
+            self.writes.remove(&read);
+        }
     }
 
     fn wait(&mut self, out: &mut Vec<u64>, timeout: Option<Duration>) -> nix::Result<()> {
@@ -443,7 +532,30 @@ impl EpollPoller {
             Err(Errno::EINTR) => 0,
             Err(e) => return Err(e),
         };
-        out.extend(self.buf[..n].iter().map(|e| e.data()));
+        for e in &self.buf[..n] {
+            let (token, events) = (e.data(), e.events());
+            if events.contains(EpollFlags::EPOLLOUT) {
+                let fd = match self.writes.remove(&token) {
+                    Some((fd, write)) => {
+                        out.push(write);
+                        Some(fd)
+                    }
+                    // Only if a modify below failed before: find the fd.
+                    None => self.reads.iter().find(|(_, &t)| t == token).map(|(&fd, _)| fd),
+                };
+                if let Some(fd) = fd {
+                    // SAFETY: `fd` is registered (`remove` forgets it before
+                    // the owner closes it), so it is open for this call.
+                    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+                    // Back to reading only. If that fails (no kernel memory),
+                    // the next wait tries again.
+                    let _ = self.epoll.modify(fd, &mut EpollEvent::new(EPOLL_READ, token));
+                }
+            }
+            if events != EpollFlags::EPOLLOUT {
+                out.push(token);
+            }
+        }
         Ok(())
     }
 }

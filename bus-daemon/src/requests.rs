@@ -26,9 +26,7 @@ impl Daemon {
     pub(crate) fn handle_request(&mut self, id: u32, m: ClientMessage, fds: Vec<std::os::fd::OwnedFd>) {
         let hello_done = self.sessions.get(&id).is_some_and(|s| s.data.is_some());
         // A client that speaks reads its socket again: what did not fit before goes now.
-        if self.sessions.get(&id).is_some_and(|s| !s.outbox.is_empty()) {
-            self.flush_outboxes();
-        }
+        self.flush_outbox(id);
         self.tell_pools_gone(id);
         let answer = match m.request {
             Request::Hello { version, layout_hash, label, reuse_pool } => {

@@ -104,6 +104,9 @@ pub struct Session {
 /// Cutting such a client off at the first message that does not fit, as
 /// the daemon did, punished a client that did nothing wrong. It is cut off
 /// now only when this outbox is full too ([`Outbox::MAX_MESSAGES`]).
+///
+/// The outbox is flushed when the client speaks, and when the poller says
+/// its socket has room again (`Poller::notify_writable`).
 #[derive(Debug, Default)]
 pub struct Outbox {
     messages: VecDeque<(Vec<u8>, Vec<OwnedFd>)>,

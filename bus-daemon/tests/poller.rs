@@ -94,6 +94,60 @@ fn a_write_reports_its_token() {
     }
 }
 
+/// Fills `a` (non-blocking) until a write would block; returns the bytes written.
+fn fill(mut a: &UnixStream) -> usize {
+    let chunk = [0u8; 4096];
+    let mut n = 0;
+    loop {
+        match a.write(&chunk) {
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return n,
+            Err(e) => panic!("filling a socket: {e}"),
+        }
+    }
+}
+
+/// Writability is reported once per request, when a full socket drains;
+/// at once for one that has room; never after `remove`; and reading goes
+/// on under its own token meanwhile.
+#[test]
+fn writability_is_reported_once_when_asked() {
+    for mut p in pollers() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        p.add(a.as_fd(), 1).unwrap();
+        let written = fill(&a);
+        p.notify_writable(a.as_fd(), 2).unwrap();
+        assert_quiet(&mut p, 2, Duration::from_millis(50));
+
+        // Reading still reports its own token while the request waits.
+        b.write_all(b"x").unwrap();
+        wait_for(&mut p, 1);
+        let mut one = [0; 1];
+        assert_eq!((&a).read(&mut one).unwrap(), 1);
+
+        let mut buf = vec![0; written];
+        b.read_exact(&mut buf).unwrap();
+        wait_for(&mut p, 2);
+        // Once: the socket stays writable, the token does not come back.
+        assert_quiet(&mut p, 2, Duration::from_millis(50));
+
+        // Asked for while writable: reported at once.
+        p.notify_writable(a.as_fd(), 3).unwrap();
+        wait_for(&mut p, 3);
+
+        // Removed while waiting: never reported.
+        let written = fill(&a);
+        p.notify_writable(a.as_fd(), 4).unwrap();
+        let mut out = Vec::new();
+        p.wait(&mut out, Some(Duration::ZERO)).unwrap();
+        p.remove(a.as_fd());
+        b.read_exact(&mut vec![0; written]).unwrap();
+        assert_quiet(&mut p, 4, Duration::from_millis(50));
+        assert_quiet(&mut p, 1, Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn a_timeout_with_nothing_ready_returns_nothing() {
     for mut p in pollers() {

@@ -197,6 +197,20 @@ impl DaemonProc {
         self.cpu_ticks().saturating_sub(before)
     }
 
+    /// How often the daemon's threads went to sleep so far (voluntary
+    /// context switches): an idle daemon adds none, one woken by a timer
+    /// adds one per tick.
+    pub fn wakeups(&self) -> u64 {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).into_iter().flatten().flatten();
+        tasks
+            .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+            .filter_map(|s| {
+                let line = s.lines().find(|l| l.starts_with("voluntary_ctxt_switches:"))?;
+                line.split_whitespace().nth(1)?.parse::<u64>().ok()
+            })
+            .sum()
+    }
+
     /// Resident memory of the daemon in KiB.
     pub fn rss_kib(&self) -> u64 {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();

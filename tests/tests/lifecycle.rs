@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use hybus::{BusEvent, Error};
+use hybus::{Bus, BusEvent, Error};
 use hybus_tests::{eventually, field, DaemonProc, Peer, SOON};
 
 #[test]
@@ -98,23 +98,30 @@ fn register_resolve_list_watch_and_kill() {
     let _ = Duration::ZERO;
 }
 
-/// A watcher that does not look while hundreds of services come and go
-/// gets every event once it does, in order. The events overflow its control
-/// socket (about 250 fit); the daemon keeps the rest for it instead of
-/// cutting it off.
-#[test]
-fn an_idle_watcher_misses_no_event() {
-    const SERVICES: usize = 300;
-    let d = DaemonProc::start(None);
+/// Services the idle-watcher tests bring up and down while the watcher does not look.
+const FLOOD: usize = 300;
+
+/// A watcher of `idle.` that does not look while [`FLOOD`] services come
+/// and go: its events overflow its control socket (about 250 fit), and the
+/// daemon keeps the rest for it instead of cutting it off. Returns the
+/// watcher and the services' owner.
+fn flood_an_idle_watcher(d: &DaemonProc) -> (Bus, Bus) {
     let watcher = d.connect();
     watcher.watch("idle.").unwrap();
     let owner = d.connect();
-    for i in 0..SERVICES {
+    for i in 0..FLOOD {
         drop(owner.register(&format!("idle.s{i}")).unwrap());
     }
     // What did not fit is counted while it waits.
     assert!(owner.status().unwrap().control_backlog > 0);
-    for i in 0..SERVICES {
+    (watcher, owner)
+}
+
+/// Reads the flood's events, checking each; all must come, in order, with
+/// nothing else said to the daemon (the rest leaves the outbox as the
+/// socket drains).
+fn read_the_flood(d: &DaemonProc, watcher: &Bus, owner: &Bus) {
+    for i in 0..FLOOD {
         let name = format!("idle.s{i}");
         match watcher.next_event(SOON) {
             Ok(Some(BusEvent::ServiceUp { name: n, .. })) if n == name => {}
@@ -127,4 +134,35 @@ fn an_idle_watcher_misses_no_event() {
     }
     assert_eq!(watcher.events_dropped(), 0);
     assert!(eventually(SOON, || (owner.status().ok()?.control_backlog == 0).then_some(())).is_some());
+}
+
+/// A watcher that does not look while hundreds of services come and go
+/// gets every event once it does, in order.
+#[test]
+fn an_idle_watcher_misses_no_event() {
+    let d = DaemonProc::start(None);
+    let (watcher, owner) = flood_an_idle_watcher(&d);
+    read_the_flood(&d, &watcher, &owner);
+}
+
+/// While a client leaves its full control socket unread, the daemon
+/// sleeps: the poller tells it when the socket has room. (It looked every
+/// millisecond before, so a stopped client kept an idle daemon waking a
+/// thousand times a second for as long as it lived.)
+///
+/// On both event loops: io_uring (where the kernel allows it) and epoll.
+#[test]
+fn an_unread_control_socket_does_not_keep_the_daemon_awake() {
+    for config in [None, Some("force_epoll = true")] {
+        let d = DaemonProc::start(config);
+        let (watcher, owner) = flood_an_idle_watcher(&d);
+        let before = d.wakeups();
+        std::thread::sleep(Duration::from_millis(500));
+        let woke = d.wakeups() - before;
+        assert!(
+            woke < 50,
+            "{config:?}: the daemon woke {woke} times in 500 ms with nothing to do but wait for a reader"
+        );
+        read_the_flood(&d, &watcher, &owner);
+    }
 }
