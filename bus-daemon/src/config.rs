@@ -152,7 +152,9 @@ pub struct Limits {
 #[serde(default, deny_unknown_fields)]
 pub struct Policy {
     /// `true`: deny everything not allowed by a rule (system bus). `false`
-    /// (default, user bus): anyone who can connect may do everything.
+    /// (default, user bus): the daemon's own uid may do everything, as root
+    /// may; other uids only what a rule allows (`allow = ["all"]` with no
+    /// `uid` opens the bus to everyone who can connect).
     pub default_deny: bool,
     /// Rules, first match wins.
     pub rules: Vec<Rule>,
@@ -212,7 +214,7 @@ impl Default for Limits {
 }
 
 /// Actions a policy decides on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
     /// Register an instance of a name.
     Own,
@@ -242,8 +244,10 @@ impl Action {
 }
 
 impl Policy {
-    /// Whether `uid` may do `action` on `name`. Root may always.
-    pub fn allows(&self, uid: u32, action: Action, name: &str) -> bool {
+    /// Whether `uid` may do `action` on `name` on a bus run by uid `owner`.
+    /// Root may always; then the first rule that matches and allows;
+    /// otherwise only `owner`, and only unless [`default_deny`](Self::default_deny).
+    pub fn allows(&self, uid: u32, owner: u32, action: Action, name: &str) -> bool {
         if uid == 0 {
             return true;
         }
@@ -255,7 +259,20 @@ impl Policy {
                 return true;
             }
         }
-        !self.default_deny
+        !self.default_deny && uid == owner
+    }
+
+    /// Whether `uid` may do everything on a bus run by `owner` (its
+    /// messages then need no check): root, the owner of a bus that does not
+    /// deny by default, or anyone under a rule for all uids and names that
+    /// allows all.
+    pub fn trusts(&self, uid: u32, owner: u32) -> bool {
+        uid == 0
+            || (!self.default_deny && uid == owner)
+            || self
+                .rules
+                .iter()
+                .any(|r| r.uid.is_none_or(|u| u == uid) && r.prefix.is_empty() && r.allow.iter().any(|a| a == "all"))
     }
 }
 
@@ -364,9 +381,30 @@ mod tests {
             "[policy]\ndefault_deny = true\n[[policy.rules]]\nuid = 1000\nprefix = \"kv.\"\nallow = [\"own\"]\n",
         )
         .unwrap();
-        assert!(c.policy.allows(1000, Action::Own, "kv.store"));
-        assert!(!c.policy.allows(1000, Action::Own, "camera"));
-        assert!(!c.policy.allows(1001, Action::Own, "kv.store"));
-        assert!(c.policy.allows(0, Action::Own, "anything"));
+        assert!(c.policy.allows(1000, 1000, Action::Own, "kv.store"));
+        assert!(!c.policy.allows(1000, 1000, Action::Own, "camera"));
+        assert!(!c.policy.allows(1001, 1000, Action::Own, "kv.store"));
+        assert!(c.policy.allows(0, 1000, Action::Own, "anything"));
+        // A user bus: its owner (and root) may do everything, others what a rule allows.
+        let c: Config = toml::from_str(
+            "[[policy.rules]]
+prefix = \"pub.\"
+allow = [\"call\"]
+",
+        )
+        .unwrap();
+        assert!(c.policy.allows(1000, 1000, Action::Own, "kv.store"));
+        assert!(!c.policy.allows(1001, 1000, Action::Own, "kv.store"));
+        assert!(c.policy.allows(1001, 1000, Action::Call, "pub.time"));
+        assert!(!c.policy.allows(1001, 1000, Action::Call, "kv.store"));
+        assert!(c.policy.trusts(1000, 1000) && c.policy.trusts(0, 1000) && !c.policy.trusts(1001, 1000));
+        let open: Config = toml::from_str(
+            "[[policy.rules]]
+allow = [\"all\"]
+",
+        )
+        .unwrap();
+        assert!(open.policy.allows(1001, 1000, Action::Publish, "anything"));
+        assert!(open.policy.trusts(1001, 1000));
     }
 }

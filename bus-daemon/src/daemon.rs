@@ -68,6 +68,8 @@ impl StopHandle {
 #[derive(Debug)]
 pub struct Daemon {
     pub(crate) config: Config,
+    /// The uid the daemon runs as: the owner of a user bus (see `Policy::allows`).
+    pub(crate) owner: u32,
     config_path: Option<PathBuf>,
     socket_path: Option<PathBuf>,
     listener: OwnedFd,
@@ -207,6 +209,7 @@ impl Daemon {
         let limits = opts.config.limits;
         Ok(Daemon {
             config: opts.config,
+            owner: nix::unistd::geteuid().as_raw(),
             config_path: opts.config_path,
             socket_path,
             listener,
@@ -460,6 +463,11 @@ impl Daemon {
                 self.registry.max_names = c.limits.names as usize;
                 self.registry.max_names_per_uid = c.limits.names_per_uid as usize;
                 self.config = c;
+                // The policy applies at once, to sends already made possible too.
+                for s in self.sessions.values_mut() {
+                    s.trusted = self.config.policy.trusts(s.creds.uid, self.owner);
+                    s.permits.clear();
+                }
                 tracing::info!(path = %path.display(), "configuration reloaded");
                 let s = format!("STATUS=configuration reloaded, {}", self.status());
                 self.notify(&[sd_notify::NotifyState::Custom(&s)]);
@@ -539,6 +547,8 @@ impl Daemon {
                     monitor: None,
                     subscriptions: Vec::new(),
                     outbox: Default::default(),
+                    trusted: self.config.policy.trusts(creds.uid, self.owner),
+                    permits: Default::default(),
                 },
             );
             self.pending_hellos.push((id, deadline));

@@ -135,7 +135,7 @@ impl Daemon {
 
     fn check(&self, id: u32, action: Action, name: &str) -> Result<(), (ErrorCode, String)> {
         let uid = self.sessions.get(&id).map_or(u32::MAX, |s| s.creds.uid);
-        if self.config.policy.allows(uid, action, name) {
+        if self.config.policy.allows(uid, self.owner, action, name) {
             Ok(())
         } else {
             Err((ErrorCode::AccessDenied, format!("uid {uid} may not {action:?} {name:?}").to_lowercase()))

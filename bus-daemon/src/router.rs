@@ -18,7 +18,7 @@ use hybus_layout::pool::ChunkError;
 use hybus_layout::{ChunkRef, Descriptor, Kind, RingError};
 
 use crate::chunks::Released;
-use crate::config::SlowPolicy;
+use crate::config::{Action, SlowPolicy};
 use crate::daemon::Daemon;
 use crate::exchange::{Credits, Exchange};
 use crate::session::Delivery;
@@ -285,7 +285,7 @@ impl Daemon {
         let r = match kind {
             Kind::Request | Kind::StreamOpen if !server_side => self.open_exchange(from, d, kind, chunk),
             Kind::Fire if !server_side => self.fire(from, d, chunk),
-            Kind::Publish if !server_side => self.publish(d, chunk),
+            Kind::Publish if !server_side => self.publish(from, d, chunk),
             Kind::Response | Kind::Error if server_side => self.answer(from, d, chunk),
             Kind::StreamItem | Kind::Credit | Kind::StreamEnd | Kind::Cancel => {
                 self.stream_op(from, d, kind, chunk, server_side)
@@ -314,12 +314,54 @@ impl Daemon {
         ok
     }
 
+    /// Whether client `from` may send to `route` as `action` allows (a
+    /// call or fire, a publication). The control socket checks the policy
+    /// when it hands out a route; this checks what arrives on the data
+    /// plane, where any route id can be written. Refused sends are answered
+    /// with [`DataError::AccessDenied`], not cut off: the policy may have
+    /// changed since the route was handed out.
+    ///
+    /// Asked once per client, route and action: the answer is kept in the
+    /// session ([`permits`](crate::session::Session::permits)); a trusted
+    /// client (the usual case: the bus's owner or root) is not asked at all.
+    fn permitted(&mut self, from: u32, route: u32, action: Action) -> bool {
+        let Some(s) = self.sessions.get_mut(&from) else {
+            return false;
+        };
+        if s.trusted {
+            return true;
+        }
+        if let Some(&known) = s.permits.get(&(route, action)) {
+            return known;
+        }
+        let name = self.registry.route(route).map_or("", |r| r.name.as_str());
+        let ok = self.config.policy.allows(s.creds.uid, self.owner, action, name);
+        if !ok {
+            tracing::info!(client = from, uid = s.creds.uid, route, name, "refused a send: policy ({action:?})");
+        }
+        s.permits.insert((route, action), ok);
+        ok
+    }
+
+    /// Refuses a send the policy does not allow (see [`permitted`](Self::permitted)):
+    /// its chunk goes back, the sender gets [`DataError::AccessDenied`].
+    fn refuse(&mut self, from: u32, d: &Descriptor, chunk: Chunk) {
+        if let Some((c, _)) = chunk {
+            self.return_chunk(c);
+        }
+        self.error_to(from, d.route, d.correlation, DataError::AccessDenied, false);
+    }
+
     fn open_exchange(&mut self, from: u32, d: Descriptor, kind: Kind, chunk: Chunk) -> Result<(), Violation> {
         let route = d.route;
         let limit = self.config.limits.queue_per_client as usize;
         // Route ids are never freed: one the registry does not know was never handed out.
         if self.registry.route(route).is_none() {
             return Err(Violation::BadRoute(route));
+        }
+        if !self.permitted(from, route, Action::Call) {
+            self.refuse(from, &d, chunk);
+            return Ok(());
         }
         let Some(instance) = self.registry.pick(route) else {
             if let Some((c, _)) = chunk {
@@ -373,6 +415,10 @@ impl Daemon {
         if self.registry.route(d.route).is_none() {
             return Err(Violation::BadRoute(d.route));
         }
+        if !self.permitted(from, d.route, Action::Call) {
+            self.refuse(from, &d, chunk);
+            return Ok(());
+        }
         let Some(instance) = self.registry.pick(d.route) else {
             if let Some((c, _)) = chunk {
                 self.return_chunk(c);
@@ -397,7 +443,14 @@ impl Daemon {
         Ok(())
     }
 
-    fn publish(&mut self, d: Descriptor, chunk: Chunk) -> Result<(), Violation> {
+    fn publish(&mut self, from: u32, d: Descriptor, chunk: Chunk) -> Result<(), Violation> {
+        if self.registry.route(d.route).is_none() {
+            return Err(Violation::BadRoute(d.route));
+        }
+        if !self.permitted(from, d.route, Action::Publish) {
+            self.refuse(from, &d, chunk);
+            return Ok(());
+        }
         let Some(r) = self.registry.route(d.route) else {
             return Err(Violation::BadRoute(d.route));
         };

@@ -92,6 +92,12 @@ pub struct Session {
     pub subscriptions: Vec<u32>,
     /// Control messages its socket had no room for.
     pub outbox: Outbox,
+    /// The policy lets it do everything (`Policy::trusts`): its calls,
+    /// fires and publications need no check. Set again on a reload.
+    pub trusted: bool,
+    /// For a client not trusted: what the policy said of its sends by route
+    /// and action, asked at the first send (forgotten on a reload).
+    pub permits: std::collections::HashMap<(u32, crate::config::Action), bool>,
 }
 
 /// Control messages for a client whose socket is full, in order.

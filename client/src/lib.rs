@@ -88,9 +88,9 @@ pub enum BusEvent {
         /// The serving process.
         pid: i32,
     },
-    /// A fire could not be delivered.
+    /// A fire (or a publication) could not be delivered.
     FireFailed {
-        /// The route fired at.
+        /// The route fired (or published) at.
         route: u32,
         /// Why.
         error: Error,

@@ -90,7 +90,7 @@ impl Publisher {
             payload,
             Some(Instant::now() + Duration::from_secs(10)),
         )?;
-        self.bus.shared.send(&d, None)
+        self.bus.shared.send(&publication(d), None)
     }
 
     /// Publishes without waiting: [`Error::WouldBlock`] if the ring is full,
@@ -98,7 +98,7 @@ impl Publisher {
     pub fn try_publish(&self, payload: &[u8]) -> Result<()> {
         let route = self.bus.topic_id(&self.route)?;
         let mut core = self.bus.shared.lock();
-        let d = core.payload(hybus_layout::Descriptor::new(Kind::Publish, route, 0), payload)?;
+        let d = publication(core.payload(hybus_layout::Descriptor::new(Kind::Publish, route, 0), payload)?);
         let r = core.try_send(&d);
         if r.is_err() {
             if let Some(c) = d.chunk() {
@@ -111,8 +111,14 @@ impl Publisher {
     /// Publishes a loaned chunk written in place (zero-copy fan-out).
     pub fn publish_loan(&self, loan: Loan) -> Result<()> {
         let d = loan.into_descriptor(Kind::Publish, self.bus.topic_id(&self.route)?)?;
-        self.bus.shared.send(&d, None)
+        self.bus.shared.send(&publication(d), None)
     }
+}
+
+/// Marks a publication like a fire: a refusal the daemon sends back (the
+/// policy, since a reload) comes as [`BusEvent::FireFailed`](crate::BusEvent::FireFailed).
+fn publication(d: hybus_layout::Descriptor) -> hybus_layout::Descriptor {
+    hybus_layout::Descriptor { correlation: crate::core::FIRE_BIT, ..d }
 }
 
 impl Subscription {

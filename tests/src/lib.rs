@@ -74,6 +74,11 @@ pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
     }
 }
 
+/// A policy rule that lets every uid do everything: for tests that run
+/// clients as another user (the default lets only the daemon's own uid, and
+/// root, do anything). Append it to a config.
+pub const OPEN_TO_ALL: &str = "[[policy.rules]]\nallow = [\"all\"]\n";
+
 /// The real `hybusd`, started the way the README says, on a private socket.
 #[derive(Debug)]
 pub struct DaemonProc {

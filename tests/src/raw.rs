@@ -203,6 +203,11 @@ impl Raw {
         unsafe { &*(self.rings.as_ptr().as_ptr().add(base) as *const AtomicU64) }
     }
 
+    /// The next descriptor on the rx ring, if one is there.
+    pub fn pop(&mut self) -> Res<Option<Descriptor>> {
+        Ok(self.rx.pop()?)
+    }
+
     /// Waits up to `timeout` for a descriptor of `kind` on the rx ring.
     pub fn wait_for(&mut self, kind: Kind, timeout: Duration) -> Res<Descriptor> {
         let end = Instant::now() + timeout;

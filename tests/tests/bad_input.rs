@@ -16,7 +16,7 @@ use hybus_layout::control::{
 };
 use hybus_layout::header::LAYOUT_HASH;
 use hybus_layout::socket::{ControlSocket, RecvError};
-use hybus_tests::{eventually, DaemonProc, Peer, SOON};
+use hybus_tests::{eventually, DaemonProc, Peer, OPEN_TO_ALL, SOON};
 
 /// A daemon with a `serve` peer and a client that was there before the
 /// misbehaviour started.
@@ -671,7 +671,7 @@ fn clients_gone_before_the_welcome_leave_the_daemon_idle() {
 #[test]
 fn bad_names_are_refused_and_the_connection_stays_usable() {
     const NOBODY: u32 = 65534;
-    let mut b = Bench::start(None);
+    let mut b = Bench::start(Some(OPEN_TO_ALL));
     let bus = b.d.connect();
     let long = "x".repeat(300);
     let long_dotted = format!("{}.{}", "a".repeat(200), "b".repeat(100));
@@ -745,7 +745,7 @@ fn new_names_past_the_limit_are_refused() {
 #[test]
 fn one_uid_cannot_take_every_name() {
     const NOBODY: u32 = 65534;
-    let d = DaemonProc::start(Some("[limits]\nnames = 100\nnames_per_uid = 2\n"));
+    let d = DaemonProc::start(Some(&format!("[limits]\nnames = 100\nnames_per_uid = 2\n{OPEN_TO_ALL}")));
     let bus = d.connect();
     let _svc = bus.register("quota.one").unwrap();
     let _publisher = bus.publisher("quota.two").unwrap();

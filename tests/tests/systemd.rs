@@ -15,7 +15,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use hybus::{BusEvent, Error};
-use hybus_tests::{eventually, exit_within, target_bin, DaemonProc, Peer, TempDir, SOON};
+use hybus_tests::{eventually, exit_within, target_bin, DaemonProc, Peer, TempDir, OPEN_TO_ALL, SOON};
 use nix::sys::signal::Signal;
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 
@@ -152,7 +152,7 @@ fn sigterm_disconnects_clients_and_exits_cleanly() {
 #[test]
 fn sighup_reloads_limits_and_policy_and_keeps_old_config_when_broken() {
     const NOBODY: u32 = 65534;
-    let mut d = DaemonProc::start(Some("[limits]\ninstances_per_uid = 16\n"));
+    let mut d = DaemonProc::start(Some(&format!("[limits]\ninstances_per_uid = 16\n{OPEN_TO_ALL}")));
     let (_server, _) = Peer::ready(d.socket(), &["serve", "hup.echo"]);
     let bus = d.connect();
     // Before the reload: a second and third instance are fine, and another uid may own names.

@@ -12,7 +12,11 @@
 //!   `corrupt_after=N` writes garbage into its direct channels after N answers;
 //! * `subscribe TOPIC [hold]` — prints `got seq=<i> len=<n>` per
 //!   publication (`hold`: keeps every sample, never releasing its chunk);
-//! * `connect N` — opens N connections and keeps them.
+//! * `connect N` — opens N connections and keeps them;
+//! * `raw ROUTE request|fire|publish` — writes one such descriptor for
+//!   route id `ROUTE` into its ring by hand (no resolving: any id), and
+//!   prints what comes back for it, `answer kind=<Kind> code=<aux>`, or
+//!   `no answer` after a second.
 
 use std::io::BufRead;
 use std::time::Duration;
@@ -42,6 +46,7 @@ fn main() {
         "serve" => serve(socket, rest),
         "subscribe" => subscribe(socket, rest),
         "connect" => connect(socket, rest),
+        "raw" => raw(socket, rest),
         other => Err(format!("unknown role {other}").into()),
     };
     if let Err(e) = r {
@@ -154,4 +159,38 @@ fn connect(socket: &str, args: &[String]) -> R {
     loop {
         std::thread::park();
     }
+}
+
+/// The `raw` role (see the module docs).
+fn raw(socket: &str, args: &[String]) -> R {
+    use hybus_layout::{Descriptor, Kind};
+    let (Some(route), Some(kind)) = (args.first(), args.get(1)) else {
+        return Err("usage: raw ROUTE request|fire|publish".into());
+    };
+    let kind = match kind.as_str() {
+        "request" => Kind::Request,
+        "fire" => Kind::Fire,
+        "publish" => Kind::Publish,
+        other => return Err(format!("unknown kind {other}").into()),
+    };
+    let mut raw = hybus_tests::raw::Raw::connect(socket)?;
+    println!("ready");
+    let d = Descriptor::new(kind, route.parse()?, 7).with_inline(b"raw").ok_or("inline")?;
+    raw.send(&d)?;
+    let end = std::time::Instant::now() + Duration::from_secs(1);
+    let mut answer = None;
+    while answer.is_none() && std::time::Instant::now() < end {
+        match raw.pop()? {
+            Some(a) if a.correlation == 7 && (a.kind == Kind::Response as u8 || a.kind == Kind::Error as u8) => {
+                answer = Some(a)
+            }
+            Some(_) => {}
+            None => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+    match answer {
+        Some(a) => println!("answer kind={:?} code={}", Kind::from_u8(a.kind).ok_or("kind")?, a.aux),
+        None => println!("no answer"),
+    }
+    Ok(())
 }
