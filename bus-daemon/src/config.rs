@@ -129,7 +129,8 @@ pub struct Limits {
     pub instances_per_uid: u32,
     /// Subscriptions per uid.
     pub subscriptions_per_uid: u32,
-    /// In-flight requests per uid.
+    /// Requests and streams one uid may have waiting for an answer (across
+    /// its connections); past it a request is refused at once. 0: no limit.
     pub in_flight_per_uid: u32,
     /// Milliseconds a new connection has to say Hello.
     pub hello_timeout_ms: u64,

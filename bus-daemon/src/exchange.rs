@@ -25,6 +25,8 @@ pub struct Credits {
 pub struct Exchange {
     /// The client that started it.
     pub caller: u32,
+    /// Its uid (in-flight exchanges are counted per uid).
+    pub caller_uid: u32,
     /// The caller's correlation id.
     pub caller_corr: u64,
     /// The route the caller addressed.
@@ -44,24 +46,50 @@ pub struct Exchange {
 pub struct Exchanges {
     by_id: IdMap<u64, Exchange>,
     by_caller: IdMap<(u32, u64), u64>,
+    /// Exchanges in flight by caller uid.
+    per_uid: IdMap<u32, u32>,
     next: u64,
 }
 
+/// Why an exchange was not opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The caller already uses its correlation id for another one (a protocol violation).
+    Duplicate,
+    /// The caller's uid has `limit` in flight.
+    Quota,
+}
+
 impl Exchanges {
-    /// Starts an exchange; returns the daemon's id for it, or `None` if the
-    /// caller already uses `caller_corr` for another one.
-    pub fn open(&mut self, ex: Exchange) -> Option<u64> {
+    /// Starts an exchange; returns the daemon's id for it. Refused if the
+    /// caller already uses `caller_corr` for another one, or if its uid has
+    /// `per_uid` in flight (0: no limit).
+    ///
+    /// Why a limit: each exchange is an entry here until the server
+    /// answers, and a server may never answer; without one, callers could
+    /// grow the daemon's memory without bound.
+    pub fn open(&mut self, ex: Exchange, per_uid: u32) -> Result<u64, Refused> {
         use std::collections::hash_map::Entry;
-        self.next += 1;
-        let id = self.next;
+        let count = self.per_uid.entry(ex.caller_uid).or_default();
+        if per_uid > 0 && *count >= per_uid {
+            return Err(Refused::Quota);
+        }
         match self.by_caller.entry((ex.caller, ex.caller_corr)) {
-            Entry::Occupied(_) => None,
+            Entry::Occupied(_) => Err(Refused::Duplicate),
             Entry::Vacant(v) => {
+                self.next += 1;
+                let id = self.next;
                 v.insert(id);
                 self.by_id.insert(id, ex);
-                Some(id)
+                *count += 1;
+                Ok(id)
             }
         }
+    }
+
+    /// Exchanges in flight that callers of `uid` opened.
+    pub fn of_uid(&self, uid: u32) -> u32 {
+        self.per_uid.get(&uid).copied().unwrap_or(0)
     }
 
     /// The exchange with the daemon's id `id`.
@@ -78,6 +106,12 @@ impl Exchanges {
     pub fn close(&mut self, id: u64) -> Option<Exchange> {
         let ex = self.by_id.remove(&id)?;
         self.by_caller.remove(&(ex.caller, ex.caller_corr));
+        if let Some(n) = self.per_uid.get_mut(&ex.caller_uid) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_uid.remove(&ex.caller_uid);
+            }
+        }
         Some(ex)
     }
 

@@ -20,7 +20,7 @@ use hybus_layout::{ChunkRef, Descriptor, Kind, RingError};
 use crate::chunks::Released;
 use crate::config::{Action, SlowPolicy};
 use crate::daemon::Daemon;
-use crate::exchange::{Credits, Exchange};
+use crate::exchange::{Credits, Exchange, Refused};
 use crate::session::Delivery;
 
 /// A descriptor no honest client sends.
@@ -382,6 +382,7 @@ impl Daemon {
         });
         let ex = Exchange {
             caller: from,
+            caller_uid: self.sessions.get(&from).map_or(u32::MAX, |s| s.creds.uid),
             caller_corr: d.correlation,
             route,
             server,
@@ -389,7 +390,18 @@ impl Daemon {
             stream,
             opened: std::time::Instant::now(),
         };
-        let id = self.exchanges.open(ex).ok_or(Violation::DuplicateCorrelation(d.correlation))?;
+        let id = match self.exchanges.open(ex, self.config.limits.in_flight_per_uid) {
+            Ok(id) => id,
+            Err(Refused::Duplicate) => return Err(Violation::DuplicateCorrelation(d.correlation)),
+            Err(Refused::Quota) => {
+                if let Some((c, _)) = chunk {
+                    self.return_chunk(c);
+                }
+                tracing::debug!(client = from, uid = ex.caller_uid, "refused a request: in_flight_per_uid reached");
+                self.error_to(from, route, d.correlation, DataError::QuotaExceeded, false);
+                return Ok(());
+            }
+        };
         let mut out = d;
         out.route = instance;
         out.correlation = id;

@@ -130,6 +130,7 @@ impl Error {
             DataError::Cancelled => Error::Cancelled,
             DataError::AccessDenied => Error::AccessDenied("by policy".into()),
             DataError::Service => Error::Service(String::from_utf8_lossy(payload).into_owned()),
+            DataError::QuotaExceeded => Error::QuotaExceeded("requests in flight (limits.in_flight_per_uid)".into()),
         }
     }
 

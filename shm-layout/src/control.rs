@@ -591,6 +591,9 @@ pub enum DataError {
     AccessDenied = 9,
     /// The service answered with an application error (payload says why).
     Service = 10,
+    /// The sender's uid has as many requests in flight as it may
+    /// (`limits.in_flight_per_uid`).
+    QuotaExceeded = 11,
 }
 
 impl DataError {
@@ -606,6 +609,7 @@ impl DataError {
             7 => DataError::QueueFull,
             8 => DataError::Cancelled,
             9 => DataError::AccessDenied,
+            11 => DataError::QuotaExceeded,
             _ => DataError::Service,
         }
     }

@@ -762,6 +762,40 @@ fn one_uid_cannot_take_every_name() {
     assert!(bus.resolve("quota.nobodys").is_ok());
 }
 
+/// Requests in flight are bounded per uid (`limits.in_flight_per_uid`): a
+/// server that never answers cannot make the daemon keep an entry for every
+/// request its callers send. Past the limit a request of that uid, from any
+/// of its connections, is refused at once with a quota error; as the
+/// exchanges end (here: the server dies), the uid may send again.
+#[test]
+fn requests_in_flight_are_bounded_per_uid() {
+    use hybus_layout::control::DataError;
+    use hybus_layout::{Descriptor, Kind};
+    let d = DaemonProc::start(Some("[limits]\nin_flight_per_uid = 4\n"));
+    let (holder, _) = Peer::ready(d.socket(), &["serve", "quota.hold", "hold"]);
+    let (_echo, _) = Peer::ready(d.socket(), &["serve", "quota.echo"]);
+    let mut raw = hybus_tests::raw::Raw::connect(d.socket().to_str().unwrap()).unwrap();
+    let hold = raw.resolve("quota.hold").unwrap();
+    for corr in 1..=5 {
+        raw.send(&Descriptor::new(Kind::Request, hold, corr).with_inline(b"x").unwrap()).unwrap();
+    }
+    let refused = raw.wait_for(Kind::Error, SOON).unwrap();
+    assert_eq!((refused.correlation, refused.aux), (5, DataError::QuotaExceeded as u64));
+    // Another connection of the same uid is bound by the same count.
+    let bus = d.connect();
+    let echo = bus.resolve("quota.echo").unwrap();
+    match bus.call(&echo, b"ab", SOON) {
+        Err(Error::QuotaExceeded(_)) => {}
+        other => panic!("a fifth request in flight for one uid: {other:?}"),
+    }
+    holder.kill9();
+    for _ in 0..4 {
+        let gone = raw.wait_for(Kind::Error, SOON).unwrap();
+        assert_eq!(gone.aux, DataError::PeerGone as u64);
+    }
+    assert_eq!(&*bus.call(&echo, b"ab", SOON).unwrap(), b"ba");
+}
+
 /// Pools are charged to their uid (`limits.pool_bytes_per_uid`): a
 /// connection whose pool would pass it is refused at Hello with a quota
 /// error; one that goes gives its share back.
