@@ -817,6 +817,7 @@ impl Daemon {
         let name = self.registry.route(i.route).map(|r| r.name.clone()).unwrap_or_default();
         let pid = self.sessions.get(&i.client).map_or(0, |s| s.creds.pid);
         self.fail_exchanges_served_by(inst);
+        self.close_channels_no_longer_served(i.client, i.route, "the instance unregistered");
         self.broadcast_watch(&name, Event::ServiceDown { name: name.clone(), route: i.route, instance: inst, pid });
     }
 

@@ -155,6 +155,28 @@ impl Daemon {
         }
     }
 
+    /// Closes the channels to `route` that `server` serves once it has no
+    /// instance of `route` left that takes new work (it unregistered or
+    /// drains): both sides downgrade (answers to calls in flight still come
+    /// on the channel), and the callers' new calls go through the daemon,
+    /// to an instance that serves.
+    ///
+    /// Why: a channel ends at a process, not at an instance. Left open, it
+    /// kept carrying new calls to a draining instance, or to one that had
+    /// unregistered, whose process (alive, so no pidfd said anything) had
+    /// no one to hand them to: the callers waited for their deadlines.
+    pub(crate) fn close_channels_no_longer_served(&mut self, server: u32, route: u32, reason: &str) {
+        let serves = self.registry.instances().any(|(_, i)| i.client == server && i.route == route && !i.draining);
+        if serves {
+            return;
+        }
+        let ids: Vec<u32> =
+            self.channels.iter().filter(|(_, c)| c.b == server && c.route == route).map(|(id, _)| *id).collect();
+        for id in ids {
+            self.close_channel(id, reason, None);
+        }
+    }
+
     /// A client left: close its channels, telling the survivors.
     pub(crate) fn close_channels_of(&mut self, client: u32) {
         self.channel_members.retain(|_, (a, b)| *a != client && *b != client);

@@ -58,6 +58,8 @@ impl Daemon {
             Request::Drain { instance } => self.owned_instance(id, instance).map(|_| {
                 if let Some(i) = self.registry.instance_mut(instance) {
                     i.draining = true;
+                    let route = i.route;
+                    self.close_channels_no_longer_served(id, route, "the instance drains");
                 }
                 Reply::Done
             }),

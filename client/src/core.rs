@@ -117,6 +117,9 @@ pub(crate) struct Core {
     pub loaned: FewSet<u64>,
     /// Instance ids from before a daemon restart → the ids now (direct requests still carry the old ones).
     pub instance_alias: FewMap<u32, u32>,
+    /// Our instances that unregistered on this connection: what still
+    /// comes for them on a direct channel is refused (see [`retire`](Self::retire)).
+    pub retired: FewSet<u32>,
     /// When the last automatic reconnect was tried.
     pub last_reconnect: Option<std::time::Instant>,
     /// Waits so far (a cheap clock for occasional control-socket reads).
@@ -208,6 +211,7 @@ impl Core {
             closing: 0,
             loaned: FewSet::new(),
             instance_alias: FewMap::new(),
+            retired: FewSet::new(),
             last_reconnect: None,
             waits: 0,
             rx_buf: Vec::new(),
@@ -286,7 +290,43 @@ impl Core {
         }
         self.served.retain(|(o, _), _| *o != Origin::Daemon);
         self.cancelled.retain(|(o, _)| *o != Origin::Daemon);
+        // The new daemon numbers instances afresh.
+        self.retired = FewSet::new();
         Ok(())
+    }
+
+    /// Our instance `instance` unregistered. What waits in its inbox is
+    /// refused, and so is what still comes for it on a direct channel
+    /// until the caller has the daemon's word that the channel closed:
+    /// requests and streams fail at their callers with "peer gone" (as the
+    /// daemon fails the brokered ones), fires are dropped, chunks go back.
+    ///
+    /// Why: nothing reads that inbox any more, and a caller on a channel
+    /// would wait for its deadline.
+    pub fn retire(&mut self, instance: u32) {
+        self.retired.insert(instance);
+        if let Some(q) = self.inboxes.remove(&instance) {
+            for (d, origin) in q {
+                self.refuse_incoming(d, origin);
+            }
+        }
+    }
+
+    /// Refuses a request, stream or fire for a retired instance (see [`retire`](Self::retire)).
+    fn refuse_incoming(&mut self, d: Descriptor, origin: Origin) {
+        let opens = d.kind == Kind::Request as u8 || d.kind == Kind::StreamOpen as u8;
+        if opens {
+            self.served.remove(&(origin, d.correlation));
+            if let Origin::Direct(_) = origin {
+                let mut e =
+                    Descriptor::new(Kind::Error, d.route, d.correlation).with_aux(control::DataError::PeerGone as u64);
+                e.flags |= flags::SERVER;
+                // A full ring leaves the caller to its deadline, as a dead peer would.
+                let _ = self.try_send_on(origin, &e);
+            }
+            self.served_done(origin, d.correlation);
+        }
+        self.release(d, origin);
     }
 
     /// A fresh id for a control request or a correlation.
@@ -961,6 +1001,13 @@ impl Core {
                     // dispatched before it (per-sender order).
                     self.pump_channel(id);
                 }
+            }
+            (Kind::Request, true) | (Kind::Fire, _) | (Kind::StreamOpen, true)
+                if !self.retired.is_empty()
+                    && matches!(origin, Origin::Direct(_))
+                    && self.retired.contains(&self.inbox_of(d.route, origin)) =>
+            {
+                self.refuse_incoming(d, origin);
             }
             (Kind::Request, true) | (Kind::Fire, _) => {
                 if let (Kind::Request, Origin::Direct(id)) = (kind, origin) {

@@ -177,7 +177,14 @@ impl Service {
             .unwrap_or_else(|p| p.into_inner())
             .retain(|r| !Arc::ptr_eq(&r.slot, &self.slot));
         let (instance, _, epoch) = self.slot.load();
-        if self.bus.shared.lock().epoch != epoch || !self.bus.is_connected() {
+        {
+            let mut core = self.bus.shared.lock();
+            if core.epoch != epoch {
+                return Ok(());
+            }
+            core.retire(instance);
+        }
+        if !self.bus.is_connected() {
             return Ok(());
         }
         self.bus.control(ControlRequest::Unregister { instance }).map(drop)

@@ -317,3 +317,97 @@ fn configured_pairs_go_direct_across_processes() {
     let s = other.stats().unwrap();
     assert!(s.channels.iter().any(|c| c.reason.contains("configured")));
 }
+
+/// What an in-process server of [`tagged_server`] is told to do.
+#[derive(Debug, Clone, Copy)]
+enum Order {
+    /// Stop taking new work (`Service::drain`); keep answering.
+    Drain,
+    /// Unregister, the connection staying up and in use, as in a process
+    /// that serves other things too.
+    Unregister,
+    /// End the thread.
+    Stop,
+}
+
+/// A server of `name` on its own connection, on a thread, answering every
+/// call with `tag` until told otherwise.
+fn tagged_server(
+    d: &DaemonProc,
+    name: &str,
+    tag: &'static str,
+) -> (std::sync::mpsc::Sender<Order>, std::thread::JoinHandle<()>) {
+    let (orders, inbox) = std::sync::mpsc::channel();
+    let bus = d.connect();
+    let svc = bus.register(name).unwrap();
+    let h = std::thread::spawn(move || {
+        let mut svc = Some(svc);
+        loop {
+            match inbox.try_recv() {
+                Ok(Order::Drain) => svc.as_ref().unwrap().drain().unwrap(),
+                Ok(Order::Unregister) => svc = None,
+                Ok(Order::Stop) => return,
+                Err(_) => {}
+            }
+            match &svc {
+                Some(s) => {
+                    if let Some(hybus::Incoming::Request(r)) = s.next(Duration::from_millis(5)).unwrap() {
+                        r.reply(tag.as_bytes()).unwrap();
+                    }
+                }
+                // Still using the connection: what comes for the old instance is read.
+                None => drop(bus.next_event(Duration::from_millis(5)).unwrap()),
+            }
+        }
+    });
+    (orders, h)
+}
+
+/// Calls until the answer is `want`: every call gets an answer, or fails
+/// at once with "peer gone" if it raced an unregistration; none waits for
+/// its deadline.
+fn calls_until(caller: &Bus, route: &hybus::Route, want: &str) {
+    let end = Instant::now() + SOON;
+    loop {
+        let t0 = Instant::now();
+        match caller.call(route, b"x", Duration::from_secs(5)) {
+            Ok(a) if &*a == want.as_bytes() => return,
+            Ok(_) | Err(Error::PeerGone) => {}
+            Err(e) => panic!("a call failed with {e:?} after {:?}", t0.elapsed()),
+        }
+        assert!(Instant::now() < end, "no answer from {want:?}");
+    }
+}
+
+/// A channel ends at a process, not at an instance: when the instance it
+/// serves unregisters while its process lives on, or drains for a newer one
+/// (hot replacement), the daemon closes the channel, and the caller's calls
+/// go on through the daemon to the instance that serves.
+#[test]
+fn a_leaving_or_draining_instance_hands_its_direct_callers_over() {
+    let d = DaemonProc::start(None);
+    let (one, one_thread) = tagged_server(&d, "hot.svc", "one");
+    let caller = d.connect();
+    let route = caller.resolve("hot.svc").unwrap();
+    caller.request_direct(&route).unwrap();
+    assert!(caller.is_direct(&route));
+    assert_eq!(&*caller.call(&route, b"x", T).unwrap(), b"one");
+
+    let (two, two_thread) = tagged_server(&d, "hot.svc", "two");
+    one.send(Order::Unregister).unwrap();
+    calls_until(&caller, &route, "two");
+    assert!(eventually(SOON, || (!caller.is_direct(&route)).then_some(())).is_some(), "still direct");
+
+    caller.request_direct(&route).unwrap();
+    assert!(caller.is_direct(&route));
+    assert_eq!(&*caller.call(&route, b"x", T).unwrap(), b"two");
+    let (three, three_thread) = tagged_server(&d, "hot.svc", "three");
+    two.send(Order::Drain).unwrap();
+    calls_until(&caller, &route, "three");
+    assert!(eventually(SOON, || (!caller.is_direct(&route)).then_some(())).is_some(), "still direct");
+
+    for (orders, thread) in [(one, one_thread), (two, two_thread), (three, three_thread)] {
+        orders.send(Order::Stop).unwrap();
+        thread.join().unwrap();
+    }
+}
