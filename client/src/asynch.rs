@@ -262,15 +262,11 @@ impl AsyncBus {
         let deadline = Instant::now() + timeout;
         let mut d = self.build(Kind::Request, 0, payload, Some(deadline)).await?;
         let (corr, origin, sent) = self.bus.start_call(route, &mut d, None)?;
+        // From here the call is undone however this future ends, dropped too.
+        let mut call = InFlight { shared: &self.bus.shared, corr, origin, d, sent, cancel: true, done: false };
         if !sent {
-            if let Err(e) = self.send_on(origin, &d, Some(deadline)).await {
-                let mut core = self.bus.shared.lock();
-                core.forget_call(corr, origin);
-                if let Some(c) = d.chunk() {
-                    core.free_own(c);
-                }
-                return Err(e);
-            }
+            self.send_on(origin, &d, Some(deadline)).await?;
+            call.sent = true;
         }
         let r = self
             .wait(Some(deadline), None, |core| match core.take_answer(corr) {
@@ -282,14 +278,13 @@ impl AsyncBus {
             })
             .await;
         match r {
-            Ok((d, origin)) => Shared::answer_sample(Sample::new(&self.bus.shared, d, origin)?),
+            Ok((d, origin)) => {
+                call.done = true;
+                Shared::answer_sample(Sample::new(&self.bus.shared, d, origin)?)
+            }
             Err(e) => {
-                let mut core = self.bus.shared.lock();
-                core.forget_call(corr, origin);
-                if matches!(e, Error::DeadlineExceeded) {
-                    let cancel = Descriptor::new(Kind::Cancel, d.route, corr);
-                    let _ = core.try_send_on(origin, &cancel);
-                }
+                // Tell the server only when it may still be working on it.
+                call.cancel = matches!(e, Error::DeadlineExceeded);
                 Err(e)
             }
         }
@@ -467,6 +462,40 @@ mod sealed {
     impl Ends for StreamRequest {
         fn end_mut(&mut self) -> EndMut<'_> {
             EndMut::Server(self)
+        }
+    }
+}
+
+/// A call of [`AsyncBus::call`] not finished yet. Dropped unfinished (an
+/// error, or the future dropped: a `select!`, a timeout around it), it is
+/// forgotten, its chunk goes back if the request was never sent, and the
+/// server is told (`Cancel`) if it was, as when the call's deadline passes.
+///
+/// Why: a future may be dropped at any `.await`. Without this, each
+/// dropped call left its entry in the call table for good.
+struct InFlight<'a> {
+    shared: &'a std::sync::Arc<Shared>,
+    corr: u64,
+    origin: Origin,
+    d: Descriptor,
+    sent: bool,
+    cancel: bool,
+    done: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut core = self.shared.lock();
+        core.forget_call(self.corr, self.origin);
+        if !self.sent {
+            if let Some(c) = self.d.chunk() {
+                core.free_own(c);
+            }
+        } else if self.cancel {
+            let _ = core.try_send_on(self.origin, &Descriptor::new(Kind::Cancel, self.d.route, self.corr));
         }
     }
 }

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use hybus::{Bus, Error, Incoming};
-use hybus_tests::{DaemonProc, Peer};
+use hybus_tests::{DaemonProc, Peer, SOON};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -216,4 +216,27 @@ fn async_services_serve_streams_and_channels() {
         finished.recv_timeout(Duration::from_secs(60)).expect("the runtime is stuck in a blocking wait");
     assert_eq!(streamed, (0..N).collect::<Vec<_>>());
     assert_eq!(echoed, (0..N).collect::<Vec<_>>());
+}
+
+/// An async call whose future is dropped before the answer (here by a
+/// timeout around it, the usual way) is undone like one whose deadline
+/// passed: the server is told, and the daemon's exchange ends, instead of
+/// staying open (and in the caller's table) for good.
+#[test]
+fn a_dropped_async_call_is_cancelled() {
+    let d = DaemonProc::start(None);
+    let (_holder, _) = Peer::ready(d.socket(), &["serve", "svc.ahold", "hold"]);
+    let rt = current_thread();
+    rt.block_on(async {
+        let bus = d.connect().to_async().unwrap();
+        let route = bus.bus().resolve("svc.ahold").unwrap();
+        for _ in 0..3 {
+            let call = bus.call(&route, b"x", Duration::from_secs(3600));
+            assert!(tokio::time::timeout(Duration::from_millis(20), call).await.is_err(), "the held call was answered");
+        }
+        // Still connected (a caller that leaves ends its exchanges anyway).
+        let status = || bus.bus().status().unwrap();
+        let ended = hybus_tests::eventually(SOON, || (status().exchanges == 0).then_some(()));
+        assert!(ended.is_some(), "exchanges still open: {:?}", status());
+    });
 }
