@@ -55,6 +55,8 @@ pub(crate) struct Shared {
     /// Topics subscribed to, to subscribe again on reconnect (each handle
     /// learns its new route id there).
     pub(crate) subscriptions: Mutex<Vec<Arc<Route>>>,
+    /// What [`Bus::watch`] and [`Bus::monitor`] asked for, asked again after a reconnect.
+    pub(crate) taps: Mutex<Vec<Request>>,
     /// Reconnect by ourselves when the daemon goes away.
     auto_reconnect: bool,
     /// A reconnect is under way (its own control requests must not start another).
@@ -149,6 +151,7 @@ impl Bus {
                 label: opts.label,
                 registrations: Mutex::new(Vec::new()),
                 subscriptions: Mutex::new(Vec::new()),
+                taps: Mutex::new(Vec::new()),
                 auto_reconnect: opts.reconnect,
                 reconnecting: std::sync::atomic::AtomicBool::new(false),
                 parker: Mutex::new(parker),
@@ -224,6 +227,10 @@ impl Bus {
         for s in subs {
             let id = self.subscribe_raw(s.name())?;
             s.set(id, epoch);
+        }
+        let taps: Vec<_> = self.shared.taps.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for t in taps {
+            self.control(t)?;
         }
         // Tell the new daemon about our live channels (for its stats), and
         // point the callers' routes at them again.
@@ -395,13 +402,24 @@ impl Bus {
     /// Starts receiving [`BusEvent::ServiceUp`]/[`BusEvent::ServiceDown`] for
     /// names under `prefix` ("" for all), beginning with one `ServiceUp` per
     /// instance serving now.
+    ///
+    /// After a reconnect (a daemon restart) the watch goes on: the new
+    /// daemon is asked again, and tells of the instances then serving.
     pub fn watch(&self, prefix: &str) -> Result<()> {
-        self.control(Request::Watch { prefix: prefix.to_owned() }).map(drop)
+        self.tap(Request::Watch { prefix: prefix.to_owned() })
     }
 
-    /// Starts receiving [`BusEvent::Traffic`] for brokered traffic under `prefix`.
+    /// Starts receiving [`BusEvent::Traffic`] for brokered traffic under
+    /// `prefix`; after a reconnect too.
     pub fn monitor(&self, prefix: &str) -> Result<()> {
-        self.control(Request::Monitor { prefix: prefix.to_owned() }).map(drop)
+        self.tap(Request::Monitor { prefix: prefix.to_owned() })
+    }
+
+    /// Asks for a watch or a monitor, and remembers it for reconnects.
+    fn tap(&self, request: Request) -> Result<()> {
+        self.control(request.clone())?;
+        self.shared.taps.lock().unwrap_or_else(|p| p.into_inner()).push(request);
+        Ok(())
     }
 
     /// The next event, waiting up to `timeout`. `Ok(None)` if none came.

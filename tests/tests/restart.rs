@@ -142,3 +142,28 @@ fn a_waiting_client_sleeps_while_the_daemon_is_away() {
     });
     assert_eq!(&*answered.expect("the server did not come back"), b"cba");
 }
+
+/// A watch outlives a daemon restart: the watcher is told it was cut off,
+/// and then, without asking again, of the instances serving under the new
+/// daemon (the server comes back by itself) and of those that come and go.
+#[test]
+fn a_watch_goes_on_after_a_restart() {
+    use hybus::BusEvent;
+    let mut d = Restartable::start("restart-watch");
+    let (_server, _) = Peer::ready(&d.socket(), &["serve", "watched.echo"]);
+    let watcher = Bus::connect_to(d.socket()).unwrap();
+    watcher.watch("watched.").unwrap();
+    let up = |name: &str| {
+        eventually(SOON, || match watcher.next_event(SHORT) {
+            Ok(Some(BusEvent::ServiceUp { name: n, .. })) if n == name => Some(()),
+            _ => None,
+        })
+        .is_some()
+    };
+    assert!(up("watched.echo"), "no ServiceUp before the restart");
+    d.restart();
+    assert!(up("watched.echo"), "no ServiceUp for the server that came back");
+    let other = Bus::connect_to(d.socket()).unwrap();
+    drop(other.register("watched.new").unwrap());
+    assert!(up("watched.new"), "no ServiceUp for a service new after the restart");
+}
