@@ -36,6 +36,9 @@ pub struct Config {
     /// How topics treat slow subscribers (`[[topic]]`, first match wins;
     /// topics no entry matches drop the oldest).
     pub topic: Vec<TopicRule>,
+    /// How a request picks among a name's instances:
+    /// `"weighted-round-robin"` (default) or `"least-outstanding"`.
+    pub balance: crate::registry::Balance,
 }
 
 /// A `[[topic]]` entry: what a topic whose name starts with `prefix` does
@@ -188,6 +191,7 @@ impl Default for Config {
             direct: Vec::new(),
             promotion: Promotion::default(),
             topic: Vec::new(),
+            balance: crate::registry::Balance::default(),
         }
     }
 }
@@ -343,6 +347,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::Balance;
 
     #[test]
     fn empty_is_default_and_valid() {
@@ -373,6 +378,9 @@ mod tests {
         assert_eq!(c.topic_rule("camera.front"), (SlowPolicy::DropOldest, 100));
         assert_eq!(c.topic_rule("kv.log"), (SlowPolicy::DropOldest, 100));
         assert!(Config::parse("[[topic]]\nslow = \"wait\"\n").is_err());
+        assert_eq!(Config::parse("balance = \"least-outstanding\"\n").unwrap().balance, Balance::LeastOutstanding);
+        assert_eq!(Config::default().balance, Balance::WeightedRoundRobin);
+        assert!(Config::parse("balance = \"random\"\n").is_err());
         assert!(Config::parse("[[topic]]\nprefix = \"a.\"\nqueue = 0\n").is_err());
     }
 

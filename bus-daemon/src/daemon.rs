@@ -207,6 +207,7 @@ impl Daemon {
         let geometry = opts.config.pool_geometry()?;
         let idle = opts.config.idle_strategy();
         let limits = opts.config.limits;
+        let balance = opts.config.balance;
         Ok(Daemon {
             config: opts.config,
             owner: nix::unistd::geteuid().as_raw(),
@@ -216,7 +217,7 @@ impl Daemon {
             poller,
             sessions: IdMap::default(),
             next_client: 0,
-            registry: Registry::with_limits(limits.names as usize, limits.names_per_uid as usize),
+            registry: Registry::with_limits(limits.names as usize, limits.names_per_uid as usize).balanced(balance),
             chunks: Chunks::default(),
             exchanges: Exchanges::default(),
             active: Vec::new(),
@@ -462,6 +463,7 @@ impl Daemon {
                 // Names made stay; new ones count against the new limits.
                 self.registry.max_names = c.limits.names as usize;
                 self.registry.max_names_per_uid = c.limits.names_per_uid as usize;
+                self.registry.balance = c.balance;
                 self.config = c;
                 // The policy applies at once, to sends already made possible too.
                 for s in self.sessions.values_mut() {

@@ -14,7 +14,7 @@ pub enum Balance {
     /// Smooth weighted round-robin (nginx's): spreads by weight, evenly interleaved.
     #[default]
     WeightedRoundRobin,
-    /// The instance with the fewest requests in flight (ties by weight).
+    /// The instance with the fewest requests in flight (ties by weighted round-robin).
     LeastOutstanding,
 }
 
@@ -257,6 +257,12 @@ impl Registry {
         Some(inst)
     }
 
+    /// This registry, picking instances by `balance`.
+    pub fn balanced(mut self, balance: Balance) -> Registry {
+        self.balance = balance;
+        self
+    }
+
     /// Picks a serving instance of `route` for a new request.
     #[inline]
     pub fn pick(&mut self, route: u32) -> Option<u32> {
@@ -267,37 +273,42 @@ impl Registry {
                 let id = r.instances[0];
                 (!self.instances.get(&id)?.draining).then_some(id)
             }
-            _ => match self.balance {
-                Balance::WeightedRoundRobin => {
-                    let mut total = 0i64;
-                    let mut best: Option<(u32, i64)> = None;
-                    for &id in &r.instances {
-                        let Some(i) = self.instances.get_mut(&id) else {
-                            continue;
-                        };
-                        if i.draining {
-                            continue;
-                        }
-                        i.current += i.weight as i64;
-                        total += i.weight as i64;
-                        if best.is_none_or(|(_, c)| i.current > c) {
-                            best = Some((id, i.current));
-                        }
+            _ => {
+                // Least outstanding: only the instances with the fewest in
+                // flight take part, and among them weighted round-robin
+                // decides (always the first of a tie would leave the others
+                // idle whenever requests come one at a time).
+                let least = match self.balance {
+                    Balance::LeastOutstanding => r
+                        .instances
+                        .iter()
+                        .filter_map(|id| self.instances.get(id))
+                        .filter(|i| !i.draining)
+                        .map(|i| i.outstanding)
+                        .min(),
+                    Balance::WeightedRoundRobin => None,
+                };
+                let mut total = 0i64;
+                let mut best: Option<(u32, i64)> = None;
+                for &id in &r.instances {
+                    let Some(i) = self.instances.get_mut(&id) else {
+                        continue;
+                    };
+                    if i.draining || least.is_some_and(|l| i.outstanding > l) {
+                        continue;
                     }
-                    let (id, _) = best?;
-                    if let Some(i) = self.instances.get_mut(&id) {
-                        i.current -= total;
+                    i.current += i.weight as i64;
+                    total += i.weight as i64;
+                    if best.is_none_or(|(_, c)| i.current > c) {
+                        best = Some((id, i.current));
                     }
-                    Some(id)
                 }
-                Balance::LeastOutstanding => r
-                    .instances
-                    .iter()
-                    .filter_map(|id| self.instances.get(id).map(|i| (*id, i)))
-                    .filter(|(_, i)| !i.draining)
-                    .min_by_key(|(_, i)| (i.outstanding, u32::MAX - i.weight))
-                    .map(|(id, _)| id),
-            },
+                let (id, _) = best?;
+                if let Some(i) = self.instances.get_mut(&id) {
+                    i.current -= total;
+                }
+                Some(id)
+            }
         }
     }
 
@@ -355,6 +366,22 @@ mod tests {
         let picks: Vec<u32> = (0..8).map(|_| r.pick(route).unwrap()).collect();
         assert_eq!(picks.iter().filter(|&&p| p == a).count(), 2);
         assert_eq!(picks.iter().filter(|&&p| p == b).count(), 6);
+    }
+
+    #[test]
+    fn least_outstanding_skips_the_busy_and_shares_ties() {
+        let mut r = Registry::default().balanced(Balance::LeastOutstanding);
+        let (a, route) = r.register("svc", 1, 1000, 1, 1).unwrap();
+        let (b, _) = r.register("svc", 2, 1000, 1, 1).unwrap();
+        // Both idle: requests one at a time alternate.
+        let picks: Vec<u32> = (0..4).map(|_| r.pick(route).unwrap()).collect();
+        assert_eq!(picks.iter().filter(|&&p| p == a).count(), 2, "{picks:?}");
+        // One busy: the other gets everything until it is as busy.
+        r.instance_mut(a).unwrap().outstanding = 3;
+        assert!((0..5).all(|_| r.pick(route) == Some(b)));
+        r.instance_mut(b).unwrap().outstanding = 3;
+        let picks: Vec<u32> = (0..4).map(|_| r.pick(route).unwrap()).collect();
+        assert_eq!(picks.iter().filter(|&&p| p == a).count(), 2, "{picks:?}");
     }
 
     #[test]
