@@ -39,6 +39,9 @@ pub struct Config {
     /// How a request picks among a name's instances:
     /// `"weighted-round-robin"` (default) or `"least-outstanding"`.
     pub balance: crate::registry::Balance,
+    /// On SIGTERM: milliseconds requests and streams in flight may take to
+    /// finish before every client is disconnected (default 2000).
+    pub shutdown_grace_ms: u64,
 }
 
 /// A `[[topic]]` entry: what a topic whose name starts with `prefix` does
@@ -192,6 +195,7 @@ impl Default for Config {
             promotion: Promotion::default(),
             topic: Vec::new(),
             balance: crate::registry::Balance::default(),
+            shutdown_grace_ms: 2000,
         }
     }
 }

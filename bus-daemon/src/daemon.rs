@@ -82,6 +82,8 @@ pub struct Daemon {
     /// Clients whose tx ring is polled (not parked).
     pub(crate) active: Vec<u32>,
     stop: Arc<EventFd>,
+    /// Stopping: until when exchanges in flight may finish, and why.
+    stopping: Option<(Instant, String)>,
     signals: Option<nix::sys::signalfd::SignalFd>,
     pub(crate) geometry: PoolGeometry,
     idle: IdleStrategy,
@@ -222,6 +224,7 @@ impl Daemon {
             exchanges: Exchanges::default(),
             active: Vec::new(),
             stop,
+            stopping: None,
             signals: opts.signals,
             geometry,
             idle,
@@ -332,13 +335,13 @@ impl Daemon {
                     LISTENER => self.accept(),
                     STOP => {
                         self.stop.try_consume();
-                        return self.shutdown("stop requested");
+                        self.begin_stop("stop requested");
                     }
                     SIGNALS => {
                         if let Some(sig) = self.read_signal() {
                             match sig {
                                 nix::sys::signal::Signal::SIGHUP => self.reload(),
-                                s => return self.shutdown(s.as_str()),
+                                s => self.begin_stop(s.as_str()),
                             }
                         }
                     }
@@ -346,6 +349,12 @@ impl Daemon {
                     t if t & !0xffff_ffff == DOORBELL_TOKEN => self.doorbell(t as u32),
                     t if t & !0xffff_ffff == WRITABLE => self.flush_outbox(t as u32),
                     _ => {}
+                }
+            }
+            if let Some((until, why)) = &self.stopping {
+                if self.exchanges.is_empty() || Instant::now() >= *until {
+                    let why = why.clone();
+                    return self.shutdown(&why);
                 }
             }
             self.expire_hellos();
@@ -389,6 +398,9 @@ impl Daemon {
         if self.outbox_tick {
             // A full control socket the poller cannot watch: retry soon.
             bound(Duration::from_millis(1));
+        }
+        if let Some((until, _)) = &self.stopping {
+            bound(until.saturating_duration_since(now));
         }
         if !self.touched.is_empty() {
             // A client with a full ring (queued descriptors stay on the
@@ -478,9 +490,30 @@ impl Daemon {
         }
     }
 
+    /// Starts stopping: no new connections; requests and streams in
+    /// flight get up to `shutdown_grace_ms` to finish (traffic goes on
+    /// meanwhile), then [`shutdown`](Self::shutdown). Asked a second time,
+    /// it stops at once.
+    ///
+    /// Why: a restart under systemd should not fail the calls a service is
+    /// answering at that moment; its callers reconnect to the next daemon
+    /// by themselves, but an answer lost is lost.
+    fn begin_stop(&mut self, why: &str) {
+        let grace = Duration::from_millis(self.config.shutdown_grace_ms);
+        match &mut self.stopping {
+            Some((until, _)) => *until = Instant::now(),
+            None => {
+                tracing::info!(reason = why, in_flight = self.exchanges.len(), "hybusd stopping");
+                self.notify(&[sd_notify::NotifyState::Stopping]);
+                // New connections wait in the backlog (for the next daemon, under socket activation).
+                self.poller.remove(self.listener.as_fd());
+                self.stopping = Some((Instant::now() + grace, why.to_owned()));
+            }
+        }
+    }
+
     fn shutdown(mut self, why: &str) -> anyhow::Result<()> {
-        tracing::info!(reason = why, "hybusd stopping");
-        self.notify(&[sd_notify::NotifyState::Stopping]);
+        tracing::info!(reason = why, unfinished = self.exchanges.len(), "hybusd stopping now");
         // Drain: deliver what is queued as far as rings allow, then say goodbye.
         self.poll_rings();
         self.flush_clients();

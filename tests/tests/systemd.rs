@@ -1,7 +1,7 @@
 //! The real `hybusd` binary under (or pretending to be under) systemd,
 //! DESIGN §8: it reports `READY=1`, `STATUS=`, `WATCHDOG=1` and
-//! `STOPPING=1` on `NOTIFY_SOCKET`; SIGTERM disconnects every client and
-//! exits 0 with the socket file removed; SIGHUP reloads limits and policy
+//! `STOPPING=1` on `NOTIFY_SOCKET`; SIGTERM lets calls in flight finish,
+//! disconnects every client and exits 0 with the socket file removed; SIGHUP reloads limits and policy
 //! at once and keeps the old configuration when the new one is broken;
 //! socket activation works through `systemd-socket-activate` and through
 //! a hand-made `LISTEN_FDS` handoff, and a wrong socket type is a clear
@@ -105,6 +105,24 @@ fn watchdog_without_watchdog_pid() {
     assert!(await_notify(&notify, "WATCHDOG=1", &mut seen), "no WATCHDOG=1; got {seen:?}; log:\n{}", d.log_text());
 }
 
+/// SIGTERM lets calls in flight finish (`shutdown_grace_ms`, 2 s by
+/// default): a service answering slowly when the daemon is told to stop
+/// still gets its answer to the caller; then the daemon exits 0.
+#[test]
+fn sigterm_lets_calls_in_flight_finish() {
+    let mut d = DaemonProc::start(None);
+    let (_slow, _) = Peer::ready(d.socket(), &["serve", "term.slow", "delay_ms=300"]);
+    let caller = d.connect();
+    let route = caller.resolve("term.slow").unwrap();
+    let pending = std::thread::spawn(move || caller.call(&route, b"abc", SOON).map(|s| s.to_vec()));
+    let bus = d.connect();
+    assert!(eventually(SOON, || (bus.status().ok()?.exchanges == 1).then_some(())).is_some(), "no call in flight");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(pending.join().unwrap().expect("the call in flight failed"), b"cba");
+    let status = d.wait_exit();
+    assert!(status.success(), "exit status {status:?}");
+}
+
 #[test]
 fn sigterm_disconnects_clients_and_exits_cleanly() {
     let mut d = DaemonProc::start(None);
@@ -113,7 +131,7 @@ fn sigterm_disconnects_clients_and_exits_cleanly() {
     let bus = d.connect();
     let echo = bus.resolve("term.echo").unwrap();
     assert_eq!(&*bus.call(&echo, b"abc", SOON).unwrap(), b"cba");
-    // A call in flight when the daemon stops fails instead of hanging.
+    // A call still in flight when the grace period ends fails instead of hanging.
     let caller = d.connect();
     let held = caller.resolve("term.hold").unwrap();
     let pending = std::thread::spawn(move || caller.call(&held, b"x", SOON).map(|s| s.to_vec()));
