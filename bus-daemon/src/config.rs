@@ -123,6 +123,10 @@ pub struct IdleConfig {
     pub spins: u32,
     /// Yields before parking.
     pub yields: u32,
+    /// Park (sleep on the doorbells) once spins and yields are spent;
+    /// `false` keeps spinning, then yielding, for as long as any client is
+    /// connected: the lowest brokered latency, a core's worth of CPU.
+    pub park: bool,
 }
 
 /// Limits, per uid unless said otherwise.
@@ -202,7 +206,7 @@ impl Default for Config {
 
 impl Default for IdleConfig {
     fn default() -> Self {
-        IdleConfig { spins: IdleStrategy::DEFAULT.spins, yields: IdleStrategy::DEFAULT.yields }
+        IdleConfig { spins: IdleStrategy::DEFAULT.spins, yields: IdleStrategy::DEFAULT.yields, park: true }
     }
 }
 
@@ -344,7 +348,7 @@ impl Config {
 
     /// The daemon's idle strategy.
     pub fn idle_strategy(&self) -> IdleStrategy {
-        IdleStrategy { spins: self.idle.spins, yields: self.idle.yields, park: true }
+        IdleStrategy { spins: self.idle.spins, yields: self.idle.yields, park: self.idle.park }
     }
 }
 

@@ -306,8 +306,10 @@ impl Daemon {
                     continue;
                 }
                 Some(Duration::ZERO)
-            } else if !self.active.is_empty() && idle_rounds < spin_budget && !yielded_too_long(yield_start) {
-                idle_rounds += 1;
+            } else if !self.active.is_empty()
+                && (!self.idle.park || (idle_rounds < spin_budget && !yielded_too_long(yield_start)))
+            {
+                idle_rounds = idle_rounds.saturating_add(1);
                 if idle_rounds <= self.idle.spins as u64 {
                     std::hint::spin_loop();
                     if idle_rounds % 256 != 0 {

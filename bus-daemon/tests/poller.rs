@@ -393,7 +393,7 @@ fn time_calls_per_backend() {
         for force_epoll in [false, true] {
             let mut config = Config { force_epoll, ..Default::default() };
             if let (Some(spins), Some(yields)) = (spins, yields) {
-                config.idle = IdleConfig { spins, yields };
+                config.idle = IdleConfig { spins, yields, park: true };
             }
             let path = socket_path(&format!("time-{force_epoll}-{}", spins.is_some()));
             let d = Embedded::start(&path, config).unwrap();

@@ -82,3 +82,22 @@ fn a_thousand_clients() {
     assert_eq!(&*bus.call(&route, b"xy", SOON).unwrap(), b"yx");
     println!("daemon RSS after they left: {} KiB", d.rss_kib());
 }
+
+/// `[idle] park = false`: the daemon never sleeps while a client is
+/// connected (a core's worth of CPU for the lowest brokered latency), and
+/// still serves; with no client left it sleeps again.
+#[test]
+fn a_daemon_told_not_to_park_keeps_polling() {
+    let d = DaemonProc::start(Some("[idle]\npark = false\n"));
+    let (server, _) = Peer::ready(d.socket(), &["serve", "spin.echo"]);
+    let bus = d.connect();
+    let route = bus.resolve("spin.echo").unwrap();
+    assert_eq!(&*bus.call(&route, b"ab", SOON).unwrap(), b"ba");
+    std::thread::sleep(SETTLE);
+    let ticks = d.ticks_during(Duration::from_secs(1));
+    // Polling, spinning or yielding: much of a second of CPU, shared machine
+    // or not (parked: none).
+    assert!(ticks >= 25, "the daemon used only {ticks} ticks in 1 s: it parked");
+    drop((bus, server));
+    assert_idle(&d, "after its clients left");
+}
