@@ -60,6 +60,8 @@ pub enum Error {
     BusGone(String),
     /// The daemon or a peer broke the protocol.
     Protocol(String),
+    /// A payload is not the typed value asked for (see [`typed`](crate::typed)).
+    BadPayload(String),
     /// A system call failed.
     Os(String),
 }
@@ -93,6 +95,7 @@ impl fmt::Display for Error {
             Self::WouldBlock => f.write_str("would block: the ring is full"),
             Self::BusGone(m) => write!(f, "bus gone: {m}"),
             Self::Protocol(m) => write!(f, "protocol error: {m}"),
+            Self::BadPayload(m) => write!(f, "bad payload: {m}"),
             Self::Os(m) => f.write_str(m),
         }
     }

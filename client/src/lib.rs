@@ -8,6 +8,7 @@
 //! * [`Publisher`], [`Subscription`] — topics;
 //! * [`Stream`] — the caller's end of a request-stream or request-channel;
 //! * [`Sample`], [`Loan`] — received payloads and in-place writes (zero-copy);
+//! * [`typed`] — values as payloads (rkyv), checked where they arrive;
 //! * [`Error`] — what went wrong;
 //! * `AsyncBus` (feature `tokio`) — the same waits as futures, on the same doorbells.
 //!
@@ -48,6 +49,7 @@ mod sample;
 mod service;
 mod stream;
 mod topic;
+pub mod typed;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -58,6 +60,9 @@ pub use error::{Error, Result};
 pub use hybus_layout::control::{ChannelStats, DaemonStatus, InstanceInfo, InstanceStats, ServiceInfo, StatsReport};
 pub use hybus_layout::socket::default_socket_path;
 pub use hybus_layout::IdleStrategy;
+/// The rkyv this crate archives typed payloads with (see [`typed`]): derive
+/// with it (`#[rkyv(crate = hybus::rkyv)]`) to be sure both agree.
+pub use rkyv;
 pub use sample::{Loan, Sample, INLINE_PAYLOAD};
 pub use service::{Incoming, Request, Service, ServiceOptions, StreamRequest};
 pub use stream::{Batch, BatchIter, Stream};

@@ -21,7 +21,8 @@ use crate::error::{Error, Result};
 ///
 /// The sender keeps a writable mapping of its pool, so a misbehaving sender
 /// could change the bytes while you read them: copy them out before
-/// validating anything that must stay valid (the typed API does so).
+/// validating anything that must stay valid ([`decode`](Self::decode) and
+/// [`checked`](Self::checked), the typed payloads of [`typed`](crate::typed), do so).
 pub struct Sample {
     d: Descriptor,
     /// For one item of a batch: its bytes within the batch's payload.
