@@ -17,6 +17,17 @@ fn current_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
+/// Runs `work` on a current-thread runtime of its own thread, and fails
+/// (rather than hangs) if it does not finish in a minute: the symptom of a
+/// wait that blocks the executor.
+fn within_a_minute<T: Send + 'static>(work: impl std::future::Future<Output = T> + Send + 'static) -> T {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(current_thread().block_on(work));
+    });
+    finished.recv_timeout(Duration::from_secs(60)).expect("the runtime is stuck in a blocking wait")
+}
+
 #[test]
 fn async_calls_services_and_subscriptions() {
     let d = DaemonProc::start(None);
@@ -117,39 +128,33 @@ fn async_fires_await_pool_space_without_blocking_the_runtime() {
     const N: usize = 300;
     let d = DaemonProc::start(None);
     let socket = d.socket().to_owned();
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = current_thread();
-        let got = rt.block_on(async {
-            let svc_bus = Bus::connect_to(&socket).unwrap();
-            let svc = svc_bus.register("svc.asink").unwrap();
-            let server = svc_bus.to_async().unwrap();
-            let firer = Bus::connect_to(&socket).unwrap().to_async().unwrap();
-            let route = firer.bus().resolve("svc.asink").unwrap();
-            // 60 KB each: the pool holds 36 chunks that large.
-            let sending = async {
-                for i in 0..N {
-                    firer.fire(&route, &vec![i as u8; 60_000]).await.unwrap();
-                }
-            };
-            let receiving = async {
-                let mut got = 0;
-                while got < N {
-                    match server.next_incoming(&svc, T).await.unwrap() {
-                        Some(Incoming::Fire(s)) => {
-                            assert!(s.len() == 60_000 && s.iter().all(|&b| b == got as u8), "fire {got}");
-                            got += 1;
-                        }
-                        other => panic!("expected fire {got}, got {other:?}"),
+    let got = within_a_minute(async move {
+        let svc_bus = Bus::connect_to(&socket).unwrap();
+        let svc = svc_bus.register("svc.asink").unwrap();
+        let server = svc_bus.to_async().unwrap();
+        let firer = Bus::connect_to(&socket).unwrap().to_async().unwrap();
+        let route = firer.bus().resolve("svc.asink").unwrap();
+        // 60 KB each: the pool holds 36 chunks that large.
+        let sending = async {
+            for i in 0..N {
+                firer.fire(&route, &vec![i as u8; 60_000]).await.unwrap();
+            }
+        };
+        let receiving = async {
+            let mut got = 0;
+            while got < N {
+                match server.next_incoming(&svc, T).await.unwrap() {
+                    Some(Incoming::Fire(s)) => {
+                        assert!(s.len() == 60_000 && s.iter().all(|&b| b == got as u8), "fire {got}");
+                        got += 1;
                     }
+                    other => panic!("expected fire {got}, got {other:?}"),
                 }
-                got
-            };
-            tokio::join!(sending, receiving).1
-        });
-        let _ = done.send(got);
+            }
+            got
+        };
+        tokio::join!(sending, receiving).1
     });
-    let got = finished.recv_timeout(Duration::from_secs(60)).expect("the runtime is stuck in a blocking wait");
     assert_eq!(got, N);
 }
 
@@ -163,57 +168,50 @@ fn async_services_serve_streams_and_channels() {
     const N: u32 = 100;
     let d = DaemonProc::start(None);
     let socket = d.socket().to_owned();
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = current_thread();
-        let (streamed, echoed) = rt.block_on(async {
-            let svc_bus = Bus::connect_to(&socket).unwrap();
-            let svc = svc_bus.register("svc.aserve").unwrap();
-            let server = svc_bus.to_async().unwrap();
-            let caller = Bus::connect_to(&socket).unwrap().to_async().unwrap();
-            let route = caller.bus().resolve("svc.aserve").unwrap();
-            let serving = async {
-                for _ in 0..2 {
-                    let Some(Incoming::Stream(mut st)) = server.next_incoming(&svc, T).await.unwrap() else {
-                        panic!("expected a stream");
-                    };
-                    if st.is_channel() {
-                        while let Some(item) = server.next_item(&mut st, T).await.unwrap() {
-                            server.send_item(&mut st, &item, T).await.unwrap();
-                        }
-                    } else {
-                        assert!(server.next_item(&mut st, T).await.unwrap().is_none(), "a stream brings no items");
-                        for i in 0..N {
-                            server.send_item(&mut st, &i.to_le_bytes(), T).await.unwrap();
-                        }
+    let (streamed, echoed) = within_a_minute(async move {
+        let svc_bus = Bus::connect_to(&socket).unwrap();
+        let svc = svc_bus.register("svc.aserve").unwrap();
+        let server = svc_bus.to_async().unwrap();
+        let caller = Bus::connect_to(&socket).unwrap().to_async().unwrap();
+        let route = caller.bus().resolve("svc.aserve").unwrap();
+        let serving = async {
+            for _ in 0..2 {
+                let Some(Incoming::Stream(mut st)) = server.next_incoming(&svc, T).await.unwrap() else {
+                    panic!("expected a stream");
+                };
+                if st.is_channel() {
+                    while let Some(item) = server.next_item(&mut st, T).await.unwrap() {
+                        server.send_item(&mut st, &item, T).await.unwrap();
                     }
-                    st.end().unwrap();
+                } else {
+                    assert!(server.next_item(&mut st, T).await.unwrap().is_none(), "a stream brings no items");
+                    for i in 0..N {
+                        server.send_item(&mut st, &i.to_le_bytes(), T).await.unwrap();
+                    }
                 }
-            };
-            let calling = async {
-                let number = |s: &[u8]| u32::from_le_bytes(s.try_into().unwrap());
-                // Windows of 4: the server waits for new credits 25 times each way.
-                let mut st = caller.bus().request_stream(&route, b"count", 4).unwrap();
-                let mut streamed = Vec::new();
-                while let Some(item) = caller.next_item(&mut st, T).await.unwrap() {
-                    streamed.push(number(&item));
-                }
-                let mut ch = caller.bus().request_channel(&route, b"echo", 4).unwrap();
-                let mut echoed = Vec::new();
-                for i in 0..N {
-                    caller.send_item(&mut ch, &i.to_le_bytes(), T).await.unwrap();
-                    echoed.push(number(&caller.next_item(&mut ch, T).await.unwrap().unwrap()));
-                }
-                ch.end().unwrap();
-                assert!(caller.next_item(&mut ch, T).await.unwrap().is_none(), "the channel did not end");
-                (streamed, echoed)
-            };
-            tokio::join!(serving, calling).1
-        });
-        let _ = done.send((streamed, echoed));
+                st.end().unwrap();
+            }
+        };
+        let calling = async {
+            let number = |s: &[u8]| u32::from_le_bytes(s.try_into().unwrap());
+            // Windows of 4: the server waits for new credits 25 times each way.
+            let mut st = caller.bus().request_stream(&route, b"count", 4).unwrap();
+            let mut streamed = Vec::new();
+            while let Some(item) = caller.next_item(&mut st, T).await.unwrap() {
+                streamed.push(number(&item));
+            }
+            let mut ch = caller.bus().request_channel(&route, b"echo", 4).unwrap();
+            let mut echoed = Vec::new();
+            for i in 0..N {
+                caller.send_item(&mut ch, &i.to_le_bytes(), T).await.unwrap();
+                echoed.push(number(&caller.next_item(&mut ch, T).await.unwrap().unwrap()));
+            }
+            ch.end().unwrap();
+            assert!(caller.next_item(&mut ch, T).await.unwrap().is_none(), "the channel did not end");
+            (streamed, echoed)
+        };
+        tokio::join!(serving, calling).1
     });
-    let (streamed, echoed) =
-        finished.recv_timeout(Duration::from_secs(60)).expect("the runtime is stuck in a blocking wait");
     assert_eq!(streamed, (0..N).collect::<Vec<_>>());
     assert_eq!(echoed, (0..N).collect::<Vec<_>>());
 }

@@ -379,6 +379,28 @@ fn calls_until(caller: &Bus, route: &hybus::Route, want: &str) {
     }
 }
 
+/// With `caller` on a direct channel to the instance that answers
+/// `old_tag`, an instance answering `new_tag` comes up and the old one is
+/// given `order`: the caller's calls end up with the new one, through the
+/// daemon. Returns the new one.
+fn hand_over(
+    d: &DaemonProc,
+    caller: &Bus,
+    route: &hybus::Route,
+    (old, old_tag): (&std::sync::mpsc::Sender<Order>, &str),
+    order: Order,
+    new_tag: &'static str,
+) -> (std::sync::mpsc::Sender<Order>, std::thread::JoinHandle<()>) {
+    caller.request_direct(route).unwrap();
+    assert!(caller.is_direct(route));
+    assert_eq!(&*caller.call(route, b"x", T).unwrap(), old_tag.as_bytes());
+    let new = tagged_server(d, route.name(), new_tag);
+    old.send(order).unwrap();
+    calls_until(caller, route, new_tag);
+    assert!(eventually(SOON, || (!caller.is_direct(route)).then_some(())).is_some(), "still direct after {order:?}");
+    new
+}
+
 /// A channel ends at a process, not at an instance: when the instance it
 /// serves unregisters while its process lives on, or drains for a newer one
 /// (hot replacement), the daemon closes the channel, and the caller's calls
@@ -386,27 +408,12 @@ fn calls_until(caller: &Bus, route: &hybus::Route, want: &str) {
 #[test]
 fn a_leaving_or_draining_instance_hands_its_direct_callers_over() {
     let d = DaemonProc::start(None);
-    let (one, one_thread) = tagged_server(&d, "hot.svc", "one");
+    let one = tagged_server(&d, "hot.svc", "one");
     let caller = d.connect();
     let route = caller.resolve("hot.svc").unwrap();
-    caller.request_direct(&route).unwrap();
-    assert!(caller.is_direct(&route));
-    assert_eq!(&*caller.call(&route, b"x", T).unwrap(), b"one");
-
-    let (two, two_thread) = tagged_server(&d, "hot.svc", "two");
-    one.send(Order::Unregister).unwrap();
-    calls_until(&caller, &route, "two");
-    assert!(eventually(SOON, || (!caller.is_direct(&route)).then_some(())).is_some(), "still direct");
-
-    caller.request_direct(&route).unwrap();
-    assert!(caller.is_direct(&route));
-    assert_eq!(&*caller.call(&route, b"x", T).unwrap(), b"two");
-    let (three, three_thread) = tagged_server(&d, "hot.svc", "three");
-    two.send(Order::Drain).unwrap();
-    calls_until(&caller, &route, "three");
-    assert!(eventually(SOON, || (!caller.is_direct(&route)).then_some(())).is_some(), "still direct");
-
-    for (orders, thread) in [(one, one_thread), (two, two_thread), (three, three_thread)] {
+    let two = hand_over(&d, &caller, &route, (&one.0, "one"), Order::Unregister, "two");
+    let three = hand_over(&d, &caller, &route, (&two.0, "two"), Order::Drain, "three");
+    for (orders, thread) in [one, two, three] {
         orders.send(Order::Stop).unwrap();
         thread.join().unwrap();
     }
