@@ -166,6 +166,12 @@ impl Daemon {
     /// unregistered, whose process (alive, so no pidfd said anything) had
     /// no one to hand them to: the callers waited for their deadlines.
     pub(crate) fn close_channels_no_longer_served(&mut self, server: u32, route: u32, reason: &str) {
+        if !self.sessions.contains_key(&server) {
+            // It is disconnecting: `close_channels_of` tells its peers it is
+            // gone, so that they reclaim everything at once. A close without
+            // "peer died" here would have them wait for its end fence for good.
+            return;
+        }
         let serves = self.registry.instances().any(|(_, i)| i.client == server && i.route == route && !i.draining);
         if serves {
             return;
@@ -179,7 +185,22 @@ impl Daemon {
 
     /// A client left: close its channels, telling the survivors.
     pub(crate) fn close_channels_of(&mut self, client: u32) {
-        self.channel_members.retain(|_, (a, b)| *a != client && *b != client);
+        // Channels closed before but perhaps still downgrading: the survivor
+        // waits for an end fence that will not come now. "Peer died" lets it
+        // reclaim everything at once (a client that left the bus counts as
+        // dead even when its process, which a pidfd watches, lives on).
+        let mut survivors = Vec::new();
+        self.channel_members.retain(|&id, &mut (a, b)| {
+            let mine = a == client || b == client;
+            if mine && !self.channels.contains_key(&id) {
+                survivors.push((id, if a == client { b } else { a }));
+            }
+            !mine
+        });
+        for (channel, to) in survivors {
+            let ev = Event::DirectClosed { channel, reason: "peer gone".into(), peer_died: true };
+            self.send(to, &DaemonMessage::Event(ev), &[]);
+        }
         let ids: Vec<u32> =
             self.channels.iter().filter(|(_, c)| c.a == client || c.b == client).map(|(id, _)| *id).collect();
         for id in ids {

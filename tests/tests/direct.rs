@@ -326,6 +326,8 @@ enum Order {
     /// Unregister, the connection staying up and in use, as in a process
     /// that serves other things too.
     Unregister,
+    /// Close the connection; the thread (the process) lives on.
+    Disconnect,
     /// End the thread.
     Stop,
 }
@@ -342,13 +344,19 @@ fn tagged_server(
     let svc = bus.register(name).unwrap();
     let h = std::thread::spawn(move || {
         let mut svc = Some(svc);
+        let mut bus = Some(bus);
         loop {
             match inbox.try_recv() {
                 Ok(Order::Drain) => svc.as_ref().unwrap().drain().unwrap(),
                 Ok(Order::Unregister) => svc = None,
+                Ok(Order::Disconnect) => (svc, bus) = (None, None),
                 Ok(Order::Stop) => return,
                 Err(_) => {}
             }
+            let Some(bus) = &bus else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
             match &svc {
                 Some(s) => {
                     if let Some(hybus::Incoming::Request(r)) = s.next(Duration::from_millis(5)).unwrap() {
@@ -404,7 +412,8 @@ fn hand_over(
 /// A channel ends at a process, not at an instance: when the instance it
 /// serves unregisters while its process lives on, or drains for a newer one
 /// (hot replacement), the daemon closes the channel, and the caller's calls
-/// go on through the daemon to the instance that serves.
+/// go on through the daemon to the instance that serves. A server that
+/// leaves the bus with its process alive counts as gone.
 #[test]
 fn a_leaving_or_draining_instance_hands_its_direct_callers_over() {
     let d = DaemonProc::start(None);
@@ -413,7 +422,13 @@ fn a_leaving_or_draining_instance_hands_its_direct_callers_over() {
     let route = caller.resolve("hot.svc").unwrap();
     let two = hand_over(&d, &caller, &route, (&one.0, "one"), Order::Unregister, "two");
     let three = hand_over(&d, &caller, &route, (&two.0, "two"), Order::Drain, "three");
-    for (orders, thread) in [one, two, three] {
+    // Gone from the bus while its process lives on (no pidfd says anything):
+    // the caller is told the peer is gone and reclaims the channel at once.
+    let four = hand_over(&d, &caller, &route, (&three.0, "three"), Order::Disconnect, "four");
+    let reclaimed = eventually(SOON, || (!caller.debug_state().contains("  channel ")).then_some(()));
+    assert!(reclaimed.is_some(), "a channel is left: {}", caller.debug_state());
+    assert_eq!(caller.chunks_in_use(), 0);
+    for (orders, thread) in [one, two, three, four] {
         orders.send(Order::Stop).unwrap();
         thread.join().unwrap();
     }
