@@ -93,6 +93,11 @@ impl Exchanges {
     }
 
     /// The exchange with the daemon's id `id`.
+    pub fn get(&self, id: u64) -> Option<&Exchange> {
+        self.by_id.get(&id)
+    }
+
+    /// The exchange with the daemon's id `id`, to change.
     pub fn get_mut(&mut self, id: u64) -> Option<&mut Exchange> {
         self.by_id.get_mut(&id)
     }

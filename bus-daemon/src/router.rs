@@ -256,8 +256,10 @@ impl Daemon {
 
     fn route(&mut self, from: u32, d: Descriptor) -> Result<(), Violation> {
         let kind = d.check()?;
-        if self.monitors > 0 {
-            self.monitor(from, &d);
+        // Requests and fires are tapped once their instance is picked.
+        if self.monitors > 0 && !matches!(kind, Kind::Request | Kind::StreamOpen | Kind::Fire) {
+            let to = self.receiver_of(from, &d, kind);
+            self.monitor(from, &d, to);
         }
         match kind {
             Kind::Release => return self.release(from, d),
@@ -371,6 +373,9 @@ impl Daemon {
             return Ok(());
         };
         let server = self.registry.instance(instance).map_or(0, |i| i.client);
+        if self.monitors > 0 {
+            self.monitor(from, &d, server);
+        }
         if self.config.promotion.enabled {
             self.count_pair(from, route);
         }
@@ -439,6 +444,9 @@ impl Daemon {
             return Ok(());
         };
         let server = self.registry.instance(instance).map_or(0, |i| i.client);
+        if self.monitors > 0 {
+            self.monitor(from, &d, server);
+        }
         if self.config.promotion.enabled {
             self.count_pair(from, d.route);
         }
@@ -697,7 +705,20 @@ impl Daemon {
         }
     }
 
-    fn monitor(&mut self, client: u32, d: &Descriptor) {
+    /// The client a descriptor of an open exchange goes to, for the
+    /// monitor: the caller for what a server sends, the server for what a
+    /// caller sends; 0 when there is no one such (a publication goes to
+    /// every subscriber; releases and fences to the daemon).
+    fn receiver_of(&self, from: u32, d: &Descriptor, kind: Kind) -> u32 {
+        let exchange = match kind {
+            Kind::Publish | Kind::Release | Kind::Fence => None,
+            _ if d.flags & flags::SERVER != 0 => self.exchanges.get(d.correlation).map(|e| e.caller),
+            _ => self.exchanges.id_of(from, d.correlation).and_then(|id| self.exchanges.get(id)).map(|e| e.server),
+        };
+        exchange.unwrap_or(0)
+    }
+
+    fn monitor(&mut self, client: u32, d: &Descriptor, to: u32) {
         let name = self
             .registry
             .route(d.route)
@@ -716,7 +737,7 @@ impl Daemon {
         let ev = DaemonMessage::Event(Event::Traffic {
             kind: d.kind,
             from: client,
-            to: 0,
+            to,
             route: d.route,
             correlation: d.correlation,
             len: payload_len(d) as u32,

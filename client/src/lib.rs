@@ -106,7 +106,9 @@ pub enum BusEvent {
         kind: u8,
         /// Sender's client id.
         from: u32,
-        /// Receiver's client id (0 when not yet known).
+        /// Receiver's client id: the serving instance's client for a
+        /// request or fire, the caller for an answer; 0 for a publication
+        /// (every subscriber).
         to: u32,
         /// Route id.
         route: u32,

@@ -410,7 +410,8 @@ fn stats_in_every_format() {
 }
 
 /// `monitor --count 2 --json` prints the traffic of calls made while it
-/// runs, one JSON object with a `kind` per line, and exits 0 after two.
+/// runs, one JSON object with a `kind`, a sender and a receiver per line,
+/// and exits 0 after two.
 #[test]
 fn monitor_prints_traffic() {
     let f = Fixture::start();
@@ -428,6 +429,9 @@ fn monitor_prints_traffic() {
         let kind = l["kind"].as_str().unwrap_or_else(|| panic!("no kind: {l}"));
         assert!(["request", "response"].contains(&kind), "{l}");
         assert!(l["len"].is_u64() && l["route"].is_u64() && l["t"].is_f64(), "{l}");
+        // Who talks to whom: the instance's client for a request, the caller
+        // for its answer (here one connection serves and calls).
+        assert!(l["to"].as_u64().is_some_and(|to| to > 0), "{l}");
     }
     assert!(lines.iter().any(|l| l["route"] == u64::from(f.route)), "traffic to cli.echo: {out:#?}");
 }

@@ -52,8 +52,10 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
                     json!({"t": t, "kind": kind_name(kind), "from": from, "to": to, "route": route, "correlation": correlation, "len": len})
                 );
             } else {
+                // 0: no single receiver (a publication goes to every subscriber).
+                let to = if to == 0 { "*".to_owned() } else { to.to_string() };
                 println!(
-                    "{t:>10.6}  {:<11}  client {from:>4} → route {route:<5} corr {correlation:<20} {len} B",
+                    "{t:>10.6}  {:<11}  client {from:>4} → {to:>4}  route {route:<5} corr {correlation:<20} {len} B",
                     kind_name(kind)
                 );
             }
