@@ -171,12 +171,16 @@ pub struct Policy {
     pub rules: Vec<Rule>,
 }
 
-/// One policy rule: a uid (or any) may do `actions` on names under `prefix`.
+/// One policy rule: a uid, a gid, both or anyone may do `actions` on
+/// names under `prefix`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
-    /// The uid this applies to; absent for everyone.
+    /// The uid this applies to; absent for any.
     pub uid: Option<u32>,
+    /// The (primary) gid this applies to, as the kernel reports the
+    /// connecting process's credentials; absent for any.
+    pub gid: Option<u32>,
     /// Name prefix ("" for all names).
     #[serde(default)]
     pub prefix: String,
@@ -256,16 +260,32 @@ impl Action {
     }
 }
 
+/// Who asks: the connecting process's credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Who {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+}
+
+impl Rule {
+    fn applies_to(&self, who: Who) -> bool {
+        self.uid.is_none_or(|u| u == who.uid) && self.gid.is_none_or(|g| g == who.gid)
+    }
+}
+
 impl Policy {
-    /// Whether `uid` may do `action` on `name` on a bus run by uid `owner`.
+    /// Whether `who` may do `action` on `name` on a bus run by uid `owner`.
     /// Root may always; then the first rule that matches and allows;
     /// otherwise only `owner`, and only unless [`default_deny`](Self::default_deny).
-    pub fn allows(&self, uid: u32, owner: u32, action: Action, name: &str) -> bool {
+    pub fn allows(&self, who: Who, owner: u32, action: Action, name: &str) -> bool {
+        let uid = who.uid;
         if uid == 0 {
             return true;
         }
         for r in &self.rules {
-            if r.uid.is_some_and(|u| u != uid) || !name.starts_with(&r.prefix) {
+            if !r.applies_to(who) || !name.starts_with(&r.prefix) {
                 continue;
             }
             if r.allow.iter().any(|a| a == action.word() || a == "all") {
@@ -279,13 +299,10 @@ impl Policy {
     /// messages then need no check): root, the owner of a bus that does not
     /// deny by default, or anyone under a rule for all uids and names that
     /// allows all.
-    pub fn trusts(&self, uid: u32, owner: u32) -> bool {
-        uid == 0
-            || (!self.default_deny && uid == owner)
-            || self
-                .rules
-                .iter()
-                .any(|r| r.uid.is_none_or(|u| u == uid) && r.prefix.is_empty() && r.allow.iter().any(|a| a == "all"))
+    pub fn trusts(&self, who: Who, owner: u32) -> bool {
+        who.uid == 0
+            || (!self.default_deny && who.uid == owner)
+            || self.rules.iter().any(|r| r.applies_to(who) && r.prefix.is_empty() && r.allow.iter().any(|a| a == "all"))
     }
 }
 
@@ -392,16 +409,21 @@ mod tests {
         assert!(Config::parse("[[topic]]\nprefix = \"a.\"\nqueue = 0\n").is_err());
     }
 
+    /// A uid with gid 100.
+    fn who(uid: u32) -> Who {
+        Who { uid, gid: 100 }
+    }
+
     #[test]
     fn policy() {
         let c: Config = toml::from_str(
             "[policy]\ndefault_deny = true\n[[policy.rules]]\nuid = 1000\nprefix = \"kv.\"\nallow = [\"own\"]\n",
         )
         .unwrap();
-        assert!(c.policy.allows(1000, 1000, Action::Own, "kv.store"));
-        assert!(!c.policy.allows(1000, 1000, Action::Own, "camera"));
-        assert!(!c.policy.allows(1001, 1000, Action::Own, "kv.store"));
-        assert!(c.policy.allows(0, 1000, Action::Own, "anything"));
+        assert!(c.policy.allows(who(1000), 1000, Action::Own, "kv.store"));
+        assert!(!c.policy.allows(who(1000), 1000, Action::Own, "camera"));
+        assert!(!c.policy.allows(who(1001), 1000, Action::Own, "kv.store"));
+        assert!(c.policy.allows(who(0), 1000, Action::Own, "anything"));
         // A user bus: its owner (and root) may do everything, others what a rule allows.
         let c: Config = toml::from_str(
             "[[policy.rules]]
@@ -410,18 +432,23 @@ allow = [\"call\"]
 ",
         )
         .unwrap();
-        assert!(c.policy.allows(1000, 1000, Action::Own, "kv.store"));
-        assert!(!c.policy.allows(1001, 1000, Action::Own, "kv.store"));
-        assert!(c.policy.allows(1001, 1000, Action::Call, "pub.time"));
-        assert!(!c.policy.allows(1001, 1000, Action::Call, "kv.store"));
-        assert!(c.policy.trusts(1000, 1000) && c.policy.trusts(0, 1000) && !c.policy.trusts(1001, 1000));
+        assert!(c.policy.allows(who(1000), 1000, Action::Own, "kv.store"));
+        assert!(!c.policy.allows(who(1001), 1000, Action::Own, "kv.store"));
+        assert!(c.policy.allows(who(1001), 1000, Action::Call, "pub.time"));
+        assert!(!c.policy.allows(who(1001), 1000, Action::Call, "kv.store"));
+        assert!(c.policy.trusts(who(1000), 1000) && c.policy.trusts(who(0), 1000) && !c.policy.trusts(who(1001), 1000));
         let open: Config = toml::from_str(
             "[[policy.rules]]
 allow = [\"all\"]
 ",
         )
         .unwrap();
-        assert!(open.policy.allows(1001, 1000, Action::Publish, "anything"));
-        assert!(open.policy.trusts(1001, 1000));
+        assert!(open.policy.allows(who(1001), 1000, Action::Publish, "anything"));
+        assert!(open.policy.trusts(who(1001), 1000));
+        // By group.
+        let c: Config =
+            toml::from_str("[[policy.rules]]\ngid = 44\nprefix = \"camera.\"\nallow = [\"subscribe\"]\n").unwrap();
+        assert!(c.policy.allows(Who { uid: 1001, gid: 44 }, 1000, Action::Subscribe, "camera.front"));
+        assert!(!c.policy.allows(who(1001), 1000, Action::Subscribe, "camera.front"));
     }
 }

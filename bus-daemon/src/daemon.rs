@@ -481,7 +481,7 @@ impl Daemon {
                 self.config = c;
                 // The policy applies at once, to sends already made possible too.
                 for s in self.sessions.values_mut() {
-                    s.trusted = self.config.policy.trusts(s.creds.uid, self.owner);
+                    s.trusted = self.config.policy.trusts(s.creds.who(), self.owner);
                     s.permits.clear();
                 }
                 tracing::info!(path = %path.display(), "configuration reloaded");
@@ -584,7 +584,7 @@ impl Daemon {
                     monitor: None,
                     subscriptions: Vec::new(),
                     outbox: Default::default(),
-                    trusted: self.config.policy.trusts(creds.uid, self.owner),
+                    trusted: self.config.policy.trusts(creds.who(), self.owner),
                     permits: Default::default(),
                 },
             );

@@ -10,7 +10,7 @@ use hybus_layout::header::{SegmentKind, HEADER_REGION, LAYOUT_HASH};
 use hybus_layout::ring;
 use hybus_layout::segment::{EventFd, Segment};
 
-use crate::config::Action;
+use crate::config::{Action, Who};
 use crate::daemon::{error_reply, Daemon, DOORBELL_TOKEN};
 use crate::registry::RegisterError;
 use crate::session::DataPlane;
@@ -136,8 +136,9 @@ impl Daemon {
     }
 
     fn check(&self, id: u32, action: Action, name: &str) -> Result<(), (ErrorCode, String)> {
-        let uid = self.sessions.get(&id).map_or(u32::MAX, |s| s.creds.uid);
-        if self.config.policy.allows(uid, self.owner, action, name) {
+        let who = self.sessions.get(&id).map_or(Who { uid: u32::MAX, gid: u32::MAX }, |s| s.creds.who());
+        let uid = who.uid;
+        if self.config.policy.allows(who, self.owner, action, name) {
             Ok(())
         } else {
             Err((ErrorCode::AccessDenied, format!("uid {uid} may not {action:?} {name:?}").to_lowercase()))

@@ -337,7 +337,7 @@ impl Daemon {
             return known;
         }
         let name = self.registry.route(route).map_or("", |r| r.name.as_str());
-        let ok = self.config.policy.allows(s.creds.uid, self.owner, action, name);
+        let ok = self.config.policy.allows(s.creds.who(), self.owner, action, name);
         if !ok {
             tracing::info!(client = from, uid = s.creds.uid, route, name, "refused a send: policy ({action:?})");
         }

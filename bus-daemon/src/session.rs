@@ -22,6 +22,13 @@ pub struct Credentials {
     pub pid: i32,
 }
 
+impl Credentials {
+    /// Who they are, to the policy.
+    pub fn who(&self) -> crate::config::Who {
+        crate::config::Who { uid: self.uid, gid: self.gid }
+    }
+}
+
 /// The data-plane half of a session, present after Hello.
 #[derive(Debug)]
 pub struct DataPlane {

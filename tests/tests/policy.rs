@@ -58,3 +58,16 @@ fn the_policy_holds_on_the_data_plane() {
     assert!(news.next(Duration::from_millis(200)).unwrap().is_none(), "a refused publication was delivered");
     assert!(d.log_text().contains("refused a send: policy"), "{}", d.log_text());
 }
+
+/// Rules may name a group: the connecting process's primary gid, as the
+/// kernel reports it.
+#[test]
+fn a_rule_may_name_a_group() {
+    const GROUP: u32 = 4242;
+    let d = DaemonProc::start(Some(&format!("[[policy.rules]]\ngid = {GROUP}\nprefix = \"grp.\"\nallow = [\"own\"]\n")));
+    let mut member = Peer::spawn_as(d.socket(), &["serve", "grp.member"], NOBODY, GROUP);
+    member.expect_line("ready");
+    let mut other = Peer::spawn_as(d.socket(), &["serve", "grp.other"], NOBODY, NOBODY);
+    let line = other.expect_line("error");
+    assert!(line.contains("access denied"), "{line}");
+}
