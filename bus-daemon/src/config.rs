@@ -17,6 +17,10 @@ pub struct Config {
     pub socket: Option<PathBuf>,
     /// Mode bits of the socket file (who may connect), e.g. `0o660`.
     pub socket_mode: u32,
+    /// Group of the socket file (a name or a number): with a mode like
+    /// 0o660, only its members (and the owner) may connect. Absent: the
+    /// daemon's own group. (Under systemd, `SocketGroup=` does this.)
+    pub socket_group: Option<String>,
     /// Capacity of each client ring (power of two).
     pub ring_capacity: u64,
     /// Size classes of each client's pool.
@@ -193,6 +197,7 @@ impl Default for Config {
         Config {
             socket: None,
             socket_mode: 0o666,
+            socket_group: None,
             ring_capacity: 1024,
             pool: DEFAULT_CLASSES.iter().map(|c| PoolClass { chunk_size: c.chunk_size, count: c.count }).collect(),
             idle: IdleConfig::default(),

@@ -119,7 +119,7 @@ pub struct Daemon {
     pub(crate) pair_rates: IdMap<(u32, u32), crate::direct::PairRate>,
 }
 
-fn bind_socket(path: &Path, mode: u32) -> anyhow::Result<OwnedFd> {
+fn bind_socket(path: &Path, mode: u32, group: Option<&str>) -> anyhow::Result<OwnedFd> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create socket directory {}", dir.display()))?;
     }
@@ -142,10 +142,27 @@ fn bind_socket(path: &Path, mode: u32) -> anyhow::Result<OwnedFd> {
     let addr = UnixAddr::new(path).with_context(|| format!("bad socket path {}", path.display()))?;
     socket::bind(fd.as_raw_fd(), &addr).with_context(|| format!("cannot bind {}", path.display()))?;
     use std::os::unix::fs::PermissionsExt;
+    if let Some(group) = group {
+        let gid = group_id(group)?;
+        nix::unistd::chown(path, None, Some(gid))
+            .with_context(|| format!("cannot give {} to group {group}", path.display()))?;
+    }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot chmod {}", path.display()))?;
     socket::listen(&fd, socket::Backlog::new(1024).unwrap_or(socket::Backlog::MAXCONN)).context("cannot listen")?;
     Ok(fd)
+}
+
+/// A group by name, or by number.
+fn group_id(group: &str) -> anyhow::Result<nix::unistd::Gid> {
+    if let Ok(n) = group.parse::<u32>() {
+        return Ok(nix::unistd::Gid::from_raw(n));
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid),
+        Ok(None) => anyhow::bail!("socket_group: no group named {group:?}"),
+        Err(e) => anyhow::bail!("socket_group: cannot look up {group:?}: {e}"),
+    }
 }
 
 /// Half of `WATCHDOG_USEC`, if the watchdog is meant for this process.
@@ -192,7 +209,10 @@ impl Daemon {
                     .context("cannot make the inherited socket non-blocking")?;
                 (l, None)
             }
-            None => (bind_socket(&opts.socket, opts.config.socket_mode)?, Some(opts.socket.clone())),
+            None => (
+                bind_socket(&opts.socket, opts.config.socket_mode, opts.config.socket_group.as_deref())?,
+                Some(opts.socket.clone()),
+            ),
         };
         let mut poller = Poller::new(opts.config.force_epoll).context("cannot create the event loop")?;
         tracing::info!(backend = poller.backend(), "event loop");

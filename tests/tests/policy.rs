@@ -64,10 +64,27 @@ fn the_policy_holds_on_the_data_plane() {
 #[test]
 fn a_rule_may_name_a_group() {
     const GROUP: u32 = 4242;
-    let d = DaemonProc::start(Some(&format!("[[policy.rules]]\ngid = {GROUP}\nprefix = \"grp.\"\nallow = [\"own\"]\n")));
+    let d =
+        DaemonProc::start(Some(&format!("[[policy.rules]]\ngid = {GROUP}\nprefix = \"grp.\"\nallow = [\"own\"]\n")));
     let mut member = Peer::spawn_as(d.socket(), &["serve", "grp.member"], NOBODY, GROUP);
     member.expect_line("ready");
     let mut other = Peer::spawn_as(d.socket(), &["serve", "grp.other"], NOBODY, NOBODY);
     let line = other.expect_line("error");
     assert!(line.contains("access denied"), "{line}");
+}
+
+/// `socket_group` with a mode of 0o660: members of the group may connect,
+/// others are refused by the file system before the daemon sees them.
+#[test]
+fn the_socket_group_decides_who_may_connect() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    const GROUP: u32 = 4243;
+    let d = DaemonProc::start(Some(&format!("socket_mode = 0o660\nsocket_group = \"{GROUP}\"\n")));
+    let meta = std::fs::metadata(d.socket()).unwrap();
+    assert_eq!((meta.gid(), meta.permissions().mode() & 0o777), (GROUP, 0o660));
+    let mut member = Peer::spawn_as(d.socket(), &["connect", "1"], NOBODY, GROUP);
+    member.expect_line("ready");
+    let mut other = Peer::spawn_as(d.socket(), &["connect", "1"], NOBODY, NOBODY);
+    let line = other.expect_line("error");
+    assert!(line.to_lowercase().contains("permission denied"), "{line}");
 }
