@@ -39,6 +39,8 @@ pub struct Channel {
     pub reason: String,
     /// When it was made or adopted.
     pub since: Instant,
+    /// Slots in each of its rings.
+    pub capacity: u64,
 }
 
 /// Per (caller, route) brokered traffic, for automatic promotion.
@@ -136,6 +138,7 @@ impl Daemon {
                 segment: seg,
                 reason: reason.to_owned(),
                 since: Instant::now(),
+                capacity: cap,
             },
         );
         Ok(id)
@@ -260,7 +263,6 @@ impl Daemon {
         let id = self.next_channel;
         let (a, b, a_pid, b_pid) =
             if side == 0 { (client, 0, my_pid, peer_pid) } else { (0, client, peer_pid, my_pid) };
-        let _ = info;
         self.channels.insert(
             id,
             Channel {
@@ -274,6 +276,11 @@ impl Daemon {
                 segment: Arc::new(seg),
                 reason: "adopted after a daemon restart".into(),
                 since: Instant::now(),
+                // From the client's segment: only a capacity a ring may have
+                // (anything else would make absurd offsets; depth then reads 0).
+                capacity: Some(info.param)
+                    .filter(|c| c.is_power_of_two() && *c <= hybus_layout::ring::MAX_CAPACITY)
+                    .unwrap_or(0),
             },
         );
         tracing::info!(channel = id, service, "direct channel adopted");
@@ -289,6 +296,8 @@ impl Daemon {
                 let k = c.segment.channel_counters();
                 let (am, ab) = k.a.read();
                 let (bm, bb) = k.b.read();
+                let layout = ChannelLayout::new(c.capacity);
+                let queued = |offset| if c.capacity == 0 { 0 } else { c.segment.ring_depth(offset).unwrap_or(0) };
                 ChannelStats {
                     channel: *id,
                     service: c.service.clone(),
@@ -298,6 +307,8 @@ impl Daemon {
                     a_bytes: ab,
                     b_messages: bm,
                     b_bytes: bb,
+                    a_queued: queued(layout.a_to_b),
+                    b_queued: queued(layout.b_to_a),
                     reason: c.reason.clone(),
                     age_s: c.since.elapsed().as_secs(),
                 }

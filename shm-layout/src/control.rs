@@ -373,6 +373,10 @@ pub struct ChannelStats {
     pub b_messages: u64,
     /// Payload bytes service → caller.
     pub b_bytes: u64,
+    /// Descriptors caller → service the service has not taken yet.
+    pub a_queued: u64,
+    /// Descriptors service → caller the caller has not taken yet.
+    pub b_queued: u64,
     /// Why and how it was made ("config", "requested", "promoted: ...", "adopted after restart").
     pub reason: String,
     /// Seconds since it was made (or adopted).

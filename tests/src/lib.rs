@@ -247,6 +247,17 @@ pub fn raise_fd_limit() {
     }
 }
 
+/// Waits until process `pid` is stopped (a SIGSTOP takes effect a moment
+/// after `kill` returns; a process spinning on another CPU may still run).
+pub fn stopped(pid: i32) {
+    let ok = eventually(SOON, || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let state = stat.rsplit_once(')')?.1.split_whitespace().next()?.to_owned();
+        (state == "T" || state == "t").then_some(())
+    });
+    assert!(ok.is_some(), "process {pid} did not stop");
+}
+
 /// User + system CPU ticks of a process, from /proc.
 pub fn proc_cpu_ticks(pid: i32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

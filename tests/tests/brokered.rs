@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::payload::{self, model, Header};
 use common::{num, scaled, Load};
 use hybus::{Bus, Error, INLINE_PAYLOAD};
-use hybus_tests::{eventually, DaemonProc, SOON};
+use hybus_tests::{eventually, stopped, DaemonProc, SOON};
 
 /// Item sizes of a `size=0` stream of the `serve` role (inline, the inline
 /// limit, one past it, a page, 100 KB).
@@ -294,16 +294,6 @@ fn hot_replacement_under_load_loses_nothing() {
     assert_eq!(svc.instances[0].pid, v2.pid());
     assert!(!svc.instances[0].draining);
     settled(&d, &bus);
-}
-
-/// Waits until the process is stopped (SIGSTOP delivered).
-fn stopped(pid: i32) {
-    let ok = eventually(SOON, || {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let state = stat.rsplit_once(')')?.1.split_whitespace().next()?.to_owned();
-        (state == "T" || state == "t").then_some(())
-    });
-    assert!(ok.is_some(), "process {pid} did not stop");
 }
 
 /// Publishes `n` numbered publications on `topic` and checks that `fast`

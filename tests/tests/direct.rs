@@ -433,3 +433,31 @@ fn a_leaving_or_draining_instance_hands_its_direct_callers_over() {
         thread.join().unwrap();
     }
 }
+
+/// The daemon reads how many descriptors wait in each direction of a
+/// channel (it is not in their path): fires at a stopped server pile up in
+/// `hybusctl stats` and drain when it runs again.
+#[test]
+fn stats_show_what_waits_in_a_channel() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let d = DaemonProc::start(None);
+    let (server, _) = Peer::ready(d.socket(), &["serve", "svc.queued"]);
+    let caller = d.connect();
+    let route = caller.resolve("svc.queued").unwrap();
+    caller.request_direct(&route).unwrap();
+    assert_eq!(&*caller.call(&route, b"ab", T).unwrap(), b"ba");
+    let queued = || {
+        let stats = caller.stats().unwrap();
+        let ch = stats.channels.iter().find(|c| c.service == "svc.queued").cloned().expect("the channel in stats");
+        (ch.a_queued, ch.b_queued)
+    };
+    kill(Pid::from_raw(server.pid()), Signal::SIGSTOP).unwrap();
+    hybus_tests::stopped(server.pid());
+    for i in 0..25u32 {
+        caller.fire(&route, &i.to_le_bytes()).unwrap();
+    }
+    assert_eq!(queued(), (25, 0));
+    kill(Pid::from_raw(server.pid()), Signal::SIGCONT).unwrap();
+    assert!(eventually(SOON, || (queued() == (0, 0)).then_some(())).is_some(), "{:?}", queued());
+}

@@ -145,6 +145,7 @@ fn table(report: &StatsReport, rates: Option<&HashMap<u32, (f64, f64)>>) -> Stri
             ">←MSGS",
             ">→BYTES",
             ">←BYTES",
+            ">QUEUED→/←",
             "SINCE",
         ]);
         for ch in &report.channels {
@@ -160,6 +161,7 @@ fn table(report: &StatsReport, rates: Option<&HashMap<u32, (f64, f64)>>) -> Stri
                 ch.b_messages.to_string(),
                 ch.a_bytes.to_string(),
                 ch.b_bytes.to_string(),
+                format!("{}/{}", ch.a_queued, ch.b_queued),
                 format!("{} s ago: {}", ch.age_s, ch.reason),
             ]);
         }
@@ -174,6 +176,7 @@ fn channel_json(c: &ChannelStats) -> serde_json::Value {
         "channel": c.channel, "service": c.service, "caller_pid": c.a_pid, "server_pid": c.b_pid,
         "caller_messages": c.a_messages, "caller_bytes": c.a_bytes,
         "server_messages": c.b_messages, "server_bytes": c.b_bytes,
+        "caller_queued": c.a_queued, "server_queued": c.b_queued,
         "reason": c.reason, "age_s": c.age_s,
     })
 }
@@ -254,6 +257,16 @@ fn prometheus(report: &StatsReport) -> String {
             let _ = writeln!(
                 out,
                 "hybus_direct_bytes_total{{service=\"{}\",channel=\"{}\",direction=\"{dir}\"}} {v}",
+                c.service, c.channel
+            );
+        }
+    }
+    let _ = writeln!(out, "# HELP hybus_direct_queued Descriptors waiting in a direct channel's ring, by direction.\n# TYPE hybus_direct_queued gauge");
+    for c in &report.channels {
+        for (dir, v) in [("to_server", c.a_queued), ("to_caller", c.b_queued)] {
+            let _ = writeln!(
+                out,
+                "hybus_direct_queued{{service=\"{}\",channel=\"{}\",direction=\"{dir}\"}} {v}",
                 c.service, c.channel
             );
         }
