@@ -241,34 +241,27 @@ fn prometheus(report: &StatsReport) -> String {
             );
         }
     }
-    let _ = writeln!(out, "# HELP hybus_direct_messages_total Descriptors sent over a direct channel, by direction.\n# TYPE hybus_direct_messages_total counter");
-    for c in &report.channels {
-        for (dir, v) in [("to_server", c.a_messages), ("to_caller", c.b_messages)] {
-            let _ = writeln!(
-                out,
-                "hybus_direct_messages_total{{service=\"{}\",channel=\"{}\",direction=\"{dir}\"}} {v}",
-                c.service, c.channel
-            );
-        }
-    }
-    let _ = writeln!(out, "# HELP hybus_direct_bytes_total Payload bytes sent over a direct channel, by direction.\n# TYPE hybus_direct_bytes_total counter");
-    for c in &report.channels {
-        for (dir, v) in [("to_server", c.a_bytes), ("to_caller", c.b_bytes)] {
-            let _ = writeln!(
-                out,
-                "hybus_direct_bytes_total{{service=\"{}\",channel=\"{}\",direction=\"{dir}\"}} {v}",
-                c.service, c.channel
-            );
-        }
-    }
-    let _ = writeln!(out, "# HELP hybus_direct_queued Descriptors waiting in a direct channel's ring, by direction.\n# TYPE hybus_direct_queued gauge");
-    for c in &report.channels {
-        for (dir, v) in [("to_server", c.a_queued), ("to_caller", c.b_queued)] {
-            let _ = writeln!(
-                out,
-                "hybus_direct_queued{{service=\"{}\",channel=\"{}\",direction=\"{dir}\"}} {v}",
-                c.service, c.channel
-            );
+    type Both = fn(&ChannelStats) -> (u64, u64);
+    let direct: [(&str, &str, &str, Both); 3] = [
+        ("hybus_direct_messages_total", "counter", "Descriptors sent over a direct channel", |c| {
+            (c.a_messages, c.b_messages)
+        }),
+        ("hybus_direct_bytes_total", "counter", "Payload bytes sent over a direct channel", |c| (c.a_bytes, c.b_bytes)),
+        ("hybus_direct_queued", "gauge", "Descriptors waiting in a direct channel's ring", |c| {
+            (c.a_queued, c.b_queued)
+        }),
+    ];
+    for (name, kind, help, both) in direct {
+        let _ = writeln!(out, "# HELP {name} {help}, by direction.\n# TYPE {name} {kind}");
+        for c in &report.channels {
+            let (to_server, to_caller) = both(c);
+            for (dir, v) in [("to_server", to_server), ("to_caller", to_caller)] {
+                let _ = writeln!(
+                    out,
+                    "{name}{{service=\"{}\",channel=\"{}\",direction=\"{dir}\"}} {v}",
+                    c.service, c.channel
+                );
+            }
         }
     }
     out
