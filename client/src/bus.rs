@@ -559,21 +559,37 @@ impl Bus {
     }
 
     /// Sends `payload` to one instance of `route`, expecting no answer.
-    /// Blocks while the ring is full; a delivery failure comes back later as
+    /// Blocks while the ring is full or the pool has no chunk for it (see
+    /// [`fire_within`](Self::fire_within) and [`try_fire`](Self::try_fire)
+    /// to bound that); a delivery failure comes back later as
     /// [`BusEvent::FireFailed`].
     pub fn fire(&self, route: &Route, payload: &[u8]) -> Result<()> {
         let id = self.route_id(route)?;
+        let epoch = self.shared.lock().epoch;
         let d = self.shared.build(Kind::Fire, id, payload, None)?;
-        self.fire_desc(d)
+        self.fire_desc(d, None, epoch)
     }
 
-    fn fire_desc(&self, mut d: Descriptor) -> Result<()> {
+    /// Like [`fire`](Self::fire), waiting at most `timeout` for pool space
+    /// and ring room: [`Error::OutOfPool`] or [`Error::WouldBlock`] once it
+    /// passes, and nothing is sent.
+    pub fn fire_within(&self, route: &Route, payload: &[u8], timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let id = self.route_id(route)?;
+        let epoch = self.shared.lock().epoch;
+        let d = self.shared.build(Kind::Fire, id, payload, Some(deadline))?;
+        self.fire_desc(d, Some(deadline), epoch)
+    }
+
+    /// Sends a fire built on connection `epoch` (read before its chunk was
+    /// taken: a reconnect in between only leaves a chunk unfreed on failure).
+    fn fire_desc(&self, mut d: Descriptor, deadline: Option<Instant>, epoch: u64) -> Result<()> {
         let origin = {
             let mut core = self.shared.lock();
             d.correlation = core.next_id() | FIRE_BIT;
             core.route_fire(&mut d)
         };
-        self.shared.send_on(origin, &d, None)
+        self.shared.send_unless(origin, &d, deadline, epoch)
     }
 
     /// Like [`fire`](Self::fire), but fails with [`Error::WouldBlock`] or
@@ -596,8 +612,8 @@ impl Bus {
     /// Fires a loaned chunk at `route` (zero-copy).
     pub fn fire_loan(&self, route: &Route, loan: Loan) -> Result<()> {
         let id = self.route_id(route)?;
-        let d = loan.into_descriptor(Kind::Fire, id)?;
-        self.fire_desc(d)
+        let (d, epoch) = loan.into_current(Kind::Fire, id)?;
+        self.fire_desc(d, None, epoch)
     }
 
     /// Borrows a chunk of `len` bytes from this client's pool to write a
@@ -784,10 +800,24 @@ impl Shared {
         }
     }
 
-    /// Sends `d` through the daemon, waiting for room in the ring until `deadline`.
-    #[inline]
-    pub(crate) fn send(self: &Arc<Self>, d: &Descriptor, deadline: Option<Instant>) -> Result<()> {
-        self.send_on(Origin::Daemon, d, deadline)
+    /// [`send_on`](Self::send_on) for a descriptor built on connection
+    /// `epoch`: if it is not sent, its chunk goes back to our pool (unless a
+    /// reconnect has given us another pool since, where that offset is not ours).
+    pub(crate) fn send_unless(
+        self: &Arc<Self>,
+        origin: Origin,
+        d: &Descriptor,
+        deadline: Option<Instant>,
+        epoch: u64,
+    ) -> Result<()> {
+        let r = self.send_on(origin, d, deadline);
+        if r.is_err() {
+            let mut core = self.lock();
+            if let (Some(c), true) = (d.chunk(), core.epoch == epoch) {
+                core.free_own(c);
+            }
+        }
+        r
     }
 
     /// Sends `d` on the path `origin`, waiting for room until `deadline`.

@@ -176,13 +176,13 @@ impl Loan {
         (Descriptor::new(kind, route, 0).with_chunk(c), self.epoch)
     }
 
-    /// [`into_parts`](Self::into_parts) with the epoch checked here: for
-    /// senders that do not check it under a lock of their own. A loan from
-    /// before a reconnect is not freed either way (its pool is gone).
-    pub(crate) fn into_descriptor(self, kind: Kind, route: u32) -> Result<Descriptor> {
+    /// The loan as a descriptor of `kind` to `route`, with the connection
+    /// epoch it was made on; refused if the bus reconnected since (the
+    /// chunk belongs to a pool the old daemon took with it).
+    pub(crate) fn into_current(self, kind: Kind, route: u32) -> Result<(Descriptor, u64)> {
         let now = self.shared.lock().epoch;
         match self.into_parts(kind, route) {
-            (d, epoch) if epoch == now => Ok(d),
+            (d, epoch) if epoch == now => Ok((d, epoch)),
             _ => Err(Error::BusGone("the loan is from before a reconnect".into())),
         }
     }

@@ -82,15 +82,23 @@ impl Publisher {
     }
 
     /// Publishes `payload` to every subscriber. Waits for room in the ring
-    /// or the pool; never for a slow subscriber.
+    /// or the pool (up to 10 s for the pool); never for a slow subscriber.
     pub fn publish(&self, payload: &[u8]) -> Result<()> {
-        let d = self.bus.shared.build(
-            Kind::Publish,
-            self.bus.topic_id(&self.route)?,
-            payload,
-            Some(Instant::now() + Duration::from_secs(10)),
-        )?;
-        self.bus.shared.send(&publication(d), None)
+        let route = self.bus.topic_id(&self.route)?;
+        let epoch = self.bus.shared.lock().epoch;
+        let d = self.bus.shared.build(Kind::Publish, route, payload, Some(Instant::now() + Duration::from_secs(10)))?;
+        self.bus.shared.send_unless(Origin::Daemon, &publication(d), None, epoch)
+    }
+
+    /// Like [`publish`](Self::publish), waiting at most `timeout` for pool
+    /// space and ring room: [`Error::OutOfPool`] or [`Error::WouldBlock`]
+    /// once it passes, and nothing is published.
+    pub fn publish_within(&self, payload: &[u8], timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let route = self.bus.topic_id(&self.route)?;
+        let epoch = self.bus.shared.lock().epoch;
+        let d = self.bus.shared.build(Kind::Publish, route, payload, Some(deadline))?;
+        self.bus.shared.send_unless(Origin::Daemon, &publication(d), Some(deadline), epoch)
     }
 
     /// Publishes without waiting: [`Error::WouldBlock`] if the ring is full,
@@ -110,8 +118,8 @@ impl Publisher {
 
     /// Publishes a loaned chunk written in place (zero-copy fan-out).
     pub fn publish_loan(&self, loan: Loan) -> Result<()> {
-        let d = loan.into_descriptor(Kind::Publish, self.bus.topic_id(&self.route)?)?;
-        self.bus.shared.send(&publication(d), None)
+        let (d, epoch) = loan.into_current(Kind::Publish, self.bus.topic_id(&self.route)?)?;
+        self.bus.shared.send_unless(Origin::Daemon, &publication(d), None, epoch)
     }
 }
 

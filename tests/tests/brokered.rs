@@ -591,3 +591,36 @@ fn least_outstanding_spares_a_slow_instance() {
     // Round-robin gives it 20 (every other pick); here about 6.
     assert!(slow <= 12, "the slow instance answered {slow} of 40 calls");
 }
+
+/// `fire_within` and `publish_within` bound the wait for pool space: while
+/// a receiver that stopped reading holds every chunk large enough, they
+/// give up with `OutOfPool` once their timeout passes (where `fire` would
+/// wait for it), and send again once the chunks come back.
+#[test]
+fn bounded_fires_and_publications_give_up_while_the_pool_stays_full() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let d = DaemonProc::start(None);
+    let (sink, _) = hybus_tests::Peer::ready(d.socket(), &["serve", "bound.sink"]);
+    let bus = d.connect();
+    let route = bus.resolve("bound.sink").unwrap();
+    kill(Pid::from_raw(sink.pid()), Signal::SIGSTOP).unwrap();
+    stopped(sink.pid());
+    // 60 KB each: the pool holds 36 chunks that large.
+    let big = vec![7u8; 60_000];
+    let short = Duration::from_millis(100);
+    let mut sent = 0;
+    let refused = loop {
+        match bus.fire_within(&route, &big, short) {
+            Ok(()) => sent += 1,
+            Err(e) => break e,
+        }
+        assert!(sent < 100, "the pool never ran out");
+    };
+    assert!(matches!(refused, Error::OutOfPool { .. }), "{refused:?} after {sent} fires");
+    let publisher = bus.publisher("bound.topic").unwrap();
+    assert!(matches!(publisher.publish_within(&big, short), Err(Error::OutOfPool { .. })));
+    kill(Pid::from_raw(sink.pid()), Signal::SIGCONT).unwrap();
+    assert!(eventually(SOON, || bus.fire_within(&route, &big, short).ok()).is_some(), "the chunks never came back");
+    assert!(publisher.publish_within(&big, short).is_ok());
+}
