@@ -304,7 +304,9 @@ impl Core {
     /// Why: nothing reads that inbox any more, and a caller on a channel
     /// would wait for its deadline.
     pub fn retire(&mut self, instance: u32) {
-        self.retired.insert(instance);
+        if !self.channels.is_empty() {
+            self.retired.insert(instance);
+        }
         if let Some(q) = self.inboxes.remove(&instance) {
             for (d, origin) in q {
                 self.refuse_incoming(d, origin);
@@ -544,12 +546,23 @@ impl Core {
             let _ = self.alloc.free(ChunkRef { segment: self.client_id, len: 0, offset: *off });
         }
         self.push_event(BusEvent::DirectClosed { channel: id, service: ch.service.clone(), reason: reason.to_owned() });
+        self.forget_retired();
     }
 
     fn reap_channel(&mut self, id: u32) {
         if self.channels.get(&id).is_some_and(|c| c.finished()) {
             self.channels.remove(&id);
             self.closing -= 1;
+            self.forget_retired();
+        }
+    }
+
+    /// With no channel left, nothing can come for a retired instance any
+    /// more (a channel is only ever opened to a serving one): the set need
+    /// not grow with every instance a long-lived connection unregisters.
+    fn forget_retired(&mut self) {
+        if self.channels.is_empty() && !self.retired.is_empty() {
+            self.retired = FewSet::new();
         }
     }
 
