@@ -277,7 +277,7 @@ impl Daemon {
                 reason: "adopted after a daemon restart".into(),
                 since: Instant::now(),
                 // From the client's segment: only a capacity a ring may have
-                // (anything else would make absurd offsets; depth then reads 0).
+                // (anything else would make absurd offsets; 0 reads as empty).
                 capacity: Some(info.param)
                     .filter(|c| c.is_power_of_two() && *c <= hybus_layout::ring::MAX_CAPACITY)
                     .unwrap_or(0),
@@ -297,7 +297,7 @@ impl Daemon {
                 let (am, ab) = k.a.read();
                 let (bm, bb) = k.b.read();
                 let layout = ChannelLayout::new(c.capacity);
-                let queued = |offset| if c.capacity == 0 { 0 } else { c.segment.ring_depth(offset).unwrap_or(0) };
+                let queued = |offset| c.segment.ring_depth(offset, c.capacity).unwrap_or(0);
                 ChannelStats {
                     channel: *id,
                     service: c.service.clone(),

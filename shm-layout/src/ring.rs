@@ -88,16 +88,17 @@ const _: () = {
 
 impl RingHeader {
     /// Descriptors pushed and not yet taken, as an onlooker sees them (a
-    /// daemon reading a direct channel's rings for its statistics); `None`
-    /// if the indices the two ends wrote make no sense.
+    /// daemon reading a direct channel's rings for its statistics), in a
+    /// ring of `capacity` slots as the onlooker knows it (the header's own
+    /// word is the ends' to write, like the indices); `None` if the indices
+    /// the two ends wrote make no sense for it.
     ///
     /// Approximate by nature: `tail` may lag behind what the consumer took
     /// by stamps, by at most one batch (module docs).
-    pub fn depth(&self) -> Option<u64> {
+    pub fn depth(&self, capacity: u64) -> Option<u64> {
         // SYNC: Acquire for both; the figure is a snapshot either way.
         let head = self.head.load(Acquire);
         let tail = self.tail.load(Acquire);
-        let capacity = self.capacity.load(Relaxed);
         if tail.wrapping_sub(head) <= capacity {
             Some(tail.wrapping_sub(head))
         } else if head.wrapping_sub(tail) <= capacity {

@@ -276,16 +276,16 @@ impl Segment {
         }
     }
 
-    /// Descriptors waiting in the ring at `offset` (see
+    /// Descriptors waiting in the ring of `capacity` slots at `offset` (see
     /// [`RingHeader::depth`](crate::ring::RingHeader::depth)), read without
     /// attaching to it, so on a read-only mapping too; `None` if `offset`
     /// is out of bounds or the indices make no sense.
-    pub fn ring_depth(&self, offset: usize) -> Option<u64> {
+    pub fn ring_depth(&self, offset: usize, capacity: u64) -> Option<u64> {
         let base = self.ring_region(offset, std::mem::size_of::<crate::ring::RingHeader>()).ok()?;
         // SAFETY: in bounds and line-aligned (`ring_region`), mapped while
         // `self` lives; the header is atomics only, valid for any bits.
         let header = unsafe { base.cast::<crate::ring::RingHeader>().as_ref() };
-        header.depth()
+        header.depth(capacity)
     }
 
     /// The direct-channel counters of a [`SegmentKind::Channel`] segment.
