@@ -70,8 +70,7 @@ impl Exchanges {
     /// grow the daemon's memory without bound.
     pub fn open(&mut self, ex: Exchange, per_uid: u32) -> Result<u64, Refused> {
         use std::collections::hash_map::Entry;
-        let count = self.per_uid.entry(ex.caller_uid).or_default();
-        if per_uid > 0 && *count >= per_uid {
+        if per_uid > 0 && self.per_uid.get(&ex.caller_uid).is_some_and(|&n| n >= per_uid) {
             return Err(Refused::Quota);
         }
         match self.by_caller.entry((ex.caller, ex.caller_corr)) {
@@ -81,15 +80,10 @@ impl Exchanges {
                 let id = self.next;
                 v.insert(id);
                 self.by_id.insert(id, ex);
-                *count += 1;
+                *self.per_uid.entry(ex.caller_uid).or_default() += 1;
                 Ok(id)
             }
         }
-    }
-
-    /// Exchanges in flight that callers of `uid` opened.
-    pub fn of_uid(&self, uid: u32) -> u32 {
-        self.per_uid.get(&uid).copied().unwrap_or(0)
     }
 
     /// The exchange with the daemon's id `id`.
