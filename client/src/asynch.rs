@@ -254,6 +254,23 @@ impl AsyncBus {
         }
     }
 
+    /// [`send_on`](Self::send_on) for a descriptor built on connection
+    /// `epoch`: if it is not sent, its chunk goes back to our pool (as the
+    /// blocking `Shared::send_or_reclaim`).
+    async fn send_or_reclaim(
+        &self,
+        origin: Origin,
+        d: &Descriptor,
+        deadline: Option<Instant>,
+        epoch: u64,
+    ) -> Result<()> {
+        let r = self.send_on(origin, d, deadline).await;
+        if r.is_err() {
+            self.bus.shared.reclaim_unsent(d, epoch);
+        }
+        r
+    }
+
     /// Calls `route` and awaits the answer (see [`Bus::call`]). Waits for
     /// pool space and ring room, when there is none, without blocking the
     /// executor.
@@ -295,13 +312,14 @@ impl AsyncBus {
     pub async fn fire(&self, route: &Route, payload: &[u8]) -> Result<()> {
         self.revive().await;
         let id = self.bus.route_id(route)?;
+        let epoch = self.bus.shared.lock().epoch;
         let mut d = self.build(Kind::Fire, id, payload, None).await?;
         let origin = {
             let mut core = self.bus.shared.lock();
             d.correlation = core.next_id() | FIRE_BIT;
             core.route_fire(&mut d)
         };
-        self.send_on(origin, &d, None).await
+        self.send_or_reclaim(origin, &d, None, epoch).await
     }
 
     /// The next item of `stream`, awaited up to `timeout`; `Ok(None)` once
@@ -373,8 +391,9 @@ impl AsyncBus {
         };
         let deadline = Some(Instant::now() + timeout);
         self.wait(deadline, None, crate::stream::credit_check(end)).await?;
+        let epoch = self.bus.shared.lock().epoch;
         let d = crate::stream::item_of(end, self.build(Kind::StreamItem, end.route, payload, deadline).await?);
-        self.send_on(end.origin, &d, deadline).await
+        self.send_or_reclaim(end.origin, &d, deadline, epoch).await
     }
 
     fn owns(&self, shared: &std::sync::Arc<Shared>) -> Result<()> {

@@ -589,7 +589,7 @@ impl Bus {
             d.correlation = core.next_id() | FIRE_BIT;
             core.route_fire(&mut d)
         };
-        self.shared.send_unless(origin, &d, deadline, epoch)
+        self.shared.send_or_reclaim(origin, &d, deadline, epoch)
     }
 
     /// Like [`fire`](Self::fire), but fails with [`Error::WouldBlock`] or
@@ -801,9 +801,9 @@ impl Shared {
     }
 
     /// [`send_on`](Self::send_on) for a descriptor built on connection
-    /// `epoch`: if it is not sent, its chunk goes back to our pool (unless a
-    /// reconnect has given us another pool since, where that offset is not ours).
-    pub(crate) fn send_unless(
+    /// `epoch`: if it is not sent, its chunk goes back to our pool (see
+    /// [`reclaim_unsent`](Self::reclaim_unsent)).
+    pub(crate) fn send_or_reclaim(
         self: &Arc<Self>,
         origin: Origin,
         d: &Descriptor,
@@ -812,12 +812,21 @@ impl Shared {
     ) -> Result<()> {
         let r = self.send_on(origin, d, deadline);
         if r.is_err() {
-            let mut core = self.lock();
-            if let (Some(c), true) = (d.chunk(), core.epoch == epoch) {
-                core.free_own(c);
-            }
+            self.reclaim_unsent(d, epoch);
         }
         r
+    }
+
+    /// Gives the chunk of `d`, built on connection `epoch` and not sent,
+    /// back to our pool, unless a reconnect has given us another pool
+    /// since (where that offset is not ours). Read `epoch` before the chunk
+    /// is taken: a reconnect in between then leaves it unfreed, never
+    /// frees another's.
+    pub(crate) fn reclaim_unsent(&self, d: &Descriptor, epoch: u64) {
+        let mut core = self.lock();
+        if let (Some(c), true) = (d.chunk(), core.epoch == epoch) {
+            core.free_own(c);
+        }
     }
 
     /// Sends `d` on the path `origin`, waiting for room until `deadline`.

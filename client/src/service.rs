@@ -280,12 +280,13 @@ impl Request {
         if let Some(p) = payload {
             p.release_locked(&mut core);
         }
+        let epoch = core.epoch;
         drop(core);
         match sent {
             Ok(true) => Ok(()),
             // The ring is full: wait for room like any sender.
             Ok(false) => {
-                let r = self.shared.send_on(self.origin, &d, None);
+                let r = self.shared.send_or_reclaim(self.origin, &d, None, epoch);
                 self.shared.lock().served_done(self.origin, self.corr);
                 r
             }

@@ -93,8 +93,9 @@ pub(crate) fn item_of(end: End, mut d: Descriptor) -> Descriptor {
 /// Sends one item once the peer has granted a credit.
 pub(crate) fn send_item(shared: &Arc<Shared>, end: End, payload: &[u8], deadline: Instant) -> Result<()> {
     shared.wait(Some(deadline), false, credit_check(end))?;
+    let epoch = shared.lock().epoch;
     let d = item_of(end, shared.build(Kind::StreamItem, end.route, payload, Some(deadline))?);
-    shared.send_on(end.origin, &d, Some(deadline))
+    shared.send_or_reclaim(end.origin, &d, Some(deadline), epoch)
 }
 
 /// Receives one descriptor of a stream (an item or a batch of items);
@@ -186,6 +187,7 @@ where
     const CHUNK: usize = 64 << 10;
     let mut items = items.into_iter().peekable();
     let mut sent = 0u64;
+    let epoch = shared.lock().epoch;
     while items.peek().is_some() {
         // Claim every credit there is (at least one).
         let claimed = shared.wait(Some(deadline), false, |core| match credits(core, side, origin, corr)? {
@@ -212,7 +214,7 @@ where
                 if side == Side::Server {
                     d.flags |= flags::SERVER;
                 }
-                shared.send_on(origin, &d, Some(deadline))?;
+                shared.send_or_reclaim(origin, &d, Some(deadline), epoch)?;
                 sent += 1;
             }
             continue;
@@ -250,7 +252,7 @@ where
         if side == Side::Server {
             d.flags |= flags::SERVER;
         }
-        shared.send_on(origin, &d, Some(deadline))?;
+        shared.send_or_reclaim(origin, &d, Some(deadline), epoch)?;
         sent += n as u64;
     }
     Ok(sent)
@@ -345,6 +347,7 @@ impl Bus {
         let id = self.route_id(route)?;
         let window = window.max(1);
         let deadline = Instant::now() + Duration::from_secs(10);
+        let epoch = self.shared.lock().epoch;
         let mut d = self.shared.build(Kind::StreamOpen, id, payload, Some(deadline))?;
         let (corr, origin) = {
             let mut core = self.shared.lock();
@@ -364,7 +367,7 @@ impl Bus {
         };
         d.correlation = corr;
         d.aux = window as u64 | if channel { STREAM_CHANNEL } else { 0 };
-        if let Err(e) = self.shared.send_on(origin, &d, None) {
+        if let Err(e) = self.shared.send_or_reclaim(origin, &d, None, epoch) {
             self.shared.lock().streams.remove(&corr);
             return Err(e);
         }

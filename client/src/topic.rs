@@ -84,10 +84,7 @@ impl Publisher {
     /// Publishes `payload` to every subscriber. Waits for room in the ring
     /// or the pool (up to 10 s for the pool); never for a slow subscriber.
     pub fn publish(&self, payload: &[u8]) -> Result<()> {
-        let route = self.bus.topic_id(&self.route)?;
-        let epoch = self.bus.shared.lock().epoch;
-        let d = self.bus.shared.build(Kind::Publish, route, payload, Some(Instant::now() + Duration::from_secs(10)))?;
-        self.bus.shared.send_unless(Origin::Daemon, &publication(d), None, epoch)
+        self.publish_by(payload, Instant::now() + Duration::from_secs(10), None)
     }
 
     /// Like [`publish`](Self::publish), waiting at most `timeout` for pool
@@ -95,10 +92,15 @@ impl Publisher {
     /// once it passes, and nothing is published.
     pub fn publish_within(&self, payload: &[u8], timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
+        self.publish_by(payload, deadline, Some(deadline))
+    }
+
+    /// Publishes, waiting for pool space until `pool` and for ring room until `ring`.
+    fn publish_by(&self, payload: &[u8], pool: Instant, ring: Option<Instant>) -> Result<()> {
         let route = self.bus.topic_id(&self.route)?;
         let epoch = self.bus.shared.lock().epoch;
-        let d = self.bus.shared.build(Kind::Publish, route, payload, Some(deadline))?;
-        self.bus.shared.send_unless(Origin::Daemon, &publication(d), Some(deadline), epoch)
+        let d = self.bus.shared.build(Kind::Publish, route, payload, Some(pool))?;
+        self.bus.shared.send_or_reclaim(Origin::Daemon, &publication(d), ring, epoch)
     }
 
     /// Publishes without waiting: [`Error::WouldBlock`] if the ring is full,
@@ -119,7 +121,7 @@ impl Publisher {
     /// Publishes a loaned chunk written in place (zero-copy fan-out).
     pub fn publish_loan(&self, loan: Loan) -> Result<()> {
         let (d, epoch) = loan.into_current(Kind::Publish, self.bus.topic_id(&self.route)?)?;
-        self.bus.shared.send_unless(Origin::Daemon, &publication(d), None, epoch)
+        self.bus.shared.send_or_reclaim(Origin::Daemon, &publication(d), None, epoch)
     }
 }
 
