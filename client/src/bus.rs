@@ -12,6 +12,7 @@ use hybus_layout::{ChunkRef, Descriptor, IdleStrategy, Kind};
 use crate::core::{error_of, Core, Hot, Origin, FIRE_BIT};
 use crate::error::{Error, Result};
 use crate::park::{Parker, Woke};
+use crate::pending::Sent;
 use crate::sample::{Loan, Sample};
 use crate::service::{Service, ServiceOptions};
 use crate::{BusEvent, Route};
@@ -46,7 +47,7 @@ impl Default for BusOptions {
 #[derive(Debug)]
 pub(crate) struct Shared {
     core: Mutex<Core>,
-    cv: Condvar,
+    pub(crate) cv: Condvar,
     pub(crate) idle: IdleStrategy,
     path: PathBuf,
     label: String,
@@ -513,7 +514,21 @@ impl Bus {
         self.call_desc(route, d, Some(epoch), Due::After(timeout))
     }
 
-    fn call_desc(&self, route: &Route, mut d: Descriptor, loan_epoch: Option<u64>, mut due: Due) -> Result<Sample> {
+    fn call_desc(&self, route: &Route, d: Descriptor, loan_epoch: Option<u64>, due: Due) -> Result<Sample> {
+        let sent = self.send_request(route, d, loan_epoch, due)?;
+        self.shared.await_answer(&sent, sent.due)?.ok_or(Error::DeadlineExceeded)
+    }
+
+    /// Sends the request `d` to `route`, waiting for ring room until `due`
+    /// if the ring is full: the first half of a call. On an error, a chunk
+    /// `d` carries is back in the pool and the call is forgotten.
+    pub(crate) fn send_request(
+        &self,
+        route: &Route,
+        mut d: Descriptor,
+        loan_epoch: Option<u64>,
+        mut due: Due,
+    ) -> Result<Sent> {
         let (corr, origin, sent) = self.start_call(route, &mut d, loan_epoch)?;
         if !sent {
             // The ring is full: wait for room, then for the answer, within one deadline.
@@ -528,34 +543,7 @@ impl Bus {
                 return Err(e);
             }
         }
-        let hot = match origin {
-            Origin::Direct(channel) => Hot::Answer { channel, corr },
-            Origin::Daemon => Hot::All,
-        };
-        let shared = &self.shared;
-        let r = shared.wait_hot(due, hot, |core| {
-            let Some((answer, path)) = core.take_answer(corr) else {
-                if origin == Origin::Daemon && core.gone.is_some() {
-                    return Err(Error::BusGone(core.gone.clone().unwrap_or_default()));
-                }
-                return Ok(None);
-            };
-            // Mapped under this lock rather than another one. (A sample
-            // must not be dropped here: its drop takes the lock.)
-            Sample::new_locked(shared, core, answer, path).map(Some)
-        });
-        match r {
-            Ok(sample) => Shared::answer_sample(sample),
-            Err(e) => {
-                let mut core = self.shared.lock();
-                core.forget_call(corr, origin);
-                if matches!(e, Error::DeadlineExceeded) {
-                    // Tell the server (through the daemon, or directly); a late answer is dropped.
-                    let _ = core.try_send_on(origin, &Descriptor::new(Kind::Cancel, d.route, corr));
-                }
-                Err(e)
-            }
-        }
+        Ok(Sent { corr, origin, route: d.route, due })
     }
 
     /// Sends `payload` to one instance of `route`, expecting no answer.
@@ -691,7 +679,7 @@ pub(crate) enum Due {
 
 impl Due {
     /// `After` resolved against `now`; the others as they are.
-    fn at(self, now: Instant) -> Due {
+    pub(crate) fn at(self, now: Instant) -> Due {
         match self {
             Due::After(t) => now.checked_add(t).map_or(Due::Never, Due::At),
             d => d,
@@ -699,7 +687,7 @@ impl Due {
     }
 
     /// The instant it falls due, `After` counted from `now`; `None` for never.
-    fn deadline(self, now: Instant) -> Option<Instant> {
+    pub(crate) fn deadline(self, now: Instant) -> Option<Instant> {
         match self.at(now) {
             Due::At(t) => Some(t),
             _ => None,

@@ -613,9 +613,17 @@ impl Core {
         }
     }
 
-    /// Forgets a call that failed or timed out.
+    /// Forgets a call that failed, timed out or was cancelled. An answer
+    /// already in the table (it came after the caller last looked) is
+    /// released: its chunk belongs to the server's pool.
     pub fn forget_call(&mut self, corr: u64, origin: Origin) {
-        self.calls.remove(&corr);
+        if let Some(Some((d, path))) = self.calls.remove(&corr) {
+            self.release(d, path);
+            // Now: the caller may not wait again for a long time.
+            if self.releases_queued {
+                self.flush_releases();
+            }
+        }
         if let Origin::Direct(id) = origin {
             if let Some(ch) = self.channels.get_mut(&id) {
                 ch.calls.remove(&corr);
@@ -1052,7 +1060,10 @@ impl Core {
                 }
             }
             (Kind::Response | Kind::Error, false) => {
-                if let Some(slot) = self.calls.get_mut(&d.correlation) {
+                if let Some(Some(_)) = self.calls.get(&d.correlation) {
+                    // The call already has its outcome (it was cancelled): a late answer goes back.
+                    self.release(d, origin);
+                } else if let Some(slot) = self.calls.get_mut(&d.correlation) {
                     *slot = Some((d, origin));
                     if let Origin::Direct(id) = origin {
                         if let Some(ch) = self.channels.get_mut(&id) {

@@ -4,6 +4,7 @@
 //! Payloads travel in shared memory and are never copied by the daemon.
 //!
 //! * [`Bus`] — a connection: register, resolve, call, fire, loan, watch;
+//! * [`PendingCall`], [`CallCanceller`] — calls in flight, to collect later or cancel;
 //! * [`Service`], [`Incoming`], [`Request`], [`StreamRequest`] — the serving side;
 //! * [`Publisher`], [`Subscription`] — topics;
 //! * [`Stream`] — the caller's end of a request-stream or request-channel;
@@ -45,6 +46,7 @@ mod core;
 mod direct;
 mod error;
 mod park;
+mod pending;
 mod sample;
 mod service;
 mod stream;
@@ -60,6 +62,7 @@ pub use error::{Error, Result};
 pub use hybus_layout::control::{ChannelStats, DaemonStatus, InstanceInfo, InstanceStats, ServiceInfo, StatsReport};
 pub use hybus_layout::socket::default_socket_path;
 pub use hybus_layout::IdleStrategy;
+pub use pending::{CallCanceller, PendingCall};
 /// The rkyv this crate archives typed payloads with (see [`typed`]): derive
 /// with it (`#[rkyv(crate = hybus::rkyv)]`) to be sure both agree.
 pub use rkyv;
