@@ -225,9 +225,17 @@ impl AsyncBus {
     /// A descriptor of `kind` to `route` carrying `payload` (in a chunk of
     /// our pool beyond 40 bytes), waiting until `deadline` for pool space
     /// without blocking the executor (see the blocking `Shared::build`).
-    async fn build(&self, kind: Kind, route: u32, payload: &[u8], deadline: Option<Instant>) -> Result<Descriptor> {
+    /// [`Shared::build`], awaiting pool space: the descriptor and the
+    /// connection epoch it was built on.
+    async fn build(
+        &self,
+        kind: Kind,
+        route: u32,
+        payload: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<(Descriptor, u64)> {
         let base = Descriptor::new(kind, route, 0);
-        let take = |core: &mut Core| core.payload(base, payload);
+        let take = |core: &mut Core| core.payload(base, payload).map(|d| (d, core.epoch));
         match take(&mut self.bus.shared.lock()) {
             Err(Error::OutOfPool { .. }) => {}
             r => return r,
@@ -277,10 +285,10 @@ impl AsyncBus {
     pub async fn call(&self, route: &Route, payload: &[u8], timeout: Duration) -> Result<Sample> {
         self.revive().await;
         let deadline = Instant::now() + timeout;
-        let mut d = self.build(Kind::Request, 0, payload, Some(deadline)).await?;
-        let (corr, origin, sent) = self.bus.start_call(route, &mut d, None)?;
+        let (mut d, epoch) = self.build(Kind::Request, 0, payload, Some(deadline)).await?;
+        let (corr, origin, sent) = self.bus.start_call(route, &mut d, Some(epoch))?;
         // From here the call is undone however this future ends, dropped too.
-        let mut call = InFlight { shared: &self.bus.shared, corr, origin, d, sent, cancel: true, done: false };
+        let mut call = InFlight { shared: &self.bus.shared, corr, origin, d, epoch, sent, cancel: true, done: false };
         if !sent {
             self.send_on(origin, &d, Some(deadline)).await?;
             call.sent = true;
@@ -312,8 +320,7 @@ impl AsyncBus {
     pub async fn fire(&self, route: &Route, payload: &[u8]) -> Result<()> {
         self.revive().await;
         let id = self.bus.route_id(route)?;
-        let epoch = self.bus.shared.lock().epoch;
-        let mut d = self.build(Kind::Fire, id, payload, None).await?;
+        let (mut d, epoch) = self.build(Kind::Fire, id, payload, None).await?;
         let origin = {
             let mut core = self.bus.shared.lock();
             d.correlation = core.next_id() | FIRE_BIT;
@@ -391,9 +398,14 @@ impl AsyncBus {
         };
         let deadline = Some(Instant::now() + timeout);
         self.wait(deadline, None, crate::stream::credit_check(end)).await?;
-        let epoch = self.bus.shared.lock().epoch;
-        let d = crate::stream::item_of(end, self.build(Kind::StreamItem, end.route, payload, deadline).await?);
-        self.send_or_reclaim(end.origin, &d, deadline, epoch).await
+        let r = match self.build(Kind::StreamItem, end.route, payload, deadline).await {
+            Ok((d, epoch)) => self.send_or_reclaim(end.origin, &crate::stream::item_of(end, d), deadline, epoch).await,
+            Err(e) => Err(e),
+        };
+        if r.is_err() {
+            crate::stream::give_back(&self.bus.shared, end, 1);
+        }
+        r
     }
 
     fn owns(&self, shared: &std::sync::Arc<Shared>) -> Result<()> {
@@ -497,6 +509,8 @@ struct InFlight<'a> {
     corr: u64,
     origin: Origin,
     d: Descriptor,
+    /// The connection epoch `d` was built on.
+    epoch: u64,
     sent: bool,
     cancel: bool,
     done: bool,
@@ -510,7 +524,7 @@ impl Drop for InFlight<'_> {
         let mut core = self.shared.lock();
         core.forget_call(self.corr, self.origin);
         if !self.sent {
-            if let Some(c) = self.d.chunk() {
+            if let (Some(c), true) = (self.d.chunk(), core.epoch == self.epoch) {
                 core.free_own(c);
             }
         } else if self.cancel {

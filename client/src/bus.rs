@@ -454,25 +454,27 @@ impl Bus {
             return self.call_desc(route, d, None, Due::After(timeout));
         }
         let deadline = Instant::now() + timeout;
-        let d = self.shared.build(Kind::Request, 0, payload, Some(deadline))?;
-        self.call_desc(route, d, None, Due::At(deadline))
+        let (d, epoch) = self.shared.build(Kind::Request, 0, payload, Some(deadline))?;
+        self.call_desc(route, d, Some(epoch), Due::At(deadline))
     }
 
     /// Registers a call to `route` and pushes it, under one lock: the
     /// route's id on this connection, a correlation id, the path (a direct
     /// channel or the daemon), the push. `sent` is false when the ring is
     /// full (the caller then waits for room). On an error, a chunk `d`
-    /// carries is back in the pool.
+    /// carries (taken on connection `chunk_epoch`) is back in the pool,
+    /// unless a reconnect came between.
     pub(crate) fn start_call(
         &self,
         route: &Route,
         d: &mut Descriptor,
-        loan_epoch: Option<u64>,
+        chunk_epoch: Option<u64>,
     ) -> Result<(u64, Origin, bool)> {
         let mut core = self.shared.lock_live();
-        if loan_epoch.is_some_and(|e| e != core.epoch) {
+        let stale = |core: &Core| chunk_epoch.is_some_and(|e| e != core.epoch);
+        if stale(&core) {
             // Not ours to free: the chunk belongs to a pool the old daemon took with it.
-            return Err(Error::BusGone("the loan is from before a reconnect".into()));
+            return Err(stale_payload());
         }
         d.route = match route.id_at(core.epoch) {
             Some(id) => id,
@@ -482,9 +484,10 @@ impl Bus {
                 let id = self.route_id(route);
                 core = self.shared.lock();
                 match id {
+                    Ok(_) if stale(&core) => return Err(stale_payload()),
                     Ok(id) => id,
                     Err(e) => {
-                        if let Some(c) = d.chunk() {
+                        if let (Some(c), false) = (d.chunk(), stale(&core)) {
                             core.free_own(c);
                         }
                         return Err(e);
@@ -514,8 +517,8 @@ impl Bus {
         self.call_desc(route, d, Some(epoch), Due::After(timeout))
     }
 
-    fn call_desc(&self, route: &Route, d: Descriptor, loan_epoch: Option<u64>, due: Due) -> Result<Sample> {
-        let sent = self.send_request(route, d, loan_epoch, due)?;
+    fn call_desc(&self, route: &Route, d: Descriptor, chunk_epoch: Option<u64>, due: Due) -> Result<Sample> {
+        let sent = self.send_request(route, d, chunk_epoch, due)?;
         self.shared.await_answer(&sent, sent.due)?.ok_or(Error::DeadlineExceeded)
     }
 
@@ -526,10 +529,10 @@ impl Bus {
         &self,
         route: &Route,
         mut d: Descriptor,
-        loan_epoch: Option<u64>,
+        chunk_epoch: Option<u64>,
         mut due: Due,
     ) -> Result<Sent> {
-        let (corr, origin, sent) = self.start_call(route, &mut d, loan_epoch)?;
+        let (corr, origin, sent) = self.start_call(route, &mut d, chunk_epoch)?;
         if !sent {
             // The ring is full: wait for room, then for the answer, within one deadline.
             let deadline = due.deadline(Instant::now());
@@ -537,7 +540,7 @@ impl Bus {
             if let Err(e) = self.shared.send_on(origin, &d, deadline) {
                 let mut core = self.shared.lock();
                 core.forget_call(corr, origin);
-                if let Some(c) = d.chunk() {
+                if let (Some(c), true) = (d.chunk(), chunk_epoch.is_none_or(|e| e == core.epoch)) {
                     core.free_own(c);
                 }
                 return Err(e);
@@ -553,8 +556,7 @@ impl Bus {
     /// [`BusEvent::FireFailed`].
     pub fn fire(&self, route: &Route, payload: &[u8]) -> Result<()> {
         let id = self.route_id(route)?;
-        let epoch = self.shared.lock().epoch;
-        let d = self.shared.build(Kind::Fire, id, payload, None)?;
+        let (d, epoch) = self.shared.build(Kind::Fire, id, payload, None)?;
         self.fire_desc(d, None, epoch)
     }
 
@@ -564,13 +566,11 @@ impl Bus {
     pub fn fire_within(&self, route: &Route, payload: &[u8], timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let id = self.route_id(route)?;
-        let epoch = self.shared.lock().epoch;
-        let d = self.shared.build(Kind::Fire, id, payload, Some(deadline))?;
+        let (d, epoch) = self.shared.build(Kind::Fire, id, payload, Some(deadline))?;
         self.fire_desc(d, Some(deadline), epoch)
     }
 
-    /// Sends a fire built on connection `epoch` (read before its chunk was
-    /// taken: a reconnect in between only leaves a chunk unfreed on failure).
+    /// Sends a fire built on connection `epoch`.
     fn fire_desc(&self, mut d: Descriptor, deadline: Option<Instant>, epoch: u64) -> Result<()> {
         let origin = {
             let mut core = self.shared.lock();
@@ -661,6 +661,13 @@ pub(crate) fn pool_check<T>(
     }
 }
 
+/// A payload whose chunk was taken before a reconnect: it belongs to a pool
+/// the old daemon took with it (unless the new one adopted ours), so it is
+/// neither sent nor freed.
+pub(crate) fn stale_payload() -> Error {
+    Error::BusGone("the payload was built before a reconnect".into())
+}
+
 /// When a wait gives up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Due {
@@ -745,15 +752,19 @@ impl Shared {
     }
 
     /// Builds a descriptor with `payload`, waiting for a pool chunk until `deadline`.
+    ///
+    /// Returns the descriptor with the connection epoch it was built on:
+    /// its chunk may be freed only while that epoch lasts (see
+    /// [`reclaim_unsent`](Self::reclaim_unsent)).
     pub(crate) fn build(
         self: &Arc<Self>,
         kind: Kind,
         route: u32,
         payload: &[u8],
         deadline: Option<Instant>,
-    ) -> Result<Descriptor> {
+    ) -> Result<(Descriptor, u64)> {
         let base = Descriptor::new(kind, route, 0);
-        self.from_pool(deadline, payload.len(), |core| core.payload(base, payload))
+        self.from_pool(deadline, payload.len(), |core| core.payload(base, payload).map(|d| (d, core.epoch)))
     }
 
     /// Allocates a chunk of `len` bytes from our pool, waiting for one until `deadline`.

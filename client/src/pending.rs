@@ -74,11 +74,11 @@ impl Bus {
     /// ```
     pub fn begin_call(&self, route: &Route, payload: &[u8], timeout: Duration) -> Result<PendingCall> {
         let deadline = Instant::now() + timeout;
-        let d = match Descriptor::new(Kind::Request, 0, 0).with_inline(payload) {
-            Some(d) => d,
-            None => self.shared.build(Kind::Request, 0, payload, Some(deadline))?,
+        let (d, epoch) = match Descriptor::new(Kind::Request, 0, 0).with_inline(payload) {
+            Some(d) => (d, None),
+            None => self.shared.build(Kind::Request, 0, payload, Some(deadline)).map(|(d, e)| (d, Some(e)))?,
         };
-        self.pending(route, d, None, deadline)
+        self.pending(route, d, epoch, deadline)
     }
 
     /// [`begin_call`](Self::begin_call) with a loaned chunk written in place (zero-copy).
@@ -88,8 +88,14 @@ impl Bus {
         self.pending(route, d, Some(epoch), deadline)
     }
 
-    fn pending(&self, route: &Route, d: Descriptor, loan_epoch: Option<u64>, deadline: Instant) -> Result<PendingCall> {
-        let sent = self.send_request(route, d, loan_epoch, Due::At(deadline))?;
+    fn pending(
+        &self,
+        route: &Route,
+        d: Descriptor,
+        chunk_epoch: Option<u64>,
+        deadline: Instant,
+    ) -> Result<PendingCall> {
+        let sent = self.send_request(route, d, chunk_epoch, Due::At(deadline))?;
         Ok(PendingCall { shared: self.shared.clone(), sent, done: false })
     }
 }

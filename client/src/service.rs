@@ -224,8 +224,8 @@ impl Request {
         core.cancelled.contains(&(self.origin, self.corr))
     }
 
-    /// Sends the answer `d` (with the epoch of the loan it was written in, if any).
-    fn finish(&mut self, d: Result<Descriptor>, loan_epoch: Option<u64>) -> Result<()> {
+    /// Sends the answer `d` (with the connection epoch its chunk was taken on, if it has one).
+    fn finish(&mut self, d: Result<Descriptor>, chunk_epoch: Option<u64>) -> Result<()> {
         self.answered = true;
         let mut payload = self.payload.take();
         // One lock for the release, the checks and the push (the hot path of a server).
@@ -254,9 +254,9 @@ impl Request {
         d.correlation = self.corr;
         d.flags |= flags::SERVER;
         let sent = {
-            let stale_loan = loan_epoch.is_some_and(|e| e != core.epoch);
-            let r = if stale_loan {
-                Err(Error::BusGone("the loan is from before a reconnect".into()))
+            let stale_chunk = chunk_epoch.is_some_and(|e| e != core.epoch);
+            let r = if stale_chunk {
+                Err(crate::bus::stale_payload())
             } else if self.origin == Origin::Daemon && core.epoch != self.epoch {
                 Err(Error::BusGone("the request is from before a reconnect".into()))
             } else if !core.cancelled.is_empty() && core.cancelled.remove(&(self.origin, self.corr)) {
@@ -267,8 +267,8 @@ impl Request {
                     r => r.map(|()| true),
                 }
             };
-            // A stale loan's chunk belongs to a pool the old daemon took with it.
-            if let (Err(_), Some(c), false) = (&r, d.chunk(), stale_loan) {
+            // A stale chunk belongs to a pool the old daemon took with it.
+            if let (Err(_), Some(c), false) = (&r, d.chunk(), stale_chunk) {
                 core.free_own(c);
             }
             if !matches!(r, Ok(false)) {
@@ -297,11 +297,17 @@ impl Request {
     /// Answers with `payload` (copied into a chunk if larger than 40 bytes).
     pub fn reply(mut self, payload: &[u8]) -> Result<()> {
         // Inline payloads need neither the pool nor a deadline (nor the clock).
-        let d = match Descriptor::new(Kind::Response, self.instance, 0).with_inline(payload) {
-            Some(d) => Ok(d),
-            None => self.shared.build(Kind::Response, self.instance, payload, Some(Instant::now() + REPLY_POOL_WAIT)),
+        let (d, epoch) = match Descriptor::new(Kind::Response, self.instance, 0).with_inline(payload) {
+            Some(d) => (Ok(d), None),
+            None => {
+                match self.shared.build(Kind::Response, self.instance, payload, Some(Instant::now() + REPLY_POOL_WAIT))
+                {
+                    Ok((d, epoch)) => (Ok(d), Some(epoch)),
+                    Err(e) => (Err(e), None),
+                }
+            }
         };
-        self.finish(d, None)
+        self.finish(d, epoch)
     }
 
     /// Answers with a loaned chunk written in place (zero-copy).

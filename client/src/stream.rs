@@ -80,6 +80,18 @@ pub(crate) fn credit_check(end: End) -> impl FnMut(&mut Core) -> Result<Option<(
     }
 }
 
+/// Returns `n` of the peer's credits that `end` took for items it did not
+/// send after all (no pool space, no ring room in time): the peer granted
+/// them for items it has not had, and waits for them still. Nothing to do
+/// once the stream is over.
+pub(crate) fn give_back(shared: &Shared, end: End, n: u64) {
+    if n > 0 {
+        if let Ok(Some(c)) = credits(&mut shared.lock(), end.side, end.origin, end.corr) {
+            *c += n;
+        }
+    }
+}
+
 /// Addresses `d`, a `StreamItem` built with the route and the payload, to
 /// `end`: its correlation id and, on the serving side, the server flag.
 pub(crate) fn item_of(end: End, mut d: Descriptor) -> Descriptor {
@@ -93,9 +105,13 @@ pub(crate) fn item_of(end: End, mut d: Descriptor) -> Descriptor {
 /// Sends one item once the peer has granted a credit.
 pub(crate) fn send_item(shared: &Arc<Shared>, end: End, payload: &[u8], deadline: Instant) -> Result<()> {
     shared.wait(Some(deadline), false, credit_check(end))?;
-    let epoch = shared.lock().epoch;
-    let d = item_of(end, shared.build(Kind::StreamItem, end.route, payload, Some(deadline))?);
-    shared.send_or_reclaim(end.origin, &d, Some(deadline), epoch)
+    let r = shared
+        .build(Kind::StreamItem, end.route, payload, Some(deadline))
+        .and_then(|(d, epoch)| shared.send_or_reclaim(end.origin, &item_of(end, d), Some(deadline), epoch));
+    if r.is_err() {
+        give_back(shared, end, 1);
+    }
+    r
 }
 
 /// Receives one descriptor of a stream (an item or a batch of items);
@@ -202,25 +218,27 @@ where
         let max = shared.lock().alloc.geometry().max_payload() as usize;
         if hybus_layout::batch::item_size(first_len) > max.min(CHUNK) {
             // Too big to pack with others: send it as an item of its own.
-            {
-                let mut core = shared.lock();
-                if let Ok(Some(c)) = credits(&mut core, side, origin, corr) {
-                    *c += claimed - 1;
-                }
-            }
+            give_back(shared, end, claimed - 1);
             if let Some(item) = items.next() {
-                let mut d = shared.build(Kind::StreamItem, route, item.as_ref(), Some(deadline))?;
-                d.correlation = corr;
-                if side == Side::Server {
-                    d.flags |= flags::SERVER;
+                let r = shared
+                    .build(Kind::StreamItem, route, item.as_ref(), Some(deadline))
+                    .and_then(|(d, epoch)| shared.send_or_reclaim(origin, &item_of(end, d), Some(deadline), epoch));
+                if let Err(e) = r {
+                    give_back(shared, end, 1);
+                    return Err(e);
                 }
-                shared.send_or_reclaim(origin, &d, Some(deadline), epoch)?;
                 sent += 1;
             }
             continue;
         }
         let len = CHUNK;
-        let (chunk, pool) = shared.alloc(len, deadline)?;
+        let (chunk, pool) = match shared.alloc(len, deadline) {
+            Ok(a) => a,
+            Err(e) => {
+                give_back(shared, end, claimed);
+                return Err(e);
+            }
+        };
         // SAFETY: the chunk was just allocated to us; nobody else reads or
         // writes it before we send it.
         let buf = unsafe { pool.seg.bytes_mut(chunk.offset, len) }
@@ -235,15 +253,9 @@ where
         }
         let n = w.items();
         let used = w.len();
-        let unused = claimed - n as u64;
-        if unused > 0 {
-            let mut core = shared.lock();
-            if let Ok(Some(c)) = credits(&mut core, side, origin, corr) {
-                *c += unused;
-            }
-        }
+        give_back(shared, end, claimed - n as u64);
         if n == 0 {
-            shared.lock().free_own(chunk);
+            shared.reclaim_unsent(&Descriptor::new(Kind::StreamItem, 0, 0).with_chunk(chunk), epoch);
             return Err(Error::PayloadTooLarge { len: first_len, max: len as u32 });
         }
         let c = hybus_layout::ChunkRef { len: used as u32, ..chunk };
@@ -252,7 +264,10 @@ where
         if side == Side::Server {
             d.flags |= flags::SERVER;
         }
-        shared.send_or_reclaim(origin, &d, Some(deadline), epoch)?;
+        if let Err(e) = shared.send_or_reclaim(origin, &d, Some(deadline), epoch) {
+            give_back(shared, end, n as u64);
+            return Err(e);
+        }
         sent += n as u64;
     }
     Ok(sent)
@@ -347,8 +362,7 @@ impl Bus {
         let id = self.route_id(route)?;
         let window = window.max(1);
         let deadline = Instant::now() + Duration::from_secs(10);
-        let epoch = self.shared.lock().epoch;
-        let mut d = self.shared.build(Kind::StreamOpen, id, payload, Some(deadline))?;
+        let (mut d, epoch) = self.shared.build(Kind::StreamOpen, id, payload, Some(deadline))?;
         let (corr, origin) = {
             let mut core = self.shared.lock();
             let corr = core.next_id();

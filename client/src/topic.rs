@@ -98,8 +98,7 @@ impl Publisher {
     /// Publishes, waiting for pool space until `pool` and for ring room until `ring`.
     fn publish_by(&self, payload: &[u8], pool: Instant, ring: Option<Instant>) -> Result<()> {
         let route = self.bus.topic_id(&self.route)?;
-        let epoch = self.bus.shared.lock().epoch;
-        let d = self.bus.shared.build(Kind::Publish, route, payload, Some(pool))?;
+        let (d, epoch) = self.bus.shared.build(Kind::Publish, route, payload, Some(pool))?;
         self.bus.shared.send_or_reclaim(Origin::Daemon, &publication(d), ring, epoch)
     }
 

@@ -624,3 +624,42 @@ fn bounded_fires_and_publications_give_up_while_the_pool_stays_full() {
     assert!(eventually(SOON, || bus.fire_within(&route, &big, short).ok()).is_some(), "the chunks never came back");
     assert!(publisher.publish_within(&big, short).is_ok());
 }
+
+/// A stream item that cannot be sent (no pool space in time) does not use
+/// up the credit the reader granted for it: the next send goes out at once.
+#[test]
+fn an_item_not_sent_keeps_its_credit() {
+    use hybus::Incoming;
+    let d = DaemonProc::start(None);
+    let server = d.connect();
+    let svc = server.register("credit.keep").unwrap();
+    let bus = d.connect();
+    let route = bus.resolve("credit.keep").unwrap();
+    let short = Duration::from_millis(100);
+    let long = Duration::from_secs(5);
+    // Each of the stream's two windows of one credit: one item, one batch.
+    for batch in [false, true] {
+        let mut stream = bus.request_stream(&route, b"", 1).unwrap();
+        let Some(Incoming::Stream(mut st)) = svc.next(long).unwrap() else { panic!("no stream") };
+        // Every chunk of the largest size the server's pool has, held.
+        let max = server.max_payload() as usize;
+        let held: Vec<_> = std::iter::from_fn(|| server.loan(max, Duration::ZERO).ok()).take(1000).collect();
+        assert!(!held.is_empty() && held.len() < 1000);
+        let item = vec![5u8; max];
+        let send = |st: &mut hybus::StreamRequest, t| {
+            if batch {
+                st.send_many([&item], t).map(|_| ())
+            } else {
+                st.send(&item, t)
+            }
+        };
+        let refused = send(&mut st, short);
+        assert!(matches!(refused, Err(Error::OutOfPool { .. })), "batch: {batch}: {refused:?}");
+        drop(held);
+        let again = send(&mut st, long);
+        assert!(again.is_ok(), "batch: {batch}: the credit was lost: {again:?}");
+        assert_eq!(stream.next(long).unwrap().map(|s| s.len()), Some(max));
+        st.end().unwrap();
+        assert!(stream.next(long).unwrap().is_none());
+    }
+}

@@ -45,7 +45,8 @@ fn many_calls_in_flight_from_one_thread_are_each_answered() {
         while let Some((mut payload, call)) = calls.pop() {
             payload.reverse();
             let n = calls.len();
-            let a = call.wait().unwrap_or_else(|e| panic!("direct: {direct}: call {n}: {e}: {}", server.expect_line("")));
+            let a =
+                call.wait().unwrap_or_else(|e| panic!("direct: {direct}: call {n}: {e}: {}", server.expect_line("")));
             assert_eq!(&*a, &payload[..], "direct: {direct}");
         }
         // The zero-copy twin, and an answer taken by polling.
