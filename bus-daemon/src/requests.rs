@@ -332,7 +332,7 @@ impl Daemon {
         Ok(Reply::Resolved { route, instances: 0 })
     }
 
-    /// [`Registry::route_for`] for client `id`, refused with a quota error at a name limit.
+    /// [`Registry::route_for`](crate::registry::Registry::route_for) for client `id`, refused with a quota error at a name limit.
     pub(crate) fn route_for(&mut self, id: u32, name: &str) -> Result<u32, (ErrorCode, String)> {
         let uid = self.sessions.get(&id).ok_or_else(|| bad("gone"))?.creds.uid;
         self.registry.route_for(name, uid).map_err(too_many_names)

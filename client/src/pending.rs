@@ -100,8 +100,16 @@ impl Bus {
     }
 }
 
-/// A call sent with [`Bus::begin_call`] whose answer has not been taken
-/// yet (see the [module docs](self)). Dropped unfinished, it is cancelled.
+/// A call sent with [`Bus::begin_call`] whose answer has not been taken yet.
+///
+/// One thread may hold many and collect their answers in any order
+/// ([`wait`](Self::wait)), look without blocking
+/// ([`try_answer`](Self::try_answer)), or give up on one
+/// ([`cancel`](Self::cancel), or a [`CallCanceller`] from another thread).
+/// A cancelled call is forgotten here and its server is told
+/// ([`Request::is_cancelled`](crate::Request::is_cancelled)); an answer
+/// that comes anyway goes back to its sender's pool. Dropped unfinished,
+/// it is cancelled.
 #[must_use = "a pending call dropped unfinished is cancelled"]
 pub struct PendingCall {
     shared: Arc<Shared>,

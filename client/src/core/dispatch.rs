@@ -1,0 +1,344 @@
+//! The dispatch of [`Core`]: the daemon's rx ring drained, every
+//! descriptor that arrives (by the daemon or a channel) put where its
+//! waiter looks (call table, inboxes, streams, topics), and taken from there.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use hybus_layout::control;
+use hybus_layout::descriptor::flags;
+use hybus_layout::{ChunkRef, Descriptor, Kind};
+
+use super::{error_of, take_back, Core, Origin, ServedState, View, FIRE_BIT, TOPIC_INBOX};
+use crate::error::Error;
+use crate::BusEvent;
+
+impl Core {
+    /// Our instance `instance` unregistered. What waits in its inbox is
+    /// refused, and so is what still comes for it on a direct channel
+    /// until the caller has the daemon's word that the channel closed:
+    /// requests and streams fail at their callers with "peer gone" (as the
+    /// daemon fails the brokered ones), fires are dropped, chunks go back.
+    ///
+    /// Why: nothing reads that inbox any more, and a caller on a channel
+    /// would wait for its deadline.
+    pub fn retire(&mut self, instance: u32) {
+        if !self.channels.is_empty() {
+            self.retired.insert(instance);
+        }
+        if let Some(q) = self.inboxes.remove(&instance) {
+            for (d, origin) in q {
+                self.refuse_incoming(d, origin);
+            }
+        }
+    }
+
+    /// Refuses a request, stream or fire for a retired instance (see [`retire`](Self::retire)).
+    pub(super) fn refuse_incoming(&mut self, d: Descriptor, origin: Origin) {
+        let opens = d.kind == Kind::Request as u8 || d.kind == Kind::StreamOpen as u8;
+        if opens {
+            self.served.remove(&(origin, d.correlation));
+            if let Origin::Direct(_) = origin {
+                let mut e =
+                    Descriptor::new(Kind::Error, d.route, d.correlation).with_aux(control::DataError::PeerGone as u64);
+                e.flags |= flags::SERVER;
+                // A full ring leaves the caller to its deadline, as a dead peer would.
+                let _ = self.try_send_on(origin, &e);
+            }
+            self.served_done(origin, d.correlation);
+        }
+        self.release(d, origin);
+    }
+
+    /// The answer to our call `corr`, if it came: taken off its channel by
+    /// [`pump_hot`](Self::pump_hot) this round, or dispatched into the call
+    /// table. The call is forgotten once its answer is taken.
+    pub fn take_answer(&mut self, corr: u64) -> Option<(Descriptor, Origin)> {
+        if self.taken.is_some_and(|(d, _)| d.correlation == corr && d.flags & flags::SERVER == 0) {
+            self.calls.remove(&corr);
+            return self.taken.take();
+        }
+        if matches!(self.calls.get(&corr), Some(Some(_))) {
+            return self.calls.remove(&corr).flatten();
+        }
+        None
+    }
+
+    /// The next request or fire for `instance`: taken off a channel by
+    /// [`pump_hot`](Self::pump_hot) this round (only while the inbox is
+    /// empty), else the oldest in its inbox.
+    pub fn take_incoming(&mut self, instance: u32) -> Option<(Descriptor, Origin)> {
+        if self.taken.is_some_and(|(d, o)| d.flags & flags::SERVER != 0 && self.inbox_of(d.route, o) == instance) {
+            return self.taken.take();
+        }
+        self.inboxes.get_mut(&instance).and_then(|q| q.pop_front())
+    }
+
+    /// Hands what [`pump_hot`](Self::pump_hot) took and no check wanted to
+    /// the usual dispatch (a waiter gave up in the same round): nothing is
+    /// lost whatever a check does.
+    pub fn untake(&mut self) {
+        if let Some((d, origin)) = self.taken.take() {
+            self.dispatch(d, origin);
+        }
+    }
+
+    /// Moves every ready descriptor from the rx ring (and the channels' rings) to its inbox. Returns how many.
+    #[inline]
+    pub fn pump_data(&mut self) -> usize {
+        let mut buf = std::mem::take(&mut self.rx_buf);
+        buf.resize(32, Descriptor::new(Kind::Fence, 0, 0));
+        let mut total = 0;
+        if !self.channels.is_empty() {
+            total += self.pump_channels(false);
+        }
+        loop {
+            let n = match self.rx.pop_batch(&mut buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.lost(&format!("daemon ring corrupt: {e}"));
+                    self.rx_buf = buf;
+                    return total;
+                }
+            };
+            if n > 0 && self.closing > 0 {
+                // Downgrade order: anything a peer pushed on its channel
+                // before its end fence happened before what it then sent
+                // through the daemon, which we just acquired; dispatch it first.
+                total += self.pump_channels(true);
+            }
+            for d in &buf[..n] {
+                self.dispatch(*d, Origin::Daemon);
+            }
+            total += n;
+            if n < buf.len() {
+                break;
+            }
+        }
+        self.rx_buf = buf;
+        if !self.backlog.is_empty() {
+            self.flush_backlog();
+        }
+        if !self.retiring.is_empty() {
+            // Every 64th pump: the check may scan every queued descriptor
+            // (a subscriber's backlog), and a view may well go a little later.
+            self.retire_rounds = self.retire_rounds.wrapping_add(1);
+            if self.retire_rounds % 64 == 1 {
+                self.retire_views();
+            }
+        }
+        total
+    }
+
+    /// Drops the views of gone pools whose last descriptors we have read
+    /// and no longer keep in an inbox, a call, a stream or a topic queue
+    /// (samples already made keep their own reference: the mapping goes
+    /// with the last of them). Runs only while some pool is retiring.
+    fn retire_views(&mut self) {
+        let read = self.rx.taken();
+        let mut retiring = std::mem::take(&mut self.retiring);
+        retiring.retain(|&(pool, at)| {
+            let done = read.wrapping_sub(at) <= u64::MAX / 2 && !self.holds_chunk_of(pool);
+            if done {
+                self.views.remove(&pool);
+            }
+            !done
+        });
+        self.retiring = retiring;
+    }
+
+    /// The pools we map a view of, and those retiring (for `Bus::debug_state`).
+    pub fn views_state(&self) -> (Vec<u32>, &[(u32, u64)]) {
+        let mut ids: Vec<u32> = self.views.keys().copied().collect();
+        ids.sort_unstable();
+        (ids, &self.retiring)
+    }
+
+    /// Whether a descriptor the daemon gave us that the application has not
+    /// taken yet refers to a chunk of `pool` (every place such a descriptor
+    /// waits: the hot hand-over, inboxes, calls, both ends of streams, topics).
+    fn holds_chunk_of(&self, pool: u32) -> bool {
+        let of = |d: &Descriptor| d.chunk().is_some_and(|c| c.segment == pool);
+        let brokered = |&(d, o): &(Descriptor, Origin)| o == Origin::Daemon && of(&d);
+        self.taken.as_ref().is_some_and(brokered)
+            || self.inboxes.values().any(|q| q.iter().any(brokered))
+            || self.calls.values().any(|c| c.as_ref().is_some_and(brokered))
+            || self.streams.values().any(|s| s.origin == Origin::Daemon && s.items.iter().any(of))
+            || self.served.iter().any(|((o, _), s)| *o == Origin::Daemon && s.items.iter().any(of))
+            || self.topics.values().any(|q| q.iter().any(of))
+    }
+
+    /// The inbox (instance id) a request addressed to `route` lands in: a
+    /// peer on a direct channel may still use an instance id from before a
+    /// daemon restart.
+    #[inline]
+    pub(super) fn inbox_of(&self, route: u32, origin: Origin) -> u32 {
+        match origin {
+            Origin::Daemon => route,
+            Origin::Direct(_) => self.instance_alias.get(&route).copied().unwrap_or(route),
+        }
+    }
+
+    /// The view of the pool a chunk lives in, reading the control socket for it if new.
+    pub fn view_for(&mut self, c: ChunkRef, origin: Origin) -> Option<Arc<View>> {
+        if let Origin::Direct(id) = origin {
+            return self.channels.get(&id).map(|ch| ch.peer_view.clone());
+        }
+        if c.segment == self.client_id {
+            return Some(self.pool.clone());
+        }
+        if !self.views.contains_key(&c.segment) {
+            // The daemon sends the view before the first descriptor that needs it.
+            self.pump_control();
+        }
+        let v = self.views.get(&c.segment)?;
+        v.geometry.check(c).ok()?;
+        Some(v.clone())
+    }
+
+    pub(super) fn dispatch(&mut self, d: Descriptor, origin: Origin) {
+        let Ok(kind) = d.check() else {
+            self.lost("daemon sent a malformed descriptor");
+            return;
+        };
+        if let (Some(c), Origin::Daemon) = (d.chunk(), origin) {
+            if kind != Kind::Release && self.view_for(c, origin).is_none() {
+                self.lost(&format!("daemon sent a chunk of pool {} without a valid view", c.segment));
+                return;
+            }
+        }
+        let server = d.flags & flags::SERVER != 0;
+        let key = (origin, d.correlation);
+        match (kind, server) {
+            (Kind::Release, _) => {
+                if let Some(c) = d.chunk() {
+                    if take_back(&mut self.alloc, &self.pool, c).is_err() {
+                        self.lost("daemon returned a chunk we did not lend");
+                    }
+                }
+            }
+            (Kind::Fence, _) => {
+                // A peer's upgrade fence, forwarded by the daemon.
+                let id = d.aux as u32;
+                if !self.channels.contains_key(&id) {
+                    self.pump_control();
+                }
+                if let Some(ch) = self.channels.get_mut(&id) {
+                    ch.peer_fenced = true;
+                    // Whatever the peer pushed on the channel before what
+                    // follows in this batch of the daemon's ring must be
+                    // dispatched before it (per-sender order).
+                    self.pump_channel(id);
+                }
+            }
+            (Kind::Request, true) | (Kind::Fire, _) | (Kind::StreamOpen, true)
+                if !self.retired.is_empty()
+                    && matches!(origin, Origin::Direct(_))
+                    && self.retired.contains(&self.inbox_of(d.route, origin)) =>
+            {
+                self.refuse_incoming(d, origin);
+            }
+            (Kind::Request, true) | (Kind::Fire, _) => {
+                if let (Kind::Request, Origin::Direct(id)) = (kind, origin) {
+                    if let Some(ch) = self.channels.get_mut(&id) {
+                        ch.serving.insert(d.correlation);
+                    }
+                }
+                let inbox = self.inbox_of(d.route, origin);
+                self.inboxes.get_or_insert_with(inbox, VecDeque::new).push_back((d, origin));
+            }
+            (Kind::StreamOpen, true) => {
+                if let Origin::Direct(id) = origin {
+                    if let Some(ch) = self.channels.get_mut(&id) {
+                        ch.serving.insert(d.correlation);
+                    }
+                }
+                self.served.insert(key, ServedState { send_credits: d.aux & 0xffff_ffff, ..ServedState::default() });
+                let inbox = self.inbox_of(d.route, origin);
+                self.inboxes.get_or_insert_with(inbox, VecDeque::new).push_back((d, origin));
+            }
+            (Kind::Publish, _) => {
+                let q = self.topics.entry(d.route).or_default();
+                q.push_back(d);
+                if q.len() > TOPIC_INBOX {
+                    if let Some(old) = q.pop_front() {
+                        self.dropped_publications += 1;
+                        self.release(old, Origin::Daemon);
+                    }
+                }
+            }
+            (Kind::Response | Kind::Error, false) => {
+                if let Some(Some(_)) = self.calls.get(&d.correlation) {
+                    // The call already has its outcome (it was cancelled): a late answer goes back.
+                    self.release(d, origin);
+                } else if let Some(slot) = self.calls.get_mut(&d.correlation) {
+                    *slot = Some((d, origin));
+                    if let Origin::Direct(id) = origin {
+                        if let Some(ch) = self.channels.get_mut(&id) {
+                            ch.calls.remove(&d.correlation);
+                        }
+                        self.reap_channel(id);
+                    }
+                } else if let Some(id) = self.direct_call(origin, d.correlation) {
+                    // Our direct call's answer, brought by a full pump: the
+                    // caller takes it from the table.
+                    self.calls.insert(d.correlation, Some((d, origin)));
+                    self.reap_channel(id);
+                } else if let Some(s) = self.streams.get_mut(&d.correlation) {
+                    s.ended = true;
+                    s.error = Some(error_of(&d, None));
+                    self.release(d, origin);
+                } else if kind == Kind::Error && d.correlation & FIRE_BIT != 0 {
+                    self.push_event(BusEvent::FireFailed { route: d.route, error: error_of(&d, None) });
+                } else {
+                    // An answer to a call that timed out: give the chunk back.
+                    self.release(d, origin);
+                }
+            }
+            (Kind::StreamItem, false) => match self.streams.get_mut(&d.correlation) {
+                Some(s) => s.items.push_back(d),
+                None => self.release(d, origin),
+            },
+            (Kind::StreamItem, true) => match self.served.get_mut(&key) {
+                Some(s) => s.items.push_back(d),
+                None => self.release(d, origin),
+            },
+            (Kind::Credit, false) => {
+                if let Some(s) = self.streams.get_mut(&d.correlation) {
+                    s.send_credits = s.send_credits.saturating_add(d.aux);
+                }
+            }
+            (Kind::Credit, true) => {
+                if let Some(s) = self.served.get_mut(&key) {
+                    s.send_credits = s.send_credits.saturating_add(d.aux);
+                }
+            }
+            (Kind::StreamEnd, false) => {
+                if let Some(s) = self.streams.get_mut(&d.correlation) {
+                    s.ended = true;
+                }
+            }
+            (Kind::StreamEnd, true) => {
+                if let Some(s) = self.served.get_mut(&key) {
+                    s.peer_ended = true;
+                }
+            }
+            (Kind::Cancel, true) => match self.served.get_mut(&key) {
+                Some(s) => s.cancelled = true,
+                None => {
+                    self.cancelled.insert(key);
+                }
+            },
+            (Kind::Cancel, false) => {
+                if let Some(s) = self.streams.get_mut(&d.correlation) {
+                    s.ended = true;
+                    s.error = Some(Error::Cancelled);
+                }
+            }
+            _ => match origin {
+                Origin::Daemon => self.lost(&format!("daemon sent an unexpected {kind:?}")),
+                Origin::Direct(id) => self.channel_violation(id, format!("unexpected {kind:?}")),
+            },
+        }
+    }
+}
