@@ -298,6 +298,7 @@ impl Daemon {
                 let (bm, bb) = k.b.read();
                 let layout = ChannelLayout::new(c.capacity);
                 let queued = |offset| c.segment.ring_depth(offset, c.capacity).unwrap_or(0);
+                let rtt = k.rtt.snapshot();
                 ChannelStats {
                     channel: *id,
                     service: c.service.clone(),
@@ -309,6 +310,8 @@ impl Daemon {
                     b_bytes: bb,
                     a_queued: queued(layout.a_to_b),
                     b_queued: queued(layout.b_to_a),
+                    timed_calls: rtt.samples(),
+                    latency_ns: rtt.figures(),
                     reason: c.reason.clone(),
                     age_s: c.since.elapsed().as_secs(),
                 }

@@ -157,6 +157,14 @@ impl Direct {
         }
     }
 
+    /// Counts a timed round trip of one of our calls on this channel (we
+    /// are its caller, side A: the histogram is ours to write).
+    pub fn record_rtt(&self, rtt: std::time::Duration) {
+        if self.side == Side::A {
+            self.seg.channel_counters().rtt.record(u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX));
+        }
+    }
+
     /// Pushes a data descriptor (our pool's chunk references are rewritten
     /// to the pool id the peer knows). `Err(WouldBlock)` when full.
     #[inline]

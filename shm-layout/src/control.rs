@@ -377,6 +377,12 @@ pub struct ChannelStats {
     pub a_queued: u64,
     /// Descriptors service → caller the caller has not taken yet.
     pub b_queued: u64,
+    /// Round trips of calls the caller timed (one call in
+    /// [`RTT_SAMPLE_EVERY`](crate::channel::RTT_SAMPLE_EVERY)).
+    pub timed_calls: u64,
+    /// Their round trip, in nanoseconds, as the caller measured it:
+    /// p50, p99, p99.9, max (each within an eighth; zeros before the first).
+    pub latency_ns: [u64; 4],
     /// Why and how it was made ("config", "requested", "promoted: ...", "adopted after restart").
     pub reason: String,
     /// Seconds since it was made (or adopted).

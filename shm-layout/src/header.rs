@@ -14,7 +14,7 @@ use crate::sync::{AtomicU32, AtomicU64};
 pub const MAGIC: u64 = u64::from_le_bytes(*b"HYBUSSEG");
 
 /// Bumped on every incompatible change of a shared structure or of the control protocol.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Size of the header region at the start of every segment (one page, so
 /// that what follows is page-aligned).

@@ -291,10 +291,11 @@ impl Segment {
     /// The direct-channel counters of a [`SegmentKind::Channel`] segment.
     pub fn channel_counters(&self) -> &crate::channel::ChannelCounters {
         const OFF: usize = crate::channel::ChannelLayout::new(1).counters;
-        const _: () = assert!(OFF % 128 == 0 && OFF + 256 <= HEADER_REGION);
+        const _: () =
+            assert!(OFF % 128 == 0 && OFF + std::mem::size_of::<crate::channel::ChannelCounters>() <= HEADER_REGION);
         // SAFETY: every mapping is at least HEADER_REGION bytes (checked at
-        // create/open) and page aligned, so OFF..OFF+256 is in bounds and
-        // 128-aligned; the counters are atomics only.
+        // create/open) and page aligned, so the counters at OFF are in
+        // bounds and 128-aligned; they are atomics only.
         unsafe { self.ptr.add(OFF).cast::<crate::channel::ChannelCounters>().as_ref() }
     }
 

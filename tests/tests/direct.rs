@@ -461,3 +461,27 @@ fn stats_show_what_waits_in_a_channel() {
     kill(Pid::from_raw(server.pid()), Signal::SIGCONT).unwrap();
     assert!(eventually(SOON, || (queued() == (0, 0)).then_some(())).is_some(), "{:?}", queued());
 }
+
+/// The daemon is not in the path of a direct call, so the caller times one
+/// call in 64 into the channel segment, and stats show it.
+#[test]
+fn stats_show_the_round_trip_of_direct_calls() {
+    let d = DaemonProc::start(None);
+    let (_server, _) = Peer::ready(d.socket(), &["serve", "svc.timed", "delay_ms=30"]);
+    let caller = d.connect();
+    let route = caller.resolve("svc.timed").unwrap();
+    caller.request_direct(&route).unwrap();
+    let channel = || caller.stats().unwrap().channels.into_iter().find(|c| c.service == "svc.timed").unwrap();
+    assert_eq!((channel().timed_calls, channel().latency_ns), (0, [0; 4]), "nothing timed before a call");
+    // The first call of each 64 is timed: 65 calls, two of them.
+    for i in 0..65u32 {
+        let q = i.to_le_bytes();
+        caller.call(&route, &q, T).unwrap();
+    }
+    let ch = channel();
+    assert_eq!(ch.timed_calls, 2, "{ch:?}");
+    let [p50, p99, _, max] = ch.latency_ns;
+    // Each took the server's 30 ms at least; the figures are bucket middles, within an eighth.
+    assert!(p50 >= 30_000_000 * 7 / 8 && p50 <= max && p99 <= max, "{ch:?}");
+    assert!(max < 10_000_000_000, "{ch:?}");
+}

@@ -364,10 +364,16 @@ fn stats_in_every_format() {
     for _ in 0..5 {
         assert_eq!(f.call(b"ab"), b"ba");
     }
+    // And one call over a direct channel, which its caller times.
+    let direct = hybus::Bus::connect_to(f.socket()).expect("connect");
+    let route = direct.resolve(ECHO).expect("resolve");
+    direct.request_direct(&route).expect("a direct channel");
+    assert_eq!(&*direct.call(&route, b"xy", SOON).expect("a direct call"), b"yx");
 
     let out = f.ctl(&["stats"]).ok();
     let head = out.stdout.lines().next().unwrap_or_default();
     assert!(head.starts_with("SERVICE") && head.contains("MSG/S") && head.contains("P99.9"), "{out:#?}");
+    assert!(out.stdout.lines().any(|l| l.contains("RTT P50") && l.contains("RTT P99")), "{out:#?}");
     let row: Vec<&str> = out
         .stdout
         .lines()
@@ -384,7 +390,9 @@ fn stats_in_every_format() {
     assert!(e["messages_in"].as_u64().is_some_and(|n| n >= 5), "{v}");
     assert!(e["messages_out"].as_u64().is_some_and(|n| n >= 5), "{v}");
     assert!(e["msgs_per_s"].is_null(), "{v}");
-    assert!(v["channels"].is_array(), "{v}");
+    let ch = &v["channels"][0];
+    assert_eq!(ch["timed_calls"], 1, "{v}");
+    assert!(ch["latency_ns"]["p50"].as_u64().is_some_and(|n| n > 0), "{v}");
 
     let out = f.ctl(&["stats", "--prometheus"]).ok();
     let p = &out.stdout;
@@ -395,6 +403,7 @@ fn stats_in_every_format() {
         .unwrap_or_else(|| panic!("no cli.echo sample: {p}"));
     let n: u64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("a value");
     assert!(n >= 5, "{line}");
+    assert!(p.lines().any(|l| l.starts_with("hybus_direct_latency_nanoseconds_count{") && l.ends_with(" 1")), "{p}");
     let mut typed: Vec<&str> = p.lines().filter(|l| l.starts_with("# TYPE ")).collect();
     let all = typed.len();
     typed.sort_unstable();

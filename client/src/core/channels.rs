@@ -3,8 +3,9 @@
 //! them), and a channel's end (closed, killed, reaped).
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
-use hybus_layout::channel::Side;
+use hybus_layout::channel::{Side, RTT_SAMPLE_EVERY};
 use hybus_layout::control::{self, Request};
 use hybus_layout::descriptor::flags;
 use hybus_layout::idhash::FewSet;
@@ -14,6 +15,15 @@ use super::{take_back, Core, Hot, Origin};
 use crate::direct::{Direct, State};
 use crate::error::{Error, Result};
 use crate::BusEvent;
+
+/// The direct call whose round trip is being timed (one in
+/// [`RTT_SAMPLE_EVERY`], see [`Core::send_call`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timed {
+    corr: u64,
+    channel: u32,
+    since: Instant,
+}
 
 impl Core {
     /// Starts a downgrade: no new exchanges on the channel, an end fence on it.
@@ -110,10 +120,31 @@ impl Core {
         if let Some(ch) = self.direct_for(d.route).and_then(|id| self.channels.get_mut(&id)) {
             ch.calls.insert(corr);
             d.route = ch.instance;
-            return (Origin::Direct(ch.id), ch.push(d));
+            let (id, pushed) = (ch.id, ch.push(d));
+            self.rtt_countdown -= 1;
+            if self.rtt_countdown == 0 {
+                self.rtt_countdown = RTT_SAMPLE_EVERY;
+                if pushed.is_ok() && self.timed.is_none() {
+                    self.timed = Some(Timed { corr, channel: id, since: Instant::now() });
+                }
+            }
+            return (Origin::Direct(id), pushed);
         }
         self.calls.insert(corr, None);
         (Origin::Daemon, self.try_send(d))
+    }
+
+    /// The answer to `corr` was taken: if it is the call being timed, its
+    /// round trip goes into its channel's histogram (which the daemon reads
+    /// for `hybusctl stats`: it does not see direct calls otherwise).
+    #[inline]
+    pub(super) fn time_answer(&mut self, corr: u64) {
+        if let Some(t) = self.timed.filter(|t| t.corr == corr) {
+            self.timed = None;
+            if let Some(ch) = self.channels.get(&t.channel) {
+                ch.record_rtt(t.since.elapsed());
+            }
+        }
     }
 
     /// Picks the path for a fire (or a stream's opening): like [`send_call`](Self::send_call) without the bookkeeping and the push.
@@ -154,6 +185,10 @@ impl Core {
                 ch.calls.remove(&corr);
             }
             self.reap_channel(id);
+            // A call given up is not a round trip (and must not keep the others from being timed).
+            if self.timed.is_some_and(|t| t.corr == corr) {
+                self.timed = None;
+            }
         }
     }
 

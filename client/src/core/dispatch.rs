@@ -54,14 +54,18 @@ impl Core {
     /// [`pump_hot`](Self::pump_hot) this round, or dispatched into the call
     /// table. The call is forgotten once its answer is taken.
     pub fn take_answer(&mut self, corr: u64) -> Option<(Descriptor, Origin)> {
-        if self.taken.is_some_and(|(d, _)| d.correlation == corr && d.flags & flags::SERVER == 0) {
+        let answer = if self.taken.is_some_and(|(d, _)| d.correlation == corr && d.flags & flags::SERVER == 0) {
             self.calls.remove(&corr);
-            return self.taken.take();
+            self.taken.take()
+        } else if matches!(self.calls.get(&corr), Some(Some(_))) {
+            self.calls.remove(&corr).flatten()
+        } else {
+            return None;
+        };
+        if self.timed.is_some() {
+            self.time_answer(corr);
         }
-        if matches!(self.calls.get(&corr), Some(Some(_))) {
-            return self.calls.remove(&corr).flatten();
-        }
-        None
+        answer
     }
 
     /// The next request or fire for `instance`: taken off a channel by

@@ -160,6 +160,10 @@ pub(crate) struct Core {
     /// What [`pump_hot`](Self::pump_hot) took off a ring for the wait that
     /// polled it; that wait's check takes it in the same critical section.
     pub taken: Option<(Descriptor, Origin)>,
+    /// Direct calls until the next one is timed (see [`send_call`](Self::send_call)).
+    rtt_countdown: u32,
+    /// The direct call being timed, if any.
+    timed: Option<channels::Timed>,
     /// Some channel has releases queued (see [`flush_releases`](Self::flush_releases)).
     pub releases_queued: bool,
     /// Pools whose owner is gone, each with the rx position up to which the
@@ -236,6 +240,8 @@ impl Core {
             want_releases: false,
             dropped_publications: 0,
             taken: None,
+            rtt_countdown: 1,
+            timed: None,
             releases_queued: false,
             dropped_events: 0,
             retiring: Vec::new(),

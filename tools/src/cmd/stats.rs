@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hybus::{ChannelStats, InstanceStats, StatsReport};
+use hybus_layout::channel::RTT_SAMPLE_EVERY;
 use serde_json::json;
 
 use crate::table::{bytes_rate, ns, rate, Table};
@@ -114,7 +115,6 @@ fn table(report: &StatsReport, rates: Option<&HashMap<u32, (f64, f64)>>) -> Stri
     ]);
     for i in s {
         let (m, b) = rates.and_then(|r| r.get(&i.instance)).copied().unwrap_or((f64::NAN, f64::NAN));
-        let lat = |v: u64| if v == 0 { "-".into() } else { ns(v) };
         t.row(vec![
             i.name.clone(),
             i.instance.to_string(),
@@ -146,6 +146,8 @@ fn table(report: &StatsReport, rates: Option<&HashMap<u32, (f64, f64)>>) -> Stri
             ">→BYTES",
             ">←BYTES",
             ">QUEUED→/←",
+            ">RTT P50",
+            ">RTT P99",
             "SINCE",
         ]);
         for ch in &report.channels {
@@ -162,6 +164,8 @@ fn table(report: &StatsReport, rates: Option<&HashMap<u32, (f64, f64)>>) -> Stri
                 ch.a_bytes.to_string(),
                 ch.b_bytes.to_string(),
                 format!("{}/{}", ch.a_queued, ch.b_queued),
+                lat(ch.latency_ns[0]),
+                lat(ch.latency_ns[1]),
                 format!("{} s ago: {}", ch.age_s, ch.reason),
             ]);
         }
@@ -177,6 +181,8 @@ fn channel_json(c: &ChannelStats) -> serde_json::Value {
         "caller_messages": c.a_messages, "caller_bytes": c.a_bytes,
         "server_messages": c.b_messages, "server_bytes": c.b_bytes,
         "caller_queued": c.a_queued, "server_queued": c.b_queued,
+        "timed_calls": c.timed_calls,
+        "latency_ns": {"p50": c.latency_ns[0], "p99": c.latency_ns[1], "p999": c.latency_ns[2], "max": c.latency_ns[3]},
         "reason": c.reason, "age_s": c.age_s,
     })
 }
@@ -241,6 +247,17 @@ fn prometheus(report: &StatsReport) -> String {
             );
         }
     }
+    let _ = writeln!(
+        out,
+        "# HELP hybus_direct_latency_nanoseconds Round trip of direct calls, timed by the caller on one call in {RTT_SAMPLE_EVERY}.\n# TYPE hybus_direct_latency_nanoseconds summary"
+    );
+    for c in &report.channels {
+        let labels = format!("service=\"{}\",channel=\"{}\"", c.service, c.channel);
+        for (q, v) in [("0.5", c.latency_ns[0]), ("0.99", c.latency_ns[1]), ("0.999", c.latency_ns[2])] {
+            let _ = writeln!(out, "hybus_direct_latency_nanoseconds{{{labels},quantile=\"{q}\"}} {v}");
+        }
+        let _ = writeln!(out, "hybus_direct_latency_nanoseconds_count{{{labels}}} {}", c.timed_calls);
+    }
     type Both = fn(&ChannelStats) -> (u64, u64);
     let direct: [(&str, &str, &str, Both); 3] = [
         ("hybus_direct_messages_total", "counter", "Descriptors sent over a direct channel", |c| {
@@ -265,4 +282,13 @@ fn prometheus(report: &StatsReport) -> String {
         }
     }
     out
+}
+
+/// A latency figure for a table: `-` for none yet.
+fn lat(v: u64) -> String {
+    if v == 0 {
+        "-".into()
+    } else {
+        ns(v)
+    }
 }
