@@ -16,13 +16,14 @@ use std::time::{Duration, Instant};
 use hybus_layout::{Descriptor, Kind};
 use tokio::io::unix::AsyncFd;
 
-use crate::bus::{pool_check, room_check, Bus, Shared, POOL_POLL, ROOM_POLL};
+use crate::bus::{Bus, Shared};
 use crate::core::{Core, Origin, FIRE_BIT};
 use crate::error::{Error, Result};
 use crate::sample::Sample;
 use crate::service::{Incoming, Service, StreamRequest};
 use crate::stream::Stream;
 use crate::topic::Subscription;
+use crate::wait::{pool_check, room_check, POOL_POLL, ROOM_POLL};
 use crate::{BusEvent, Route};
 
 /// An async view of a [`Bus`].

@@ -52,6 +52,7 @@ mod service;
 mod stream;
 mod topic;
 pub mod typed;
+mod wait;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

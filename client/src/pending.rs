@@ -27,10 +27,11 @@ use hybus_layout::control::DataError;
 use hybus_layout::doorbell::Wake;
 use hybus_layout::{Descriptor, Kind};
 
-use crate::bus::{Due, Shared};
+use crate::bus::Shared;
 use crate::core::{Core, Hot, Origin};
 use crate::error::{Error, Result};
 use crate::sample::{Loan, Sample};
+use crate::wait::Due;
 use crate::{Bus, Route};
 
 /// A request that went out, as the caller keeps it: what waiting for its

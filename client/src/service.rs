@@ -7,11 +7,12 @@ use hybus_layout::control::Request as ControlRequest;
 use hybus_layout::descriptor::flags;
 use hybus_layout::{Descriptor, Kind};
 
-use crate::bus::{Bus, Due, Shared};
+use crate::bus::{Bus, Shared};
 use crate::core::{Hot, Origin};
 use crate::error::{Error, Result};
 use crate::sample::{Loan, Sample};
 use crate::stream::{recv_item, send_item, service_error, End, Side, Window};
+use crate::wait::Due;
 
 /// How long [`Request::reply`] waits for room in our pool for a large answer.
 const REPLY_POOL_WAIT: Duration = Duration::from_secs(10);
