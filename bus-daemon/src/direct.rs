@@ -294,8 +294,7 @@ impl Daemon {
             .iter()
             .map(|(id, c)| {
                 let k = c.segment.channel_counters();
-                let (am, ab) = k.a.read();
-                let (bm, bb) = k.b.read();
+                let (a, b) = (k.a.read(), k.b.read());
                 let layout = ChannelLayout::new(c.capacity);
                 let queued = |offset| c.segment.ring_depth(offset, c.capacity).unwrap_or(0);
                 let rtt = k.rtt.snapshot();
@@ -304,10 +303,13 @@ impl Daemon {
                     service: c.service.clone(),
                     a_pid: c.a_pid,
                     b_pid: c.b_pid,
-                    a_messages: am,
-                    a_bytes: ab,
-                    b_messages: bm,
-                    b_bytes: bb,
+                    a_messages: a.messages,
+                    a_bytes: a.bytes,
+                    b_messages: b.messages,
+                    b_bytes: b.bytes,
+                    a_in_flight: a.in_flight,
+                    b_in_flight: b.in_flight,
+                    b_errors: b.errors,
                     a_queued: queued(layout.a_to_b),
                     b_queued: queued(layout.b_to_a),
                     timed_calls: rtt.samples(),

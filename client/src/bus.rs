@@ -378,10 +378,19 @@ impl Bus {
             core.views_state(),
         );
         for c in core.channels.values() {
-            out +=
-                &format!(
+            out += &format!(
                 "  channel {} {:?} {:?} fenced {} ended {} calls {:?} serving {:?} lent {} held {} rx {:?} tx {:?}\n",
-                c.id, c.side, c.state, c.peer_fenced, c.peer_ended, c.calls, c.serving, c.lent.len(), c.held, c.rx, c.tx
+                c.id,
+                c.side,
+                c.state,
+                c.peer_fenced,
+                c.peer_ended,
+                c.open_calls().collect::<Vec<_>>(),
+                c.served(),
+                c.lent.len(),
+                c.held,
+                c.rx,
+                c.tx
             );
         }
         out

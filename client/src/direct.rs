@@ -81,11 +81,11 @@ pub(crate) struct Direct {
     /// after our next push on the channel, or when a wait begins (see
     /// [`release`](Self::release)).
     pub releases: Vec<ChunkRef>,
-    /// Our calls in flight over the channel (side A).
-    pub calls: FewSet<u64>,
+    /// Our calls and streams in flight over the channel (side A).
+    calls: FewSet<u64>,
     /// Exchanges we serve over the channel and have not finished (side B):
     /// their answers must still travel on it.
-    pub serving: FewSet<u64>,
+    serving: FewSet<u64>,
     pub reason: String,
 }
 
@@ -179,7 +179,11 @@ impl Direct {
                 if let Some(c) = chunk {
                     self.lent.insert(c.offset);
                 }
-                self.counters().count(chunk.map_or(d.inline_len as u64, |c| c.len as u64));
+                let counters = self.counters();
+                counters.count(chunk.map_or(d.inline_len as u64, |c| c.len as u64));
+                if d.kind == hybus_layout::Kind::Error as u8 {
+                    counters.count_error();
+                }
                 if !self.releases.is_empty() {
                     // Behind the descriptor, and rung for by its notify: a
                     // parked peer always has its data ring armed. A broken
@@ -265,6 +269,53 @@ impl Direct {
         }
         d.flags ^= flags::SERVER;
         Ok(d)
+    }
+
+    /// Our call or stream `corr` goes on this channel (side A).
+    #[inline]
+    pub fn open_call(&mut self, corr: u64) {
+        self.calls.insert(corr);
+        self.counters().set_in_flight(self.calls.len() as u64);
+    }
+
+    /// Our call or stream `corr` is over; whether it was open here.
+    #[inline]
+    pub fn close_call(&mut self, corr: u64) -> bool {
+        let was = self.calls.remove(&corr);
+        if was {
+            self.counters().set_in_flight(self.calls.len() as u64);
+        }
+        was
+    }
+
+    /// Whether our call or stream `corr` is open here.
+    pub fn has_call(&self, corr: u64) -> bool {
+        self.calls.contains(&corr)
+    }
+
+    /// Our calls and streams open here.
+    pub fn open_calls(&self) -> impl Iterator<Item = u64> + '_ {
+        self.calls.iter().copied()
+    }
+
+    /// The exchanges we serve here.
+    pub fn served(&self) -> impl std::fmt::Debug + '_ {
+        &self.serving
+    }
+
+    /// We serve the exchange `corr` that came on this channel (side B).
+    #[inline]
+    pub fn open_served(&mut self, corr: u64) {
+        self.serving.insert(corr);
+        self.counters().set_in_flight(self.serving.len() as u64);
+    }
+
+    /// The exchange `corr` we served here is over.
+    #[inline]
+    pub fn close_served(&mut self, corr: u64) {
+        if self.serving.remove(&corr) {
+            self.counters().set_in_flight(self.serving.len() as u64);
+        }
     }
 
     /// Whether the channel may be forgotten (closing and nothing left in flight).

@@ -272,7 +272,7 @@ impl Shared {
         let waiting = match origin {
             Origin::Daemon => matches!(core.calls.get(&corr), Some(None)),
             Origin::Direct(id) => {
-                !core.calls.contains_key(&corr) && core.channels.get(&id).is_some_and(|c| c.calls.contains(&corr))
+                !core.calls.contains_key(&corr) && core.channels.get(&id).is_some_and(|c| c.has_call(corr))
             }
         };
         if waiting || owner {

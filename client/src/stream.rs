@@ -370,7 +370,7 @@ impl Bus {
             if let Origin::Direct(id) = origin {
                 // Keeps the channel alive (for our side) until the stream ends.
                 if let Some(ch) = core.channels.get_mut(&id) {
-                    ch.calls.insert(corr);
+                    ch.open_call(corr);
                 }
             }
             core.streams.insert(

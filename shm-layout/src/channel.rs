@@ -30,10 +30,29 @@ pub struct SideCounters {
     pub messages: AtomicU64,
     /// Payload bytes this side sent.
     pub bytes: AtomicU64,
+    /// Exchanges open on the channel now: the caller's calls and streams
+    /// waiting for their end (side A), the requests and streams the
+    /// service is serving (side B). A gauge.
+    pub in_flight: AtomicU64,
+    /// Error answers this side sent.
+    pub errors: AtomicU64,
+}
+
+/// What one side's [`SideCounters`] said when read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SideFigures {
+    /// Descriptors sent.
+    pub messages: u64,
+    /// Payload bytes sent.
+    pub bytes: u64,
+    /// Exchanges open.
+    pub in_flight: u64,
+    /// Error answers sent.
+    pub errors: u64,
 }
 
 #[cfg(not(loom))]
-// SAFETY: `#[repr(C)]`, two atomics; every bit pattern is valid.
+// SAFETY: `#[repr(C)]`, four atomics; every bit pattern is valid.
 unsafe impl crate::shm::ShmSafe for SideCounters {}
 
 /// Both sides' counters.
@@ -193,9 +212,26 @@ impl SideCounters {
         self.bytes.store(self.bytes.load(Relaxed).wrapping_add(bytes), Relaxed);
     }
 
-    /// `(messages, bytes)` as last written.
-    pub fn read(&self) -> (u64, u64) {
-        (self.messages.load(Relaxed), self.bytes.load(Relaxed))
+    /// Counts one error answer sent (besides [`count`](Self::count)).
+    #[inline]
+    pub fn count_error(&self) {
+        self.errors.store(self.errors.load(Relaxed).wrapping_add(1), Relaxed);
+    }
+
+    /// Sets the number of exchanges open.
+    #[inline]
+    pub fn set_in_flight(&self, n: u64) {
+        self.in_flight.store(n, Relaxed);
+    }
+
+    /// The figures as last written.
+    pub fn read(&self) -> SideFigures {
+        SideFigures {
+            messages: self.messages.load(Relaxed),
+            bytes: self.bytes.load(Relaxed),
+            in_flight: self.in_flight.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+        }
     }
 }
 

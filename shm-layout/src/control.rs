@@ -373,6 +373,12 @@ pub struct ChannelStats {
     pub b_messages: u64,
     /// Payload bytes service → caller.
     pub b_bytes: u64,
+    /// The caller's exchanges open on the channel (calls and streams not ended).
+    pub a_in_flight: u64,
+    /// Exchanges the service is serving on the channel.
+    pub b_in_flight: u64,
+    /// Error answers the service sent on the channel.
+    pub b_errors: u64,
     /// Descriptors caller → service the service has not taken yet.
     pub a_queued: u64,
     /// Descriptors service → caller the caller has not taken yet.

@@ -485,3 +485,37 @@ fn stats_show_the_round_trip_of_direct_calls() {
     assert!(p50 >= 30_000_000 * 7 / 8 && p50 <= max && p99 <= max, "{ch:?}");
     assert!(max < 10_000_000_000, "{ch:?}");
 }
+
+/// Each side of a channel keeps a gauge of its open exchanges, and the
+/// service counts its error answers; stats show both.
+#[test]
+fn stats_show_exchanges_in_flight_and_errors_on_a_channel() {
+    use hybus::Incoming;
+    let d = DaemonProc::start(None);
+    let server = d.connect();
+    let svc = server.register("svc.gauge").unwrap();
+    let caller = d.connect();
+    let route = caller.resolve("svc.gauge").unwrap();
+    caller.request_direct(&route).unwrap();
+    let channel = || caller.stats().unwrap().channels.into_iter().find(|c| c.service == "svc.gauge").unwrap();
+    let calls: Vec<_> = (0..3).map(|_| caller.begin_call(&route, b"q", T).unwrap()).collect();
+    let held: Vec<_> = (0..3)
+        .map(|_| match svc.next(T).unwrap() {
+            Some(Incoming::Request(r)) => r,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let ch = channel();
+    assert_eq!((ch.a_in_flight, ch.b_in_flight, ch.b_errors), (3, 3, 0), "{ch:?}");
+    let mut held = held.into_iter();
+    held.next().unwrap().fail("no").unwrap();
+    held.next().unwrap().reply(b"yes").unwrap();
+    drop(held); // the third: an error answer too ("dropped without an answer")
+    let outcomes: Vec<_> = calls.into_iter().map(|c| c.wait().map(|s| s.to_vec())).collect();
+    assert!(
+        matches!(&outcomes[..], [Err(hybus::Error::Service(_)), Ok(_), Err(hybus::Error::Service(_))]),
+        "{outcomes:?}"
+    );
+    let ch = channel();
+    assert_eq!((ch.a_in_flight, ch.b_in_flight, ch.b_errors), (0, 0, 2), "{ch:?}");
+}

@@ -410,6 +410,16 @@ fn stats_in_every_format() {
     typed.dedup();
     assert_eq!(typed.len(), all, "each metric family is typed once: {p}");
     assert!(p.lines().all(|l| l.is_empty() || l.starts_with('#') || l.starts_with("hybus_")), "{p}");
+    // A family's samples follow its TYPE line, all together.
+    let mut family = "";
+    for l in p.lines().filter(|l| !l.is_empty()) {
+        if let Some(t) = l.strip_prefix("# TYPE ") {
+            family = t.split(' ').next().unwrap_or_default();
+        } else if !l.starts_with('#') {
+            let name = l.split(['{', ' ']).next().unwrap_or_default();
+            assert!(name == family || name.starts_with(&format!("{family}_")), "{name} outside its family: {p}");
+        }
+    }
 
     let out = f.ctl(&["stats", "--watch", "--count", "2", "--interval", "100ms", "--json"]).ok();
     let lines = out.json_lines();

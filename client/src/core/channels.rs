@@ -61,8 +61,8 @@ impl Core {
         }
         let gone = Descriptor::new(Kind::Error, ch.route, 0).with_aux(control::DataError::PeerGone as u64);
         // Calls in flight on it (the others in its set are streams).
-        for corr in ch.calls.iter().filter(|c| !self.streams.contains_key(c)) {
-            self.calls.insert(*corr, Some((Descriptor { correlation: *corr, ..gone }, Origin::Daemon)));
+        for corr in ch.open_calls().filter(|c| !self.streams.contains_key(c)) {
+            self.calls.insert(corr, Some((Descriptor { correlation: corr, ..gone }, Origin::Daemon)));
         }
         let origin = Origin::Direct(id);
         for s in self.streams.values_mut().filter(|s| s.origin == origin) {
@@ -118,7 +118,7 @@ impl Core {
     #[inline]
     pub fn send_call(&mut self, d: &mut Descriptor, corr: u64) -> (Origin, Result<()>) {
         if let Some(ch) = self.direct_for(d.route).and_then(|id| self.channels.get_mut(&id)) {
-            ch.calls.insert(corr);
+            ch.open_call(corr);
             d.route = ch.instance;
             let (id, pushed) = (ch.id, ch.push(d));
             self.rtt_countdown -= 1;
@@ -163,7 +163,7 @@ impl Core {
     pub fn served_done(&mut self, origin: Origin, corr: u64) {
         if let Origin::Direct(id) = origin {
             if let Some(ch) = self.channels.get_mut(&id) {
-                ch.serving.remove(&corr);
+                ch.close_served(corr);
             }
             self.reap_channel(id);
         }
@@ -182,7 +182,7 @@ impl Core {
         }
         if let Origin::Direct(id) = origin {
             if let Some(ch) = self.channels.get_mut(&id) {
-                ch.calls.remove(&corr);
+                ch.close_call(corr);
             }
             self.reap_channel(id);
             // A call given up is not a round trip (and must not keep the others from being timed).
@@ -394,9 +394,9 @@ impl Core {
                 ch.held += 1;
             }
             if kind == Kind::Request as u8 {
-                ch.serving.insert(d.correlation);
+                ch.open_served(d.correlation);
             } else if !server {
-                ch.calls.remove(&d.correlation);
+                ch.close_call(d.correlation);
             }
         }
         self.taken = Some((d, Origin::Direct(id)));
@@ -409,6 +409,6 @@ impl Core {
         if self.streams.contains_key(&corr) {
             return None;
         }
-        self.channels.get_mut(&id).is_some_and(|ch| ch.calls.remove(&corr)).then_some(id)
+        self.channels.get_mut(&id).is_some_and(|ch| ch.close_call(corr)).then_some(id)
     }
 }

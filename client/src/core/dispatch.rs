@@ -245,7 +245,7 @@ impl Core {
             (Kind::Request, true) | (Kind::Fire, _) => {
                 if let (Kind::Request, Origin::Direct(id)) = (kind, origin) {
                     if let Some(ch) = self.channels.get_mut(&id) {
-                        ch.serving.insert(d.correlation);
+                        ch.open_served(d.correlation);
                     }
                 }
                 let inbox = self.inbox_of(d.route, origin);
@@ -254,7 +254,7 @@ impl Core {
             (Kind::StreamOpen, true) => {
                 if let Origin::Direct(id) = origin {
                     if let Some(ch) = self.channels.get_mut(&id) {
-                        ch.serving.insert(d.correlation);
+                        ch.open_served(d.correlation);
                     }
                 }
                 self.served.insert(key, ServedState { send_credits: d.aux & 0xffff_ffff, ..ServedState::default() });
@@ -279,7 +279,7 @@ impl Core {
                     *slot = Some((d, origin));
                     if let Origin::Direct(id) = origin {
                         if let Some(ch) = self.channels.get_mut(&id) {
-                            ch.calls.remove(&d.correlation);
+                            ch.close_call(d.correlation);
                         }
                         self.reap_channel(id);
                     }

@@ -146,6 +146,8 @@ fn table(report: &StatsReport, rates: Option<&HashMap<u32, (f64, f64)>>) -> Stri
             ">→BYTES",
             ">←BYTES",
             ">QUEUED→/←",
+            ">IN FLIGHT",
+            ">ERRORS",
             ">RTT P50",
             ">RTT P99",
             "SINCE",
@@ -164,6 +166,8 @@ fn table(report: &StatsReport, rates: Option<&HashMap<u32, (f64, f64)>>) -> Stri
                 ch.a_bytes.to_string(),
                 ch.b_bytes.to_string(),
                 format!("{}/{}", ch.a_queued, ch.b_queued),
+                ch.a_in_flight.to_string(),
+                ch.b_errors.to_string(),
                 lat(ch.latency_ns[0]),
                 lat(ch.latency_ns[1]),
                 format!("{} s ago: {}", ch.age_s, ch.reason),
@@ -181,6 +185,7 @@ fn channel_json(c: &ChannelStats) -> serde_json::Value {
         "caller_messages": c.a_messages, "caller_bytes": c.a_bytes,
         "server_messages": c.b_messages, "server_bytes": c.b_bytes,
         "caller_queued": c.a_queued, "server_queued": c.b_queued,
+        "caller_in_flight": c.a_in_flight, "server_in_flight": c.b_in_flight, "server_errors": c.b_errors,
         "timed_calls": c.timed_calls,
         "latency_ns": {"p50": c.latency_ns[0], "p99": c.latency_ns[1], "p999": c.latency_ns[2], "max": c.latency_ns[3]},
         "reason": c.reason, "age_s": c.age_s,
@@ -246,6 +251,30 @@ fn prometheus(report: &StatsReport) -> String {
                 i.name, i.instance
             );
         }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP hybus_direct_in_flight Exchanges open on a direct channel, by side.\n# TYPE hybus_direct_in_flight gauge"
+    );
+    for c in &report.channels {
+        for (side, v) in [("caller", c.a_in_flight), ("server", c.b_in_flight)] {
+            let _ = writeln!(
+                out,
+                "hybus_direct_in_flight{{service=\"{}\",channel=\"{}\",side=\"{side}\"}} {v}",
+                c.service, c.channel
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP hybus_direct_errors_total Error answers a service sent over a direct channel.\n# TYPE hybus_direct_errors_total counter"
+    );
+    for c in &report.channels {
+        let _ = writeln!(
+            out,
+            "hybus_direct_errors_total{{service=\"{}\",channel=\"{}\"}} {}",
+            c.service, c.channel, c.b_errors
+        );
     }
     let _ = writeln!(
         out,
