@@ -23,7 +23,7 @@ use crate::sample::Sample;
 use crate::service::{Incoming, Service, StreamRequest};
 use crate::stream::Stream;
 use crate::topic::Subscription;
-use crate::wait::{pool_check, room_check, POOL_POLL, ROOM_POLL};
+use crate::wait::{deadline_in, pool_check, room_check, POOL_POLL, ROOM_POLL};
 use crate::{BusEvent, Route};
 
 /// An async view of a [`Bus`].
@@ -154,9 +154,9 @@ impl AsyncBus {
             // While the daemon is gone, wake up to try again.
             let cap = if gone { Some(cap.map_or(RETRY, |c| c.min(RETRY))) } else { cap };
             let wake = match (deadline, cap) {
-                (Some(d), Some(c)) => Some(d.min(Instant::now() + c)),
+                (Some(d), Some(c)) => Some(d.min(deadline_in(c))),
                 (d, None) => d,
-                (None, Some(c)) => Some(Instant::now() + c),
+                (None, Some(c)) => Some(deadline_in(c)),
             };
             let timer = async {
                 match wake {
@@ -285,9 +285,11 @@ impl AsyncBus {
     /// executor.
     pub async fn call(&self, route: &Route, payload: &[u8], timeout: Duration) -> Result<Sample> {
         self.revive().await;
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_in(timeout);
         let (mut d, epoch) = self.build(Kind::Request, 0, payload, Some(deadline)).await?;
-        let (corr, origin, sent) = self.bus.start_call(route, &mut d, Some(epoch))?;
+        // Only a chunk ties the call to its connection (an inline payload goes on any).
+        let chunk_epoch = d.chunk().map(|_| epoch);
+        let (corr, origin, sent) = self.bus.start_call(route, &mut d, chunk_epoch)?;
         // From here the call is undone however this future ends, dropped too.
         let mut call = InFlight { shared: &self.bus.shared, corr, origin, d, epoch, sent, cancel: true, done: false };
         if !sent {
@@ -337,7 +339,7 @@ impl AsyncBus {
     /// the other end are sent without blocking the executor. `stream` must
     /// have been opened on this connection.
     pub async fn next_item(&self, stream: &mut impl StreamEnd, timeout: Duration) -> Result<Option<Sample>> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_in(timeout);
         match stream.end_mut() {
             EndMut::Caller(stream) => {
                 self.owns(&stream.bus().shared)?;
@@ -397,7 +399,7 @@ impl AsyncBus {
                 st.this_end()
             }
         };
-        let deadline = Some(Instant::now() + timeout);
+        let deadline = Some(deadline_in(timeout));
         self.wait(deadline, None, crate::stream::credit_check(end)).await?;
         let r = match self.build(Kind::StreamItem, end.route, payload, deadline).await {
             Ok((d, epoch)) => self.send_or_reclaim(end.origin, &crate::stream::item_of(end, d), deadline, epoch).await,
@@ -420,7 +422,7 @@ impl AsyncBus {
     pub async fn next_incoming(&self, service: &Service, timeout: Duration) -> Result<Option<Incoming>> {
         // Read on every round, as in the blocking `Service::next`.
         let r = self
-            .wait(Some(Instant::now() + timeout), None, |core| {
+            .wait(Some(deadline_in(timeout)), None, |core| {
                 let (instance, epoch) = service.inbox();
                 Ok(core.take_incoming(instance).map(|(d, origin)| (d, origin, instance, epoch)))
             })
@@ -438,7 +440,7 @@ impl AsyncBus {
     pub async fn next_publication(&self, subscription: &Subscription, timeout: Duration) -> Result<Option<Sample>> {
         // The route read on every round, as in the blocking `Subscription::next`.
         let r = self
-            .wait(Some(Instant::now() + timeout), None, |core| {
+            .wait(Some(deadline_in(timeout)), None, |core| {
                 Ok(core.topics.get_mut(&subscription.route()).and_then(|q| q.pop_front()))
             })
             .await;
@@ -451,7 +453,7 @@ impl AsyncBus {
 
     /// Awaits the next bus event (see [`Bus::next_event`]).
     pub async fn next_event(&self, timeout: Duration) -> Result<Option<BusEvent>> {
-        match self.wait(Some(Instant::now() + timeout), None, |core| Ok(core.events.pop_front())).await {
+        match self.wait(Some(deadline_in(timeout)), None, |core| Ok(core.events.pop_front())).await {
             Ok(e) => Ok(Some(e)),
             Err(Error::DeadlineExceeded) => Ok(None),
             Err(e) => Err(e),
@@ -523,7 +525,6 @@ impl Drop for InFlight<'_> {
             return;
         }
         let mut core = self.shared.lock();
-        core.forget_call(self.corr, self.origin);
         if !self.sent {
             if let (Some(c), true) = (self.d.chunk(), core.epoch == self.epoch) {
                 core.free_own(c);
@@ -531,5 +532,7 @@ impl Drop for InFlight<'_> {
         } else if self.cancel {
             let _ = core.try_send_on(self.origin, &Descriptor::new(Kind::Cancel, self.d.route, self.corr));
         }
+        // After the cancel: forgetting may let a closing channel go.
+        core.forget_call(self.corr, self.origin);
     }
 }

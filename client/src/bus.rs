@@ -15,7 +15,7 @@ use crate::park::Parker;
 use crate::pending::Sent;
 use crate::sample::{Loan, Sample};
 use crate::service::{Service, ServiceOptions};
-use crate::wait::{pool_check, room_check, Due, POOL_POLL, ROOM_POLL};
+use crate::wait::{deadline_in, pool_check, room_check, Due, POOL_POLL, ROOM_POLL};
 use crate::{BusEvent, Route};
 
 /// How long control requests may take before they fail.
@@ -250,12 +250,15 @@ impl Bus {
     }
 
     fn control_with_fds(&self, request: Request, fds: &[std::os::fd::BorrowedFd<'_>]) -> Result<Reply> {
-        let id = self.shared.lock().send_control_fds(request, fds)?;
+        let id = self.shared.lock_live().send_control_fds(request, fds)?;
         self.await_reply(id)
     }
 
+    /// Sends a control request and waits for its reply. A reconnect that
+    /// is due happens first: a client that only asks the daemon things
+    /// (`status`, `list`) comes back after a restart like one that sends.
     pub(crate) fn control(&self, request: Request) -> Result<Reply> {
-        let id = self.shared.lock().send_control(request)?;
+        let id = self.shared.lock_live().send_control(request)?;
         self.await_reply(id)
     }
 
@@ -440,7 +443,7 @@ impl Bus {
     /// dropped, and counted by [`events_dropped`](Self::events_dropped). (An
     /// application that never reads events loses nothing else by it.)
     pub fn next_event(&self, timeout: Duration) -> Result<Option<BusEvent>> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_in(timeout);
         match self.shared.wait_events(deadline) {
             Ok(e) => Ok(Some(e)),
             Err(Error::DeadlineExceeded) => Ok(None),
@@ -463,7 +466,7 @@ impl Bus {
         if let Some(d) = Descriptor::new(Kind::Request, 0, 0).with_inline(payload) {
             return self.call_desc(route, d, None, Due::After(timeout));
         }
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_in(timeout);
         let (d, epoch) = self.shared.build(Kind::Request, 0, payload, Some(deadline))?;
         self.call_desc(route, d, Some(epoch), Due::At(deadline))
     }
@@ -574,7 +577,7 @@ impl Bus {
     /// and ring room: [`Error::OutOfPool`] or [`Error::WouldBlock`] once it
     /// passes, and nothing is sent.
     pub fn fire_within(&self, route: &Route, payload: &[u8], timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_in(timeout);
         let id = self.route_id(route)?;
         let (d, epoch) = self.shared.build(Kind::Fire, id, payload, Some(deadline))?;
         self.fire_desc(d, Some(deadline), epoch)
@@ -703,10 +706,16 @@ impl Shared {
     }
 
     /// Allocates a chunk of `len` bytes from our pool, waiting for one until `deadline`.
-    pub(crate) fn alloc(self: &Arc<Self>, len: usize, deadline: Instant) -> Result<(ChunkRef, Arc<crate::core::View>)> {
+    /// Also returns our pool's mapping and the connection epoch the chunk
+    /// was taken on (see [`build`](Self::build)).
+    pub(crate) fn alloc(
+        self: &Arc<Self>,
+        len: usize,
+        deadline: Instant,
+    ) -> Result<(ChunkRef, Arc<crate::core::View>, u64)> {
         self.from_pool(Some(deadline), len, |core| {
             let c = core.alloc.alloc(len).map_err(crate::core::alloc_error)?;
-            Ok((c, core.pool.clone()))
+            Ok((c, core.pool.clone(), core.epoch))
         })
     }
 
@@ -716,13 +725,16 @@ impl Shared {
     /// which takes back what peers returned meanwhile. While it waits, the
     /// parked waiter arms the channels' return rings (`Core::want_releases`)
     /// so that a returned chunk wakes it. Out of time is `OutOfPool { len }`.
+    ///
+    /// A reconnect that is due happens first: a chunk taken just before it
+    /// would belong to the old connection, and its send would be refused.
     fn from_pool<T>(
         self: &Arc<Self>,
         due: impl Into<Due>,
         len: usize,
         mut take: impl FnMut(&mut Core) -> Result<T>,
     ) -> Result<T> {
-        let first = take(&mut self.lock());
+        let first = take(&mut self.lock_live());
         match first {
             Err(Error::OutOfPool { .. }) => {}
             r => return r,

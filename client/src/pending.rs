@@ -31,7 +31,7 @@ use crate::bus::Shared;
 use crate::core::{Core, Hot, Origin};
 use crate::error::{Error, Result};
 use crate::sample::{Loan, Sample};
-use crate::wait::Due;
+use crate::wait::{deadline_in, Due};
 use crate::{Bus, Route};
 
 /// A request that went out, as the caller keeps it: what waiting for its
@@ -74,7 +74,7 @@ impl Bus {
     /// # Ok(()) }
     /// ```
     pub fn begin_call(&self, route: &Route, payload: &[u8], timeout: Duration) -> Result<PendingCall> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_in(timeout);
         let (d, epoch) = match Descriptor::new(Kind::Request, 0, 0).with_inline(payload) {
             Some(d) => (d, None),
             None => self.shared.build(Kind::Request, 0, payload, Some(deadline)).map(|(d, e)| (d, Some(e)))?,
@@ -84,7 +84,7 @@ impl Bus {
 
     /// [`begin_call`](Self::begin_call) with a loaned chunk written in place (zero-copy).
     pub fn begin_call_loan(&self, route: &Route, loan: Loan, timeout: Duration) -> Result<PendingCall> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_in(timeout);
         let (d, epoch) = loan.into_parts(Kind::Request, 0);
         self.pending(route, d, Some(epoch), deadline)
     }
@@ -137,14 +137,15 @@ impl PendingCall {
 
     /// Waits at most `timeout` for the answer (never past the call's
     /// deadline): `Ok(None)` if it has not come, and the call stays
-    /// pending. Otherwise as [`wait`](Self::wait), and the call is over.
+    /// pending. Otherwise as [`wait`](Self::wait), and the call is over:
+    /// asked again, it answers [`Error::BadRequest`].
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<Sample>> {
         if self.done {
-            return Err(Error::Cancelled);
+            return Err(over());
         }
         let until = match self.sent.due {
-            Due::At(d) => Due::At(d.min(Instant::now() + timeout)),
-            due => due,
+            Due::At(d) => Due::At(d.min(deadline_in(timeout))),
+            _ => Due::At(deadline_in(timeout)),
         };
         let r = self.shared.await_answer(&self.sent, until);
         self.done = !matches!(r, Ok(None));
@@ -152,10 +153,11 @@ impl PendingCall {
     }
 
     /// The answer if it has come, without waiting: `Ok(None)` if not
-    /// (the call stays pending). Otherwise as [`wait`](Self::wait).
+    /// (the call stays pending). Otherwise as [`wait`](Self::wait), and the
+    /// call is over: asked again, it answers [`Error::BadRequest`].
     pub fn try_answer(&mut self) -> Result<Option<Sample>> {
         if self.done {
-            return Err(Error::Cancelled);
+            return Err(over());
         }
         let shared = &self.shared;
         let r = {
@@ -248,11 +250,13 @@ impl Shared {
             Ok(None) => Ok(None),
             Err(e) => {
                 let mut core = self.lock();
-                core.forget_call(sent.corr, sent.origin);
                 if matches!(e, Error::DeadlineExceeded) {
-                    // Tell the server (through the daemon, or directly); a late answer goes back.
+                    // Tell the server (through the daemon, or directly; before
+                    // the call is forgotten, which may let a closing channel
+                    // go); a late answer goes back.
                     let _ = core.try_send_on(sent.origin, &Descriptor::new(Kind::Cancel, sent.route, sent.corr));
                 }
+                core.forget_call(sent.corr, sent.origin);
                 Err(e)
             }
         }
@@ -275,13 +279,16 @@ impl Shared {
                 !core.calls.contains_key(&corr) && core.channels.get(&id).is_some_and(|c| c.has_call(corr))
             }
         };
+        if waiting {
+            // Before the call is forgotten, which may let a closing channel go.
+            let _ = core.try_send_on(origin, &Descriptor::new(Kind::Cancel, route, corr));
+        }
         if waiting || owner {
             core.forget_call(corr, origin);
         }
         if !waiting {
             return false;
         }
-        let _ = core.try_send_on(origin, &Descriptor::new(Kind::Cancel, route, corr));
         if owner {
             return true;
         }
@@ -320,4 +327,9 @@ fn answer_check(shared: &Arc<Shared>, sent: Sent) -> impl FnMut(&mut Core) -> Re
         // (A sample must not be dropped here: its drop takes the lock.)
         Sample::new_locked(shared, core, answer, path).map(Some)
     }
+}
+
+/// What a [`PendingCall`] asked for its answer again says.
+fn over() -> Error {
+    Error::BadRequest("the call is over: its answer or error was taken already".into())
 }

@@ -157,8 +157,11 @@ pub struct Loan {
 }
 
 impl Loan {
-    /// A loan of `chunk`, just allocated from `core` (whose lock the caller holds).
-    pub(crate) fn new(shared: Arc<Shared>, core: &Core, chunk: ChunkRef, len: usize) -> Loan {
+    /// A loan of `chunk`, just allocated from `core` (whose lock the caller
+    /// holds), which keeps it out of a reconnect's reclaiming until it is
+    /// sent or dropped ([`Core::loaned`]).
+    pub(crate) fn new(shared: Arc<Shared>, core: &mut Core, chunk: ChunkRef, len: usize) -> Loan {
+        core.loaned.insert(chunk.offset);
         Loan { shared, pool: core.pool.clone(), chunk, len, epoch: core.epoch, sent: false }
     }
 
@@ -179,12 +182,14 @@ impl Loan {
     /// The loan as a descriptor of `kind` to `route`, with the connection
     /// epoch it was made on; refused if the bus reconnected since (the
     /// chunk belongs to a pool the old daemon took with it).
+    ///
+    /// A refused loan is dropped as unsent: its chunk goes back if the
+    /// reconnect kept our pool.
     pub(crate) fn into_current(self, kind: Kind, route: u32) -> Result<(Descriptor, u64)> {
-        let now = self.shared.lock().epoch;
-        match self.into_parts(kind, route) {
-            (d, epoch) if epoch == now => Ok((d, epoch)),
-            _ => Err(Error::BusGone("the loan is from before a reconnect".into())),
+        if self.shared.lock().epoch != self.epoch {
+            return Err(Error::BusGone("the loan is from before a reconnect".into()));
         }
+        Ok(self.into_parts(kind, route))
     }
 }
 
@@ -213,7 +218,9 @@ impl Drop for Loan {
     fn drop(&mut self) {
         if !self.sent {
             let mut core = self.shared.lock();
-            if core.epoch == self.epoch {
+            // Still ours if it is still held for a loan of this very pool: a
+            // reconnect that replaced the pool forgot the loans of the old one.
+            if Arc::ptr_eq(&self.pool, &core.pool) && core.loaned.contains(&self.chunk.offset) {
                 core.free_own(self.chunk);
             }
         }

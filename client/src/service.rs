@@ -12,7 +12,7 @@ use crate::core::{Hot, Origin};
 use crate::error::{Error, Result};
 use crate::sample::{Loan, Sample};
 use crate::stream::{recv_item, send_item, service_error, End, Side, Window};
-use crate::wait::Due;
+use crate::wait::{deadline_in, Due};
 
 /// How long [`Request::reply`] waits for room in our pool for a large answer.
 const REPLY_POOL_WAIT: Duration = Duration::from_secs(10);
@@ -364,7 +364,7 @@ impl StreamRequest {
     /// Sends one item, waiting up to `timeout` for the caller to grant a credit.
     /// Fails with [`Error::Cancelled`] once the caller cancelled or went away.
     pub fn send(&mut self, payload: &[u8], timeout: Duration) -> Result<()> {
-        send_item(&self.shared, self.this_end(), payload, Instant::now() + timeout)
+        send_item(&self.shared, self.this_end(), payload, deadline_in(timeout))
     }
 
     /// Sends many items at once, packed into as few chunks as the caller's
@@ -375,7 +375,7 @@ impl StreamRequest {
         I: IntoIterator<Item = T>,
         T: AsRef<[u8]>,
     {
-        crate::stream::send_batches(&self.shared, self.this_end(), items, Instant::now() + timeout)
+        crate::stream::send_batches(&self.shared, self.this_end(), items, deadline_in(timeout))
     }
 
     /// Receives the caller's next item (channels); `Ok(None)` once the caller ended its direction.
@@ -387,7 +387,7 @@ impl StreamRequest {
             self.shared.send_on(self.origin, &c, None)?;
         }
         let end = self.this_end();
-        recv_item(&self.shared, end, &mut self.window, Instant::now() + timeout)
+        recv_item(&self.shared, end, &mut self.window, deadline_in(timeout))
     }
 
     /// The caller's first credits (a whole window), at our first read of a

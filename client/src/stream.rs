@@ -16,6 +16,7 @@ use crate::bus::{Bus, Shared};
 use crate::core::{Core, Origin, StreamState};
 use crate::error::{Error, Result};
 use crate::sample::Sample;
+use crate::wait::deadline_in;
 use crate::Route;
 
 /// Which end of an exchange we are.
@@ -203,7 +204,6 @@ where
     const CHUNK: usize = 64 << 10;
     let mut items = items.into_iter().peekable();
     let mut sent = 0u64;
-    let epoch = shared.lock().epoch;
     while items.peek().is_some() {
         // Claim every credit there is (at least one).
         let claimed = shared.wait(Some(deadline), false, |core| match credits(core, side, origin, corr)? {
@@ -232,17 +232,21 @@ where
             continue;
         }
         let len = CHUNK;
-        let (chunk, pool) = match shared.alloc(len, deadline) {
+        let (chunk, pool, epoch) = match shared.alloc(len, deadline) {
             Ok(a) => a,
             Err(e) => {
                 give_back(shared, end, claimed);
                 return Err(e);
             }
         };
+        let unsent = Descriptor::new(Kind::StreamItem, 0, 0).with_chunk(chunk);
         // SAFETY: the chunk was just allocated to us; nobody else reads or
         // writes it before we send it.
-        let buf = unsafe { pool.seg.bytes_mut(chunk.offset, len) }
-            .ok_or_else(|| Error::Protocol("pool chunk outside the mapping".into()))?;
+        let Some(buf) = (unsafe { pool.seg.bytes_mut(chunk.offset, len) }) else {
+            shared.reclaim_unsent(&unsent, epoch);
+            give_back(shared, end, claimed);
+            return Err(Error::Protocol("pool chunk outside the mapping".into()));
+        };
         let mut w = BatchWriter::new(buf);
         while (w.items() as u64) < claimed {
             let Some(item) = items.peek() else { break };
@@ -255,7 +259,7 @@ where
         let used = w.len();
         give_back(shared, end, claimed - n as u64);
         if n == 0 {
-            shared.reclaim_unsent(&Descriptor::new(Kind::StreamItem, 0, 0).with_chunk(chunk), epoch);
+            shared.reclaim_unsent(&unsent, epoch);
             return Err(Error::PayloadTooLarge { len: first_len, max: len as u32 });
         }
         let c = hybus_layout::ChunkRef { len: used as u32, ..chunk };
@@ -382,7 +386,10 @@ impl Bus {
         d.correlation = corr;
         d.aux = window as u64 | if channel { STREAM_CHANNEL } else { 0 };
         if let Err(e) = self.shared.send_or_reclaim(origin, &d, None, epoch) {
-            self.shared.lock().streams.remove(&corr);
+            let mut core = self.shared.lock();
+            core.streams.remove(&corr);
+            // Off its channel too (its in-flight gauge, and the channel may go once idle).
+            core.forget_call(corr, origin);
             return Err(e);
         }
         Ok(Stream {
@@ -402,7 +409,7 @@ impl Bus {
 impl Stream {
     /// The next item, waiting up to `timeout`; `Ok(None)` once the service ended the stream.
     pub fn next(&mut self, timeout: Duration) -> Result<Option<Sample>> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_in(timeout);
         loop {
             if let Some(item) = self.batch_item() {
                 return item.map(Some);
@@ -467,7 +474,7 @@ impl Stream {
             // Items of a batch half read through `next`: hand them out one by one.
             return Ok(self.next(timeout)?.map(|sample| Batch { sample, items: 1, packed: false }));
         }
-        let Some((d, sample)) = self.next_desc(Instant::now() + timeout)? else { return Ok(None) };
+        let Some((d, sample)) = self.next_desc(deadline_in(timeout))? else { return Ok(None) };
         let packed = d.flags & flags::BATCH != 0;
         Ok(Some(Batch { sample, items: if packed { d.aux as u32 } else { 1 }, packed }))
     }
@@ -542,7 +549,7 @@ impl Stream {
         if !self.channel {
             return Err(not_a_channel());
         }
-        send_item(&self.bus.shared, self.this_end(), payload, Instant::now() + timeout)
+        send_item(&self.bus.shared, self.this_end(), payload, deadline_in(timeout))
     }
 
     /// Ends our direction of a channel; keep calling [`next`](Self::next) for the service's items.

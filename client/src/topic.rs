@@ -10,6 +10,7 @@ use crate::bus::Bus;
 use crate::core::Origin;
 use crate::error::{Error, Result};
 use crate::sample::{Loan, Sample};
+use crate::wait::deadline_in;
 use crate::Route;
 
 /// Publishes on one topic. After a reconnect it learns the topic's new
@@ -91,7 +92,7 @@ impl Publisher {
     /// space and ring room: [`Error::OutOfPool`] or [`Error::WouldBlock`]
     /// once it passes, and nothing is published.
     pub fn publish_within(&self, payload: &[u8], timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_in(timeout);
         self.publish_by(payload, deadline, Some(deadline))
     }
 
@@ -139,7 +140,7 @@ impl Subscription {
     /// The next publication, waiting up to `timeout`; `Ok(None)` if none came.
     pub fn next(&self, timeout: Duration) -> Result<Option<Sample>> {
         // The route read on every round: a reconnect during the wait subscribes again under a new id.
-        let r = self.bus.shared.wait(Some(Instant::now() + timeout), false, |core| {
+        let r = self.bus.shared.wait(Some(deadline_in(timeout)), false, |core| {
             Ok(core.topics.get_mut(&self.route()).and_then(|q| q.pop_front()))
         });
         match r {

@@ -47,6 +47,15 @@ pub(crate) fn pool_check<T>(
     }
 }
 
+/// The instant `timeout` from now. A timeout too long to represent (a
+/// caller's `Duration::MAX` for "no limit") is a century: no wait lasts
+/// that long, and `Instant + Duration` would panic.
+pub(crate) fn deadline_in(timeout: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    let now = Instant::now();
+    now.checked_add(timeout).or_else(|| now.checked_add(CENTURY)).unwrap_or(now)
+}
+
 /// When a wait gives up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Due {

@@ -121,6 +121,9 @@ impl Core {
             ch.open_call(corr);
             d.route = ch.instance;
             let (id, pushed) = (ch.id, ch.push(d));
+            if pushed.is_ok() {
+                self.unloan(d);
+            }
             self.rtt_countdown -= 1;
             if self.rtt_countdown == 0 {
                 self.rtt_countdown = RTT_SAMPLE_EVERY;
@@ -134,9 +137,11 @@ impl Core {
         (Origin::Daemon, self.try_send(d))
     }
 
-    /// The answer to `corr` was taken: if it is the call being timed, its
-    /// round trip goes into its channel's histogram (which the daemon reads
-    /// for `hybusctl stats`: it does not see direct calls otherwise).
+    /// The answer to `corr` came off its channel: if it is the call being
+    /// timed, its round trip goes into its channel's histogram (which the
+    /// daemon reads for `hybusctl stats`: it does not see direct calls
+    /// otherwise). Timed at arrival, not when the caller takes it: a
+    /// [`PendingCall`](crate::PendingCall) may be collected much later.
     #[inline]
     pub(super) fn time_answer(&mut self, corr: u64) {
         if let Some(t) = self.timed.filter(|t| t.corr == corr) {
@@ -397,6 +402,9 @@ impl Core {
                 ch.open_served(d.correlation);
             } else if !server {
                 ch.close_call(d.correlation);
+                if self.timed.is_some() {
+                    self.time_answer(d.correlation);
+                }
             }
         }
         self.taken = Some((d, Origin::Direct(id)));

@@ -54,18 +54,21 @@ impl Core {
     /// [`pump_hot`](Self::pump_hot) this round, or dispatched into the call
     /// table. The call is forgotten once its answer is taken.
     pub fn take_answer(&mut self, corr: u64) -> Option<(Descriptor, Origin)> {
-        let answer = if self.taken.is_some_and(|(d, _)| d.correlation == corr && d.flags & flags::SERVER == 0) {
-            self.calls.remove(&corr);
-            self.taken.take()
-        } else if matches!(self.calls.get(&corr), Some(Some(_))) {
-            self.calls.remove(&corr).flatten()
-        } else {
+        let taken = self.taken.is_some_and(|(d, _)| d.correlation == corr && d.flags & flags::SERVER == 0);
+        if !taken && !matches!(self.calls.get(&corr), Some(Some(_))) {
             return None;
-        };
-        if self.timed.is_some() {
-            self.time_answer(corr);
         }
-        answer
+        match self.calls.remove(&corr) {
+            // An outcome put there first (the call was cancelled while its
+            // answer was on the way) stands; the answer goes back.
+            Some(Some(outcome)) => {
+                if let (true, Some((d, path))) = (taken, self.taken.take()) {
+                    self.release(d, path);
+                }
+                Some(outcome)
+            }
+            _ => self.taken.take(),
+        }
     }
 
     /// The next request or fire for `instance`: taken off a channel by
@@ -272,6 +275,9 @@ impl Core {
                 }
             }
             (Kind::Response | Kind::Error, false) => {
+                if self.timed.is_some() && matches!(origin, Origin::Direct(_)) {
+                    self.time_answer(d.correlation);
+                }
                 if let Some(Some(_)) = self.calls.get(&d.correlation) {
                     // The call already has its outcome (it was cancelled): a late answer goes back.
                     self.release(d, origin);

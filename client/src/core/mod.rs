@@ -124,7 +124,9 @@ pub(crate) struct Core {
     pub route_direct: FewMap<u32, u32>,
     /// Whether any channel is downgrading (the ordering rule in `pump_data` applies).
     pub closing: usize,
-    /// Chunks of our pool the application holds as unsent [`Loan`](crate::Loan)s.
+    /// Chunks of our pool the application holds as unsent [`Loan`](crate::Loan)s:
+    /// a reconnect that keeps the pool must not reclaim them, since the
+    /// application may still be writing them.
     pub loaned: FewSet<u64>,
     /// Instance ids from before a daemon restart → the ids now (direct requests still carry the old ones).
     pub instance_alias: FewMap<u32, u32>,
@@ -266,6 +268,8 @@ impl Core {
             }
             self.pool = fresh.pool.clone();
             self.alloc = PoolAllocator::new(fresh.pool.geometry.clone(), w.client_id);
+            // Their chunks are of the old pool, which their loans keep mapped.
+            self.loaned = FewSet::new();
         }
         // Chunks lent through the old daemon never come back: reclaim every
         // chunk that no channel peer and no unsent loan holds. (A receiver
@@ -292,9 +296,17 @@ impl Core {
         self.gone = None;
         self.epoch += 1;
         let gone = Descriptor::new(Kind::Error, 0, 0).with_aux(control::DataError::PeerGone as u64);
-        // (Calls on direct channels are not in the table: they go on.)
+        // (Calls on direct channels are not in the table: they go on.) An
+        // answer the old daemon brought and nobody took yet goes too if its
+        // payload is in a chunk: that chunk was lent through the old daemon,
+        // whose pools are unmapped now, and it has no one to go back to.
         for (corr, slot) in self.calls.iter_mut() {
-            if slot.is_none() {
+            let lost = match slot {
+                None => true,
+                Some((d, Origin::Daemon)) => d.chunk().is_some(),
+                Some(_) => false,
+            };
+            if lost {
                 *slot = Some((Descriptor { correlation: *corr, ..gone }, Origin::Daemon));
             }
         }
@@ -514,6 +526,9 @@ impl Core {
 
     /// Frees a chunk of our own pool (a loan that was never sent).
     pub fn free_own(&mut self, c: ChunkRef) {
+        if !self.loaned.is_empty() {
+            self.loaned.remove(&c.offset);
+        }
         let _ = self.alloc.free(c);
     }
 
@@ -559,9 +574,26 @@ impl Core {
         match origin {
             Origin::Daemon => self.try_send(d),
             Origin::Direct(id) => match self.channels.get_mut(&id) {
-                Some(ch) => ch.push(d),
+                Some(ch) => {
+                    let r = ch.push(d);
+                    if r.is_ok() {
+                        self.unloan(d);
+                    }
+                    r
+                }
                 None => Err(Error::PeerGone),
             },
+        }
+    }
+
+    /// `d` went out: if it carries a [`Loan`](crate::Loan)'s chunk, that
+    /// chunk is no longer the application's (see [`loaned`](Self::loaned)).
+    #[inline]
+    pub(crate) fn unloan(&mut self, d: &Descriptor) {
+        if !self.loaned.is_empty() && d.kind != Kind::Release as u8 {
+            if let Some(c) = d.chunk() {
+                self.loaned.remove(&c.offset);
+            }
         }
     }
 
@@ -631,6 +663,7 @@ impl Core {
         match self.tx.push(d) {
             Ok(()) => {
                 self.tx.notify(&self.tx_bell);
+                self.unloan(d);
                 Ok(())
             }
             Err(PushError::Full(_)) => Err(Error::WouldBlock),

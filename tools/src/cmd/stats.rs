@@ -244,7 +244,7 @@ fn prometheus(report: &StatsReport) -> String {
     }
     let _ = writeln!(out, "# HELP hybus_latency_nanoseconds Request-to-answer latency through the daemon.\n# TYPE hybus_latency_nanoseconds summary");
     for i in s {
-        for (q, v) in [("0.5", i.latency_ns[0]), ("0.99", i.latency_ns[1]), ("0.999", i.latency_ns[2])] {
+        for (q, v) in quantiles(&i.latency_ns) {
             let _ = writeln!(
                 out,
                 "hybus_latency_nanoseconds{{service=\"{}\",instance=\"{}\",quantile=\"{q}\"}} {v}",
@@ -282,7 +282,7 @@ fn prometheus(report: &StatsReport) -> String {
     );
     for c in &report.channels {
         let labels = format!("service=\"{}\",channel=\"{}\"", c.service, c.channel);
-        for (q, v) in [("0.5", c.latency_ns[0]), ("0.99", c.latency_ns[1]), ("0.999", c.latency_ns[2])] {
+        for (q, v) in quantiles(&c.latency_ns) {
             let _ = writeln!(out, "hybus_direct_latency_nanoseconds{{{labels},quantile=\"{q}\"}} {v}");
         }
         let _ = writeln!(out, "hybus_direct_latency_nanoseconds_count{{{labels}}} {}", c.timed_calls);
@@ -311,6 +311,13 @@ fn prometheus(report: &StatsReport) -> String {
         }
     }
     out
+}
+
+/// The quantiles of a summary from `[p50, p99, p99.9, max]`: `NaN` before
+/// the first sample (max 0), as Prometheus clients write an empty summary.
+fn quantiles(figures: &[u64; 4]) -> [(&'static str, String); 3] {
+    let v = |x: u64| if figures[3] == 0 { "NaN".to_owned() } else { x.to_string() };
+    [("0.5", v(figures[0])), ("0.99", v(figures[1])), ("0.999", v(figures[2]))]
 }
 
 /// A latency figure for a table: `-` for none yet.
