@@ -23,7 +23,7 @@ use crate::sample::Sample;
 use crate::service::{Incoming, Service, StreamRequest};
 use crate::stream::Stream;
 use crate::topic::Subscription;
-use crate::wait::{deadline_in, pool_check, room_check, POOL_POLL, ROOM_POLL};
+use crate::wait::{deadline_in, pool_check, push_built, room_check, POOL_POLL, ROOM_POLL};
 use crate::{BusEvent, Route};
 
 /// An async view of a [`Bus`].
@@ -252,11 +252,23 @@ impl AsyncBus {
     /// its ring without blocking the executor ([`Error::WouldBlock`] when it
     /// passes).
     async fn send_on(&self, origin: Origin, d: &Descriptor, deadline: Option<Instant>) -> Result<()> {
-        match self.bus.shared.lock().try_send_on(origin, d) {
+        self.send_built(origin, d, deadline, None).await
+    }
+
+    /// [`send_on`](Self::send_on) for `d` whose chunk was taken on
+    /// connection `epoch` (as the blocking `Shared::send_built`).
+    async fn send_built(
+        &self,
+        origin: Origin,
+        d: &Descriptor,
+        deadline: Option<Instant>,
+        epoch: Option<u64>,
+    ) -> Result<()> {
+        match push_built(&mut self.bus.shared.lock(), origin, d, epoch) {
             Err(Error::WouldBlock) => {}
             r => return r,
         }
-        let r = self.wait(deadline, Some(ROOM_POLL), room_check(origin, d)).await;
+        let r = self.wait(deadline, Some(ROOM_POLL), room_check(origin, d, epoch)).await;
         match r {
             Err(Error::DeadlineExceeded) => Err(Error::WouldBlock),
             r => r,
@@ -273,7 +285,7 @@ impl AsyncBus {
         deadline: Option<Instant>,
         epoch: u64,
     ) -> Result<()> {
-        let r = self.send_on(origin, d, deadline).await;
+        let r = self.send_built(origin, d, deadline, Some(epoch)).await;
         if r.is_err() {
             self.bus.shared.reclaim_unsent(d, epoch);
         }
@@ -293,7 +305,7 @@ impl AsyncBus {
         // From here the call is undone however this future ends, dropped too.
         let mut call = InFlight { shared: &self.bus.shared, corr, origin, d, epoch, sent, cancel: true, done: false };
         if !sent {
-            self.send_on(origin, &d, Some(deadline)).await?;
+            self.send_built(origin, &d, Some(deadline), chunk_epoch).await?;
             call.sent = true;
         }
         let r = self

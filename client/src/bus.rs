@@ -15,7 +15,7 @@ use crate::park::Parker;
 use crate::pending::Sent;
 use crate::sample::{Loan, Sample};
 use crate::service::{Service, ServiceOptions};
-use crate::wait::{deadline_in, pool_check, room_check, Due, POOL_POLL, ROOM_POLL};
+use crate::wait::{deadline_in, pool_check, push_built, room_check, Due, POOL_POLL, ROOM_POLL};
 use crate::{BusEvent, Route};
 
 /// How long control requests may take before they fail.
@@ -550,7 +550,7 @@ impl Bus {
             // The ring is full: wait for room, then for the answer, within one deadline.
             let deadline = due.deadline(Instant::now());
             due = deadline.into();
-            if let Err(e) = self.shared.send_on(origin, &d, deadline) {
+            if let Err(e) = self.shared.send_built(origin, &d, deadline, chunk_epoch) {
                 let mut core = self.shared.lock();
                 core.forget_call(corr, origin);
                 if let (Some(c), true) = (d.chunk(), chunk_epoch.is_none_or(|e| e == core.epoch)) {
@@ -756,7 +756,7 @@ impl Shared {
         deadline: Option<Instant>,
         epoch: u64,
     ) -> Result<()> {
-        let r = self.send_on(origin, d, deadline);
+        let r = self.send_built(origin, d, deadline, Some(epoch));
         if r.is_err() {
             self.reclaim_unsent(d, epoch);
         }
@@ -778,14 +778,27 @@ impl Shared {
     /// Sends `d` on the path `origin`, waiting for room until `deadline`.
     #[inline]
     pub(crate) fn send_on(self: &Arc<Self>, origin: Origin, d: &Descriptor, deadline: Option<Instant>) -> Result<()> {
+        self.send_built(origin, d, deadline, None)
+    }
+
+    /// [`send_on`](Self::send_on) for `d` whose chunk was taken on
+    /// connection `epoch`: refused once a reconnect came (see [`push_built`]).
+    #[inline]
+    pub(crate) fn send_built(
+        self: &Arc<Self>,
+        origin: Origin,
+        d: &Descriptor,
+        deadline: Option<Instant>,
+        epoch: Option<u64>,
+    ) -> Result<()> {
         {
             let mut core = self.lock();
-            match core.try_send_on(origin, d) {
+            match push_built(&mut core, origin, d, epoch) {
                 Err(Error::WouldBlock) => {}
                 r => return r,
             }
         }
-        let r = self.wait_capped(deadline, false, Some(ROOM_POLL), room_check(origin, d));
+        let r = self.wait_capped(deadline, false, Some(ROOM_POLL), room_check(origin, d, epoch));
         match r {
             Err(Error::DeadlineExceeded) => Err(Error::WouldBlock),
             r => r,

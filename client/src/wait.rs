@@ -22,13 +22,29 @@ pub(crate) const POOL_POLL: Duration = Duration::from_millis(1);
 pub(crate) const ROOM_POLL: Duration = Duration::from_millis(1);
 
 /// A wait's check that pushes `d` on the path `origin` once its ring has
-/// room; for the blocking and the async sends alike.
-pub(crate) fn room_check(origin: Origin, d: &Descriptor) -> impl FnMut(&mut Core) -> Result<Option<()>> + '_ {
-    move |core| match core.try_send_on(origin, d) {
+/// room; for the blocking and the async sends alike. `epoch`: the
+/// connection epoch `d`'s chunk was taken on (see [`push_built`]).
+pub(crate) fn room_check(
+    origin: Origin,
+    d: &Descriptor,
+    epoch: Option<u64>,
+) -> impl FnMut(&mut Core) -> Result<Option<()>> + '_ {
+    move |core| match push_built(core, origin, d, epoch) {
         Ok(()) => Ok(Some(())),
         Err(Error::WouldBlock) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// Pushes `d`, whose chunk (if any) was taken on connection `epoch`:
+/// refused if a reconnect came since. The reconnect reclaimed every chunk
+/// no loan or channel peer held, so that one may be another payload's by
+/// now (and the receiver's release of it would free it twice).
+pub(crate) fn push_built(core: &mut Core, origin: Origin, d: &Descriptor, epoch: Option<u64>) -> Result<()> {
+    if epoch.is_some_and(|e| e != core.epoch) {
+        return Err(crate::bus::stale_payload());
+    }
+    core.try_send_on(origin, d)
 }
 
 /// A wait's check that takes something from our pool with `take`; while
