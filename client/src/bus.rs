@@ -250,21 +250,36 @@ impl Bus {
     }
 
     fn control_with_fds(&self, request: Request, fds: &[std::os::fd::BorrowedFd<'_>]) -> Result<Reply> {
-        let id = self.shared.lock_live().send_control_fds(request, fds)?;
-        self.await_reply(id)
+        let mut core = self.shared.lock_live();
+        let sent = (core.send_control_fds(request, fds)?, core.epoch);
+        drop(core);
+        self.await_reply(sent)
     }
 
     /// Sends a control request and waits for its reply. A reconnect that
     /// is due happens first: a client that only asks the daemon things
     /// (`status`, `list`) comes back after a restart like one that sends.
     pub(crate) fn control(&self, request: Request) -> Result<Reply> {
-        let id = self.shared.lock_live().send_control(request)?;
-        self.await_reply(id)
+        let mut core = self.shared.lock_live();
+        let sent = (core.send_control(request)?, core.epoch);
+        drop(core);
+        self.await_reply(sent)
     }
 
-    fn await_reply(&self, id: u64) -> Result<Reply> {
+    /// Waits for the reply to request `id`, sent on connection `epoch`.
+    /// A reconnect meanwhile fails it at once: the reply would have come on
+    /// the old connection. (A send into the old daemon's socket can succeed
+    /// after its process is gone: its io_uring lets go of the socket a
+    /// little later. Such a request used to wait the whole
+    /// `CONTROL_TIMEOUT` for nothing.)
+    fn await_reply(&self, (id, epoch): (u64, u64)) -> Result<Reply> {
         let deadline = Instant::now() + CONTROL_TIMEOUT;
-        let r = self.shared.wait(Some(deadline), true, |core| Ok(core.replies.remove(&id)));
+        let r = self.shared.wait(Some(deadline), true, |core| {
+            if core.epoch != epoch {
+                return Err(Error::BusGone("the daemon went away before it answered".into()));
+            }
+            Ok(core.replies.remove(&id))
+        });
         match r {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(e)) => Err(e.into()),

@@ -183,6 +183,8 @@ fn a_loan_held_across_a_restart_stays_the_application_s() {
     d.restart();
     assert!(eventually(SOON, || bus.status().ok()).is_some(), "no reconnect");
     assert_eq!(bus.chunks_in_use(), 1, "the loan's chunk was reclaimed");
+    // The sink is back too (it reconnects by itself): the route resolves again.
+    assert!(eventually(SOON, || bus.call(&route, b"ab", SHORT).ok()).is_some(), "the sink did not come back");
     let others: Vec<_> = (0..50)
         .map(|_| {
             let mut l = bus.loan(1000, SOON).unwrap();
@@ -193,7 +195,8 @@ fn a_loan_held_across_a_restart_stays_the_application_s() {
     assert!(loan.iter().all(|&b| b == 0xA5), "another loan got the chunk");
     drop(others);
     // Made on the old connection, it is refused, and its chunk goes back.
-    assert!(matches!(bus.fire_loan(&route, loan), Err(hybus::Error::BusGone(_))));
+    let refused = bus.fire_loan(&route, loan);
+    assert!(matches!(refused, Err(hybus::Error::BusGone(_))), "{refused:?}");
     assert_eq!(bus.chunks_in_use(), 0);
     // And a loan made now goes out.
     let mut fresh = bus.loan(4, SOON).unwrap();
