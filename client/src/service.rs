@@ -200,6 +200,13 @@ impl Drop for Service {
 
 /// A request waiting for its answer. Dropped unanswered, it fails at the
 /// caller with a service error rather than leaving it to time out.
+///
+/// An answer to a call its caller gave up on meanwhile (its deadline
+/// passed, it cancelled, it went away) is not sent: [`reply`](Self::reply),
+/// [`reply_loan`](Self::reply_loan) and [`fail`](Self::fail) then return
+/// [`Error::Cancelled`]. That is the caller's doing, not a failure of the
+/// service: a serving loop goes on to its next request (`?` on it would
+/// let any caller's timeout stop the service).
 #[derive(Debug)]
 pub struct Request {
     shared: Arc<Shared>,
