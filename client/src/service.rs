@@ -202,11 +202,13 @@ impl Drop for Service {
 /// caller with a service error rather than leaving it to time out.
 ///
 /// An answer to a call its caller gave up on meanwhile (its deadline
-/// passed, it cancelled, it went away) is not sent: [`reply`](Self::reply),
-/// [`reply_loan`](Self::reply_loan) and [`fail`](Self::fail) then return
-/// [`Error::Cancelled`]. That is the caller's doing, not a failure of the
-/// service: a serving loop goes on to its next request (`?` on it would
-/// let any caller's timeout stop the service).
+/// passed, it cancelled, it went away) is dropped, and
+/// [`reply`](Self::reply), [`reply_loan`](Self::reply_loan) and
+/// [`fail`](Self::fail) return `Ok`, as a D-Bus service's late reply is
+/// dropped at the caller: it is the caller's doing, not a failure of the
+/// service, and an error there would stop every serving loop written with
+/// `?` at the first caller's timeout. [`is_cancelled`](Self::is_cancelled)
+/// tells before the work is done.
 #[derive(Debug)]
 pub struct Request {
     shared: Arc<Shared>,
@@ -292,6 +294,9 @@ impl Request {
         drop(core);
         match sent {
             Ok(true) => Ok(()),
+            // The caller gave up on it: the answer is dropped, which is
+            // no failure of ours (see the type's docs).
+            Err(Error::Cancelled) => Ok(()),
             // The ring is full: wait for room like any sender.
             Ok(false) => {
                 let r = self.shared.send_or_reclaim(self.origin, &d, None, epoch);

@@ -89,7 +89,8 @@ fn a_call_cancelled_from_another_thread_wakes_its_waiter_and_tells_the_server() 
         // The server hears of it, and its late answer is refused.
         let told = eventually(SOON, || req.is_cancelled().then_some(()));
         assert!(told.is_some(), "direct: {direct}: the server was not told");
-        assert!(matches!(req.reply(b"too late"), Err(Error::Cancelled)));
+        // Its late answer is dropped, which is no error of the server's.
+        req.reply(b"too late").unwrap();
         no_exchange_open(&bus);
     }
 }
