@@ -63,6 +63,9 @@ pub(crate) struct Shared {
     pub(crate) auto_reconnect: bool,
     /// A reconnect is under way (its own control requests must not start another).
     reconnecting: std::sync::atomic::AtomicBool,
+    /// `Core::epoch`, for a check that need not take the lock (is a loan
+    /// still of this connection?); written under the lock, on reconnect.
+    pub(crate) epoch: std::sync::atomic::AtomicU64,
     /// What the parked waiter sleeps on. Taken after `core`, never before.
     pub(crate) parker: Mutex<Parker>,
 }
@@ -156,6 +159,7 @@ impl Bus {
                 taps: Mutex::new(Vec::new()),
                 auto_reconnect: opts.reconnect,
                 reconnecting: std::sync::atomic::AtomicBool::new(false),
+                epoch: std::sync::atomic::AtomicU64::new(1),
                 parker: Mutex::new(parker),
             }),
         })
@@ -198,6 +202,7 @@ impl Bus {
         let (epoch, channels) = {
             let mut core = self.shared.lock();
             core.reattach(sock, w, fds)?;
+            self.shared.epoch.store(core.epoch, std::sync::atomic::Ordering::Release);
             // The parker holds the old socket and doorbell open until it next
             // syncs; let it drop them now unless a waiter sleeps in it (that
             // one syncs when it parks again).
@@ -541,7 +546,7 @@ impl Bus {
 
     /// Calls `route` with a loaned chunk written in place (zero-copy).
     pub fn call_loan(&self, route: &Route, loan: Loan, timeout: Duration) -> Result<Sample> {
-        let (d, epoch) = loan.into_parts(Kind::Request, 0);
+        let (d, epoch) = loan.into_current(Kind::Request, 0)?;
         self.call_desc(route, d, Some(epoch), Due::After(timeout))
     }
 

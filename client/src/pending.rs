@@ -85,7 +85,7 @@ impl Bus {
     /// [`begin_call`](Self::begin_call) with a loaned chunk written in place (zero-copy).
     pub fn begin_call_loan(&self, route: &Route, loan: Loan, timeout: Duration) -> Result<PendingCall> {
         let deadline = deadline_in(timeout);
-        let (d, epoch) = loan.into_parts(Kind::Request, 0);
+        let (d, epoch) = loan.into_current(Kind::Request, 0)?;
         self.pending(route, d, Some(epoch), deadline)
     }
 

@@ -173,7 +173,7 @@ impl Loan {
     /// The descriptor that sends the loan, and the connection epoch it was
     /// lent in, which the sender checks under the lock it sends with (the
     /// chunk is not ours to free if a reconnect came in between).
-    pub(crate) fn into_parts(mut self, kind: Kind, route: u32) -> (Descriptor, u64) {
+    fn into_parts(mut self, kind: Kind, route: u32) -> (Descriptor, u64) {
         self.sent = true;
         let c = ChunkRef { len: self.len as u32, ..self.chunk };
         (Descriptor::new(kind, route, 0).with_chunk(c), self.epoch)
@@ -185,8 +185,13 @@ impl Loan {
     ///
     /// A refused loan is dropped as unsent: its chunk goes back if the
     /// reconnect kept our pool.
+    ///
+    /// Why check here and not only where it is sent: refused there, the
+    /// loan would be consumed and its chunk lost to it. Read without the
+    /// lock (a reconnect between this and the send is caught there, at the
+    /// cost of that one chunk).
     pub(crate) fn into_current(self, kind: Kind, route: u32) -> Result<(Descriptor, u64)> {
-        if self.shared.lock().epoch != self.epoch {
+        if self.shared.epoch.load(std::sync::atomic::Ordering::Acquire) != self.epoch {
             return Err(Error::BusGone("the loan is from before a reconnect".into()));
         }
         Ok(self.into_parts(kind, route))

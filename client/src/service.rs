@@ -325,8 +325,10 @@ impl Request {
 
     /// Answers with a loaned chunk written in place (zero-copy).
     pub fn reply_loan(mut self, loan: Loan) -> Result<()> {
-        let (d, epoch) = loan.into_parts(Kind::Response, self.instance);
-        self.finish(Ok(d), Some(epoch))
+        match loan.into_current(Kind::Response, self.instance) {
+            Ok((d, epoch)) => self.finish(Ok(d), Some(epoch)),
+            Err(e) => self.finish(Err(e), None),
+        }
     }
 
     /// Answers with an error the caller sees as [`Error::Service`] (first 40 bytes of `message`).

@@ -179,10 +179,11 @@ fn a_loan_held_across_a_restart_stays_the_application_s() {
     let route = bus.resolve("loan.sink").unwrap();
     let mut loan = bus.loan(1000, SOON).unwrap();
     loan.fill(0xA5);
-    assert_eq!(bus.chunks_in_use(), 1);
+    let for_a_call = bus.loan(100, SOON).unwrap();
+    assert_eq!(bus.chunks_in_use(), 2);
     d.restart();
     assert!(eventually(SOON, || bus.status().ok()).is_some(), "no reconnect");
-    assert_eq!(bus.chunks_in_use(), 1, "the loan's chunk was reclaimed");
+    assert_eq!(bus.chunks_in_use(), 2, "the loans' chunks were reclaimed");
     // The sink is back too (it reconnects by itself): the route resolves again.
     assert!(eventually(SOON, || bus.call(&route, b"ab", SHORT).ok()).is_some(), "the sink did not come back");
     let others: Vec<_> = (0..50)
@@ -196,6 +197,8 @@ fn a_loan_held_across_a_restart_stays_the_application_s() {
     drop(others);
     // Made on the old connection, it is refused, and its chunk goes back.
     let refused = bus.fire_loan(&route, loan);
+    assert!(matches!(refused, Err(hybus::Error::BusGone(_))), "{refused:?}");
+    let refused = bus.call_loan(&route, for_a_call, SOON);
     assert!(matches!(refused, Err(hybus::Error::BusGone(_))), "{refused:?}");
     assert_eq!(bus.chunks_in_use(), 0);
     // And a loan made now goes out.
