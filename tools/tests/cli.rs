@@ -606,13 +606,20 @@ fn bench_quick_json_and_plot() {
 fn demo_runs_every_model() {
     let out = run(ctl(None, &["demo", "--round-trips", "2000"]), SLOW).ok();
     let s = &out.stdout;
-    for model in ["request/response:", "fire-and-forget:", "request-stream:", "request-channel:", "zero-copy:"] {
+    for model in
+        ["request/response:", "fire-and-forget:", "request-stream:", "request-channel:", "pipelining:", "zero-copy:"]
+    {
         assert!(s.lines().any(|l| l.starts_with(model)), "no {model} line: {out:#?}");
     }
     assert!(s.contains("fire-and-forget: 1000 log lines fired at kv.store, which counted 1000"), "{out:#?}");
     assert!(s.contains("got back: zero copy both ways"), "{out:#?}");
     assert!(s.contains("each got [20, 20, 20]"), "{out:#?}");
     assert!(s.contains("0 still lent"), "{out:#?}");
+    assert!(s.contains("16 answers collected in order"), "{out:#?}");
+    assert!(
+        s.lines().any(|l| l.starts_with("the direct channel in hybusctl stats: ") && l.contains("RTT p50")),
+        "{out:#?}"
+    );
     assert!(s.contains("latency, 2000 round trips each"), "{out:#?}");
     let head = s.lines().find(|l| l.starts_with("8-byte round trip")).unwrap_or_else(|| panic!("no table: {out:#?}"));
     assert!(head.contains("p50") && head.contains("p99.9"), "{head}");
