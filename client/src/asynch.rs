@@ -401,9 +401,7 @@ impl AsyncBus {
         let end = match stream.end_mut() {
             EndMut::Caller(stream) => {
                 self.owns(&stream.bus().shared)?;
-                if !stream.is_channel() {
-                    return Err(crate::stream::not_a_channel());
-                }
+                stream.may_send()?;
                 stream.this_end()
             }
             EndMut::Server(st) => {

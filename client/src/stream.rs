@@ -231,7 +231,8 @@ where
             }
             continue;
         }
-        let len = CHUNK;
+        // No larger than the pool's largest chunk (a pool may have none of 64 KiB).
+        let len = max.min(CHUNK);
         let (chunk, pool, epoch) = match shared.alloc(len, deadline) {
             Ok(a) => a,
             Err(e) => {
@@ -239,6 +240,10 @@ where
                 return Err(e);
             }
         };
+        // Written outside the lock: held like a loan, so that a reconnect
+        // meanwhile does not hand it to another payload (the push or the
+        // reclaim below lets go of it).
+        shared.lock().loaned.insert(chunk.offset);
         let unsent = Descriptor::new(Kind::StreamItem, 0, 0).with_chunk(chunk);
         // SAFETY: the chunk was just allocated to us; nobody else reads or
         // writes it before we send it.
@@ -289,6 +294,8 @@ pub struct Stream {
     window: Window,
     channel: bool,
     done: bool,
+    /// Our direction of a channel was ended ([`end`](Self::end)).
+    sent_end: bool,
     /// The batch being handed out item by item: the whole chunk, where the
     /// next item starts, and how many are left.
     batch: Option<(Arc<Sample>, usize, u32)>,
@@ -400,6 +407,7 @@ impl Bus {
             window: Window { size: window, consumed: 0 },
             channel,
             done: false,
+            sent_end: false,
             batch: None,
             owed: None,
         })
@@ -489,10 +497,17 @@ impl Stream {
         &self.bus
     }
 
-    /// Whether it is a request-channel (we may send).
-    #[cfg(feature = "tokio")]
-    pub(crate) fn is_channel(&self) -> bool {
-        self.channel
+    /// Whether we may still send items: a channel whose direction we have
+    /// not ended. (The daemon takes an item after our end for a protocol
+    /// violation, and would cut the whole connection off.)
+    pub(crate) fn may_send(&self) -> Result<()> {
+        if !self.channel {
+            return Err(not_a_channel());
+        }
+        if self.sent_end {
+            return Err(Error::BadRequest("send after end: this direction of the channel is closed".into()));
+        }
+        Ok(())
     }
 
     fn next_desc(&mut self, deadline: Instant) -> Result<Option<(Descriptor, Sample)>> {
@@ -546,31 +561,45 @@ impl Stream {
     /// Sends an item to the service (request-channel only), waiting up to
     /// `timeout` for a credit.
     pub fn send(&mut self, payload: &[u8], timeout: Duration) -> Result<()> {
-        if !self.channel {
-            return Err(not_a_channel());
-        }
+        self.may_send()?;
         send_item(&self.bus.shared, self.this_end(), payload, deadline_in(timeout))
     }
 
-    /// Ends our direction of a channel; keep calling [`next`](Self::next) for the service's items.
+    /// Ends our direction of a channel; keep calling [`next`](Self::next)
+    /// for the service's items. Ending twice is ending once.
     pub fn end(&mut self) -> Result<()> {
-        if !self.channel {
+        if !self.channel || self.sent_end || self.done {
             return Ok(());
         }
-        self.bus.shared.send_on(self.origin, &Descriptor::new(Kind::StreamEnd, self.route, self.corr), None)
+        self.bus.shared.send_on(self.origin, &Descriptor::new(Kind::StreamEnd, self.route, self.corr), None)?;
+        self.sent_end = true;
+        Ok(())
     }
 
     fn finish(&mut self) {
-        if !self.done {
-            self.done = true;
-            let mut core = self.bus.shared.lock();
-            if let Some(s) = core.streams.remove(&self.corr) {
-                for d in s.items {
-                    core.release(d, self.origin);
-                }
-            }
-            core.forget_call(self.corr, self.origin);
+        self.finish_with(false);
+    }
+
+    /// Forgets the stream; `cancel` tells the service we gave up on it.
+    /// A channel whose direction we never ended is cancelled too: its
+    /// exchange stays open at the daemon until both directions end, where
+    /// it counts against our uid's quota of exchanges in flight.
+    fn finish_with(&mut self, cancel: bool) {
+        if self.done {
+            return;
         }
+        self.done = true;
+        let mut core = self.bus.shared.lock();
+        if cancel || (self.channel && !self.sent_end) {
+            // Before the stream is forgotten: that may let a closing channel go.
+            let _ = core.try_send_on(self.origin, &Descriptor::new(Kind::Cancel, self.route, self.corr));
+        }
+        if let Some(s) = core.streams.remove(&self.corr) {
+            for d in s.items {
+                core.release(d, self.origin);
+            }
+        }
+        core.forget_call(self.corr, self.origin);
     }
 }
 
@@ -578,11 +607,7 @@ impl Drop for Stream {
     fn drop(&mut self) {
         if !self.done {
             let ended = self.bus.shared.lock().streams.get(&self.corr).is_some_and(|s| s.ended);
-            if !ended {
-                let cancel = Descriptor::new(Kind::Cancel, self.route, self.corr);
-                let _ = self.bus.shared.lock().try_send_on(self.origin, &cancel);
-            }
-            self.finish();
+            self.finish_with(!ended);
         }
     }
 }

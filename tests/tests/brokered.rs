@@ -663,3 +663,43 @@ fn an_item_not_sent_keeps_its_credit() {
         assert!(stream.next(long).unwrap().is_none());
     }
 }
+
+/// A caller's misuse of one stream costs it that stream, not the
+/// connection: an item sent after `end` is refused here (the daemon would
+/// take it for a protocol violation and cut the client off). And a
+/// channel whose caller never ended its direction does not leave its
+/// exchange open at the daemon once the caller is done with it.
+#[test]
+fn a_channel_misused_or_left_half_open_costs_nothing_else() {
+    use hybus::Incoming;
+    let d = DaemonProc::start(None);
+    let server = d.connect();
+    let svc = server.register("chan.half").unwrap();
+    let bus = d.connect();
+    let route = bus.resolve("chan.half").unwrap();
+    let long = Duration::from_secs(5);
+
+    let mut ch = bus.request_channel(&route, b"", 4).unwrap();
+    let Some(Incoming::Stream(mut st)) = svc.next(long).unwrap() else { panic!("no channel") };
+    // The service's first read grants the caller its credits.
+    assert!(matches!(st.recv(Duration::from_millis(1)), Err(Error::DeadlineExceeded) | Ok(None)));
+    ch.send(b"one", long).unwrap();
+    ch.end().unwrap();
+    ch.end().unwrap(); // ending twice is ending once
+    assert!(matches!(ch.send(b"two", long), Err(Error::BadRequest(_))));
+    assert_eq!(st.recv(long).unwrap().as_deref(), Some(&b"one"[..]));
+    assert!(st.recv(long).unwrap().is_none(), "the caller's end did not come");
+    st.end().unwrap();
+    assert!(ch.next(long).unwrap().is_none());
+    assert!(bus.is_connected());
+
+    // The service ends first; the caller reads to the end and drops its
+    // stream without ending its own direction.
+    let mut ch = bus.request_channel(&route, b"", 4).unwrap();
+    let Some(Incoming::Stream(st)) = svc.next(long).unwrap() else { panic!("no channel") };
+    st.end().unwrap();
+    assert!(ch.next(long).unwrap().is_none());
+    drop(ch);
+    let closed = eventually(SOON, || (bus.status().unwrap().exchanges == 0).then_some(()));
+    assert!(closed.is_some(), "the half-open channel's exchange stayed: {:?}", bus.status().unwrap());
+}

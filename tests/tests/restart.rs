@@ -230,3 +230,33 @@ fn an_answer_left_uncollected_across_a_restart_fails_cleanly() {
     assert_eq!(&*answered.expect("the connection did not go on"), b"zyx");
     assert!(bus.is_connected());
 }
+
+/// Stream items the old daemon brought in chunks and nobody read before
+/// it died are not handed out after the reconnect (their pools are gone):
+/// the stream ends with the restart's error, and the connection goes on.
+#[test]
+fn unread_stream_items_across_a_restart_end_the_stream_cleanly() {
+    use hybus::Incoming;
+    let mut d = Restartable::start("restart-stream");
+    let server = Bus::connect_to(d.socket()).unwrap();
+    let svc = server.register("late.stream").unwrap();
+    let bus = Bus::connect_to(d.socket()).unwrap();
+    let route = bus.resolve("late.stream").unwrap();
+    let mut s = bus.request_stream(&route, b"", 8).unwrap();
+    let Some(Incoming::Stream(mut st)) = svc.next(SOON).unwrap() else { panic!("no stream") };
+    for _ in 0..3 {
+        st.send(&[7u8; 5000], SOON).unwrap();
+    }
+    st.end().unwrap();
+    // Once the daemon has passed everything on, its exchange is closed; the
+    // wait for the reply to `status` takes the items into the stream's queue.
+    let passed = eventually(SOON, || (bus.status().unwrap().exchanges == 0).then_some(()));
+    assert!(passed.is_some(), "the items never came");
+    d.restart();
+    assert!(eventually(SOON, || bus.status().ok()).is_some(), "no reconnect");
+    let r = s.next(SOON);
+    assert!(matches!(r, Err(hybus::Error::BusGone(_))), "{:?}", r.map(|o| o.map(|i| i.len())));
+    drop(s);
+    let ok = eventually(SOON, || bus.list().ok());
+    assert!(ok.is_some() && bus.is_connected(), "the connection did not go on");
+}

@@ -313,6 +313,9 @@ impl Core {
         for s in self.streams.values_mut().filter(|s| s.origin == Origin::Daemon) {
             s.ended = true;
             s.error.get_or_insert(Error::BusGone("the daemon restarted".into()));
+            // Their chunks were lent through the old daemon: nothing to read
+            // them through now, and no one to give them back to.
+            s.items.clear();
         }
         for q in self.inboxes.values_mut() {
             q.retain(|(_, o)| *o != Origin::Daemon);
