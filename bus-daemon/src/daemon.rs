@@ -113,6 +113,8 @@ pub struct Daemon {
     /// Live direct channels.
     pub(crate) channels: IdMap<u32, crate::direct::Channel>,
     pub(crate) next_channel: u32,
+    /// Channel ids have wrapped once: any id may have been handed out.
+    pub(crate) channel_ids_wrapped: bool,
     /// The two clients of every channel, open or closed, until one of them leaves (for fences).
     pub(crate) channel_members: IdMap<u32, (u32, u32)>,
     /// Brokered rates per (caller, route), when promotion is on.
@@ -264,6 +266,7 @@ impl Daemon {
             pending_hellos: Vec::new(),
             channels: IdMap::default(),
             next_channel: 0,
+            channel_ids_wrapped: false,
             channel_members: IdMap::default(),
             pair_rates: IdMap::default(),
         })

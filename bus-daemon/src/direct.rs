@@ -93,8 +93,7 @@ impl Daemon {
         for off in [layout.a_to_b, layout.b_to_a, layout.a_release, layout.b_release] {
             seg.init_ring(off, cap).map_err(err)?;
         }
-        self.next_channel += 1;
-        let id = self.next_channel;
+        let id = self.new_channel_id();
         let token = token();
         let pid = |c: u32| self.sessions.get(&c).map_or(0, |s| s.creds.pid);
         let (a_pid, b_pid) = (pid(caller), pid(server));
@@ -211,6 +210,22 @@ impl Daemon {
         }
     }
 
+    /// A fresh channel id: never 0, never one in use (ids wrap after 2³²
+    /// channels).
+    fn new_channel_id(&mut self) -> u32 {
+        loop {
+            self.next_channel = self.next_channel.wrapping_add(1);
+            if self.next_channel == 0 {
+                self.channel_ids_wrapped = true;
+                continue;
+            }
+            if !self.channels.contains_key(&self.next_channel) && !self.channel_members.contains_key(&self.next_channel)
+            {
+                return self.next_channel;
+            }
+        }
+    }
+
     /// Forwards an upgrade fence from one side of a channel to the other.
     pub(crate) fn forward_fence(&mut self, from: u32, d: Descriptor) -> bool {
         let Ok(id) = u32::try_from(d.aux) else {
@@ -221,7 +236,7 @@ impl Daemon {
         // other's upgrade fence, and must drain it before forgetting it.
         let Some(&(a, b)) = self.channel_members.get(&id) else {
             // One side is gone (the other was told), or it never existed.
-            return id <= self.next_channel;
+            return id != 0 && (self.channel_ids_wrapped || id <= self.next_channel);
         };
         let to = if a == from {
             b
@@ -259,8 +274,7 @@ impl Daemon {
             return Ok(*id);
         }
         let route = self.route_for(client, service)?;
-        self.next_channel += 1;
-        let id = self.next_channel;
+        let id = self.new_channel_id();
         let (a, b, a_pid, b_pid) =
             if side == 0 { (client, 0, my_pid, peer_pid) } else { (0, client, peer_pid, my_pid) };
         self.channels.insert(

@@ -4,6 +4,8 @@
 //! own id when it forwards it to a server, so that ids from different
 //! callers never collide at the server. The table maps both ways.
 
+use std::collections::HashMap;
+
 use hybus_layout::idhash::IdMap;
 
 /// Credits of a stream or channel, enforced by the daemon so that a sender
@@ -45,7 +47,12 @@ pub struct Exchange {
 #[derive(Debug, Default)]
 pub struct Exchanges {
     by_id: IdMap<u64, Exchange>,
-    by_caller: IdMap<(u32, u64), u64>,
+    /// Keyed by ids callers choose, in one table for all of them: with
+    /// `IdHasher`, whose low bits follow the key's, ids like `i << 32`
+    /// all start their probe in one place, and one caller's 65 536 of them
+    /// would slow every lookup of everyone. std's keyed SipHash, here only
+    /// (two lookups an exchange, beside a brokered round trip of µs).
+    by_caller: HashMap<(u32, u64), u64>,
     /// Exchanges in flight by caller uid.
     per_uid: IdMap<u32, u32>,
     next: u64,

@@ -226,8 +226,7 @@ impl Registry {
             }
             _ => entry.owner_uid = Some(uid),
         }
-        self.next_instance += 1;
-        let id = self.next_instance;
+        let id = new_instance_id(&mut self.next_instance, &self.instances);
         entry.instances.push(id);
         self.instances.insert(
             id,
@@ -323,6 +322,19 @@ impl Registry {
     }
 }
 
+/// A fresh instance id after `last`: never 0, never one in `live`. Ids
+/// wrap after 2³² registrations (a client that registers and unregisters
+/// in a loop gets there in hours): an id taken again while its holder
+/// lives would hand that instance's requests to the newcomer.
+fn new_instance_id(last: &mut u32, live: &IdMap<u32, InstanceEntry>) -> u32 {
+    loop {
+        *last = last.wrapping_add(1);
+        if *last != 0 && !live.contains_key(last) {
+            return *last;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,5 +409,17 @@ mod tests {
         r.unregister(a);
         assert!(r.register("svc", 3, 1001, 1, 1).is_ok(), "a name with no instances is free");
         assert_eq!(r.lookup("svc"), Some(route), "route ids are stable");
+    }
+
+    #[test]
+    fn instance_ids_wrap_around_the_live_ones() {
+        let mut r = Registry::default();
+        let (first, _) = r.register("svc.a", 1, 1000, 1, 1).unwrap();
+        assert_eq!(first, 1);
+        r.next_instance = u32::MAX - 1;
+        let (a, _) = r.register("svc.b", 2, 1000, 1, 1).unwrap();
+        let (b, _) = r.register("svc.b", 3, 1000, 1, 1).unwrap();
+        assert_eq!((a, b), (u32::MAX, 2), "0 and the live 1 are skipped");
+        assert_eq!(r.instance(1).map(|i| i.client), Some(1), "the live instance keeps its id");
     }
 }

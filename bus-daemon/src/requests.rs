@@ -17,6 +17,9 @@ use crate::session::DataPlane;
 
 type Answer = Result<Reply, (ErrorCode, String)>;
 
+/// Most prefixes one connection may watch (`Bus::watch`).
+const MAX_WATCHES: usize = 64;
+
 fn bad(msg: impl Into<String>) -> (ErrorCode, String) {
     (ErrorCode::BadRequest, msg.into())
 }
@@ -67,8 +70,26 @@ impl Daemon {
             Request::Topic { name } => self.topic(id, &name),
             Request::List => Ok(Reply::Services(self.list())),
             Request::Watch { prefix } => {
-                if let Some(s) = self.sessions.get_mut(&id) {
-                    s.watches.push(prefix.clone());
+                // Each watch is matched on every registration and
+                // unregistration of anyone: a bounded number, once each.
+                let refused = match self.sessions.get_mut(&id) {
+                    _ if prefix.len() > control::MAX_NAME => {
+                        Some((ErrorCode::BadRequest, format!("a watch prefix is at most {} bytes", control::MAX_NAME)))
+                    }
+                    Some(s) if !s.watches.contains(&prefix) && s.watches.len() >= MAX_WATCHES => {
+                        Some((ErrorCode::QuotaExceeded, format!("a connection watches at most {MAX_WATCHES} prefixes")))
+                    }
+                    Some(s) => {
+                        if !s.watches.contains(&prefix) {
+                            s.watches.push(prefix.clone());
+                        }
+                        None
+                    }
+                    None => None,
+                };
+                if let Some((code, message)) = refused {
+                    self.send(id, &error_reply(m.id, code, message), &[]);
+                    return;
                 }
                 self.send(id, &DaemonMessage::Reply { id: m.id, result: Ok(Reply::Done) }, &[]);
                 // Then the current state, so a watcher needs no separate list.

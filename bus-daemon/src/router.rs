@@ -130,8 +130,14 @@ impl Daemon {
     /// before an Unregister is delivered, not failed as "peer gone").
     pub(crate) fn drain_client(&mut self, id: u32) {
         let mut buf = [Descriptor::new(Kind::Fence, 0, 0); BATCH];
-        // Bounded: a ring holds at most `capacity` descriptors anyway.
-        for _ in 0..(hybus_layout::ring::MAX_CAPACITY as usize / BATCH) {
+        // At most one ring's worth: what was pushed before the control
+        // message is in there. Bounded by the largest ring any ring may
+        // be, a client refilling its ring as fast as it is drained kept
+        // the event loop here for a million descriptors a control message.
+        let Some(capacity) = self.sessions.get(&id).and_then(|s| s.data.as_ref()).map(|d| d.tx.capacity()) else {
+            return;
+        };
+        for _ in 0..(capacity as usize).div_ceil(BATCH) {
             let Some(n) = self.pop_from(id, &mut buf) else {
                 return;
             };

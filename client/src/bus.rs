@@ -452,7 +452,10 @@ impl Bus {
     /// Asks for a watch or a monitor, and remembers it for reconnects.
     fn tap(&self, request: Request) -> Result<()> {
         self.control(request.clone())?;
-        self.shared.taps.lock().unwrap_or_else(|p| p.into_inner()).push(request);
+        let mut taps = self.shared.taps.lock().unwrap_or_else(|p| p.into_inner());
+        if !taps.contains(&request) {
+            taps.push(request);
+        }
         Ok(())
     }
 

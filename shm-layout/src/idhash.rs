@@ -2,10 +2,12 @@
 //!
 //! The daemon and the clients look up several hash maps per message.
 //! std's SipHash resists hash flooding, which these tables do not need:
-//! their keys are ids the process itself hands out (or, for correlation
-//! ids a peer chooses, ids scoped to that peer, which can only slow down
-//! its own lookups). A multiply-rotate hash of the integer costs a few
-//! cycles instead of a few dozen. Tables that hold a handful of entries
+//! their keys are ids the process itself hands out, or ids a peer chooses
+//! in a table of that peer's own, which can only slow down its own
+//! lookups. A table shared by many peers and keyed by what they choose
+//! must not use this hasher (the daemon's exchange table by caller uses
+//! std's). A multiply-rotate hash of the integer costs a few cycles
+//! instead of a few dozen. Tables that hold a handful of entries
 //! whose keys come and go all the time use [`FewMap`] and [`FewSet`].
 
 use std::collections::{HashMap, HashSet};

@@ -814,3 +814,26 @@ fn pool_bytes_are_bounded_per_uid() {
     assert!(again.is_some(), "a pool given back is not counted; log:\n{}", d.log_text());
     assert!(first.status().is_ok());
 }
+
+/// Every registration and unregistration is matched against every watch
+/// of every connection: one connection may watch a bounded number of
+/// prefixes, each at most a name long (asking twice is asking once).
+#[test]
+fn watches_are_bounded_per_connection() {
+    let d = DaemonProc::start(None);
+    let bus = d.connect();
+    for i in 0..64 {
+        bus.watch(&format!("w{i}.")).unwrap();
+    }
+    bus.watch("w0.").unwrap();
+    assert!(matches!(bus.watch("w64."), Err(hybus::Error::QuotaExceeded(_))));
+    assert!(matches!(bus.watch(&"x".repeat(300)), Err(hybus::Error::BadRequest(_))));
+    // Still connected, and the watches work.
+    let server = d.connect();
+    let _svc = server.register("w3.svc").unwrap();
+    let up = hybus_tests::eventually(SOON, || match bus.next_event(Duration::from_millis(50)) {
+        Ok(Some(hybus::BusEvent::ServiceUp { name, .. })) if name == "w3.svc" => Some(()),
+        _ => None,
+    });
+    assert!(up.is_some(), "no ServiceUp for a watched prefix");
+}
