@@ -208,6 +208,12 @@ impl Daemon {
         let s = self.sessions.get_mut(&to)?;
         let data = s.data.as_mut()?;
         let r = match data.deliver(d, limit) {
+            Ok(Delivery::Overflow) => {
+                let why =
+                    format!("it left {} descriptors unread: it does not read its ring", crate::session::QUEUE_CAP);
+                self.disconnect(to, &why);
+                return None;
+            }
             Ok(r) => r,
             Err(e) => {
                 self.disconnect(to, &format!("protocol violation on its ring: {e}"));
@@ -501,9 +507,13 @@ impl Daemon {
                         }
                     }
                 }
-                None => {}
+                Some(Delivery::Overflow) | None => {}
             }
         }
+        // A forward may disconnect clients (a broken ring, an overflow),
+        // and a disconnect may cascade to a subscriber queued above: a dead
+        // holder would keep the chunk from its publisher for good.
+        holders.retain(|h| self.sessions.contains_key(h));
         if let Some((c, idx)) = chunk {
             if holders.is_empty() {
                 self.return_chunk(c);

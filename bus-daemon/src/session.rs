@@ -198,14 +198,27 @@ pub enum Delivery {
     Queued,
     /// Its queue is full; nothing was queued.
     Full,
+    /// Its queue passed [`QUEUE_CAP`]: the client does not read its ring,
+    /// and is cut off rather than let grow the daemon without bound.
+    Overflow,
 }
+
+/// The most descriptors queued for one client whatever their kind (64 MiB
+/// of them). Answers, releases, credits, stream items and errors are not
+/// refused at `limit` like requests and fires: each is bounded by what some
+/// client started, but not by anything the daemon could rely on (a client
+/// that fires at a missing route and never reads gets an error queued per
+/// fire; a stream's credits are the caller's to grant).
+pub const QUEUE_CAP: usize = 1 << 20;
 
 impl DataPlane {
     /// Pushes `d` to the client, or queues it if the ring is full.
     ///
     /// `limit` bounds the queue for descriptors that may be refused
-    /// (requests, fires, publications); answers and releases are always
-    /// queued, since they are bounded by what the client itself started.
+    /// (requests, fires, publications); the others are queued up to
+    /// [`QUEUE_CAP`]. A credit queued right behind another of the same
+    /// exchange is added to it (a caller granting credits one by one to a
+    /// server that lags does not grow its queue).
     #[inline]
     pub fn deliver(&mut self, d: Descriptor, limit: usize) -> Result<Delivery, RingError> {
         if self.queue.is_empty() && !self.held {
@@ -222,6 +235,20 @@ impl DataPlane {
             matches!(Kind::from_u8(d.kind), Some(Kind::Request | Kind::Fire | Kind::Publish | Kind::StreamOpen));
         if refusable && self.queue.len() >= limit {
             return Ok(Delivery::Full);
+        }
+        if d.kind == Kind::Credit as u8 {
+            if let Some(last) = self.queue.back_mut().filter(|l| {
+                l.kind == Kind::Credit as u8
+                    && l.correlation == d.correlation
+                    && l.flags == d.flags
+                    && l.route == d.route
+            }) {
+                last.aux = last.aux.saturating_add(d.aux);
+                return Ok(Delivery::Queued);
+            }
+        }
+        if self.queue.len() >= QUEUE_CAP {
+            return Ok(Delivery::Overflow);
         }
         self.queue.push_back(d);
         Ok(Delivery::Queued)

@@ -837,3 +837,38 @@ fn watches_are_bounded_per_connection() {
     });
     assert!(up.is_some(), "no ServiceUp for a watched prefix");
 }
+
+/// A client that never reads its ring cannot grow the daemon's queue for
+/// it without bound, whatever the daemon queues for it: here errors for
+/// fires at a route with no instance, which are never refused like
+/// requests. Past a fixed cap it is cut off, and the bus goes on.
+#[test]
+fn a_client_that_never_reads_is_cut_off_at_the_queue_cap() {
+    use hybus_layout::{Descriptor, Kind};
+    let d = DaemonProc::start(None);
+    let bus = d.connect();
+    let svc = bus.register("ovf.gone").unwrap();
+    let mut raw = hybus_tests::raw::Raw::connect(d.socket().to_str().unwrap()).unwrap();
+    let route = raw.resolve("ovf.gone").unwrap();
+    drop(svc);
+    let batch: Vec<Descriptor> =
+        (0..256u64).map(|i| Descriptor::new(Kind::Fire, route, (1 << 62) | i).with_inline(b"x").unwrap()).collect();
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    let mut sent = 0u64;
+    let mut round = 0u64;
+    loop {
+        round += 1;
+        if round % 256 == 0 && raw.wait_closed(Duration::from_millis(1)) {
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "still connected after {sent} unread errors");
+        match raw.send_batch(&batch) {
+            Ok(()) => sent += 256,
+            Err(_) => std::thread::sleep(Duration::from_micros(50)),
+        }
+    }
+    let log = d.log_text();
+    let cap = format!("it left {} descriptors unread", hybusd::session::QUEUE_CAP);
+    assert!(log.contains(&cap), "cut off for another reason after {sent} fires: {log}");
+    assert!(bus.status().is_ok());
+}
