@@ -232,7 +232,7 @@ impl Bus {
         }
         let subs: Vec<_> = self.shared.subscriptions.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for s in subs {
-            let id = self.subscribe_raw(s.name())?;
+            let id = self.subscribe_topic(s.name())?;
             s.set(id, epoch);
         }
         let taps: Vec<_> = self.shared.taps.lock().unwrap_or_else(|p| p.into_inner()).clone();

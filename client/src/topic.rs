@@ -24,6 +24,11 @@ pub struct Publisher {
 /// Receives a topic's publications. Dropping it unsubscribes. After a
 /// reconnect it is subscribed again by itself (publications sent while the
 /// daemon was away are lost).
+///
+/// One per topic and connection: the daemon sends a connection each
+/// publication once, so two subscriptions to a topic on one connection
+/// would share its publications rather than each get all of them.
+/// [`Bus::subscribe`] refuses the second; subscribe on another connection.
 #[derive(Debug)]
 pub struct Subscription {
     bus: Bus,
@@ -38,12 +43,42 @@ impl Bus {
         Ok(Publisher { bus: self.clone(), route: Route::new(topic, id, self.shared.lock().epoch) })
     }
 
-    /// Subscribes to `topic`.
+    /// Subscribes to `topic`. Refused if this connection already has a
+    /// subscription to it (see [`Subscription`]).
     pub fn subscribe(&self, topic: &str) -> Result<Subscription> {
-        let id = self.subscribe_raw(topic)?;
+        let subscribed = |subs: &[Arc<Route>]| subs.iter().any(|r| r.name() == topic);
+        let refused = || {
+            Error::BadRequest(format!(
+                "this connection already subscribes to {topic}: share that subscription, or subscribe on another connection"
+            ))
+        };
+        if subscribed(&self.shared.subscriptions.lock().unwrap_or_else(|p| p.into_inner())) {
+            return Err(refused());
+        }
+        // (Not under the list's lock: a reconnect during the request takes it.)
+        let id = self.subscribe_topic(topic)?;
         let route = Arc::new(Route::new(topic, id, self.shared.lock().epoch));
-        self.shared.subscriptions.lock().unwrap_or_else(|p| p.into_inner()).push(route.clone());
+        let mut subs = self.shared.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
+        if subscribed(&subs) {
+            // Another thread subscribed meanwhile; its subscription has the inbox.
+            return Err(refused());
+        }
+        subs.push(route.clone());
         Ok(Subscription { bus: self.clone(), route })
+    }
+
+    /// Subscribes this connection to topic `name` and opens its inbox; its
+    /// route id. A publication that comes for a topic without an inbox goes
+    /// straight back, except while a subscription is being made: the
+    /// daemon may send the first ones before its reply is read.
+    pub(crate) fn subscribe_topic(&self, name: &str) -> Result<u32> {
+        self.shared.lock().subscribing += 1;
+        let r = self.subscribe_raw(name);
+        let mut core = self.shared.lock();
+        core.subscribing -= 1;
+        let id = r?;
+        core.topics.entry(id).or_default();
+        Ok(id)
     }
 
     /// The route id of topic `name` (made if new).
@@ -55,7 +90,7 @@ impl Bus {
     }
 
     /// Subscribes this connection to topic `name`; its route id.
-    pub(crate) fn subscribe_raw(&self, name: &str) -> Result<u32> {
+    fn subscribe_raw(&self, name: &str) -> Result<u32> {
         match self.control(Request::Subscribe { topic: name.to_owned() })? {
             Reply::Subscribed { route } => Ok(route),
             r => Err(Error::Protocol(format!("unexpected reply {r:?}"))),
@@ -173,11 +208,6 @@ impl Drop for Subscription {
         if self.bus.is_connected() {
             let _ = self.bus.control(Request::Unsubscribe { route });
         }
-        let mut core = self.bus.shared.lock();
-        if let Some(q) = core.topics.remove(&route) {
-            for d in q {
-                core.release(d, Origin::Daemon);
-            }
-        }
+        self.bus.shared.lock().drop_topic(route);
     }
 }

@@ -703,3 +703,48 @@ fn a_channel_misused_or_left_half_open_costs_nothing_else() {
     let closed = eventually(SOON, || (bus.status().unwrap().exchanges == 0).then_some(()));
     assert!(closed.is_some(), "the half-open channel's exchange stayed: {:?}", bus.status().unwrap());
 }
+
+/// One subscription per topic and connection (a second would share the
+/// first one's publications, not get them all); and a subscription
+/// dropped while publications are on their way to it hands every one of
+/// them back to the publisher. (One that lands after the unsubscription's
+/// reply is read goes back too; that window is too narrow for this test
+/// to hit reliably.)
+#[test]
+fn subscriptions_are_one_per_topic_and_give_everything_back() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let d = DaemonProc::start(None);
+    let subscriber = d.connect();
+    let sub = subscriber.subscribe("give.back").unwrap();
+    assert!(matches!(subscriber.subscribe("give.back"), Err(Error::BadRequest(_))));
+    let publisher = d.connect();
+    let topic = publisher.publisher("give.back").unwrap();
+    let payload = vec![9u8; 2000];
+    topic.publish(&payload).unwrap();
+    assert_eq!(sub.next(SOON).unwrap().map(|s| s.len()), Some(2000));
+    // Publications keep coming while the subscription goes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = {
+        let (stop, topic, payload) = (stop.clone(), topic.clone(), payload.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = topic.publish_within(&payload, Duration::from_millis(10));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(20));
+    drop(sub);
+    std::thread::sleep(Duration::from_millis(20));
+    stop.store(true, Ordering::Relaxed);
+    flood.join().unwrap();
+    // The subscriber's connection reads on (here: asking for its status).
+    let back = eventually(SOON, || {
+        subscriber.status().unwrap();
+        (publisher.chunks_in_use() == 0).then_some(())
+    });
+    assert!(back.is_some(), "{} of the publisher's chunks never came back", publisher.chunks_in_use());
+    // Subscribed again, it gets what is published from then on.
+    let again = subscriber.subscribe("give.back").unwrap();
+    topic.publish(b"again").unwrap();
+    assert_eq!(again.next(SOON).unwrap().as_deref(), Some(&b"again"[..]));
+}

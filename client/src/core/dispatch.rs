@@ -50,6 +50,16 @@ impl Core {
         self.release(d, origin);
     }
 
+    /// Closes the inbox of topic `route`: what waits in it goes back to
+    /// its publishers, and what comes later goes straight back.
+    pub fn drop_topic(&mut self, route: u32) {
+        if let Some(q) = self.topics.remove(&route) {
+            for d in q {
+                self.release(d, Origin::Daemon);
+            }
+        }
+    }
+
     /// The answer to our call `corr`, if it came: taken off its channel by
     /// [`pump_hot`](Self::pump_hot) this round, or dispatched into the call
     /// table. The call is forgotten once its answer is taken.
@@ -265,6 +275,11 @@ impl Core {
                 self.inboxes.get_or_insert_with(inbox, VecDeque::new).push_back((d, origin));
             }
             (Kind::Publish, _) => {
+                if self.subscribing == 0 && !self.topics.contains_key(&d.route) {
+                    // Unsubscribed meanwhile (it was on its way): back to its publisher.
+                    self.release(d, origin);
+                    return;
+                }
                 let q = self.topics.entry(d.route).or_default();
                 q.push_back(d);
                 if q.len() > TOPIC_INBOX {

@@ -162,6 +162,9 @@ pub(crate) struct Core {
     /// What [`pump_hot`](Self::pump_hot) took off a ring for the wait that
     /// polled it; that wait's check takes it in the same critical section.
     pub taken: Option<(Descriptor, Origin)>,
+    /// Subscriptions being made: a publication for a topic without an
+    /// inbox is kept meanwhile (see `Bus::subscribe_topic`).
+    pub subscribing: u32,
     /// Direct calls until the next one is timed (see [`send_call`](Self::send_call)).
     rtt_countdown: u32,
     /// The direct call being timed, if any.
@@ -242,6 +245,7 @@ impl Core {
             want_releases: false,
             dropped_publications: 0,
             taken: None,
+            subscribing: 0,
             rtt_countdown: 1,
             timed: None,
             releases_queued: false,
