@@ -275,9 +275,18 @@ impl AsyncBus {
         }
     }
 
+    /// Sends a credit now if its ring has room: whether it went.
+    fn try_pay(&self, origin: Origin, c: &Descriptor) -> Result<bool> {
+        match self.bus.shared.lock().try_send_on(origin, c) {
+            Ok(()) => Ok(true),
+            Err(Error::WouldBlock) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// [`send_on`](Self::send_on) for a descriptor built on connection
     /// `epoch`: if it is not sent, its chunk goes back to our pool (as the
-    /// blocking `Shared::send_or_reclaim`).
+    /// blocking `Shared::send_or_reclaim`), the future dropped too.
     async fn send_or_reclaim(
         &self,
         origin: Origin,
@@ -285,10 +294,9 @@ impl AsyncBus {
         deadline: Option<Instant>,
         epoch: u64,
     ) -> Result<()> {
+        let mut unsent = Unsent { shared: &self.bus.shared, d: *d, epoch, sent: false };
         let r = self.send_built(origin, d, deadline, Some(epoch)).await;
-        if r.is_err() {
-            self.bus.shared.reclaim_unsent(d, epoch);
-        }
+        unsent.sent = r.is_ok();
         r
     }
 
@@ -360,10 +368,21 @@ impl AsyncBus {
                     if let Some(item) = stream.batch_item() {
                         return item.map(Some);
                     }
-                    let r = self.wait(Some(deadline), None, crate::stream::recv_check(stream.this_end())).await;
-                    let item = stream.arrived(r);
+                    // Credits a dropped read left owed go first (awaited:
+                    // nothing is taken yet that a drop here could lose).
                     if let Some(c) = stream.owed() {
                         self.send_on(origin, &c, None).await?;
+                        stream.paid();
+                    }
+                    let r = self.wait(Some(deadline), None, crate::stream::recv_check(stream.this_end())).await;
+                    let item = stream.arrived(r);
+                    // No await between taking an item and handing it out:
+                    // the credit it frees goes now if the ring has room,
+                    // else with the next read.
+                    if let Some(c) = stream.owed() {
+                        if self.try_pay(origin, &c)? {
+                            stream.paid();
+                        }
                     }
                     if let Some(item) = item? {
                         return Ok(item);
@@ -376,16 +395,24 @@ impl AsyncBus {
                     return Ok(None);
                 }
                 let end = st.this_end();
-                if let Some(c) = st.first_credit() {
+                // The first window at the first read, and credits a dropped
+                // read left owed (awaited: nothing is taken yet).
+                st.owe(0);
+                if let Some(c) = st.owed() {
                     self.send_on(end.origin, &c, None).await?;
+                    st.paid();
                 }
                 let Some(d) = self.wait(Some(deadline), None, crate::stream::recv_check(end)).await? else {
                     return Ok(None);
                 };
                 // Mapped first: a descriptor taken is released by its sample whatever follows.
                 let item = Sample::new(&self.bus.shared, d, end.origin)?;
-                if let Some(c) = st.window().consume(end, d.items() as u32) {
-                    self.send_on(end.origin, &c, None).await?;
+                // No await from here: the credit goes now if it can, else with the next read.
+                st.owe(d.items() as u32);
+                if let Some(c) = st.owed() {
+                    if self.try_pay(end.origin, &c)? {
+                        st.paid();
+                    }
                 }
                 Ok(Some(item))
             }
@@ -411,14 +438,12 @@ impl AsyncBus {
         };
         let deadline = Some(deadline_in(timeout));
         self.wait(deadline, None, crate::stream::credit_check(end)).await?;
-        let r = match self.build(Kind::StreamItem, end.route, payload, deadline).await {
-            Ok((d, epoch)) => self.send_or_reclaim(end.origin, &crate::stream::item_of(end, d), deadline, epoch).await,
-            Err(e) => Err(e),
-        };
-        if r.is_err() {
-            crate::stream::give_back(&self.bus.shared, end, 1);
-        }
-        r
+        // From here the credit goes back however this ends, the future dropped too.
+        let mut credit = Credit { shared: &self.bus.shared, end, spent: false };
+        let (d, epoch) = self.build(Kind::StreamItem, end.route, payload, deadline).await?;
+        self.send_or_reclaim(end.origin, &crate::stream::item_of(end, d), deadline, epoch).await?;
+        credit.spent = true;
+        Ok(())
     }
 
     fn owns(&self, shared: &std::sync::Arc<Shared>) -> Result<()> {
@@ -506,6 +531,41 @@ mod sealed {
     impl Ends for StreamRequest {
         fn end_mut(&mut self) -> EndMut<'_> {
             EndMut::Server(self)
+        }
+    }
+}
+
+/// A built payload on its way out of an async send: dropped before it
+/// went (an error, or the future dropped at its wait for ring room), its
+/// chunk goes back to our pool. Why: without it, every such drop (a
+/// `timeout` around a send to a full ring) kept a chunk for good.
+struct Unsent<'a> {
+    shared: &'a std::sync::Arc<Shared>,
+    d: Descriptor,
+    epoch: u64,
+    sent: bool,
+}
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        if !self.sent {
+            self.shared.reclaim_unsent(&self.d, self.epoch);
+        }
+    }
+}
+
+/// A stream credit taken for an item not sent yet: dropped before the
+/// item went (an error, or the future dropped), the credit goes back.
+struct Credit<'a> {
+    shared: &'a std::sync::Arc<Shared>,
+    end: crate::stream::End,
+    spent: bool,
+}
+
+impl Drop for Credit<'_> {
+    fn drop(&mut self) {
+        if !self.spent {
+            crate::stream::give_back(self.shared, self.end, 1);
         }
     }
 }

@@ -145,6 +145,8 @@ impl Service {
                     channel,
                     window: Window { size: 64, consumed: 0 },
                     granted: false,
+                    #[cfg(feature = "tokio")]
+                    owed: None,
                     done: false,
                 })
             }
@@ -361,6 +363,10 @@ pub struct StreamRequest {
     channel: bool,
     window: Window,
     granted: bool,
+    /// Credits for the caller the async reader has not sent yet (see
+    /// [`AsyncBus::next_item`](crate::AsyncBus::next_item)).
+    #[cfg(feature = "tokio")]
+    owed: Option<Descriptor>,
     done: bool,
 }
 
@@ -425,10 +431,35 @@ impl StreamRequest {
         &self.shared
     }
 
-    /// Credits we grant the caller (channels).
+    /// Counts `n` items read and owes the caller the credits that frees
+    /// (with the first window at the first read), for the async reader to
+    /// send: kept here until sent, so that a read dropped mid-send loses
+    /// none.
     #[cfg(feature = "tokio")]
-    pub(crate) fn window(&mut self) -> &mut Window {
-        &mut self.window
+    pub(crate) fn owe(&mut self, n: u32) {
+        let end = self.this_end();
+        let c = if self.granted {
+            self.window.consume(end, n)
+        } else {
+            self.granted = true;
+            Some(crate::stream::credit(end, self.window.size))
+        };
+        if let Some(c) = c {
+            let before = self.owed.map_or(0, |o| o.aux);
+            self.owed = Some(c.with_aux(c.aux + before));
+        }
+    }
+
+    /// The credits owed, if any (still owed until [`paid`](Self::paid)).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn owed(&self) -> Option<Descriptor> {
+        self.owed
+    }
+
+    /// The credits owed were sent.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn paid(&mut self) {
+        self.owed = None;
     }
 
     /// Ends the stream (our direction).

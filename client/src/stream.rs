@@ -525,10 +525,18 @@ impl Stream {
         }
     }
 
-    /// The credit [`took`](Self::took) left owed, for the async reader to send.
+    /// The credit [`took`](Self::took) left owed, for the async reader to
+    /// send; still owed until [`paid`](Self::paid) (a read dropped
+    /// mid-send loses none).
     #[cfg(feature = "tokio")]
-    pub(crate) fn owed(&mut self) -> Option<Descriptor> {
-        self.owed.take()
+    pub(crate) fn owed(&self) -> Option<Descriptor> {
+        self.owed
+    }
+
+    /// The credit owed was sent.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn paid(&mut self) {
+        self.owed = None;
     }
 
     /// Takes what a wait for the next descriptor gave: counts the credits

@@ -238,3 +238,42 @@ fn a_dropped_async_call_is_cancelled() {
         assert!(ended.is_some(), "exchanges still open: {:?}", status());
     });
 }
+
+/// An async send dropped while it waits for ring room (a `timeout` around
+/// a fire at a stopped server's full channel) gives its chunk back: each
+/// such drop kept one for good.
+#[test]
+fn an_async_send_dropped_while_it_waits_gives_its_chunk_back() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let d = DaemonProc::start(None);
+    let (server, _) = Peer::ready(d.socket(), &["serve", "svc.afull"]);
+    let rt = current_thread();
+    rt.block_on(async {
+        let bus = d.connect().to_async().unwrap();
+        let route = bus.bus().resolve("svc.afull").unwrap();
+        bus.bus().request_direct(&route).unwrap();
+        kill(Pid::from_raw(server.pid()), Signal::SIGSTOP).unwrap();
+        hybus_tests::stopped(server.pid());
+        // Chunk payloads (not inline); the channel's ring fills before the pool.
+        let payload = [1u8; 100];
+        let mut dropped = 0;
+        for _ in 0..5000 {
+            if tokio::time::timeout(Duration::from_millis(20), bus.fire(&route, &payload)).await.is_err() {
+                dropped += 1;
+                if dropped == 3 {
+                    break;
+                }
+            }
+        }
+        assert_eq!(dropped, 3, "the ring never filled");
+        kill(Pid::from_raw(server.pid()), Signal::SIGCONT).unwrap();
+        // Our pool gets back what the server read; reading the control
+        // socket's replies pumps the return ring too.
+        let back = hybus_tests::eventually(SOON, || {
+            bus.bus().status().unwrap();
+            (bus.bus().chunks_in_use() == 0).then_some(())
+        });
+        assert!(back.is_some(), "{} chunks never came back", bus.bus().chunks_in_use());
+    });
+}
