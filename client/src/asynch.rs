@@ -117,6 +117,10 @@ impl AsyncBus {
     ) -> Result<T> {
         let shared = &self.bus.shared;
         'wait: loop {
+            // Made before the round: a pump by another waiter after this
+            // point wakes us (tokio's `notify_waiters` reaches a `Notified`
+            // from its creation on).
+            let notified = shared.async_notify.notified();
             // One lock a round; `None` when a reconnect is due (it is awaited
             // without the lock).
             let parked = 'round: {
@@ -127,7 +131,10 @@ impl AsyncBus {
                 if core.releases_queued {
                     core.flush_releases();
                 }
-                core.pump_data();
+                if core.pump_data() > 0 {
+                    // What we moved may be what another task waits for.
+                    shared.async_notify.notify_waiters();
+                }
                 if let Some(v) = check(&mut core)? {
                     return Ok(v);
                 }
@@ -145,6 +152,7 @@ impl AsyncBus {
                     Ok(false) => continue 'wait,
                     Err(e) => return Err(Error::BusGone(format!("daemon ring corrupt: {e}"))),
                 }
+                core.async_parked += 1;
                 Some((fds, core.gone.is_some()))
             };
             let Some((fds, gone)) = parked else {
@@ -181,13 +189,17 @@ impl AsyncBus {
                     g.clear_ready();
                 }
             };
+            // Unparked however this ends, the future dropped too.
+            let mut unpark = Unpark { shared, done: false };
             let control = tokio::select! {
                 _ = bell => false,
                 _ = sock => true,
                 _ = timer => false,
+                _ = notified => false,
             };
+            unpark.done = true;
             let mut core = shared.lock();
-            core.finish_park();
+            unpark_locked(&mut core);
             // A wait for pool space sets it again on its next round if it still waits.
             core.want_releases = false;
             if control {
@@ -531,6 +543,29 @@ mod sealed {
     impl Ends for StreamRequest {
         fn end_mut(&mut self) -> EndMut<'_> {
             EndMut::Server(self)
+        }
+    }
+}
+
+/// One async waiter leaves the parked ones; the last disarms the rings.
+fn unpark_locked(core: &mut Core) {
+    core.async_parked = core.async_parked.saturating_sub(1);
+    if core.async_parked == 0 {
+        core.finish_park();
+    }
+}
+
+/// A parked async wait: dropped before it woke (its future dropped), it
+/// leaves the parked ones all the same.
+struct Unpark<'a> {
+    shared: &'a std::sync::Arc<Shared>,
+    done: bool,
+}
+
+impl Drop for Unpark<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            unpark_locked(&mut self.shared.lock());
         }
     }
 }

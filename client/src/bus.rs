@@ -66,6 +66,10 @@ pub(crate) struct Shared {
     /// `Core::epoch`, for a check that need not take the lock (is a loan
     /// still of this connection?); written under the lock, on reconnect.
     pub(crate) epoch: std::sync::atomic::AtomicU64,
+    /// Wakes the async waiters of this connection when one of them moved
+    /// something off the rings (it may be what another waits for).
+    #[cfg(feature = "tokio")]
+    pub(crate) async_notify: tokio::sync::Notify,
     /// What the parked waiter sleeps on. Taken after `core`, never before.
     pub(crate) parker: Mutex<Parker>,
 }
@@ -160,6 +164,8 @@ impl Bus {
                 auto_reconnect: opts.reconnect,
                 reconnecting: std::sync::atomic::AtomicBool::new(false),
                 epoch: std::sync::atomic::AtomicU64::new(1),
+                #[cfg(feature = "tokio")]
+                async_notify: tokio::sync::Notify::new(),
                 parker: Mutex::new(parker),
             }),
         })

@@ -125,7 +125,7 @@ fn async_streams_and_channels() {
 /// on the same current-thread runtime, so a blocking wait would never end.
 #[test]
 fn async_fires_await_pool_space_without_blocking_the_runtime() {
-    const N: usize = 300;
+    const N: usize = 1000;
     let d = DaemonProc::start(None);
     let socket = d.socket().to_owned();
     let got = within_a_minute(async move {
@@ -276,4 +276,57 @@ fn an_async_send_dropped_while_it_waits_gives_its_chunk_back() {
         });
         assert!(back.is_some(), "{} chunks never came back", bus.bus().chunks_in_use());
     });
+}
+
+/// Tasks sharing one `AsyncBus` do not steal each other's wake-ups: one
+/// that wakes on its own short timeouts again and again (and pumps the
+/// rings for everyone as it does) must not leave another, waiting long for
+/// publications, asleep when they come.
+#[test]
+fn tasks_sharing_an_async_bus_each_wake_for_their_own() {
+    const N: usize = 1000;
+    let d = DaemonProc::start(None);
+    let publisher = d.connect().publisher("shared.wake").unwrap();
+    let bus = d.connect();
+    let sub = bus.subscribe("shared.wake").unwrap();
+    let took = within_a_minute(async move {
+        let abus = std::sync::Arc::new(bus.to_async().unwrap());
+        let tickers: Vec<_> = (0..20)
+            .map(|_| {
+                let abus = abus.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let _ = abus.next_event(Duration::from_millis(1)).await;
+                    }
+                })
+            })
+            .collect();
+        let waiter = {
+            let abus = abus.clone();
+            tokio::spawn(async move {
+                let mut got = 0;
+                while got < N {
+                    match abus.next_publication(&sub, Duration::from_secs(30)).await {
+                        Ok(Some(_)) => got += 1,
+                        other => panic!("after {got}: {other:?}"),
+                    }
+                }
+            })
+        };
+        let t = std::time::Instant::now();
+        tokio::task::spawn_blocking(move || {
+            for i in 0..N {
+                publisher.publish(&i.to_le_bytes()).unwrap();
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        })
+        .await
+        .unwrap();
+        waiter.await.unwrap();
+        for t in tickers {
+            t.abort();
+        }
+        t.elapsed()
+    });
+    assert!(took < Duration::from_secs(10), "{N} publications took {took:?} to be noticed");
 }

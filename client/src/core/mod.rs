@@ -162,6 +162,11 @@ pub(crate) struct Core {
     /// What [`pump_hot`](Self::pump_hot) took off a ring for the wait that
     /// polled it; that wait's check takes it in the same critical section.
     pub taken: Option<(Descriptor, Origin)>,
+    /// Async waiters parked on the rings: the first arms them, the last
+    /// to wake disarms them (one waking on its own timer must not disarm
+    /// them under the others).
+    #[cfg(feature = "tokio")]
+    pub async_parked: u32,
     /// Subscriptions being made: a publication for a topic without an
     /// inbox is kept meanwhile (see `Bus::subscribe_topic`).
     pub subscribing: u32,
@@ -245,6 +250,8 @@ impl Core {
             want_releases: false,
             dropped_publications: 0,
             taken: None,
+            #[cfg(feature = "tokio")]
+            async_parked: 0,
             subscribing: 0,
             rtt_countdown: 1,
             timed: None,
