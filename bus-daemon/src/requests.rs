@@ -20,6 +20,9 @@ type Answer = Result<Reply, (ErrorCode, String)>;
 /// Most prefixes one connection may watch (`Bus::watch`).
 const MAX_WATCHES: usize = 64;
 
+/// Most live direct channels one client may ask for or adopt.
+const MAX_CHANNELS_PER_CLIENT: usize = 256;
+
 fn bad(msg: impl Into<String>) -> (ErrorCode, String) {
     (ErrorCode::BadRequest, msg.into())
 }
@@ -123,6 +126,7 @@ impl Daemon {
             Request::Direct { route } => {
                 let name = self.registry.route(route).map(|r| r.name.clone()).unwrap_or_default();
                 self.check(id, Action::Direct, &name)
+                    .and_then(|_| self.channel_room(id))
                     .and_then(|_| self.open_channel(id, route, "requested by the caller"))
                     .map(|channel| Reply::DirectGranted { channel })
             }
@@ -134,8 +138,17 @@ impl Daemon {
                 _ => Err((ErrorCode::NotFound, format!("no channel {channel} of yours"))),
             },
             Request::AdoptChannel { token, side, service, peer_pid } => match fds.into_iter().next() {
-                Some(fd) => self
-                    .adopt_channel(id, token, side, &service, peer_pid, fd)
+                // A caller adopts what it may ask for, a service what it
+                // serves (it registers again before it adopts); each
+                // channel costs the daemon a mapping and a descriptor.
+                Some(fd) => control::check_name(&service)
+                    .map_err(bad)
+                    .and_then(|_| match side {
+                        0 => self.check(id, Action::Direct, &service),
+                        _ => self.serves(id, &service),
+                    })
+                    .and_then(|_| self.channel_room(id))
+                    .and_then(|_| self.adopt_channel(id, token, side, &service, peer_pid, fd))
                     .map(|channel| Reply::DirectGranted { channel }),
                 None => Err(bad("AdoptChannel needs the channel segment attached")),
             },
@@ -154,6 +167,31 @@ impl Daemon {
             Err((code, message)) => error_reply(m.id, code, message),
         };
         self.send(id, &msg, &[]);
+    }
+
+    /// Whether client `id` has an instance of `service` registered.
+    fn serves(&self, id: u32, service: &str) -> Result<(), (ErrorCode, String)> {
+        let route = self.registry.lookup(service);
+        let serves = self.registry.instances().any(|(_, i)| i.client == id && Some(i.route) == route);
+        if serves {
+            Ok(())
+        } else {
+            Err((ErrorCode::AccessDenied, format!("only a client serving {service} may adopt its side of a channel")))
+        }
+    }
+
+    /// Refused once client `id` is a side of [`MAX_CHANNELS_PER_CLIENT`]
+    /// live channels: each holds a segment mapped in the daemon, and a
+    /// DirectOpen with four descriptors for the other side.
+    fn channel_room(&self, id: u32) -> Result<(), (ErrorCode, String)> {
+        let mine = self.channels.values().filter(|c| c.a == id || c.b == id).count();
+        if mine >= MAX_CHANNELS_PER_CLIENT {
+            return Err((
+                ErrorCode::QuotaExceeded,
+                format!("a client may be a side of at most {MAX_CHANNELS_PER_CLIENT} direct channels"),
+            ));
+        }
+        Ok(())
     }
 
     fn check(&self, id: u32, action: Action, name: &str) -> Result<(), (ErrorCode, String)> {

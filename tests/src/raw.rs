@@ -145,10 +145,15 @@ impl Raw {
 
     /// Sends a control request and waits for its reply (events are skipped).
     pub fn control(&mut self, request: Request) -> Res<Reply> {
+        self.control_with_fds(request, &[])
+    }
+
+    /// [`control`](Self::control) with descriptors attached.
+    pub fn control_with_fds(&mut self, request: Request, fds: &[std::os::fd::BorrowedFd<'_>]) -> Res<Reply> {
         self.next_id += 1;
         let id = self.next_id;
         let bytes = control::encode(&ClientMessage { id, request })?;
-        self.sock.send(&bytes, &[])?;
+        self.sock.send(&bytes, fds)?;
         let end = Instant::now() + Duration::from_secs(20);
         let mut buf = vec![0u8; control::MAX_MESSAGE];
         loop {

@@ -872,3 +872,37 @@ fn a_client_that_never_reads_is_cut_off_at_the_queue_cap() {
     assert!(log.contains(&cap), "cut off for another reason after {sent} fires: {log}");
     assert!(bus.status().is_ok());
 }
+
+/// Adopting a channel after a restart is asked like a channel: a caller
+/// side needs the policy's leave to have one to that service, a service
+/// side must serve it, the name must be a name; and a client may be a side
+/// of a bounded number of channels (each costs the daemon a mapping and a
+/// descriptor).
+#[test]
+fn adopting_a_channel_is_checked_like_asking_for_one() {
+    use hybus_layout::channel::ChannelLayout;
+    use hybus_layout::control::Request;
+    use hybus_layout::header::SegmentKind;
+    use hybus_layout::segment::Segment;
+    let d = DaemonProc::start(None);
+    let server = d.connect();
+    let _svc = server.register("adopt.svc").unwrap();
+    let mut raw = hybus_tests::raw::Raw::connect(d.socket().to_str().unwrap()).unwrap();
+    let layout = ChannelLayout::new(64);
+    let seg = Segment::create(c"adopt-test", SegmentKind::Channel, layout.size, 64).unwrap();
+    let mut adopt = |side: u8, service: &str, token: u64| {
+        let request = Request::AdoptChannel { token, side, service: service.into(), peer_pid: 1 };
+        raw.control_with_fds(request, &[seg.fd()]).map_err(|e| e.to_string())
+    };
+    let e = adopt(0, "not a name!", 1).unwrap_err();
+    assert!(e.contains("contains"), "{e}");
+    let e = adopt(1, "adopt.svc", 2).unwrap_err();
+    assert!(e.contains("only a client serving"), "{e}");
+    // The owner's uid may have channels: up to the cap, then no more.
+    for token in 0..256 {
+        adopt(0, "adopt.svc", 100 + token).unwrap();
+    }
+    let e = adopt(0, "adopt.svc", 9999).unwrap_err();
+    assert!(e.contains("at most 256"), "{e}");
+    assert!(server.status().is_ok());
+}
