@@ -708,8 +708,18 @@ impl Daemon {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
-        let Some(bytes) = encoded(msg) else {
-            return;
+        let bytes = match control::encode(msg) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(client = id, "cannot encode a control message: {e}");
+                // A reply that cannot go is answered with why (a `list` of
+                // more services than a message holds): its requester would
+                // otherwise wait for it in vain.
+                let DaemonMessage::Reply { id: rid, .. } = msg else { return };
+                let why = format!("the reply does not fit in a control message: {e}");
+                let Some(b) = encoded(&error_reply(*rid, ErrorCode::QuotaExceeded, why)) else { return };
+                b
+            }
         };
         if s.outbox.is_empty() {
             match s.sock.send(&bytes, fds) {

@@ -178,13 +178,15 @@ impl Daemon {
     pub(crate) fn flush_clients(&mut self) {
         let mut touched = std::mem::take(&mut self.touched);
         let mut hints = Vec::new();
+        let mut broken = Vec::new();
         touched.retain(|id| {
             let Some(d) = self.sessions.get_mut(id).and_then(|s| s.data.as_mut()) else {
                 return false;
             };
             if let Err(e) = d.flush_queue() {
-                tracing::warn!(client = id, "its ring is corrupt: {e}");
-                d.queue.clear();
+                // Its queue would never drain: cut it off like any ring violation.
+                broken.push((*id, e));
+                return false;
             }
             d.ring_bell();
             let keep = !d.queue.is_empty();
@@ -197,6 +199,9 @@ impl Daemon {
         self.touched = touched;
         for id in hints {
             self.tell_pools_gone(id);
+        }
+        for (id, e) in broken {
+            self.violation(id, &Violation::Ring(e));
         }
     }
 

@@ -906,3 +906,23 @@ fn adopting_a_channel_is_checked_like_asking_for_one() {
     assert!(e.contains("at most 256"), "{e}");
     assert!(server.status().is_ok());
 }
+
+/// A reply too large for one control message (a `list` of more services
+/// than fit) is answered with why, at once, rather than dropped and left
+/// for its requester to wait for.
+#[test]
+fn a_reply_too_large_for_a_message_fails_at_once() {
+    let d = DaemonProc::start(None);
+    let server = d.connect();
+    let mut held = Vec::new();
+    for i in 0..400 {
+        held.push(server.register(&format!("big.{i:03}.{}", "n".repeat(200))).unwrap());
+    }
+    let t = std::time::Instant::now();
+    match server.list() {
+        Err(Error::QuotaExceeded(m)) => assert!(m.contains("does not fit"), "{m}"),
+        other => panic!("{:?}", other.map(|l| l.len())),
+    }
+    assert!(t.elapsed() < Duration::from_secs(5), "it took {:?}", t.elapsed());
+    assert!(server.status().is_ok());
+}
