@@ -635,7 +635,7 @@ impl Drop for InFlight<'_> {
                 core.free_own(c);
             }
         } else if self.cancel {
-            let _ = core.try_send_on(self.origin, &Descriptor::new(Kind::Cancel, self.d.route, self.corr));
+            core.send_cancel(self.origin, self.d.route, self.corr);
         }
         // After the cancel: forgetting may let a closing channel go.
         core.forget_call(self.corr, self.origin);

@@ -254,7 +254,7 @@ impl Shared {
                     // Tell the server (through the daemon, or directly; before
                     // the call is forgotten, which may let a closing channel
                     // go); a late answer goes back.
-                    let _ = core.try_send_on(sent.origin, &Descriptor::new(Kind::Cancel, sent.route, sent.corr));
+                    core.send_cancel(sent.origin, sent.route, sent.corr);
                 }
                 core.forget_call(sent.corr, sent.origin);
                 Err(e)
@@ -281,7 +281,7 @@ impl Shared {
         };
         if waiting {
             // Before the call is forgotten, which may let a closing channel go.
-            let _ = core.try_send_on(origin, &Descriptor::new(Kind::Cancel, route, corr));
+            core.send_cancel(origin, route, corr);
         }
         if waiting || owner {
             core.forget_call(corr, origin);

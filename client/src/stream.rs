@@ -600,7 +600,7 @@ impl Stream {
         let mut core = self.bus.shared.lock();
         if cancel || (self.channel && !self.sent_end) {
             // Before the stream is forgotten: that may let a closing channel go.
-            let _ = core.try_send_on(self.origin, &Descriptor::new(Kind::Cancel, self.route, self.corr));
+            core.send_cancel(self.origin, self.route, self.corr);
         }
         if let Some(s) = core.streams.remove(&self.corr) {
             for d in s.items {

@@ -546,6 +546,22 @@ impl Core {
         let _ = self.alloc.free(c);
     }
 
+    /// Tells the server of exchange `corr` that we gave up on it. Through
+    /// the daemon it waits in the backlog if the ring is full (it goes
+    /// with our next send), where a drop or a deadline used to lose it
+    /// and leave the server working for nobody; on a channel whose ring
+    /// is full the server is not reading anyway, and the answer it may
+    /// send is dropped here.
+    pub fn send_cancel(&mut self, origin: Origin, route: u32, corr: u64) {
+        let d = Descriptor::new(Kind::Cancel, route, corr);
+        match origin {
+            Origin::Daemon => self.push_or_backlog(d),
+            Origin::Direct(_) => {
+                let _ = self.try_send_on(origin, &d);
+            }
+        }
+    }
+
     fn push_or_backlog(&mut self, d: Descriptor) {
         if self.gone.is_some() {
             return;
