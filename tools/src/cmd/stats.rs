@@ -230,7 +230,7 @@ fn prometheus(report: &StatsReport) -> String {
         ("hybus_latency_max_nanoseconds", "gauge", "Largest request-to-answer latency seen.", |i| i.latency_ns[3]),
     ];
     for (name, kind, help, f) in metrics {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        family(&mut out, name, kind, help);
         for i in s {
             let _ = writeln!(
                 out,
@@ -242,7 +242,7 @@ fn prometheus(report: &StatsReport) -> String {
             );
         }
     }
-    let _ = writeln!(out, "# HELP hybus_latency_nanoseconds Request-to-answer latency through the daemon.\n# TYPE hybus_latency_nanoseconds summary");
+    family(&mut out, "hybus_latency_nanoseconds", "summary", "Request-to-answer latency through the daemon.");
     for i in s {
         for (q, v) in quantiles(&i.latency_ns) {
             let _ = writeln!(
@@ -252,10 +252,7 @@ fn prometheus(report: &StatsReport) -> String {
             );
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP hybus_direct_in_flight Exchanges open on a direct channel, by side.\n# TYPE hybus_direct_in_flight gauge"
-    );
+    family(&mut out, "hybus_direct_in_flight", "gauge", "Exchanges open on a direct channel, by side.");
     for c in &report.channels {
         for (side, v) in [("caller", c.a_in_flight), ("server", c.b_in_flight)] {
             let _ = writeln!(
@@ -265,10 +262,7 @@ fn prometheus(report: &StatsReport) -> String {
             );
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP hybus_direct_errors_total Error answers a service sent over a direct channel.\n# TYPE hybus_direct_errors_total counter"
-    );
+    family(&mut out, "hybus_direct_errors_total", "counter", "Error answers a service sent over a direct channel.");
     for c in &report.channels {
         let _ = writeln!(
             out,
@@ -276,10 +270,8 @@ fn prometheus(report: &StatsReport) -> String {
             c.service, c.channel, c.b_errors
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP hybus_direct_latency_nanoseconds Round trip of direct calls, timed by the caller on one call in {RTT_SAMPLE_EVERY}.\n# TYPE hybus_direct_latency_nanoseconds summary"
-    );
+    let help = format!("Round trip of direct calls, timed by the caller on one call in {RTT_SAMPLE_EVERY}.");
+    family(&mut out, "hybus_direct_latency_nanoseconds", "summary", &help);
     for c in &report.channels {
         let labels = format!("service=\"{}\",channel=\"{}\"", c.service, c.channel);
         for (q, v) in quantiles(&c.latency_ns) {
@@ -298,7 +290,7 @@ fn prometheus(report: &StatsReport) -> String {
         }),
     ];
     for (name, kind, help, both) in direct {
-        let _ = writeln!(out, "# HELP {name} {help}, by direction.\n# TYPE {name} {kind}");
+        family(&mut out, name, kind, &format!("{help}, by direction."));
         for c in &report.channels {
             let (to_server, to_caller) = both(c);
             for (dir, v) in [("to_server", to_server), ("to_caller", to_caller)] {
@@ -311,6 +303,12 @@ fn prometheus(report: &StatsReport) -> String {
         }
     }
     out
+}
+
+/// The HELP and TYPE lines of a metric family (its samples follow them, all together).
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 /// The quantiles of a summary from `[p50, p99, p99.9, max]`: `NaN` before
