@@ -287,6 +287,23 @@ impl AsyncBus {
         }
     }
 
+    /// Resolves `route` again, on tokio's blocking pool, if it was resolved
+    /// on an older connection: the call that follows then finds its id
+    /// without a control round trip on the executor (a whole
+    /// `CONTROL_TIMEOUT` if the daemon does not answer).
+    async fn fresh_route(&self, route: &Route) -> Result<()> {
+        let epoch = self.bus.shared.epoch.load(std::sync::atomic::Ordering::Acquire);
+        if route.id_at(epoch).is_some() {
+            return Ok(());
+        }
+        let (bus, copy) = (self.bus.clone(), route.clone());
+        let resolved = tokio::task::spawn_blocking(move || bus.route_id(&copy).map(|_| copy))
+            .await
+            .map_err(|e| Error::Os(format!("resolving on the blocking pool: {e}")))??;
+        route.take_from(&resolved);
+        Ok(())
+    }
+
     /// Sends a credit now if its ring has room: whether it went.
     fn try_pay(&self, origin: Origin, c: &Descriptor) -> Result<bool> {
         match self.bus.shared.lock().try_send_on(origin, c) {
@@ -317,6 +334,7 @@ impl AsyncBus {
     /// executor.
     pub async fn call(&self, route: &Route, payload: &[u8], timeout: Duration) -> Result<Sample> {
         self.revive().await;
+        self.fresh_route(route).await?;
         let deadline = deadline_in(timeout);
         let (mut d, epoch) = self.build(Kind::Request, 0, payload, Some(deadline)).await?;
         // Only a chunk ties the call to its connection (an inline payload goes on any).
@@ -354,6 +372,7 @@ impl AsyncBus {
     /// [`Bus::fire`]); awaits pool space and ring room while there is none.
     pub async fn fire(&self, route: &Route, payload: &[u8]) -> Result<()> {
         self.revive().await;
+        self.fresh_route(route).await?;
         let id = self.bus.route_id(route)?;
         let (mut d, epoch) = self.build(Kind::Fire, id, payload, None).await?;
         let origin = {

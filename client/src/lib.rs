@@ -186,6 +186,12 @@ impl Route {
     pub(crate) fn set(&self, id: u32, epoch: u64) {
         self.packed.store(pack(id, epoch), Ordering::Relaxed);
     }
+
+    /// Takes what `other`, a copy of this route resolved since, learnt.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn take_from(&self, other: &Route) {
+        self.packed.store(other.packed.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
 }
 
 fn pack(id: u32, epoch: u64) -> u64 {
