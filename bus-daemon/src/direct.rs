@@ -185,6 +185,31 @@ impl Daemon {
         }
     }
 
+    /// Client `client` has forgotten the closed channel `id`: it is no
+    /// longer its member here, and the channel is forgotten once neither
+    /// member is left. A live channel (the client's close not handled yet)
+    /// is remembered until it closes and the client leaves.
+    ///
+    /// Why: remembered until a member left the bus, closed channels piled
+    /// up for clients that open and close channels all their lives.
+    pub(crate) fn channel_done(&mut self, client: u32, id: u32) {
+        if self.channels.contains_key(&id) {
+            return;
+        }
+        let Some((a, b)) = self.channel_members.get_mut(&id) else {
+            return;
+        };
+        if *a == client {
+            *a = 0;
+        }
+        if *b == client {
+            *b = 0;
+        }
+        if *a == 0 && *b == 0 {
+            self.channel_members.remove(&id);
+        }
+    }
+
     /// A client left: close its channels, telling the survivors.
     pub(crate) fn close_channels_of(&mut self, client: u32) {
         // Channels closed before but perhaps still downgrading: the survivor

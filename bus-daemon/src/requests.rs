@@ -72,6 +72,10 @@ impl Daemon {
             Request::Resolve { name } => self.resolve(id, &name),
             Request::Topic { name } => self.topic(id, &name),
             Request::List => Ok(Reply::Services(self.list())),
+            Request::ChannelDone { channel } => {
+                self.channel_done(id, channel);
+                return;
+            }
             Request::Watch { prefix } => {
                 // Each watch is matched on every registration and
                 // unregistration of anyone: a bounded number, once each.
@@ -472,6 +476,8 @@ impl Daemon {
                 .sum(),
             violations: self.violations,
             drops: self.drops,
+            channels_remembered: self.channel_members.keys().filter(|id| !self.channels.contains_key(id)).count()
+                as u64,
         }
     }
 

@@ -239,6 +239,13 @@ pub enum Request {
         /// Only traffic to or from names under this prefix ("" for all).
         prefix: String,
     },
+    /// This client has forgotten a closed direct channel (it finished
+    /// downgrading, or its peer died): the daemon need not remember the
+    /// channel for it any more. No reply.
+    ChannelDone {
+        /// The channel id.
+        channel: u32,
+    },
 }
 
 /// A message from the daemon.
@@ -450,6 +457,10 @@ pub struct DaemonStatus {
     pub violations: u64,
     /// Publications dropped for slow subscribers since start (drop-oldest policy).
     pub drops: u64,
+    /// Closed direct channels the daemon still remembers for a member that
+    /// has not forgotten them yet (to forward its fences, or to tell it
+    /// "peer died" if the other leaves).
+    pub channels_remembered: u64,
 }
 
 /// Traffic counters of one service instance.

@@ -519,3 +519,32 @@ fn stats_show_exchanges_in_flight_and_errors_on_a_channel() {
     let ch = channel();
     assert_eq!((ch.a_in_flight, ch.b_in_flight, ch.b_errors), (0, 0, 2), "{ch:?}");
 }
+
+/// A closed channel is remembered by the daemon only until both its members
+/// have forgotten it: a client that opens and closes channels all its life
+/// does not pile them up there.
+#[test]
+fn closed_channels_are_forgotten_once_both_sides_are_done() {
+    let d = DaemonProc::start(None);
+    let (_server, _) = Peer::ready(d.socket(), &["serve", "svc.cycle"]);
+    let caller = d.connect();
+    let route = caller.resolve("svc.cycle").unwrap();
+    for i in 0..20u32 {
+        let channel = caller.request_direct(&route).unwrap();
+        assert!(caller.is_direct(&route));
+        let q = i.to_le_bytes();
+        let mut want = q;
+        want.reverse();
+        assert_eq!(&*caller.call(&route, &q, T).unwrap(), &want[..]);
+        caller.close_direct(channel).unwrap();
+        // Back on the daemon's path once both sides have downgraded.
+        assert!(eventually(SOON, || (!caller.is_direct(&route)).then_some(())).is_some());
+    }
+    let remembered = || caller.status().unwrap().channels_remembered;
+    let forgotten = eventually(SOON, || {
+        // Both sides finish downgrading as they pump; a call keeps ours pumping.
+        caller.call(&route, b"ab", T).unwrap();
+        (remembered() == 0).then_some(())
+    });
+    assert!(forgotten.is_some(), "{} closed channels still remembered", remembered());
+}

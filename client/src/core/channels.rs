@@ -53,6 +53,7 @@ impl Core {
         let Some(ch) = self.channels.remove(&id) else {
             return;
         };
+        self.forgot_channel(id);
         if ch.state == State::Closing {
             self.closing -= 1;
         }
@@ -88,8 +89,16 @@ impl Core {
         if self.channels.get(&id).is_some_and(|c| c.finished()) {
             self.channels.remove(&id);
             self.closing -= 1;
+            self.forgot_channel(id);
             self.forget_retired();
         }
+    }
+
+    /// Tells the daemon we forgot channel `id`, so that it need not
+    /// remember it for us (no reply comes; a daemon that never knew the
+    /// channel, or is gone, has nothing to forget).
+    fn forgot_channel(&mut self, id: u32) {
+        let _ = self.send_control(Request::ChannelDone { channel: id });
     }
 
     /// With no channel left, nothing can come for a retired instance any
