@@ -174,7 +174,7 @@ impl Daemon {
             // "peer died" here would have them wait for its end fence for good.
             return;
         }
-        let serves = self.registry.instances().any(|(_, i)| i.client == server && i.route == route && !i.draining);
+        let serves = self.registry.of_client(server, route).any(|i| !i.draining);
         if serves {
             return;
         }

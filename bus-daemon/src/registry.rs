@@ -179,6 +179,11 @@ impl Registry {
         Ok(r)
     }
 
+    /// The instances of `route` that client `client` registered.
+    pub fn of_client(&self, client: u32, route: u32) -> impl Iterator<Item = &InstanceEntry> {
+        self.instances.values().filter(move |i| i.client == client && i.route == route)
+    }
+
     /// The route of `name`, if it exists.
     pub fn lookup(&self, name: &str) -> Option<u32> {
         self.names.get(name).copied()

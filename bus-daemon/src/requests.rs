@@ -79,21 +79,20 @@ impl Daemon {
             Request::Watch { prefix } => {
                 // Each watch is matched on every registration and
                 // unregistration of anyone: a bounded number, once each.
-                let refused = match self.sessions.get_mut(&id) {
-                    _ if prefix.len() > control::MAX_NAME => {
-                        Some((ErrorCode::BadRequest, format!("a watch prefix is at most {} bytes", control::MAX_NAME)))
+                let mut refused = None;
+                if prefix.len() > control::MAX_NAME {
+                    refused =
+                        Some((ErrorCode::BadRequest, format!("a watch prefix is at most {} bytes", control::MAX_NAME)));
+                } else if let Some(s) = self.sessions.get_mut(&id).filter(|s| !s.watches.contains(&prefix)) {
+                    if s.watches.len() >= MAX_WATCHES {
+                        refused = Some((
+                            ErrorCode::QuotaExceeded,
+                            format!("a connection watches at most {MAX_WATCHES} prefixes"),
+                        ));
+                    } else {
+                        s.watches.push(prefix.clone());
                     }
-                    Some(s) if !s.watches.contains(&prefix) && s.watches.len() >= MAX_WATCHES => {
-                        Some((ErrorCode::QuotaExceeded, format!("a connection watches at most {MAX_WATCHES} prefixes")))
-                    }
-                    Some(s) => {
-                        if !s.watches.contains(&prefix) {
-                            s.watches.push(prefix.clone());
-                        }
-                        None
-                    }
-                    None => None,
-                };
+                }
                 if let Some((code, message)) = refused {
                     self.send(id, &error_reply(m.id, code, message), &[]);
                     return;
@@ -175,8 +174,8 @@ impl Daemon {
 
     /// Whether client `id` has an instance of `service` registered.
     fn serves(&self, id: u32, service: &str) -> Result<(), (ErrorCode, String)> {
-        let route = self.registry.lookup(service);
-        let serves = self.registry.instances().any(|(_, i)| i.client == id && Some(i.route) == route);
+        let serves =
+            self.registry.lookup(service).is_some_and(|route| self.registry.of_client(id, route).next().is_some());
         if serves {
             Ok(())
         } else {

@@ -481,18 +481,15 @@ impl Daemon {
     }
 
     fn publish(&mut self, from: u32, d: Descriptor, chunk: Chunk) -> Result<(), Violation> {
-        if self.registry.route(d.route).is_none() {
-            return Err(Violation::BadRoute(d.route));
-        }
-        if !self.permitted(from, d.route, Action::Publish) {
-            self.refuse(from, &d, chunk);
-            return Ok(());
-        }
         let Some(r) = self.registry.route(d.route) else {
             return Err(Violation::BadRoute(d.route));
         };
         let subs = r.subscribers.clone();
         let (slow, limit) = self.config.topic_rule(&r.name);
+        if !self.permitted(from, d.route, Action::Publish) {
+            self.refuse(from, &d, chunk);
+            return Ok(());
+        }
         let mut holders = Vec::with_capacity(subs.len());
         let mut too_slow = Vec::new();
         for sub in subs {
