@@ -236,10 +236,9 @@ impl AsyncBus {
     }
 
     /// A descriptor of `kind` to `route` carrying `payload` (in a chunk of
-    /// our pool beyond 40 bytes), waiting until `deadline` for pool space
-    /// without blocking the executor (see the blocking `Shared::build`).
-    /// [`Shared::build`], awaiting pool space: the descriptor and the
-    /// connection epoch it was built on.
+    /// our pool beyond 40 bytes), and the connection epoch it was built on,
+    /// waiting until `deadline` for pool space without blocking the
+    /// executor (see the blocking `Shared::build`).
     async fn build(
         &self,
         kind: Kind,
@@ -306,11 +305,7 @@ impl AsyncBus {
 
     /// Sends a credit now if its ring has room: whether it went.
     fn try_pay(&self, origin: Origin, c: &Descriptor) -> Result<bool> {
-        match self.bus.shared.lock().try_send_on(origin, c) {
-            Ok(()) => Ok(true),
-            Err(Error::WouldBlock) => Ok(false),
-            Err(e) => Err(e),
-        }
+        room_check(origin, c, None)(&mut self.bus.shared.lock()).map(|sent| sent.is_some())
     }
 
     /// [`send_on`](Self::send_on) for a descriptor built on connection
@@ -650,9 +645,7 @@ impl Drop for InFlight<'_> {
         }
         let mut core = self.shared.lock();
         if !self.sent {
-            if let (Some(c), true) = (self.d.chunk(), core.epoch == self.epoch) {
-                core.free_own(c);
-            }
+            core.free_unsent(&self.d, Some(self.epoch));
         } else if self.cancel {
             core.send_cancel(self.origin, self.d.route, self.corr);
         }

@@ -529,9 +529,7 @@ impl Bus {
                     Ok(_) if stale(&core) => return Err(stale_payload()),
                     Ok(id) => id,
                     Err(e) => {
-                        if let (Some(c), false) = (d.chunk(), stale(&core)) {
-                            core.free_own(c);
-                        }
+                        core.free_unsent(d, chunk_epoch);
                         return Err(e);
                     }
                 }
@@ -545,9 +543,7 @@ impl Bus {
             Err(Error::WouldBlock) => Ok((corr, origin, false)),
             Err(e) => {
                 core.forget_call(corr, origin);
-                if let Some(c) = d.chunk() {
-                    core.free_own(c);
-                }
+                core.free_unsent(d, None);
                 Err(e)
             }
         }
@@ -582,9 +578,7 @@ impl Bus {
             if let Err(e) = self.shared.send_built(origin, &d, deadline, chunk_epoch) {
                 let mut core = self.shared.lock();
                 core.forget_call(corr, origin);
-                if let (Some(c), true) = (d.chunk(), chunk_epoch.is_none_or(|e| e == core.epoch)) {
-                    core.free_own(c);
-                }
+                core.free_unsent(&d, chunk_epoch);
                 return Err(e);
             }
         }
@@ -632,9 +626,7 @@ impl Bus {
         let origin = core.route_fire(&mut d);
         let r = core.try_send_on(origin, &d);
         if r.is_err() {
-            if let Some(c) = d.chunk() {
-                core.free_own(c);
-            }
+            core.free_unsent(&d, None);
         }
         r
     }
@@ -798,10 +790,7 @@ impl Shared {
     /// is taken: a reconnect in between then leaves it unfreed, never
     /// frees another's.
     pub(crate) fn reclaim_unsent(&self, d: &Descriptor, epoch: u64) {
-        let mut core = self.lock();
-        if let (Some(c), true) = (d.chunk(), core.epoch == epoch) {
-            core.free_own(c);
-        }
+        self.lock().free_unsent(d, Some(epoch));
     }
 
     /// Sends `d` on the path `origin`, waiting for room until `deadline`.

@@ -279,9 +279,8 @@ impl Request {
                     r => r.map(|()| true),
                 }
             };
-            // A stale chunk belongs to a pool the old daemon took with it.
-            if let (Err(_), Some(c), false) = (&r, d.chunk(), stale_chunk) {
-                core.free_own(c);
+            if r.is_err() {
+                core.free_unsent(&d, chunk_epoch);
             }
             if !matches!(r, Ok(false)) {
                 core.served_done(self.origin, self.corr);
@@ -445,8 +444,7 @@ impl StreamRequest {
             Some(crate::stream::credit(end, self.window.size))
         };
         if let Some(c) = c {
-            let before = self.owed.map_or(0, |o| o.aux);
-            self.owed = Some(c.with_aux(c.aux + before));
+            crate::stream::owe(&mut self.owed, c);
         }
     }
 

@@ -106,6 +106,11 @@ pub(crate) fn item_of(end: End, mut d: Descriptor) -> Descriptor {
 /// Sends one item once the peer has granted a credit.
 pub(crate) fn send_item(shared: &Arc<Shared>, end: End, payload: &[u8], deadline: Instant) -> Result<()> {
     shared.wait(Some(deadline), false, credit_check(end))?;
+    send_credited(shared, end, payload, deadline)
+}
+
+/// Sends one item for a credit already taken; a failed send gives it back.
+fn send_credited(shared: &Arc<Shared>, end: End, payload: &[u8], deadline: Instant) -> Result<()> {
     let r = shared
         .build(Kind::StreamItem, end.route, payload, Some(deadline))
         .and_then(|(d, epoch)| shared.send_or_reclaim(end.origin, &item_of(end, d), Some(deadline), epoch));
@@ -113,6 +118,13 @@ pub(crate) fn send_item(shared: &Arc<Shared>, end: End, payload: &[u8], deadline
         give_back(shared, end, 1);
     }
     r
+}
+
+/// Adds the credit `c` to one `owed` and not sent yet (a reader dropped
+/// mid-send, or one that pays later).
+pub(crate) fn owe(owed: &mut Option<Descriptor>, c: Descriptor) {
+    let before = owed.map_or(0, |o| o.aux);
+    *owed = Some(c.with_aux(c.aux + before));
 }
 
 /// Receives one descriptor of a stream (an item or a batch of items);
@@ -220,13 +232,7 @@ where
             // Too big to pack with others: send it as an item of its own.
             give_back(shared, end, claimed - 1);
             if let Some(item) = items.next() {
-                let r = shared
-                    .build(Kind::StreamItem, route, item.as_ref(), Some(deadline))
-                    .and_then(|(d, epoch)| shared.send_or_reclaim(origin, &item_of(end, d), Some(deadline), epoch));
-                if let Err(e) = r {
-                    give_back(shared, end, 1);
-                    return Err(e);
-                }
+                send_credited(shared, end, item.as_ref(), deadline)?;
                 sent += 1;
             }
             continue;
@@ -559,9 +565,7 @@ impl Stream {
             }
         };
         if let Some(c) = self.window.consume(end, d.items() as u32) {
-            // Added to one not sent yet (an async reader dropped mid-send).
-            let before = self.owed.map_or(0, |o| o.aux);
-            self.owed = Some(c.with_aux(c.aux + before));
+            owe(&mut self.owed, c);
         }
         Ok(Some((d, Sample::new(shared, d, self.origin)?)))
     }

@@ -146,9 +146,7 @@ impl Publisher {
         let d = publication(core.payload(hybus_layout::Descriptor::new(Kind::Publish, route, 0), payload)?);
         let r = core.try_send(&d);
         if r.is_err() {
-            if let Some(c) = d.chunk() {
-                core.free_own(c);
-            }
+            core.free_unsent(&d, None);
         }
         r
     }

@@ -538,6 +538,15 @@ impl Core {
         }
     }
 
+    /// Frees the chunk of `d`, a payload of ours that was not sent, taken
+    /// on connection `epoch` (`None`: on this one, under this lock): not if
+    /// a reconnect came since, which reclaimed it or replaced the pool.
+    pub fn free_unsent(&mut self, d: &Descriptor, epoch: Option<u64>) {
+        if let (Some(c), true) = (d.chunk(), epoch.is_none_or(|e| e == self.epoch)) {
+            self.free_own(c);
+        }
+    }
+
     /// Frees a chunk of our own pool (a loan that was never sent).
     pub fn free_own(&mut self, c: ChunkRef) {
         if !self.loaned.is_empty() {
