@@ -148,6 +148,11 @@ pub struct Limits {
     pub in_flight_per_uid: u32,
     /// Milliseconds a new connection has to say Hello.
     pub hello_timeout_ms: u64,
+    /// Connections per uid that have not said Hello yet. Past it the
+    /// oldest of them is let go (it is counted apart from
+    /// `connections_per_uid`, so that silent connections cannot lock out
+    /// the uid's tools, which say Hello at once).
+    pub pre_hello_per_uid: u32,
     /// Descriptors the daemon queues for a client whose ring is full.
     pub queue_per_client: u32,
     /// Names (services and topics) the bus holds, for all uids together; 0
@@ -227,6 +232,7 @@ impl Default for Limits {
             subscriptions_per_uid: 4096,
             in_flight_per_uid: 65536,
             hello_timeout_ms: 5000,
+            pre_hello_per_uid: 64,
             queue_per_client: 65536,
             names: 65536,
             names_per_uid: 16384,

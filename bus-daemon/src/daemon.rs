@@ -36,6 +36,9 @@ pub(crate) const DOORBELL_TOKEN: u64 = 2 << 32;
 /// A client's control socket, full a moment ago, has room again.
 const WRITABLE: u64 = 3 << 32;
 
+/// Connections accepted per round of the event loop (see `Daemon::accept`).
+const ACCEPT_BUDGET: usize = 32;
+
 /// How the daemon gets its listening socket and where it reports.
 #[derive(Debug, Default)]
 pub struct Options {
@@ -88,7 +91,14 @@ pub struct Daemon {
     pub(crate) geometry: PoolGeometry,
     idle: IdleStrategy,
     buf: Vec<u8>,
-    uid_connections: IdMap<u32, u32>,
+    /// Connections per uid that said Hello (`limits.connections_per_uid`).
+    pub(crate) uid_connections: IdMap<u32, u32>,
+    /// Connections per uid that have not said Hello yet
+    /// (`limits.pre_hello_per_uid`): counted apart, so that a flood of
+    /// connections that never speak cannot lock the uid's tools out.
+    uid_pre_hello: IdMap<u32, u32>,
+    /// Rate limits of the log lines peers can trigger.
+    pub(crate) ratelog: crate::ratelog::RateLog,
     systemd: bool,
     watchdog: Option<Duration>,
     pub(crate) monitors: usize,
@@ -252,6 +262,8 @@ impl Daemon {
             idle,
             buf: vec![0; control::MAX_MESSAGE],
             uid_connections: IdMap::default(),
+            uid_pre_hello: IdMap::default(),
+            ratelog: Default::default(),
             systemd: opts.systemd,
             watchdog,
             monitors: 0,
@@ -355,9 +367,13 @@ impl Daemon {
             };
             events.clear();
             self.poller.wait(&mut events, timeout).context("event loop wait failed")?;
+            // New connections last: the hang-ups of this round are reaped
+            // first, so closed connections never count against a quota
+            // while new ones are admitted (a connect/close flood did that).
+            let mut listener_ready = false;
             for &ev in &events {
                 match ev {
-                    LISTENER => self.accept(),
+                    LISTENER => listener_ready = true,
                     STOP => {
                         self.stop.try_consume();
                         self.begin_stop("stop requested");
@@ -375,6 +391,9 @@ impl Daemon {
                     t if t & !0xffff_ffff == WRITABLE => self.flush_outbox(t as u32),
                     _ => {}
                 }
+            }
+            if listener_ready {
+                self.accept();
             }
             if let Some((until, why)) = &self.stopping {
                 if self.exchanges.is_empty() || Instant::now() >= *until {
@@ -394,6 +413,7 @@ impl Daemon {
             if last_tick.elapsed() >= Duration::from_millis(100) {
                 last_tick = Instant::now();
                 self.promote_busy_pairs();
+                self.ratelog.flush(last_tick);
             }
             if let Some(w) = self.watchdog {
                 if last_watchdog.elapsed() >= w {
@@ -437,6 +457,10 @@ impl Daemon {
         }
         if self.config.promotion.enabled && !self.pair_rates.is_empty() {
             bound(Duration::from_millis(100));
+        }
+        if let Some(due) = self.ratelog.next_report() {
+            // The "… and N more" line of a window that ends.
+            bound(due.saturating_duration_since(now));
         }
         t
     }
@@ -553,8 +577,15 @@ impl Daemon {
         Ok(())
     }
 
+    /// Accepts at most [`ACCEPT_BUDGET`] connections (the listener is
+    /// level-triggered: the rest come next round, after the hang-ups and
+    /// messages of that round). A uid's connections that have not said Hello
+    /// are held to `limits.pre_hello_per_uid`: past it the oldest of them is
+    /// let go, so a flood of silent connections cannot keep out the
+    /// connection of a tool that speaks at once. The quota of established
+    /// connections is checked at Hello.
     fn accept(&mut self) {
-        loop {
+        for _ in 0..ACCEPT_BUDGET {
             let fd = match socket::accept4(self.listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK)
             {
                 // SAFETY: accept4 returned a new descriptor that nothing else owns.
@@ -575,15 +606,8 @@ impl Daemon {
                     continue;
                 }
             };
-            let conns = self.uid_connections.entry(creds.uid).or_default();
-            if *conns >= self.config.limits.connections_per_uid {
-                let msg = format!(
-                    "uid {} already has {} connections (limit {})",
-                    creds.uid, conns, self.config.limits.connections_per_uid
-                );
-                tracing::warn!(pid = creds.pid, "{msg}");
-                send_to(&sock, &error_reply(0, ErrorCode::QuotaExceeded, msg), &[]);
-                continue;
+            if self.uid_pre_hello.get(&creds.uid).copied().unwrap_or(0) >= self.config.limits.pre_hello_per_uid {
+                self.evict_oldest_silent(creds.uid);
             }
             let id = self.new_client_id();
             if let Err(e) = self.poller.add(sock.fd(), CONTROL | id as u64) {
@@ -591,7 +615,7 @@ impl Daemon {
                 continue;
             }
             // Counted once it is a session: `disconnect` gives it back.
-            *self.uid_connections.entry(creds.uid).or_default() += 1;
+            *self.uid_pre_hello.entry(creds.uid).or_default() += 1;
             let deadline = Instant::now() + Duration::from_millis(self.config.limits.hello_timeout_ms);
             tracing::debug!(client = id, uid = creds.uid, pid = creds.pid, "connected");
             self.sessions.insert(
@@ -612,7 +636,55 @@ impl Daemon {
                 },
             );
             self.pending_hellos.push((id, deadline));
+            // A client usually sends its Hello right after connect, and a
+            // flood's connection is often closed already: either is known
+            // now, before the next accept could count against it.
+            self.read_control(id);
         }
+    }
+
+    /// Lets go of `uid`'s oldest connection that has not said Hello.
+    fn evict_oldest_silent(&mut self, uid: u32) {
+        let sessions = &self.sessions;
+        let oldest = self
+            .pending_hellos
+            .iter()
+            .map(|&(id, _)| id)
+            .find(|id| sessions.get(id).is_some_and(|s| s.creds.uid == uid && s.data.is_none()));
+        let Some(id) = oldest else { return };
+        let limit = self.config.limits.pre_hello_per_uid;
+        if self.ratelog.admit(crate::ratelog::LogKind::ConnectionQuota, uid, Instant::now()) {
+            tracing::warn!(client = id, uid, "uid {uid} has {limit} connections that have not said Hello (limits.pre_hello_per_uid): letting the oldest go");
+        }
+        if let Some(s) = self.sessions.get(&id) {
+            let msg = format!("too many connections of uid {uid} that have not said Hello (limit {limit})");
+            send_to(&s.sock, &error_reply(0, ErrorCode::QuotaExceeded, msg), &[]);
+        }
+        self.disconnect(id, "evicted: too many connections that have not said Hello");
+    }
+
+    /// Whether `uid` may have one more established connection (checked at Hello).
+    pub(crate) fn check_connection_quota(&mut self, id: u32, uid: u32) -> Result<(), (ErrorCode, String)> {
+        let conns = self.uid_connections.get(&uid).copied().unwrap_or(0);
+        let limit = self.config.limits.connections_per_uid;
+        if conns < limit {
+            return Ok(());
+        }
+        let msg = format!("uid {uid} already has {conns} connections (limits.connections_per_uid = {limit})");
+        if self.ratelog.admit(crate::ratelog::LogKind::ConnectionQuota, uid, Instant::now()) {
+            tracing::warn!(client = id, "{msg}");
+        }
+        Err((ErrorCode::QuotaExceeded, msg))
+    }
+
+    /// Counts a connection that said Hello as established: out of the
+    /// pre-Hello count, into the quota (`disconnect` gives back to the one
+    /// its state says, so call this where the session gets its data plane).
+    pub(crate) fn count_established(&mut self, uid: u32) {
+        if let Some(c) = self.uid_pre_hello.get_mut(&uid) {
+            *c = c.saturating_sub(1);
+        }
+        *self.uid_connections.entry(uid).or_default() += 1;
     }
 
     fn new_client_id(&mut self) -> u32 {
@@ -670,7 +742,14 @@ impl Daemon {
                 Some(p) => {
                     // Our preamble, raw, is all such a client can read safely.
                     let _ = s.sock.send(&Preamble::OURS.to_bytes(), &[]);
-                    tracing::warn!(client = id, pid = s.creds.pid, "refused: speaks {p}, we speak {}", Preamble::OURS);
+                    if self.ratelog.admit(crate::ratelog::LogKind::Malformed, s.creds.uid, Instant::now()) {
+                        tracing::warn!(
+                            client = id,
+                            pid = s.creds.pid,
+                            "refused: speaks {p}, we speak {}",
+                            Preamble::OURS
+                        );
+                    }
                     self.disconnect(id, "another hybus version");
                     return;
                 }
@@ -678,7 +757,7 @@ impl Daemon {
                     let msg =
                         "the first message must start with the hybus preamble (a client of another hybus version?)";
                     send_to(&s.sock, &error_reply(0, ErrorCode::BadRequest, msg.into()), &[]);
-                    self.disconnect(id, msg);
+                    self.cut_off(id, crate::ratelog::LogKind::Malformed, msg);
                     return;
                 }
                 None => 0,
@@ -689,9 +768,13 @@ impl Daemon {
                     self.handle_request(id, m, fds)
                 }
                 Err(e) => {
-                    let msg = format!("{e}");
+                    let msg = format!("malformed control message ({n} bytes): {e}");
                     if let Some(s) = self.sessions.get(&id) {
+                        let (uid, pid) = (s.creds.uid, s.creds.pid);
                         send_to(&s.sock, &error_reply(0, ErrorCode::BadRequest, msg.clone()), &[]);
+                        if self.ratelog.admit(crate::ratelog::LogKind::Malformed, uid, Instant::now()) {
+                            tracing::warn!(client = id, uid, pid, "{msg}");
+                        }
                     }
                     self.disconnect(id, &msg);
                     return;
@@ -733,7 +816,7 @@ impl Daemon {
             }
         }
         if s.outbox.push(bytes.to_vec(), fds).is_err() {
-            self.disconnect(id, "does not read its control socket");
+            self.cut_off(id, crate::ratelog::LogKind::Refused, "does not read its control socket");
             return;
         }
         if let Some(d) = s.data.as_mut() {
@@ -789,17 +872,33 @@ impl Daemon {
         }
     }
 
+    /// Disconnects a client for something it did, saying so in the log at
+    /// WARN, rate-limited per uid ([`crate::ratelog`]): the client decides
+    /// how often this happens.
+    pub(crate) fn cut_off(&mut self, id: u32, kind: crate::ratelog::LogKind, why: &str) {
+        if let Some(s) = self.sessions.get(&id) {
+            let (uid, pid) = (s.creds.uid, s.creds.pid);
+            if self.ratelog.admit(kind, uid, Instant::now()) {
+                tracing::warn!(client = id, uid, pid, "cut off: {why}");
+            }
+        }
+        self.disconnect(id, why);
+    }
+
     /// Removes a client and everything it held.
     pub(crate) fn disconnect(&mut self, id: u32, why: &str) {
         let Some(s) = self.sessions.remove(&id) else {
             return;
         };
-        tracing::info!(client = id, pid = s.creds.pid, uid = s.creds.uid, label = %s.label, "disconnected: {why}");
+        // DEBUG: a peer decides how often this happens (a connect/close
+        // flood wrote one INFO line per connection).
+        tracing::debug!(client = id, pid = s.creds.pid, uid = s.creds.uid, label = %s.label, "disconnected: {why}");
         self.poller.remove(s.sock.fd());
         if let Some(d) = &s.data {
             self.poller.remove(d.tx_bell.fd());
         }
-        if let Some(c) = self.uid_connections.get_mut(&s.creds.uid) {
+        let counted = if s.data.is_some() { &mut self.uid_connections } else { &mut self.uid_pre_hello };
+        if let Some(c) = counted.get_mut(&s.creds.uid) {
             *c = c.saturating_sub(1);
         }
         self.active.retain(|&a| a != id);

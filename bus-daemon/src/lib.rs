@@ -21,6 +21,7 @@ pub mod daemon;
 pub mod direct;
 pub mod exchange;
 pub mod poller;
+pub mod ratelog;
 pub mod registry;
 mod requests;
 pub mod router;

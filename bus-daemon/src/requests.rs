@@ -13,6 +13,7 @@ use hybus_layout::segment::{EventFd, Segment};
 use crate::config::{Action, Who};
 use crate::daemon::{error_reply, Daemon, DOORBELL_TOKEN};
 use crate::registry::RegisterError;
+use crate::router::Violation;
 use crate::session::DataPlane;
 
 type Answer = Result<Reply, (ErrorCode, String)>;
@@ -44,7 +45,7 @@ impl Daemon {
                         Ok(()) => return,
                         Err((code, msg)) => {
                             self.send(id, &error_reply(m.id, code, msg.clone()), &[]);
-                            self.disconnect(id, &msg);
+                            self.cut_off(id, crate::ratelog::LogKind::Refused, &format!("Hello refused: {msg}"));
                             return;
                         }
                     }
@@ -53,7 +54,7 @@ impl Daemon {
             _ if !hello_done => {
                 let msg = "the first message must be Hello".to_string();
                 self.send(id, &error_reply(m.id, ErrorCode::BadRequest, msg.clone()), &[]);
-                self.disconnect(id, &msg);
+                self.cut_off(id, crate::ratelog::LogKind::Malformed, &msg);
                 return;
             }
             Request::Register { name, version, weight } => self.register(id, &name, version, weight),
@@ -74,6 +75,10 @@ impl Daemon {
             Request::List => Ok(Reply::Services(self.list())),
             Request::ChannelDone { channel } => {
                 self.channel_done(id, channel);
+                return;
+            }
+            Request::CorruptPool { pool, why } => {
+                self.corrupt_pool_reported(id, pool, &why);
                 return;
             }
             Request::Watch { prefix } => {
@@ -228,6 +233,8 @@ impl Daemon {
         let os =
             |e: hybus_layout::segment::SegmentError| (ErrorCode::QuotaExceeded, format!("cannot create segments: {e}"));
         self.check_pool_quota(id)?;
+        let uid = self.sessions.get(&id).map_or(0, |s| s.creds.uid);
+        self.check_connection_quota(id, uid)?;
         let cap = self.config.ring_capacity;
         let ring_bytes = ring::memory_size(cap);
         let tx_offset = HEADER_REGION;
@@ -242,6 +249,13 @@ impl Daemon {
         let size = self.geometry.size() as usize;
         let adopted = old_pool.and_then(|fd| {
             let (seg, _) = Segment::open(fd, hybus_layout::segment::Access::ReadWrite, SegmentKind::Pool).ok()?;
+            // Only a memfd of our own uid can be made private (mode 0400)
+            // again: one the client made itself could be reopened for
+            // writing by whoever we hand its read-only views to.
+            if let Err(e) = seg.restrict() {
+                tracing::warn!(client = id, "not adopting the pool it brought back: {e}");
+                return None;
+            }
             (seg.len() == size).then(|| {
                 seg.header().init(SegmentKind::Pool, size as u64, id as u64);
                 seg
@@ -272,6 +286,10 @@ impl Daemon {
         if let Err(e) = self.poller.add(tx_bell.fd(), DOORBELL_TOKEN | id as u64) {
             return Err((ErrorCode::QuotaExceeded, format!("cannot watch doorbell: {}", e.desc())));
         }
+        if !self.sessions.contains_key(&id) {
+            return Ok(());
+        }
+        self.count_established(uid);
         let Some(s) = self.sessions.get_mut(&id) else {
             return Ok(());
         };
@@ -516,4 +534,26 @@ impl Daemon {
 /// The error for a new name past `limits.names` or `limits.names_per_uid`.
 fn too_many_names(limit: crate::registry::NameLimit) -> (ErrorCode, String) {
     (ErrorCode::QuotaExceeded, limit.to_string())
+}
+
+impl Daemon {
+    /// Client `by` found pool `pool` corrupt. Its word is not proof (a
+    /// client could say so of anyone), so the daemon checks its own mapping
+    /// of the pool: if the header does not validate there either, the owner,
+    /// the only one who can write it, broke the protocol.
+    fn corrupt_pool_reported(&mut self, by: u32, pool: u32, why: &str) {
+        let Some(owner) = self.sessions.get(&pool).and_then(|s| s.data.as_ref()) else {
+            return;
+        };
+        let seg = &owner.pool;
+        let found = match seg.header().validate(SegmentKind::Pool, seg.len()) {
+            Ok(h) if h.param == pool as u64 => None,
+            Ok(h) => Some(format!("it names pool {} in its header", h.param)),
+            Err(e) => Some(e.to_string()),
+        };
+        match found {
+            Some(e) => self.violation(pool, &Violation::CorruptPool(e)),
+            None => tracing::debug!(client = by, pool, "reported a pool corrupt that validates here: {why}"),
+        }
+    }
 }

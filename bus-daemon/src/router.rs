@@ -10,6 +10,7 @@
 //! Anything a client could not have sent legally is a [`Violation`]: the
 //! client is disconnected and everyone else goes on.
 
+use crate::ratelog::LogKind;
 use std::fmt;
 
 use hybus_layout::control::{DaemonMessage, DataError, Event};
@@ -49,6 +50,9 @@ pub enum Violation {
     NotYours(u64),
     /// A route id the daemon never handed out.
     BadRoute(u32),
+    /// The client's own pool no longer validates (its header was
+    /// overwritten; only its writer can, see `Segment::restrict`).
+    CorruptPool(String),
 }
 
 impl fmt::Display for Violation {
@@ -66,6 +70,7 @@ impl fmt::Display for Violation {
             Self::CreditOverrun => f.write_str("sent a stream item without credit"),
             Self::NotYours(c) => write!(f, "exchange {c} is not its own or not of that kind"),
             Self::BadRoute(r) => write!(f, "route {r} was never handed out"),
+            Self::CorruptPool(e) => write!(f, "its pool is corrupt: {e}"),
         }
     }
 }
@@ -169,9 +174,8 @@ impl Daemon {
 
     /// Disconnects a client that broke the protocol.
     pub(crate) fn violation(&mut self, id: u32, v: &Violation) {
-        tracing::warn!(client = id, "protocol violation: {v}");
         self.violations += 1;
-        self.disconnect(id, &format!("protocol violation: {v}"));
+        self.cut_off(id, LogKind::Violation, &format!("protocol violation: {v}"));
     }
 
     /// Moves queued descriptors onto rings and rings the doorbells of clients we pushed to.
@@ -216,12 +220,12 @@ impl Daemon {
             Ok(Delivery::Overflow) => {
                 let why =
                     format!("it left {} descriptors unread: it does not read its ring", crate::session::QUEUE_CAP);
-                self.disconnect(to, &why);
+                self.cut_off(to, LogKind::Refused, &why);
                 return None;
             }
             Ok(r) => r,
             Err(e) => {
-                self.disconnect(to, &format!("protocol violation on its ring: {e}"));
+                self.cut_off(to, LogKind::Violation, &format!("protocol violation on its ring: {e}"));
                 return None;
             }
         };
@@ -355,7 +359,7 @@ impl Daemon {
         }
         let name = self.registry.route(route).map_or("", |r| r.name.as_str());
         let ok = self.config.policy.allows(s.creds.who(), self.owner, action, name);
-        if !ok {
+        if !ok && self.ratelog.admit(LogKind::Refused, s.creds.uid, std::time::Instant::now()) {
             tracing::info!(client = from, uid = s.creds.uid, route, name, "refused a send: policy ({action:?})");
         }
         s.permits.insert((route, action), ok);
@@ -526,8 +530,9 @@ impl Daemon {
         for sub in too_slow {
             let name = self.registry.route(d.route).map(|r| r.name.clone()).unwrap_or_default();
             self.drops += 1;
-            self.disconnect(
+            self.cut_off(
                 sub,
+                LogKind::Refused,
                 &format!("too slow for topic {name:?}: {limit} descriptors wait for it (policy: disconnect)"),
             );
         }

@@ -500,11 +500,8 @@ impl AsyncBus {
     /// Awaits the next publication of `subscription` (see [`Subscription::next`]).
     pub async fn next_publication(&self, subscription: &Subscription, timeout: Duration) -> Result<Option<Sample>> {
         // The route read on every round, as in the blocking `Subscription::next`.
-        let r = self
-            .wait(Some(deadline_in(timeout)), None, |core| {
-                Ok(core.topics.get_mut(&subscription.route()).and_then(|q| q.pop_front()))
-            })
-            .await;
+        let r =
+            self.wait(Some(deadline_in(timeout)), None, |core| Ok(core.take_publication(subscription.route()))).await;
         match r {
             Ok(d) => Sample::new(&self.bus.shared, d, Origin::Daemon).map(Some),
             Err(Error::DeadlineExceeded) => Ok(None),

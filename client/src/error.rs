@@ -60,6 +60,15 @@ pub enum Error {
     BusGone(String),
     /// The daemon or a peer broke the protocol.
     Protocol(String),
+    /// The pool a received payload lives in no longer validates (its
+    /// header was overwritten): that sender's payloads are refused one by
+    /// one, and the daemon is told; everything else on the connection goes on.
+    CorruptPool {
+        /// The pool (its owner's client id).
+        pool: u32,
+        /// What is wrong with it.
+        why: String,
+    },
     /// A payload is not the typed value asked for (see [`typed`](crate::typed)).
     BadPayload(String),
     /// A system call failed.
@@ -95,6 +104,9 @@ impl fmt::Display for Error {
             Self::WouldBlock => f.write_str("would block: the ring is full"),
             Self::BusGone(m) => write!(f, "bus gone: {m}"),
             Self::Protocol(m) => write!(f, "protocol error: {m}"),
+            Self::CorruptPool { pool, why } => {
+                write!(f, "the sender's pool {pool} is corrupt ({why}): its payloads are refused")
+            }
             Self::BadPayload(m) => write!(f, "bad payload: {m}"),
             Self::Os(m) => f.write_str(m),
         }

@@ -50,10 +50,18 @@ impl Sample {
         let Some(c) = d.chunk() else {
             return Ok(Sample::inline(d, origin));
         };
-        let view = core
-            .view_for(c, origin)
-            .ok_or_else(|| Error::Protocol(format!("no view of pool {} for a received chunk", c.segment)))?;
         let epoch = core.epoch;
+        let view = match core.view_for(c, origin) {
+            Ok(v) => v,
+            Err(e) => {
+                // This payload fails; its chunk still goes back.
+                if let Error::CorruptPool { pool, why } = &e {
+                    core.report_corrupt(*pool, why);
+                }
+                release_to(core, &d, origin, epoch);
+                return Err(e);
+            }
+        };
         Ok(Sample { d, range: None, _parent: None, origin, view: Some(view), shared: Some(shared.clone()), epoch })
     }
 

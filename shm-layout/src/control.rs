@@ -246,6 +246,15 @@ pub enum Request {
         /// The channel id.
         channel: u32,
     },
+    /// A pool the daemon handed us a view of does not validate (its header
+    /// was overwritten). No reply: the daemon checks its own mapping of
+    /// the pool and holds the owner to account only if it agrees.
+    CorruptPool {
+        /// The pool (its owner's client id).
+        pool: u32,
+        /// What the reporter found (for the log).
+        why: String,
+    },
 }
 
 /// A message from the daemon.
@@ -690,8 +699,8 @@ where
 pub fn decode<T>(bytes: &[u8]) -> Result<T, CodecError>
 where
     T: Archive,
-    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>>
-        + Deserialize<T, rkyv::rancor::Strategy<rkyv::de::Pool, rkyv::rancor::Error>>,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::BoxedError>>
+        + Deserialize<T, rkyv::rancor::Strategy<rkyv::de::Pool, rkyv::rancor::BoxedError>>,
 {
     if bytes.is_empty() {
         return Err(CodecError::Empty);
@@ -701,7 +710,11 @@ where
     }
     let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
     aligned.extend_from_slice(bytes);
-    rkyv::from_bytes::<T, rkyv::rancor::Error>(&aligned).map_err(|e| CodecError::Invalid(e.to_string()))
+    // BoxedError, not rancor's `Error`: in a release build that one says
+    // only "failed without error information", and a peer's malformed
+    // message must say what was wrong with it (the check's trace names the
+    // field and the value).
+    rkyv::from_bytes::<T, rkyv::rancor::BoxedError>(&aligned).map_err(|e| CodecError::Invalid(e.to_string()))
 }
 
 /// Checks a dotted name: 1..=[`MAX_NAME`] bytes of `[A-Za-z0-9_-]` segments joined by dots.
@@ -765,6 +778,25 @@ mod tests {
         let good = encode(&ClientMessage { id: 1, request: Request::List }).unwrap();
         assert!(decode::<ClientMessage>(&good[..good.len() - 3]).is_err(), "truncated");
         assert!(matches!(decode::<ClientMessage>(&vec![0; MAX_MESSAGE + 1]), Err(CodecError::TooLarge(_))));
+    }
+
+    /// A malformed message says what was wrong with it, in a release build
+    /// too (rancor's `Error` said only "failed without error information").
+    #[test]
+    fn a_malformed_message_says_what_is_wrong() {
+        let good = encode(&ClientMessage { id: 1, request: Request::Watch { prefix: "kv.".into() } }).unwrap();
+        let mut errors = Vec::new();
+        for at in 0..good.len() {
+            let mut b = good.to_vec();
+            b[at] = 0xff;
+            if let Err(e) = decode::<ClientMessage>(&b) {
+                errors.push(e.to_string());
+            }
+        }
+        assert!(!errors.is_empty());
+        for e in errors {
+            assert!(!e.contains("without error information") && e.len() > 20, "{e}");
+        }
     }
 
     #[test]

@@ -30,6 +30,31 @@ use crate::ring::{self, Consumer, Producer, Ring, RingError};
 /// The seals every segment must carry before it is mapped by anyone.
 pub const REQUIRED_SEALS: SealFlag = SealFlag::F_SEAL_SHRINK.union(SealFlag::F_SEAL_GROW).union(SealFlag::F_SEAL_SEAL);
 
+/// The mode of every segment's inode: read for its owner (the creating
+/// process's uid), nothing for anyone else.
+///
+/// Why: a memfd is born with mode 0777, and a read-only descriptor is no
+/// protection by itself: `open("/proc/self/fd/N", O_RDWR)` reopens the
+/// inode, checked against its mode only, and so hands a receiver a writable
+/// descriptor of the sender's pool. With 0400 that reopen needs the owner's
+/// write bit, which nobody has, so it fails with `EACCES` for every uid but
+/// the owner's — and the owner (the daemon's uid) must first `fchmod` its own
+/// inode, which only it (or `CAP_FOWNER`) may. Nobody needs the write bit:
+/// the writer got its writable descriptor from the daemon and `mmap` checks
+/// the descriptor's access mode, not the inode's. The other ways to a
+/// writable mapping are closed by the kernel on their own: `mprotect`
+/// cannot add `PROT_WRITE` to a shared mapping of a read-only descriptor
+/// (`EACCES`); `/proc/<pid>/fd/*` and `pidfd_getfd` of another process need
+/// ptrace rights over it (same uid, or `CAP_SYS_PTRACE`), and the reopen is
+/// still checked against 0400; `/proc/<pid>/map_files/*` needs
+/// `CAP_SYS_ADMIN` (or `CAP_CHECKPOINT_RESTORE`); `fchmod` needs the owner.
+/// `tests/tests/segment_access.rs` tries each of them as a second uid.
+pub const OWNER_READ_ONLY: u32 = 0o400;
+
+fn restrict(fd: &OwnedFd) -> Result<(), SegmentError> {
+    nix::sys::stat::fchmod(fd, nix::sys::stat::Mode::from_bits_truncate(OWNER_READ_ONLY)).map_err(os("fchmod"))
+}
+
 /// Largest segment this crate will create or map (4 GiB).
 pub const MAX_SEGMENT: usize = 4 << 30;
 
@@ -57,6 +82,11 @@ pub enum SegmentError {
     Header(HeaderError),
     /// A ring inside the segment does not validate.
     Ring(RingError),
+    /// The memfd's inode belongs to another uid: we cannot make it private.
+    NotOurs {
+        /// The uid that owns it.
+        owner: u32,
+    },
 }
 
 impl fmt::Display for SegmentError {
@@ -69,6 +99,7 @@ impl fmt::Display for SegmentError {
             Self::BadSize { size } => write!(f, "segment size {size} is out of range"),
             Self::Header(e) => write!(f, "bad segment header: {e}"),
             Self::Ring(e) => write!(f, "bad ring in segment: {e}"),
+            Self::NotOurs { owner } => write!(f, "segment belongs to uid {owner}, not to us; refusing to hand it out"),
         }
     }
 }
@@ -147,6 +178,7 @@ impl Segment {
             return Err(SegmentError::BadSize { size: len as u64 });
         }
         let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING).map_err(os("memfd_create"))?;
+        restrict(&fd)?;
         nix::unistd::ftruncate(&fd, len as i64).map_err(os("ftruncate"))?;
         fcntl(&fd, FcntlArg::F_ADD_SEALS(REQUIRED_SEALS)).map_err(os("F_ADD_SEALS"))?;
         let seg = Segment::map(fd, len, Access::ReadWrite)?;
@@ -181,6 +213,18 @@ impl Segment {
         // the address, so no existing memory is replaced.
         let ptr = unsafe { mmap(None, nz, prot, MapFlags::MAP_SHARED, &fd, 0) }.map_err(os("mmap"))?;
         Ok(Segment { fd, ptr: ptr.cast(), len, access })
+    }
+
+    /// Makes a segment someone handed us (a pool brought back after a
+    /// restart) as safe to hand out as one we created: refused unless its
+    /// inode belongs to our effective uid, then set to mode 0400 (see
+    /// [`OWNER_READ_ONLY`]).
+    pub fn restrict(&self) -> Result<(), SegmentError> {
+        let st = nix::sys::stat::fstat(&self.fd).map_err(os("fstat"))?;
+        if st.st_uid != nix::unistd::geteuid().as_raw() {
+            return Err(SegmentError::NotOurs { owner: st.st_uid });
+        }
+        restrict(&self.fd)
     }
 
     /// The memfd (to pass to a peer with SCM_RIGHTS).
@@ -450,6 +494,15 @@ mod tests {
             Segment::open(ro3, Access::ReadOnly, SegmentKind::Channel),
             Err(SegmentError::Header(HeaderError::WrongKind { .. }))
         ));
+    }
+
+    #[test]
+    fn segments_are_private_to_their_owner() {
+        let seg = Segment::create(c"m", SegmentKind::Pool, 16384, 1).unwrap();
+        let st = nix::sys::stat::fstat(seg.fd()).unwrap();
+        assert_eq!(st.st_mode & 0o7777, OWNER_READ_ONLY, "a memfd is born 0777: it must not leave us so");
+        assert_eq!(st.st_uid, nix::unistd::geteuid().as_raw());
+        seg.restrict().unwrap();
     }
 
     #[test]

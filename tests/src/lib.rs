@@ -122,6 +122,19 @@ impl DaemonProc {
         d
     }
 
+    /// Starts the daemon as another user (the tests run as root): its
+    /// directory is given to `uid`, so it can make its socket there.
+    pub fn start_as(config: Option<&str>, uid: u32, gid: u32) -> DaemonProc {
+        use std::os::unix::process::CommandExt;
+        DaemonProc::start_with(config, &[], |cmd| {
+            let socket = cmd.get_args().skip_while(|a| *a != "--socket").nth(1).map(PathBuf::from);
+            if let Some(dir) = socket.as_deref().and_then(Path::parent) {
+                std::os::unix::fs::chown(dir, Some(uid), Some(gid)).expect("give the daemon its directory");
+            }
+            cmd.uid(uid).gid(gid);
+        })
+    }
+
     /// Starts a daemon from a command the test built itself (through a
     /// wrapper such as `systemd-socket-activate` or `sh`, or with an
     /// inherited listener). Clients connect at `socket`; stdin and stdout

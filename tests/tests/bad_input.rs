@@ -552,9 +552,12 @@ fn connection_flood_held_open_hits_the_quota() {
     // The server and the bystander hold two of the uid's connections.
     let held: Vec<Bus> = (0..LIMIT - 2).map(|_| b.d.connect()).collect();
     assert_eq!(held[0].status().unwrap().clients, LIMIT);
-    // Connection 65 and later: a clear error, then closed.
+    // Connection 65 and later: a clear error at Hello (the quota counts
+    // connections that said Hello; silent ones have a budget of their own,
+    // `tests/tests/floods.rs`), then closed.
     for _ in 0..3 {
         let s = b.raw();
+        send(&s, &hello(PROTOCOL_VERSION, LAYOUT_HASH));
         let msg = expect_error(&s, ErrorCode::QuotaExceeded);
         assert!(msg.contains(&LIMIT.to_string()), "{msg}");
         expect_closed(&s);

@@ -86,9 +86,19 @@ impl Core {
     /// empty), else the oldest in its inbox.
     pub fn take_incoming(&mut self, instance: u32) -> Option<(Descriptor, Origin)> {
         if self.taken.is_some_and(|(d, o)| d.flags & flags::SERVER != 0 && self.inbox_of(d.route, o) == instance) {
-            return self.taken.take();
+            let (d, origin) = self.taken.take()?;
+            if self.readable(&d, origin) {
+                return Some((d, origin));
+            }
+            self.refuse_unreadable(d, origin);
         }
-        self.inboxes.get_mut(&instance).and_then(|q| q.pop_front())
+        loop {
+            let (d, origin) = self.inboxes.get_mut(&instance)?.pop_front()?;
+            if self.readable(&d, origin) {
+                return Some((d, origin));
+            }
+            self.refuse_unreadable(d, origin);
+        }
     }
 
     /// Hands what [`pump_hot`](Self::pump_hot) took and no check wanted to
@@ -158,6 +168,7 @@ impl Core {
             let done = read.wrapping_sub(at) <= u64::MAX / 2 && !self.holds_chunk_of(pool);
             if done {
                 self.views.remove(&pool);
+                self.bad_views.remove(&pool);
             }
             !done
         });
@@ -196,21 +207,100 @@ impl Core {
         }
     }
 
-    /// The view of the pool a chunk lives in, reading the control socket for it if new.
-    pub fn view_for(&mut self, c: ChunkRef, origin: Origin) -> Option<Arc<View>> {
-        if let Origin::Direct(id) = origin {
-            return self.channels.get(&id).map(|ch| ch.peer_view.clone());
+    /// The view of the pool a chunk lives in, reading the control socket for
+    /// it if new, with the chunk checked against it: inside its geometry, and
+    /// the pool's header still valid ([`View::check_header`]).
+    ///
+    /// [`Error::CorruptPool`] for a pool that does not validate (now, or
+    /// when its view came): that sender's payload fails, nothing else.
+    /// [`Error::Protocol`] for what only a broken daemon or channel peer sends.
+    pub fn view_for(&mut self, c: ChunkRef, origin: Origin) -> Result<Arc<View>, Error> {
+        let v = match origin {
+            Origin::Direct(id) => match self.channels.get(&id) {
+                Some(ch) => ch.peer_view.clone(),
+                None => return Err(Error::Protocol(format!("a chunk from closed channel {id}"))),
+            },
+            // Our own pool comes home: we are its writer, there is nothing to check.
+            Origin::Daemon if c.segment == self.client_id => return Ok(self.pool.clone()),
+            Origin::Daemon => {
+                if !self.views.contains_key(&c.segment) && !self.bad_views.contains_key(&c.segment) {
+                    // The daemon sends the view before the first descriptor that needs it.
+                    self.pump_control();
+                }
+                match self.views.get(&c.segment) {
+                    Some(v) => v.clone(),
+                    None => return Err(self.no_view(c.segment)),
+                }
+            }
+        };
+        if v.geometry.check(c).is_err() {
+            return Err(Error::Protocol(format!("a chunk outside pool {}", c.segment)));
         }
-        if c.segment == self.client_id {
-            return Some(self.pool.clone());
+        v.check_header().map_err(|why| Error::CorruptPool { pool: c.segment, why })?;
+        Ok(v)
+    }
+
+    #[cold]
+    fn no_view(&self, pool: u32) -> Error {
+        match self.bad_views.get(&pool) {
+            Some(why) => Error::CorruptPool { pool, why: why.clone() },
+            None => Error::Protocol(format!("no view of pool {pool} for a received chunk")),
         }
-        if !self.views.contains_key(&c.segment) {
-            // The daemon sends the view before the first descriptor that needs it.
-            self.pump_control();
+    }
+
+    /// Whether a descriptor's payload may be handed out: one without a
+    /// chunk always; one whose pool is corrupt not, and the daemon is told
+    /// (the caller gives the chunk back). A protocol error is left to
+    /// [`Sample`](crate::Sample) to report.
+    fn readable(&mut self, d: &Descriptor, origin: Origin) -> bool {
+        let Some(c) = d.chunk() else { return true };
+        match self.view_for(c, origin) {
+            Err(Error::CorruptPool { pool, why }) => {
+                self.report_corrupt(pool, &why);
+                false
+            }
+            _ => true,
         }
-        let v = self.views.get(&c.segment)?;
-        v.geometry.check(c).ok()?;
-        Some(v.clone())
+    }
+
+    /// Tells the daemon, once per pool and connection, that a pool it
+    /// handed us does not validate. The daemon checks that itself (it maps
+    /// every pool) before it holds the owner to account: our word is not
+    /// proof.
+    #[cold]
+    pub fn report_corrupt(&mut self, pool: u32, why: &str) {
+        if self.reported.insert(pool) {
+            let why = why.chars().take(200).collect();
+            let _ = self.send_control(control::Request::CorruptPool { pool, why });
+        }
+    }
+
+    /// Refuses a request, stream or fire whose payload cannot be read (its
+    /// pool is corrupt): the caller gets a service error saying so, on
+    /// whichever path it came; the chunk goes back.
+    fn refuse_unreadable(&mut self, d: Descriptor, origin: Origin) {
+        let opens = d.kind == Kind::Request as u8 || d.kind == Kind::StreamOpen as u8;
+        if opens {
+            self.served.remove(&(origin, d.correlation));
+            let e = crate::stream::service_error(d.route, d.correlation, "request payload unreadable: corrupt pool");
+            // A full ring leaves the caller to its deadline.
+            let _ = self.try_send_on(origin, &e);
+            self.served_done(origin, d.correlation);
+        }
+        self.release(d, origin);
+    }
+
+    /// The next publication of topic `route` whose payload can be read;
+    /// those of a corrupt pool go back to their publisher, counted as dropped.
+    pub fn take_publication(&mut self, route: u32) -> Option<Descriptor> {
+        loop {
+            let d = self.topics.get_mut(&route)?.pop_front()?;
+            if self.readable(&d, Origin::Daemon) {
+                return Some(d);
+            }
+            self.dropped_publications += 1;
+            self.release(d, Origin::Daemon);
+        }
     }
 
     pub(super) fn dispatch(&mut self, d: Descriptor, origin: Origin) {
@@ -219,9 +309,16 @@ impl Core {
             return;
         };
         if let (Some(c), Origin::Daemon) = (d.chunk(), origin) {
-            if kind != Kind::Release && self.view_for(c, origin).is_none() {
-                self.lost(&format!("daemon sent a chunk of pool {} without a valid view", c.segment));
-                return;
+            if kind != Kind::Release {
+                match self.view_for(c, origin) {
+                    // A corrupt pool fails where its payload is taken, for
+                    // that payload alone.
+                    Ok(_) | Err(Error::CorruptPool { .. }) => {}
+                    Err(e) => {
+                        self.lost(&format!("daemon sent a chunk of pool {} without a valid view: {e}", c.segment));
+                        return;
+                    }
+                }
             }
         }
         let server = d.flags & flags::SERVER != 0;

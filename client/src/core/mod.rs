@@ -37,6 +37,29 @@ pub(crate) struct View {
     pub geometry: PoolGeometry,
 }
 
+impl View {
+    /// Checks a received chunk of this (peer's) pool before its bytes are
+    /// handed out: the pool's header must still be what the daemon made.
+    ///
+    /// Why on every chunk, not once at mapping: the header is memory its
+    /// owner can write at any time, so a check made once proves nothing
+    /// about now; and a pool found corrupt must fail that peer's payloads,
+    /// one by one, not the connection. A few loads of one line that nobody
+    /// writes in normal operation (so it stays in our cache).
+    #[inline]
+    pub fn check_header(&self) -> std::result::Result<(), String> {
+        match self.seg.header().validate(SegmentKind::Pool, self.seg.len()) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(cold_header_error(e)),
+        }
+    }
+}
+
+#[cold]
+fn cold_header_error(e: hybus_layout::header::HeaderError) -> String {
+    format!("its header no longer validates: {e}")
+}
+
 /// Caller side of a stream or channel.
 #[derive(Debug)]
 pub(crate) struct StreamState {
@@ -105,6 +128,12 @@ pub(crate) struct Core {
     pub pool: Arc<View>,
     pub alloc: PoolAllocator,
     pub views: IdMap<u32, Arc<View>>,
+    /// Pools whose view came but did not validate, with why: their
+    /// payloads fail one by one ([`Error::CorruptPool`]), as a view that
+    /// goes bad later does. Retired with the pool, like `views`.
+    pub bad_views: FewMap<u32, String>,
+    /// Pools we told the daemon are corrupt (once each per connection).
+    pub reported: FewSet<u32>,
     pub next_id: u64,
     pub replies: IdMap<u64, std::result::Result<Reply, control::ErrorReply>>,
     pub events: VecDeque<BusEvent>,
@@ -222,6 +251,8 @@ impl Core {
             pool: Arc::new(View { seg: pool_seg, geometry }),
             alloc,
             views: IdMap::default(),
+            bad_views: FewMap::new(),
+            reported: FewSet::new(),
             next_id: 1,
             replies: IdMap::default(),
             events: VecDeque::new(),
@@ -300,6 +331,8 @@ impl Core {
         self.tx_bell = fresh.tx_bell;
         self.rx_bell = fresh.rx_bell;
         self.views.clear();
+        self.bad_views.clear();
+        self.reported = FewSet::new();
         self.retiring.clear();
         self.replies.clear();
         self.backlog.clear();
@@ -442,7 +475,11 @@ impl Core {
                     Ok(v) => {
                         self.views.insert(pool, Arc::new(v));
                     }
-                    Err(e) => self.lost(&e.to_string()),
+                    // The pool's owner (or someone able to write it) broke
+                    // it: that peer's payloads fail, not our connection.
+                    Err(e) => {
+                        self.bad_views.insert(pool, e.to_string());
+                    }
                 }
             }
             Event::PoolGone { pool } => {
