@@ -153,6 +153,12 @@ pub struct Limits {
     /// `connections_per_uid`, so that silent connections cannot lock out
     /// the uid's tools, which say Hello at once).
     pub pre_hello_per_uid: u32,
+    /// Percent of one size class of another client's pool that one uid (all
+    /// its connections together) may hold at once as publications and
+    /// answers it has not dropped: past it the oldest is taken back (or the
+    /// holder cut off, for a topic whose rule is `disconnect`), so a
+    /// receiver that hoards can never empty a sender's pool. 1 to 100.
+    pub held_share_percent: u32,
     /// Descriptors the daemon queues for a client whose ring is full.
     pub queue_per_client: u32,
     /// Names (services and topics) the bus holds, for all uids together; 0
@@ -233,6 +239,7 @@ impl Default for Limits {
             in_flight_per_uid: 65536,
             hello_timeout_ms: 5000,
             pre_hello_per_uid: 64,
+            held_share_percent: 50,
             queue_per_client: 65536,
             names: 65536,
             names_per_uid: 16384,
@@ -342,6 +349,11 @@ impl Config {
             hybus_layout::ring::MAX_CAPACITY
         );
         self.pool_geometry()?;
+        anyhow::ensure!(
+            (1..=100).contains(&self.limits.held_share_percent),
+            "limits.held_share_percent {} must be between 1 and 100",
+            self.limits.held_share_percent
+        );
         for t in &self.topic {
             anyhow::ensure!(t.queue != Some(0), "[[topic]] {:?}: queue must be at least 1", t.prefix);
         }

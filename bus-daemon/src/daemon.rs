@@ -81,6 +81,8 @@ pub struct Daemon {
     next_client: u32,
     pub(crate) registry: Registry,
     pub(crate) chunks: Chunks,
+    /// What each uid holds of others' pools (see [`crate::holds`]).
+    pub(crate) holds: crate::holds::Holds,
     pub(crate) exchanges: Exchanges,
     /// Clients whose tx ring is polled (not parked).
     pub(crate) active: Vec<u32>,
@@ -253,6 +255,7 @@ impl Daemon {
             next_client: 0,
             registry: Registry::with_limits(limits.names as usize, limits.names_per_uid as usize).balanced(balance),
             chunks: Chunks::default(),
+            holds: Default::default(),
             exchanges: Exchanges::default(),
             active: Vec::new(),
             stop,
@@ -921,6 +924,8 @@ impl Daemon {
             self.return_chunk(chunk);
         }
         self.chunks.drop_pool(id);
+        self.holds.drop_holder(id);
+        self.holds.drop_pool(id);
         self.close_channels_of(id);
         self.retire_views_of(id);
         // Dropping `s` closes its socket and unmaps its segments.

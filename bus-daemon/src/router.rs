@@ -524,7 +524,10 @@ impl Daemon {
             if holders.is_empty() {
                 self.return_chunk(c);
             } else {
-                self.chunks.lend(idx, c, holders);
+                self.chunks.lend(idx, c, holders.clone());
+                for h in holders {
+                    self.charge(h, c, idx, slow == SlowPolicy::Disconnect);
+                }
             }
         }
         for sub in too_slow {
@@ -572,8 +575,62 @@ impl Daemon {
         out.route = ex.route;
         out.correlation = ex.caller_corr;
         out.flags &= !flags::SERVER;
-        self.hand_over(ex.caller, out, chunk, usize::MAX);
+        if self.hand_over(ex.caller, out, chunk, usize::MAX) {
+            if let Some((c, idx)) = chunk {
+                self.charge(ex.caller, c, idx, false);
+            }
+        }
         Ok(())
+    }
+
+    /// Charges chunk `c` (index `idx`), just lent to `holder`, to its uid's
+    /// share of that class of the owner's pool ([`crate::holds`]); past the
+    /// share the uid's oldest such chunk is taken back, or its holder cut off.
+    fn charge(&mut self, holder: u32, c: ChunkRef, idx: u32, strict: bool) {
+        let Some(uid) = self.sessions.get(&holder).map(|s| s.creds.uid) else { return };
+        if self.sessions.get(&c.segment).is_some_and(|owner| owner.creds.uid == uid) {
+            return;
+        }
+        let Some((class, size)) = self.class_of(c.segment, idx) else { return };
+        let limit = (size.count as u64 * self.config.limits.held_share_percent as u64 / 100) as usize;
+        let hold = crate::holds::Hold { holder, chunk: c, index: idx, strict };
+        let Some(old) = self.holds.charge(uid, class, limit, hold) else { return };
+        if old.strict {
+            self.drops += 1;
+            let why = format!(
+                "holds more than {limit} chunks of client {}'s pool (limits.held_share_percent; topic rule: disconnect)",
+                c.segment
+            );
+            self.cut_off(old.holder, LogKind::Refused, &why);
+            return;
+        }
+        // Taken back: released on its holder's behalf, so it can go home,
+        // and the holder is told after everything that came before it.
+        self.drops += 1;
+        match self.chunks.release(c.segment, old.index, old.holder) {
+            Some(Released::Last(chunk)) => self.return_chunk(chunk),
+            Some(Released::Held) => {}
+            None => return,
+        }
+        let owed = self.holds.taken_back(old.holder, c.segment, old.index);
+        self.deliver_raw(old.holder, Descriptor::new(Kind::Release, 0, 0).with_chunk(old.chunk));
+        if owed > crate::holds::MAX_OWED {
+            self.cut_off(old.holder, LogKind::Refused, "never gives back the chunks taken back from it");
+        }
+    }
+
+    /// The size class (number and class) of chunk `idx` of `pool`.
+    fn class_of(&self, pool: u32, idx: u32) -> Option<(u32, hybus_layout::pool::SizeClass)> {
+        let g = &self.sessions.get(&pool)?.data.as_ref()?.geometry;
+        g.class_of(idx).map(|(n, c)| (n as u32, c))
+    }
+
+    /// Forgets `holder`'s charge for chunk `idx` of `pool` (it gave it back).
+    fn discharge(&mut self, holder: u32, pool: u32, idx: u32) {
+        let Some(uid) = self.sessions.get(&holder).map(|s| s.creds.uid) else { return };
+        if let Some((class, _)) = self.class_of(pool, idx) {
+            self.holds.discharge(uid, class, holder, pool, idx);
+        }
     }
 
     fn stream_op(
@@ -676,7 +733,13 @@ impl Daemon {
             return Ok(());
         };
         let idx = geometry.check(ChunkRef { len: 0, ..c })?;
-        match self.chunks.release(c.segment, idx, from) {
+        let released = self.chunks.release(c.segment, idx, from);
+        if released.is_some() {
+            self.discharge(from, c.segment, idx);
+        }
+        match released {
+            // A chunk taken back from it: the release it owed.
+            None if self.holds.settle(from, c.segment, idx) => Ok(()),
             None => Err(Violation::NotHeld),
             Some(Released::Held) => Ok(()),
             Some(Released::Last(chunk)) => {
@@ -696,7 +759,11 @@ impl Daemon {
         else {
             return;
         };
-        if let Some(Released::Last(chunk)) = self.chunks.release(c.segment, idx, holder) {
+        let released = self.chunks.release(c.segment, idx, holder);
+        if released.is_some() {
+            self.discharge(holder, c.segment, idx);
+        }
+        if let Some(Released::Last(chunk)) = released {
             self.return_chunk(chunk);
         }
     }

@@ -201,6 +201,18 @@ impl PoolGeometry {
         Ok(r.first + idx as u32)
     }
 
+    /// The size class of pool-wide chunk index `index` (its number, from
+    /// the smallest, and the class), or `None` past the last chunk.
+    pub fn class_of(&self, index: u32) -> Option<(usize, SizeClass)> {
+        self.regions
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(_, r)| r.first <= index)
+            .filter(|(_, r)| index - r.first < r.class.count)
+            .map(|(i, r)| (i, r.class))
+    }
+
     /// The chunk reference for pool-wide index `index` holding `len` bytes.
     fn chunk_at(&self, class: usize, idx: u32, len: u32, segment: u32) -> ChunkRef {
         let r = &self.regions[class];

@@ -95,9 +95,11 @@ fn a_daemon_told_not_to_park_keeps_polling() {
     assert_eq!(&*bus.call(&route, b"ab", SOON).unwrap(), b"ba");
     std::thread::sleep(SETTLE);
     let ticks = d.ticks_during(Duration::from_secs(1));
-    // Polling, spinning or yielding: much of a second of CPU, shared machine
-    // or not (parked: none).
-    assert!(ticks >= 25, "the daemon used only {ticks} ticks in 1 s: it parked");
+    // Polling, spinning or yielding: CPU every tick it is given (parked:
+    // none at all). On a machine loaded by others a yielding daemon may get
+    // only a small share of a core, so the bound is what parking never
+    // reaches, not a share (25 failed one run in three under load).
+    assert!(ticks >= 5, "the daemon used only {ticks} ticks in 1 s: it parked");
     drop((bus, server));
     assert_idle(&d, "after its clients left");
 }

@@ -290,6 +290,34 @@ impl Core {
         self.release(d, origin);
     }
 
+    /// The daemon took back a chunk of another client's pool that we held
+    /// past our share (`limits.held_share_percent`): its owner may write it
+    /// again. A publication or answer still waiting here is dropped (and
+    /// released: the daemon expects that release); one the application
+    /// holds already is its own to drop, and its bytes may change.
+    #[cold]
+    fn taken_back(&mut self, c: ChunkRef) {
+        let same = |d: &Descriptor| d.chunk().is_some_and(|x| x.segment == c.segment && x.offset == c.offset);
+        for q in self.topics.values_mut() {
+            if let Some(pos) = q.iter().position(same) {
+                if let Some(d) = q.remove(pos) {
+                    self.dropped_publications += 1;
+                    self.release(d, Origin::Daemon);
+                }
+                return;
+            }
+        }
+        let answer =
+            self.calls.iter().find(|(_, a)| a.is_some_and(|(d, o)| o == Origin::Daemon && same(&d))).map(|(k, _)| *k);
+        if let Some(corr) = answer {
+            if let Some(Some((d, o))) = self.calls.insert(corr, None) {
+                // The call fails as if its answer never came in time.
+                self.calls.insert(corr, Some((taken_answer(&d), o)));
+                self.release(d, o);
+            }
+        }
+    }
+
     /// The next publication of topic `route` whose payload can be read;
     /// those of a corrupt pool go back to their publisher, counted as dropped.
     pub fn take_publication(&mut self, route: u32) -> Option<Descriptor> {
@@ -324,13 +352,13 @@ impl Core {
         let server = d.flags & flags::SERVER != 0;
         let key = (origin, d.correlation);
         match (kind, server) {
-            (Kind::Release, _) => {
-                if let Some(c) = d.chunk() {
-                    if take_back(&mut self.alloc, &self.pool, c).is_err() {
-                        self.lost("daemon returned a chunk we did not lend");
-                    }
+            (Kind::Release, _) => match d.chunk() {
+                Some(c) if origin == Origin::Daemon && c.segment != self.client_id => self.taken_back(c),
+                Some(c) if take_back(&mut self.alloc, &self.pool, c).is_err() => {
+                    self.lost("daemon returned a chunk we did not lend");
                 }
-            }
+                _ => {}
+            },
             (Kind::Fence, _) => {
                 // A peer's upgrade fence, forwarded by the daemon.
                 let id = d.aux as u32;
@@ -463,4 +491,10 @@ impl Core {
             },
         }
     }
+}
+
+/// What a caller sees of an answer the daemon took back before it was
+/// collected: an error answer (out of pool: the server's pool needed it).
+fn taken_answer(d: &Descriptor) -> Descriptor {
+    Descriptor::new(Kind::Error, d.route, d.correlation).with_aux(control::DataError::OutOfPool as u64)
 }
