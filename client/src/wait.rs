@@ -163,11 +163,14 @@ impl Shared {
         if matches!(due, Due::After(t) if t.is_zero()) {
             due = due.at(Instant::now());
         }
-        let idle = self.idle;
+        let mut idle;
         let mut round: u32 = 0;
         let mut yield_start: Option<Instant> = None;
         loop {
             let mut core = self.lock();
+            // Read every round: the daemon may say at any time that the
+            // spinners outnumber the CPUs (a field load when nothing spins).
+            idle = self.effective_idle(core.crowding);
             if self.reconnect_due(&mut core) {
                 // Direct channels keep working meanwhile.
                 drop(core);

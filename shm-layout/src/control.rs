@@ -54,6 +54,7 @@ pub const SCHEMA_HASH: u64 = {
         Event,
         ErrorReply,
         ErrorCode,
+        Crowding,
     ])
 };
 
@@ -246,6 +247,18 @@ pub enum Request {
         /// The channel id.
         channel: u32,
     },
+    /// This client's idle strategy ([`crate::IdleStrategy`]): one that
+    /// holds a core while it waits counts among the parties that spin.
+    /// Answered with [`Reply::Crowding`]; a client that says nothing
+    /// counts as one that parks.
+    Idle {
+        /// Spin-loop polls before yielding.
+        spins: u32,
+        /// Yields before parking.
+        yields: u32,
+        /// Whether it parks at all.
+        park: bool,
+    },
 }
 
 /// A message from the daemon.
@@ -301,6 +314,22 @@ pub enum Reply {
     Status(DaemonStatus),
     /// Done, nothing to report.
     Done,
+    /// The answer to [`Request::Idle`].
+    Crowding(Crowding),
+}
+
+/// How many parties spin, and on how many CPUs: sent to every client that
+/// said it spins ([`Request::Idle`]), in the reply and again as
+/// [`Event::Crowding`] whenever the count changes. More spinners than CPUs
+/// means spinning ones back off ([`crate::IdleStrategy::backed_off`]).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Crowding {
+    /// Parties that hold a core while they wait: the daemon itself (it
+    /// polls every active ring while brokered traffic flows) and the
+    /// clients whose idle strategy holds one.
+    pub spinners: u32,
+    /// CPUs the daemon may run on (its `sched_getaffinity` mask).
+    pub cpus: u32,
 }
 
 /// What a new client gets.
@@ -461,6 +490,11 @@ pub struct DaemonStatus {
     /// has not forgotten them yet (to forward its fences, or to tell it
     /// "peer died" if the other leaves).
     pub channels_remembered: u64,
+    /// Parties that spin and the daemon's CPUs (see [`Crowding`]).
+    pub crowding: Crowding,
+    /// The daemon follows the backed-off form of its idle strategy, since
+    /// more parties spin than it has CPUs.
+    pub idle_backed_off: bool,
 }
 
 /// Traffic counters of one service instance.
@@ -557,7 +591,13 @@ pub enum Event {
         correlation: u64,
         /// Payload size.
         len: u32,
+        /// Sender's pid (from SO_PEERCRED).
+        from_pid: i32,
+        /// Receiver's pid (from SO_PEERCRED); 0 when `to` is 0.
+        to_pid: i32,
     },
+    /// The number of parties that spin changed (sent to clients that spin).
+    Crowding(Crowding),
 }
 
 /// Why a control request failed.

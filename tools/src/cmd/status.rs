@@ -28,6 +28,7 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
                 "chunks_lent": s.chunks_lent, "queued": s.queued, "control_backlog": s.control_backlog,
                 "violations": s.violations,
                 "drops": s.drops,
+                "spinners": s.crowding.spinners, "cpus": s.crowding.cpus, "idle_backed_off": s.idle_backed_off,
             }));
         }
         println!("hybusd pid {} up {} s, event loop {}", s.pid, s.uptime_s, s.backend);
@@ -39,6 +40,12 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
         println!("  {} control messages wait for clients that do not read their socket", s.control_backlog);
         println!("  {} clients disconnected for protocol violations", s.violations);
         println!("  {} publications dropped for slow subscribers", s.drops);
+        println!(
+            "  {} parties spin (hybusd and clients that never park) on {} CPUs{}",
+            s.crowding.spinners,
+            s.crowding.cpus,
+            if s.idle_backed_off { ": more than the CPUs, so spinning backs off to sched_yield" } else { "" }
+        );
         return Ok(());
     };
     let services = bus.list()?;
