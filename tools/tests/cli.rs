@@ -571,6 +571,8 @@ fn bench_quick_json_and_plot() {
         "limit/eventfd",
         "baseline/uds",
         "brokered/rpc",
+        "brokered/rpc-idle-busy",
+        "brokered/rpc-idle-default",
         "brokered/rpc-blocking",
         "direct/rpc",
         "direct/rpc-blocking",
@@ -584,6 +586,8 @@ fn bench_quick_json_and_plot() {
         assert!(n > 0 && p50 > 0, "{r}");
         assert!(r["rtt_ns"]["p99"].as_u64().is_some_and(|p99| p99 >= p50), "{r}");
     }
+    // BUSY against the default at both ends: a ratio, whatever it is (timing is the bench's to judge).
+    assert!(v["busy_vs_default_p50"].as_f64().is_some_and(|x| x > 0.0), "{v}");
     for name in ["brokered/rpc", "direct/rpc"] {
         let r = find(name);
         assert!(r["limit"].as_str().is_some_and(|l| l.starts_with("limit/")), "{r}");
@@ -618,6 +622,8 @@ fn bench_quick_json_and_plot() {
         ("limit/eventfd", 8),
         ("brokered/rpc", 8),
         ("brokered/rpc", 4096),
+        ("brokered/rpc-idle-busy", 8),
+        ("brokered/rpc-idle-default", 8),
         ("brokered/rpc-blocking", 8),
         ("brokered/rpc-blocking", 4096),
     ];
