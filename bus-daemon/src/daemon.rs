@@ -263,7 +263,7 @@ impl Daemon {
             idle,
             configured_idle: idle,
             cpus: hybus_layout::cpus::usable(),
-            last_crowding: hybus_layout::control::Crowding { spinners: 0, cpus: 0 },
+            last_crowding: hybus_layout::control::Crowding { spinners: 0, daemon_spins: false, cpus: 0 },
             crowding_warned: false,
             buf: vec![0; control::MAX_MESSAGE],
             uid_connections: IdMap::default(),

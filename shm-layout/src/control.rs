@@ -248,7 +248,7 @@ pub enum Request {
         channel: u32,
     },
     /// This client's idle strategy ([`crate::IdleStrategy`]): one that
-    /// holds a core while it waits counts among the parties that spin.
+    /// spins without yielding counts among the parties that spin.
     /// Answered with [`Reply::Crowding`]; a client that says nothing
     /// counts as one that parks.
     Idle {
@@ -318,18 +318,37 @@ pub enum Reply {
     Crowding(Crowding),
 }
 
-/// How many parties spin, and on how many CPUs: sent to every client that
-/// said it spins ([`Request::Idle`]), in the reply and again as
-/// [`Event::Crowding`] whenever the count changes. More spinners than CPUs
-/// means spinning ones back off ([`crate::IdleStrategy::backed_off`]).
+/// How many parties spin without yielding, and on how many CPUs: sent to
+/// every client that said it spins ([`Request::Idle`]), in the reply and
+/// again as [`Event::Crowding`] whenever it changes.
+///
+/// A brokered exchange has the daemon as a third party whether it spins
+/// or yields (it must run to forward each message), so it is crowded when
+/// `spinners + 1` exceeds the CPUs; a direct channel only when `spinners`
+/// (plus the daemon, if [`daemon_spins`](Self::daemon_spins)) does. A
+/// crowded wait follows [`crate::IdleStrategy::backed_off`].
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Crowding {
-    /// Parties that hold a core while they wait: the daemon itself (it
-    /// polls every active ring while brokered traffic flows) and the
-    /// clients whose idle strategy holds one.
+    /// Clients whose idle strategy spins without yielding
+    /// ([`crate::IdleStrategy::holds_core`]).
     pub spinners: u32,
+    /// The daemon itself spins without yielding now (its `[idle]` says so
+    /// and it has not backed off).
+    pub daemon_spins: bool,
     /// CPUs the daemon may run on (its `sched_getaffinity` mask).
     pub cpus: u32,
+}
+
+impl Crowding {
+    /// Whether brokered waits of a client that may use `own_cpus` CPUs back off.
+    pub fn brokered(&self, own_cpus: u32) -> bool {
+        self.spinners.saturating_add(1) > self.cpus.min(own_cpus).max(1)
+    }
+
+    /// Whether waits on a direct channel back off.
+    pub fn direct(&self, own_cpus: u32) -> bool {
+        self.spinners.saturating_add(self.daemon_spins as u32) > self.cpus.min(own_cpus).max(1)
+    }
 }
 
 /// What a new client gets.
@@ -490,7 +509,7 @@ pub struct DaemonStatus {
     /// has not forgotten them yet (to forward its fences, or to tell it
     /// "peer died" if the other leaves).
     pub channels_remembered: u64,
-    /// Parties that spin and the daemon's CPUs (see [`Crowding`]).
+    /// Clients that spin, whether the daemon does, and its CPUs (see [`Crowding`]).
     pub crowding: Crowding,
     /// The daemon follows the backed-off form of its idle strategy, since
     /// more parties spin than it has CPUs.

@@ -49,7 +49,7 @@ pub struct IdleStrategy {
     pub park: bool,
 }
 
-/// Polls before yielding past which a strategy counts as holding a core
+/// Polls before yielding from which a strategy counts as holding a core
 /// ([`IdleStrategy::holds_core`]): 65 536 polls are milliseconds of
 /// spinning, longer than the scheduler lets a contended CPU go.
 pub const HOLDS_CORE_SPINS: u32 = 1 << 16;
@@ -71,11 +71,13 @@ impl IdleStrategy {
 }
 
 impl IdleStrategy {
-    /// Whether a waiter following this strategy keeps a CPU busy while it
-    /// waits: it never parks, or spins for [`HOLDS_CORE_SPINS`] polls or
-    /// more before it even yields. The daemon counts such parties.
+    /// Whether a waiter following this strategy holds its CPU while it
+    /// waits: it spins [`HOLDS_CORE_SPINS`] polls or more before it yields.
+    /// The daemon counts such parties. One that yields early does not hold
+    /// its CPU even if it never parks: `sched_yield` hands the CPU to
+    /// whoever else wants it.
     pub const fn holds_core(&self) -> bool {
-        !self.park || self.spins >= HOLDS_CORE_SPINS
+        self.spins >= HOLDS_CORE_SPINS
     }
 
     /// The strategy to follow when more parties spin than there are CPUs:
@@ -185,6 +187,8 @@ mod tests {
     fn who_holds_a_core_and_how_it_backs_off() {
         assert!(IdleStrategy::BUSY.holds_core());
         assert!(!IdleStrategy::DEFAULT.holds_core() && !IdleStrategy::PARK.holds_core());
+        // Yields at once, never parks: it gives its CPU away.
+        assert!(!IdleStrategy { spins: 0, yields: u32::MAX, park: false }.holds_core());
         assert!(IdleStrategy { spins: HOLDS_CORE_SPINS, yields: 0, park: true }.holds_core());
         let b = IdleStrategy::BUSY.backed_off();
         assert_eq!(b, IdleStrategy { spins: IdleStrategy::DEFAULT.spins, yields: u32::MAX, park: false });

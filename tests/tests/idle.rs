@@ -79,7 +79,8 @@ fn three_spinners_on_one_cpu_back_off() {
     let d = DaemonProc::start(Some(BUSY_DAEMON));
     // The daemon alone spins on its one CPU: nothing to back off from.
     let s = d.connect().status().expect("status");
-    assert_eq!((s.crowding.spinners, s.crowding.cpus, s.idle_backed_off), (1, 1, false), "{s:?}");
+    let c = s.crowding;
+    assert_eq!((c.spinners, c.daemon_spins, c.cpus, s.idle_backed_off), (0, true, 1, false), "{s:?}");
 
     let (_server, server_idle) = busy_server(&d, "idle.echo");
     // Daemon and server: two spinners, one CPU. The server heard it in
@@ -88,8 +89,10 @@ fn three_spinners_on_one_cpu_back_off() {
     assert_eq!(server_idle, format!("idle spins={} park=false", backed.spins), "the server backs off");
     let caller = busy_bus(&d);
     assert_eq!(caller.idle_strategy(), backed, "the caller backs off");
+    assert_eq!(caller.idle_strategy_direct(), backed, "two spinning clients on one CPU, even without the daemon");
     let s = caller.status().expect("status");
-    assert_eq!((s.crowding.spinners, s.crowding.cpus), (3, 1), "{s:?}");
+    let c = s.crowding;
+    assert_eq!((c.spinners, c.daemon_spins, c.cpus), (2, false, 1), "{s:?}");
     assert!(s.idle_backed_off, "the daemon backs off: {s:?}");
 
     calls(&caller, "idle.echo", 2_000);
@@ -109,26 +112,34 @@ fn spinners_back_off_when_they_outnumber_two_cpus_and_not_before() {
     // hybusd and one BUSY client on two CPUs: each has one.
     assert_eq!(first.idle_strategy(), IdleStrategy::BUSY);
     let s = first.status().expect("status");
-    assert_eq!((s.crowding.spinners, s.crowding.cpus, s.idle_backed_off), (2, 2, false), "{s:?}");
+    let c = s.crowding;
+    assert_eq!((c.spinners, c.daemon_spins, c.cpus, s.idle_backed_off), (1, false, 2, false), "{s:?}");
     assert!(!d.log_text().contains("more parties spin"), "{}", d.log_text());
 
-    // A BUSY server makes three: both clients back off (the first hears it
-    // as an event, read by the time its next control request is answered).
+    // A BUSY server makes three parties on a brokered path: the brokered
+    // waits of both clients back off (the first hears it as an event,
+    // read by the time its next control request is answered); a direct
+    // channel between the two, without the daemon, has a CPU for each.
     let (server, server_idle) = busy_server(&d, "idle.echo2");
     let backed = IdleStrategy::BUSY.backed_off();
     assert_eq!(server_idle, format!("idle spins={} park=false", backed.spins));
     let s = first.status().expect("status");
-    assert_eq!(s.crowding.spinners, 3, "{s:?}");
+    assert_eq!(s.crowding.spinners, 2, "{s:?}");
     assert_eq!(first.idle_strategy(), backed);
+    assert_eq!(first.idle_strategy_direct(), IdleStrategy::BUSY);
     calls(&first, "idle.echo2", 2_000);
     assert!(d.log_text().contains("more parties spin than there are CPUs"), "{}", d.log_text());
+    let route = first.resolve("idle.echo2").expect("resolve");
+    first.request_direct(&route).expect("a direct channel");
+    calls(&first, "idle.echo2", 2_000);
+    assert!(first.is_direct(&route), "the calls went over the channel");
 
-    // The server goes: two spinners again, and the first spins as asked.
+    // The server goes: one spinner again, and the first spins as asked.
     server.kill9();
     let mut restored = false;
     for _ in 0..200 {
         let s = first.status().expect("status");
-        if s.crowding.spinners == 2 {
+        if s.crowding.spinners == 1 {
             restored = first.idle_strategy() == IdleStrategy::BUSY;
             break;
         }
