@@ -74,7 +74,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         systemd: std::env::var_os("NOTIFY_SOCKET").is_some(),
     })?;
     if activated {
-        tracing::info!("listening on the socket passed by systemd");
+        tracing::info!("using the socket passed by systemd");
     } else {
         tracing::info!(socket = %socket.display(), "listening");
     }
