@@ -1,6 +1,6 @@
 //! The whole bus, path by path, beside this machine's limits measured in the same run.
 //!
-//! The same paths as `hybusctl bench` (DESIGN.md §9), as criterion benches.
+//! The same paths as `hybusctl bench` (docs/ARCHITECTURE.md §9), as criterion benches.
 //! An embedded daemon ([`hybusd::Embedded`]) runs on a thread of this
 //! process; every server is a real process, `hybus-bench-worker`, one per
 //! group (four for pub/sub), started before the group and killed after it.

@@ -1,7 +1,7 @@
 //! Measurement helpers for hybus: the benches and `hybusctl bench` share them.
 //!
 //! Every figure hybus reports is printed beside the machine's own limit
-//! measured in the same run (DESIGN.md §9), so each helper here comes with
+//! measured in the same run (docs/ARCHITECTURE.md §9), so each helper here comes with
 //! its floor:
 //!
 //! | helper | what it measures | its floor |

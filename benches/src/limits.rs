@@ -188,6 +188,46 @@ fn read_exact(fd: &OwnedFd, mut buf: &mut [u8]) -> Result<(), BenchError> {
 /// between two processes (blocking reads): the child reads the whole
 /// message and sends it back. Returns `round_trips` samples (ns).
 pub fn uds_pingpong_2p(round_trips: u64, payload: usize) -> Result<Vec<u64>, BenchError> {
+    uds_pingpong_2p_placed(round_trips, payload).map(|(samples, _)| samples)
+}
+
+/// The CPUs each party of a two-process measurement was seen on (bit `i`:
+/// CPU `i`; CPUs from 63 up all count as 63), looked at every 64 round trips.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Placement {
+    /// The measuring process.
+    pub near: u64,
+    /// Its peer.
+    pub far: u64,
+}
+
+impl Placement {
+    /// Whether both parties stayed on one and the same CPU throughout.
+    pub fn same_cpu(&self) -> bool {
+        self.near == self.far && self.near.count_ones() == 1
+    }
+
+    /// The CPUs of a mask as a list, e.g. `0` or `0,1`.
+    pub fn cpus(mask: u64) -> String {
+        let v: Vec<String> = (0..64).filter(|i| mask & (1 << i) != 0).map(|i| i.to_string()).collect();
+        if v.is_empty() {
+            "?".into()
+        } else {
+            v.join(",")
+        }
+    }
+}
+
+/// The bit of the CPU the caller runs on now (0 if the kernel will not say).
+fn cpu_bit() -> u64 {
+    nix::sched::sched_getcpu().map_or(0, |c| 1 << c.min(63))
+}
+
+/// [`uds_pingpong_2p`], and where the two processes ran: left to the
+/// scheduler, a forked child often shares its parent's CPU, and a blocking
+/// ping-pong on one CPU is a context switch per message (a few µs), across
+/// two an interrupt to a sleeping CPU (tens of µs on a VM).
+pub fn uds_pingpong_2p_placed(round_trips: u64, payload: usize) -> Result<(Vec<u64>, Placement), BenchError> {
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
     let (near, far) =
         socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC).map_err(os("socketpair"))?;
@@ -203,19 +243,31 @@ pub fn uds_pingpong_2p(round_trips: u64, payload: usize) -> Result<Vec<u64>, Ben
         // and its own copy of a buffer allocated before the fork.
         unsafe {
             ChildProcess::fork(move || {
-                exit_code((0..total).try_for_each(|_| {
-                    read_exact(far, cb)?;
-                    write_all(far, cb)
-                }))
+                let mut seen = 0u64;
+                exit_code(
+                    (0..total)
+                        .try_for_each(|i| {
+                            read_exact(far, cb)?;
+                            if i % 64 == 0 {
+                                seen |= cpu_bit();
+                            }
+                            write_all(far, cb)
+                        })
+                        .and_then(|()| write_all(far, &(seen | cpu_bit()).to_le_bytes())),
+                )
             })
         }?
     };
     drop(far);
     let mut samples = Vec::with_capacity(round_trips as usize);
+    let mut placement = Placement::default();
     let result = (|| {
         for i in 0..total {
             let n = payload.min(8);
             buf[..n].copy_from_slice(&i.to_le_bytes()[..n]);
+            if i % 64 == 0 {
+                placement.near |= cpu_bit();
+            }
             let t = Instant::now();
             write_all(&near, &buf)?;
             read_exact(&near, &mut buf)?;
@@ -226,11 +278,14 @@ pub fn uds_pingpong_2p(round_trips: u64, payload: usize) -> Result<Vec<u64>, Ben
                 samples.push(t.elapsed().as_nanos() as u64);
             }
         }
+        let mut far_seen = [0u8; 8];
+        read_exact(&near, &mut far_seen)?;
+        placement.far = u64::from_le_bytes(far_seen);
         Ok(())
     })();
     let _ = near.as_fd();
     finish(result, child)?;
-    Ok(samples)
+    Ok((samples, placement))
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ pub const THROUGHPUT_CAPACITY: u64 = 1024;
 /// While both sides run, a wait lasts far less than this. When the machine
 /// has more runnable threads than cores, the side that waits may be keeping
 /// the other from running; spinning on then only burns the time slice, so
-/// after this budget each pause yields (the collapse DESIGN.md §4 describes).
+/// after this budget each pause yields (the collapse docs/ARCHITECTURE.md §4 describes).
 pub const SPINS: u64 = 10_000;
 
 /// How many items moved in how long.

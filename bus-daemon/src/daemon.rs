@@ -91,7 +91,18 @@ pub struct Daemon {
     stopping: Option<(Instant, String)>,
     signals: Option<nix::sys::signalfd::SignalFd>,
     pub(crate) geometry: PoolGeometry,
-    idle: IdleStrategy,
+    /// The idle strategy the daemon follows now: the configured one, or
+    /// its backed-off form while more parties spin than there are CPUs
+    /// (see `crowding`).
+    pub(crate) idle: IdleStrategy,
+    /// The idle strategy of the configuration.
+    pub(crate) configured_idle: IdleStrategy,
+    /// CPUs the daemon may run on (its affinity mask; read at start and on reload).
+    pub(crate) cpus: u32,
+    /// What spinning clients were last told.
+    pub(crate) last_crowding: hybus_layout::control::Crowding,
+    /// The crowding warning was logged once.
+    pub(crate) crowding_warned: bool,
     buf: Vec<u8>,
     /// Connections per uid that said Hello (`limits.connections_per_uid`).
     pub(crate) uid_connections: IdMap<u32, u32>,
@@ -263,6 +274,10 @@ impl Daemon {
             signals: opts.signals,
             geometry,
             idle,
+            configured_idle: idle,
+            cpus: hybus_layout::cpus::usable(),
+            last_crowding: hybus_layout::control::Crowding { spinners: 0, daemon_spins: false, cpus: 0 },
+            crowding_warned: false,
             buf: vec![0; control::MAX_MESSAGE],
             uid_connections: IdMap::default(),
             uid_pre_hello: IdMap::default(),
@@ -519,7 +534,8 @@ impl Daemon {
         match Config::load(&path) {
             Ok(c) => {
                 // Ring and pool sizes apply to new clients only; policy and limits at once.
-                self.idle = c.idle_strategy();
+                self.configured_idle = c.idle_strategy();
+                self.cpus = hybus_layout::cpus::usable();
                 match c.pool_geometry() {
                     Ok(g) => self.geometry = g,
                     Err(e) => tracing::warn!("SIGHUP: keeping old pool geometry: {e}"),
@@ -529,6 +545,7 @@ impl Daemon {
                 self.registry.max_names_per_uid = c.limits.names_per_uid as usize;
                 self.registry.balance = c.balance;
                 self.config = c;
+                self.recount_spinners(None);
                 // The policy applies at once, to sends already made possible too.
                 for s in self.sessions.values_mut() {
                     s.trusted = self.config.policy.trusts(s.creds.who(), self.owner);
@@ -636,6 +653,7 @@ impl Daemon {
                     outbox: Default::default(),
                     trusted: self.config.policy.trusts(creds.who(), self.owner),
                     permits: Default::default(),
+                    spins: false,
                 },
             );
             self.pending_hellos.push((id, deadline));
@@ -928,6 +946,9 @@ impl Daemon {
         self.holds.drop_pool(id);
         self.close_channels_of(id);
         self.retire_views_of(id);
+        if s.spins {
+            self.recount_spinners(None);
+        }
         // Dropping `s` closes its socket and unmaps its segments.
     }
 

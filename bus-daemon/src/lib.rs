@@ -8,19 +8,25 @@
 //! * [`registry`] — names, routes, instances, load balancing;
 //! * [`exchange`] — requests and streams in flight;
 //! * [`chunks`] — who holds which payload chunk;
+//! * [`holds`] — what each uid holds of others' pools, and what was taken back;
+//! * [`ratelog`] — rate limits of the log lines a peer can trigger;
 //! * [`session`] — one client as the daemon sees it;
 //! * [`poller`] — the readiness source;
 //! * [`config`] — the TOML configuration and policy;
+//! * `crowding` — who spins on how many CPUs, and the back-off when they outnumber them;
+//! * [`log`] — where log lines go and how they look (terminal, file, journald);
 //! * [`systemd`] — socket activation and the notify protocol.
 #![deny(unsafe_op_in_unsafe_fn, missing_docs, missing_debug_implementations)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod chunks;
 pub mod config;
+mod crowding;
 pub mod daemon;
 pub mod direct;
 pub mod exchange;
 pub mod holds;
+pub mod log;
 pub mod poller;
 pub mod ratelog;
 pub mod registry;

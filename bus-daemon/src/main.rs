@@ -27,11 +27,7 @@ struct Args {
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| args.log.clone());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    hybusd::log::init(tracing_subscriber::EnvFilter::new(filter));
     match run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -66,18 +62,21 @@ fn run(args: Args) -> anyhow::Result<()> {
     )
     .context("cannot create signalfd")?;
     let listener = hybusd::systemd::listen_fd()?;
-    if listener.is_none() {
-        tracing::info!(socket = %socket.display(), "listening");
-    } else {
-        tracing::info!("using the socket passed by systemd");
-    }
+    let activated = listener.is_some();
+    // Binds (or refuses: another daemon answers on the socket) before
+    // anything says "listening".
     let daemon = Daemon::new(Options {
         config,
         config_path: args.config.clone(),
-        socket,
+        socket: socket.clone(),
         listener,
         signals: Some(signals),
         systemd: std::env::var_os("NOTIFY_SOCKET").is_some(),
     })?;
+    if activated {
+        tracing::info!("using the socket passed by systemd");
+    } else {
+        tracing::info!(socket = %socket.display(), "listening");
+    }
     daemon.run()
 }

@@ -73,6 +73,9 @@ impl Daemon {
             Request::Resolve { name } => self.resolve(id, &name),
             Request::Topic { name } => self.topic(id, &name),
             Request::List => Ok(Reply::Services(self.list())),
+            Request::Idle { spins, yields, park } => {
+                Ok(Reply::Crowding(self.set_idle(id, hybus_layout::IdleStrategy { spins, yields, park })))
+            }
             Request::ChannelDone { channel } => {
                 self.channel_done(id, channel);
                 return;
@@ -495,6 +498,8 @@ impl Daemon {
             drops: self.drops,
             channels_remembered: self.channel_members.keys().filter(|id| !self.channels.contains_key(id)).count()
                 as u64,
+            crowding: self.crowding(),
+            idle_backed_off: self.idle_backed_off(),
         }
     }
 

@@ -831,6 +831,8 @@ impl Daemon {
             route: d.route,
             correlation: d.correlation,
             len: payload_len(d) as u32,
+            from_pid: self.sessions.get(&client).map_or(0, |s| s.creds.pid),
+            to_pid: self.sessions.get(&to).map_or(0, |s| s.creds.pid),
         });
         for t in targets {
             self.send(t, &ev, &[]);

@@ -105,6 +105,9 @@ pub struct Session {
     /// For a client not trusted: what the policy said of its sends by route
     /// and action, asked at the first send (forgotten on a reload).
     pub permits: std::collections::HashMap<(u32, crate::config::Action), bool>,
+    /// Its idle strategy holds a core while it waits (it said so with
+    /// `Request::Idle`); counted among the parties that spin.
+    pub spins: bool,
 }
 
 /// Control messages for a client whose socket is full, in order.

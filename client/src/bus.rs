@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     core: Mutex<Core>,
     pub(crate) cv: Condvar,
     pub(crate) idle: IdleStrategy,
+    /// CPUs the connecting thread may run on (see [`crate::idle`]).
+    pub(crate) cpus: u32,
     path: PathBuf,
     label: String,
     /// What to restore on reconnect.
@@ -151,11 +153,12 @@ impl Bus {
         let (sock, w, fds) = handshake(&path, &opts.label, None)?;
         let core = Core::new(sock, w, fds, 1)?;
         let parker = Parker::new().map_err(|e| Error::Protocol(format!("cannot create an epoll instance: {e}")))?;
-        Ok(Bus {
+        let bus = Bus {
             shared: Arc::new(Shared {
                 core: Mutex::new(core),
                 cv: Condvar::new(),
                 idle: opts.idle,
+                cpus: hybus_layout::cpus::usable(),
                 path,
                 label: opts.label,
                 registrations: Mutex::new(Vec::new()),
@@ -168,7 +171,9 @@ impl Bus {
                 async_notify: tokio::sync::Notify::new(),
                 parker: Mutex::new(parker),
             }),
-        })
+        };
+        bus.declare_idle()?;
+        Ok(bus)
     }
 
     /// The socket path this bus is connected to.
@@ -245,6 +250,9 @@ impl Bus {
         for t in taps {
             self.control(t)?;
         }
+        // The new daemon counts spinners afresh.
+        self.shared.lock().crowding = None;
+        self.declare_idle()?;
         // Tell the new daemon about our live channels (for its stats), and
         // point the callers' routes at them again.
         for (id, token, side, service, peer_pid, seg) in channels {

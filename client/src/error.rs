@@ -94,9 +94,14 @@ impl fmt::Display for Error {
             Self::NoInstance => f.write_str("no instance is serving this service"),
             Self::DeadlineExceeded => f.write_str("deadline exceeded"),
             Self::PeerGone => f.write_str("peer gone: the serving instance went away with the request in flight"),
-            Self::PayloadTooLarge { len, max } => {
-                write!(f, "payload too large: {len} bytes, the largest chunk holds {max}")
-            }
+            // The limit is the daemon's to set: name the setting.
+            Self::PayloadTooLarge { len: 0, .. } => f.write_str(
+                "payload too large for the sender's pool: the largest chunk_size of the daemon's [[pool]] classes (hybusd.toml) is the limit",
+            ),
+            Self::PayloadTooLarge { len, max } => write!(
+                f,
+                "payload too large: {len} bytes, the largest chunk holds {max} (the largest chunk_size of the daemon's [[pool]] classes in hybusd.toml sets this limit)"
+            ),
             Self::OutOfPool { len } => write!(f, "out of pool memory for a {len}-byte payload"),
             Self::QueueFull => f.write_str("the receiver's queue is full"),
             Self::Cancelled => f.write_str("cancelled"),

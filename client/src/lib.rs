@@ -45,6 +45,7 @@ mod bus;
 mod core;
 mod direct;
 mod error;
+mod idle;
 mod park;
 mod pending;
 mod sample;
@@ -120,6 +121,10 @@ pub enum BusEvent {
         correlation: u64,
         /// Payload bytes.
         len: u32,
+        /// Sender's pid, as the kernel told the daemon.
+        from_pid: i32,
+        /// Receiver's pid; 0 when `to` is 0.
+        to_pid: i32,
     },
     /// A direct channel to a peer is open: traffic of that pair bypasses the daemon.
     DirectOpened {

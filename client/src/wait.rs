@@ -163,11 +163,26 @@ impl Shared {
         if matches!(due, Due::After(t) if t.is_zero()) {
             due = due.at(Instant::now());
         }
-        let idle = self.idle;
+        let mut idle;
         let mut round: u32 = 0;
         let mut yield_start: Option<Instant> = None;
         loop {
             let mut core = self.lock();
+            // Read every round: the daemon may say at any time that the
+            // spinners outnumber the CPUs (a field load when nothing spins).
+            // A direct call's answer, and a server's requests once it
+            // serves a channel, come without the daemon: fewer parties.
+            idle = match core.crowding {
+                None => self.idle,
+                Some(_) => {
+                    let brokered = match hot {
+                        Hot::Answer { .. } => false,
+                        Hot::Inbox(_) => !core.channels.values().any(|c| c.side == hybus_layout::channel::Side::B),
+                        Hot::All => true,
+                    };
+                    self.effective_idle(core.crowding, brokered)
+                }
+            };
             if self.reconnect_due(&mut core) {
                 // Direct channels keep working meanwhile.
                 drop(core);

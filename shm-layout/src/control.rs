@@ -54,6 +54,7 @@ pub const SCHEMA_HASH: u64 = {
         Event,
         ErrorReply,
         ErrorCode,
+        Crowding,
     ])
 };
 
@@ -255,6 +256,18 @@ pub enum Request {
         /// What the reporter found (for the log).
         why: String,
     },
+    /// This client's idle strategy ([`crate::IdleStrategy`]): one that
+    /// spins without yielding counts among the parties that spin.
+    /// Answered with [`Reply::Crowding`]; a client that says nothing
+    /// counts as one that parks.
+    Idle {
+        /// Spin-loop polls before yielding.
+        spins: u32,
+        /// Yields before parking.
+        yields: u32,
+        /// Whether it parks at all.
+        park: bool,
+    },
 }
 
 /// A message from the daemon.
@@ -310,6 +323,41 @@ pub enum Reply {
     Status(DaemonStatus),
     /// Done, nothing to report.
     Done,
+    /// The answer to [`Request::Idle`].
+    Crowding(Crowding),
+}
+
+/// How many parties spin without yielding, and on how many CPUs: sent to
+/// every client that said it spins ([`Request::Idle`]), in the reply and
+/// again as [`Event::Crowding`] whenever it changes.
+///
+/// A brokered exchange has the daemon as a third party whether it spins
+/// or yields (it must run to forward each message), so it is crowded when
+/// `spinners + 1` exceeds the CPUs; a direct channel only when `spinners`
+/// (plus the daemon, if [`daemon_spins`](Self::daemon_spins)) does. A
+/// crowded wait follows [`crate::IdleStrategy::backed_off`].
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Crowding {
+    /// Clients whose idle strategy spins without yielding
+    /// ([`crate::IdleStrategy::holds_core`]).
+    pub spinners: u32,
+    /// The daemon itself spins without yielding now (its `[idle]` says so
+    /// and it has not backed off).
+    pub daemon_spins: bool,
+    /// CPUs the daemon may run on (its `sched_getaffinity` mask).
+    pub cpus: u32,
+}
+
+impl Crowding {
+    /// Whether brokered waits of a client that may use `own_cpus` CPUs back off.
+    pub fn brokered(&self, own_cpus: u32) -> bool {
+        self.spinners.saturating_add(1) > self.cpus.min(own_cpus).max(1)
+    }
+
+    /// Whether waits on a direct channel back off.
+    pub fn direct(&self, own_cpus: u32) -> bool {
+        self.spinners.saturating_add(self.daemon_spins as u32) > self.cpus.min(own_cpus).max(1)
+    }
 }
 
 /// What a new client gets.
@@ -470,6 +518,11 @@ pub struct DaemonStatus {
     /// has not forgotten them yet (to forward its fences, or to tell it
     /// "peer died" if the other leaves).
     pub channels_remembered: u64,
+    /// Clients that spin, whether the daemon does, and its CPUs (see [`Crowding`]).
+    pub crowding: Crowding,
+    /// The daemon follows the backed-off form of its idle strategy, since
+    /// more parties spin than it has CPUs.
+    pub idle_backed_off: bool,
 }
 
 /// Traffic counters of one service instance.
@@ -566,7 +619,13 @@ pub enum Event {
         correlation: u64,
         /// Payload size.
         len: u32,
+        /// Sender's pid (from SO_PEERCRED).
+        from_pid: i32,
+        /// Receiver's pid (from SO_PEERCRED); 0 when `to` is 0.
+        to_pid: i32,
     },
+    /// The number of parties that spin changed (sent to clients that spin).
+    Crowding(Crowding),
 }
 
 /// Why a control request failed.

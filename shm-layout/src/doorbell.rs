@@ -4,7 +4,7 @@
 //! nanoseconds, so while both sides are busy no one makes a syscall: the
 //! consumer spins for a bounded budget, then yields the CPU for a bounded
 //! budget (on a 2-core machine with three busy parties pure spinning
-//! collapses, see DESIGN.md §4), then parks. Parking is a handshake on the
+//! collapses, see docs/ARCHITECTURE.md §4), then parks. Parking is a handshake on the
 //! ring's `parked` word ([`Consumer::prepare_park`], [`Producer::needs_wake`]):
 //! the producer makes the wake-up syscall only when the consumer really
 //! sleeps.
@@ -49,8 +49,17 @@ pub struct IdleStrategy {
     pub park: bool,
 }
 
+/// Polls before yielding from which a strategy counts as holding a core
+/// ([`IdleStrategy::holds_core`]): 65 536 polls are milliseconds of
+/// spinning, longer than the scheduler lets a contended CPU go.
+pub const HOLDS_CORE_SPINS: u32 = 1 << 16;
+
 impl IdleStrategy {
-    /// Never sleeps: spin, then yield forever. Lowest latency, burns a core.
+    /// Never sleeps and never yields: pure spinning. Lowest latency while
+    /// every spinning party has a CPU of its own, and a core's worth of CPU
+    /// for as long as it waits. Where more parties spin than there are
+    /// CPUs, the client and the daemon use [`backed_off`](Self::backed_off)
+    /// instead (they learn of each other's spinning over the control socket).
     pub const BUSY: IdleStrategy = IdleStrategy { spins: u32::MAX, yields: u32::MAX, park: false };
     /// The default: a short spin (a few microseconds), a short run of
     /// yields, then park. 0 % CPU when idle. Short because on a small
@@ -59,6 +68,29 @@ impl IdleStrategy {
     pub const DEFAULT: IdleStrategy = IdleStrategy { spins: 50, yields: 100, park: true };
     /// Sleeps at once: every message is a wake-up syscall. Least CPU.
     pub const PARK: IdleStrategy = IdleStrategy { spins: 0, yields: 0, park: true };
+}
+
+impl IdleStrategy {
+    /// Whether a waiter following this strategy holds its CPU while it
+    /// waits: it spins [`HOLDS_CORE_SPINS`] polls or more before it yields.
+    /// The daemon counts such parties. One that yields early does not hold
+    /// its CPU even if it never parks: `sched_yield` hands the CPU to
+    /// whoever else wants it.
+    pub const fn holds_core(&self) -> bool {
+        self.spins >= HOLDS_CORE_SPINS
+    }
+
+    /// The strategy to follow when more parties spin than there are CPUs:
+    /// the spin phase cut to [`DEFAULT`](Self::DEFAULT)'s (some
+    /// microseconds, enough for a round trip that is answered at once),
+    /// then yields and parking as before. `sched_yield` hands the CPU to
+    /// the party we wait for when it shares ours, where a pure spin keeps
+    /// it off until the scheduler preempts us. [`BUSY`](Self::BUSY) so
+    /// becomes a short spin, then yielding for ever.
+    pub const fn backed_off(self) -> IdleStrategy {
+        let spins = if self.spins < IdleStrategy::DEFAULT.spins { self.spins } else { IdleStrategy::DEFAULT.spins };
+        IdleStrategy { spins, yields: self.yields, park: self.park }
+    }
 }
 
 impl Default for IdleStrategy {
@@ -144,5 +176,23 @@ impl Consumer {
                 return Ok(WaitOutcome::TimedOut);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn who_holds_a_core_and_how_it_backs_off() {
+        assert!(IdleStrategy::BUSY.holds_core());
+        assert!(!IdleStrategy::DEFAULT.holds_core() && !IdleStrategy::PARK.holds_core());
+        // Yields at once, never parks: it gives its CPU away.
+        assert!(!IdleStrategy { spins: 0, yields: u32::MAX, park: false }.holds_core());
+        assert!(IdleStrategy { spins: HOLDS_CORE_SPINS, yields: 0, park: true }.holds_core());
+        let b = IdleStrategy::BUSY.backed_off();
+        assert_eq!(b, IdleStrategy { spins: IdleStrategy::DEFAULT.spins, yields: u32::MAX, park: false });
+        assert_eq!(IdleStrategy::DEFAULT.backed_off(), IdleStrategy::DEFAULT);
+        assert_eq!(IdleStrategy::PARK.backed_off(), IdleStrategy::PARK);
     }
 }

@@ -10,7 +10,8 @@
 //! * [`pool`] — size-classed payload chunks and their owner-side allocator;
 //! * [`segment`] — memfd segments (create, seal, map) and eventfd doorbells (feature `os`);
 //! * [`socket`] — the control socket: SOCK_SEQPACKET datagrams with SCM_RIGHTS (feature `os`);
-//! * [`control`] — the control-protocol messages (rkyv, validated on receipt).
+//! * [`control`] — the control-protocol messages (rkyv, validated on receipt);
+//! * [`cpus`] — how many CPUs this thread may use, for the idle strategy (feature `os`).
 //!
 //! Nothing here trusts shared memory: structures in it are made of atomics
 //! only, descriptors are copied out before they are checked, and every
@@ -21,6 +22,8 @@
 pub mod batch;
 pub mod channel;
 pub mod control;
+#[cfg(all(feature = "os", not(loom)))]
+pub mod cpus;
 pub mod descriptor;
 pub mod doorbell;
 pub mod header;

@@ -30,7 +30,8 @@ enum Command {
     List(cmd::list::Args),
     /// Show one service in detail.
     Status(cmd::status::Args),
-    /// Traffic per service instance: messages, bytes, in flight, queue, drops, errors, latency.
+    /// Traffic per service instance (brokered and over its direct channels) and per direct channel:
+    /// messages, bytes, in flight, queue, drops, errors, latency.
     Stats(cmd::stats::Args),
     /// Print brokered traffic as it passes (like `busctl monitor`).
     Monitor(cmd::monitor::Args),

@@ -323,6 +323,13 @@ fn call_and_fire() {
     assert_eq!(out.stderr.lines().count(), 1, "one line: {out:#?}");
     assert!(out.stderr.contains("no service named \"missing.svc\""), "{out:#?}");
 
+    // --json: a failure is a JSON object too, and the exit non-zero.
+    let out = f.ctl(&["call", "missing.svc", "x", "--json"]).failed();
+    let v = out.json();
+    assert_eq!(v["service"], "missing.svc", "{out:#?}");
+    assert_eq!(v["kind"], "no-such-service", "{out:#?}");
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("missing.svc")), "{out:#?}");
+
     let out = f.ctl(&["fire", ECHO, "x"]).ok();
     assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:#?}");
     let arrived = eventually(SOON, || (f.fires.load(Ordering::Relaxed) == 1).then_some(()));
@@ -364,6 +371,9 @@ fn stats_in_every_format() {
     for _ in 0..5 {
         assert_eq!(f.call(b"ab"), b"ba");
     }
+    // Direct channels have their section even when none is open.
+    let out = f.ctl(&["stats"]).ok();
+    assert!(out.stdout.contains("no direct channels open"), "{out:#?}");
     // And one call over a direct channel, which its caller times.
     let direct = hybus::Bus::connect_to(f.socket()).expect("connect");
     let route = direct.resolve(ECHO).expect("resolve");
@@ -383,6 +393,8 @@ fn stats_in_every_format() {
         .collect();
     assert_eq!(row[2], our_pid().to_string(), "{out:#?}");
     assert_eq!(row[3], "-", "no rate without --watch: {out:#?}");
+    assert_eq!(row[7], "2", "DIRECT: the request and the answer that went over the channel: {out:#?}");
+    assert!(out.stdout.lines().any(|l| l.starts_with("DIRECT CHANNEL")), "{out:#?}");
 
     let v = f.ctl(&["stats", "--json"]).ok().json();
     let e = echo_stats(&v);
@@ -390,6 +402,7 @@ fn stats_in_every_format() {
     assert!(e["messages_in"].as_u64().is_some_and(|n| n >= 5), "{v}");
     assert!(e["messages_out"].as_u64().is_some_and(|n| n >= 5), "{v}");
     assert!(e["msgs_per_s"].is_null(), "{v}");
+    assert_eq!((e["direct_messages_in"].as_u64(), e["direct_messages_out"].as_u64()), (Some(1), Some(1)), "{v}");
     let ch = &v["channels"][0];
     assert_eq!(ch["timed_calls"], 1, "{v}");
     assert!(ch["latency_ns"]["p50"].as_u64().is_some_and(|n| n > 0), "{v}");
@@ -453,6 +466,37 @@ fn monitor_prints_traffic() {
         assert!(l["to"].as_u64().is_some_and(|to| to > 0), "{l}");
     }
     assert!(lines.iter().any(|l| l["route"] == u64::from(f.route)), "traffic to cli.echo: {out:#?}");
+}
+
+/// A fire has no exchange: `monitor` shows `-` (JSON `null`) for its
+/// correlation, not the marker bit its sender sets (2⁶²); and every party
+/// is shown with its client id and its pid.
+#[test]
+fn monitor_shows_pids_and_no_correlation_for_fires() {
+    let f = Fixture::start();
+    let route = f.bus.resolve(ECHO).expect("resolve");
+    let watch = |args: &[&str]| {
+        let mut mon = Running::spawn(ctl(Some(f.socket()), args));
+        let end = Instant::now() + SOON;
+        while !mon.exited() && Instant::now() < end {
+            f.bus.fire(&route, b"log").expect("fire");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        mon.wait(Duration::from_secs(1)).ok()
+    };
+    let out = watch(&["monitor", "--count", "1", "--json"]);
+    let l = &out.json_lines()[0];
+    assert_eq!(l["kind"], "fire", "{l}");
+    assert!(l["correlation"].is_null(), "{l}");
+    assert_eq!(l["from_pid"], our_pid(), "{l}");
+    assert_eq!(l["to_pid"], our_pid(), "{l}");
+    assert!(l["from"].as_u64().is_some_and(|c| c > 0) && l["to"].as_u64().is_some_and(|c| c > 0), "{l}");
+
+    let out = watch(&["monitor", "--count", "1"]);
+    let line = out.stdout.lines().next().unwrap_or_else(|| panic!("no line: {out:#?}"));
+    assert!(line.contains(" fire ") && line.contains("corr - "), "{line}");
+    assert!(!line.contains("4611686018427387904"), "{line}");
+    assert_eq!(line.matches(&format!("(pid {})", our_pid())).count(), 2, "{line}");
 }
 
 /// With no daemon at the socket every subcommand that needs one fails
@@ -527,6 +571,8 @@ fn bench_quick_json_and_plot() {
         "limit/eventfd",
         "baseline/uds",
         "brokered/rpc",
+        "brokered/rpc-idle-busy",
+        "brokered/rpc-idle-default",
         "brokered/rpc-blocking",
         "direct/rpc",
         "direct/rpc-blocking",
@@ -540,6 +586,8 @@ fn bench_quick_json_and_plot() {
         assert!(n > 0 && p50 > 0, "{r}");
         assert!(r["rtt_ns"]["p99"].as_u64().is_some_and(|p99| p99 >= p50), "{r}");
     }
+    // BUSY against the default at both ends: a ratio, whatever it is (timing is the bench's to judge).
+    assert!(v["busy_vs_default_p50"].as_f64().is_some_and(|x| x > 0.0), "{v}");
     for name in ["brokered/rpc", "direct/rpc"] {
         let r = find(name);
         assert!(r["limit"].as_str().is_some_and(|l| l.starts_with("limit/")), "{r}");
@@ -574,6 +622,8 @@ fn bench_quick_json_and_plot() {
         ("limit/eventfd", 8),
         ("brokered/rpc", 8),
         ("brokered/rpc", 4096),
+        ("brokered/rpc-idle-busy", 8),
+        ("brokered/rpc-idle-default", 8),
         ("brokered/rpc-blocking", 8),
         ("brokered/rpc-blocking", 4096),
     ];
@@ -627,5 +677,13 @@ fn demo_runs_every_model() {
         let l = s.lines().find(|l| l.starts_with(row)).unwrap_or_else(|| panic!("no {row} row: {out:#?}"));
         assert!(l.contains(" µs") || l.contains(" ns") || l.contains(" ms"), "{l}");
     }
+    let placed = s
+        .lines()
+        .find(|l| l.starts_with("Unix socket baseline: the caller ran on CPU "))
+        .unwrap_or_else(|| panic!("no placement of the socket baseline: {out:#?}"));
+    assert!(
+        placed.contains("the echo on CPU ") && placed.contains("three processes (caller, hybusd, echo)"),
+        "{placed}"
+    );
     assert!(s.lines().any(|l| l.starts_with("demo finished in ")), "{out:#?}");
 }

@@ -213,6 +213,9 @@ pub(crate) struct Core {
     retire_rounds: u32,
     /// When a send last read the control socket ([`coarse_millis`]).
     last_look: u64,
+    /// How many parties spin on how many CPUs, as the daemon last said
+    /// (only to a client whose idle strategy spins; see [`crate::idle`]).
+    pub crowding: Option<control::Crowding>,
 }
 
 fn gone(e: impl std::fmt::Display) -> Error {
@@ -291,6 +294,7 @@ impl Core {
             retiring: Vec::new(),
             retire_rounds: 0,
             last_look: coarse_millis(),
+            crowding: None,
         })
     }
 
@@ -496,8 +500,9 @@ impl Core {
             Event::ServiceDown { name, route, instance, pid } => {
                 self.push_event(BusEvent::ServiceDown { name, route, instance, pid })
             }
-            Event::Traffic { kind, from, to, route, correlation, len } => {
-                self.push_event(BusEvent::Traffic { kind, from, to, route, correlation, len })
+            Event::Crowding(c) => self.crowding = Some(c),
+            Event::Traffic { kind, from, to, route, correlation, len, from_pid, to_pid } => {
+                self.push_event(BusEvent::Traffic { kind, from, to, route, correlation, len, from_pid, to_pid })
             }
             Event::DirectOpen(info) => match Direct::open(&info, fds, self.client_id, self.rx_bell.clone()) {
                 Ok(ch) => {

@@ -4,12 +4,14 @@
 //! lines as it goes, and exits when its stdin closes (so a test that dies
 //! leaves no peers behind). Roles:
 //!
-//! * `serve NAME [hold] [weight=W] [delay_ms=D] [corrupt_after=N]` — answers each request
+//! * `serve NAME [hold] [weight=W] [delay_ms=D] [corrupt_after=N] [idle=busy]` — answers each request
 //!   with its payload reversed (`hold`: keeps requests unanswered);
 //!   streams answer `n=<count>` with that many items `item-<i>` (packed in
 //!   batches if the request also says `batch`); channels
 //!   echo every item back; fires print `fire len=<n> data=<text>`;
 //!   `corrupt_after=N` writes garbage into its direct channels after N answers;
+//!   `idle=busy` waits with `IdleStrategy::BUSY` (and prints the strategy
+//!   it follows after connecting, `idle spins=<n> park=<bool>`);
 //! * `subscribe TOPIC [hold]` — prints `got seq=<i> len=<n>` per
 //!   publication (`hold`: keeps every sample, never releasing its chunk);
 //! * `connect N` — opens N connections and keeps them;
@@ -69,13 +71,29 @@ fn raise_fd_limit() {
     }
 }
 
+/// A connection with the idle strategy `idle=` asks for (`busy`; else the default).
+fn peer_bus(socket: &str, args: &[String]) -> Result<Bus, Box<dyn std::error::Error>> {
+    if arg(args, "idle") != Some("busy") {
+        return Ok(Bus::connect_to(socket)?);
+    }
+    let opts = hybus::BusOptions {
+        path: Some(socket.into()),
+        idle: hybus::IdleStrategy::BUSY,
+        ..hybus::BusOptions::default()
+    };
+    let bus = Bus::connect_with(opts)?;
+    let idle = bus.idle_strategy();
+    println!("idle spins={} park={}", idle.spins, idle.park);
+    Ok(bus)
+}
+
 fn serve(socket: &str, args: &[String]) -> R {
     let name = args.first().ok_or("serve NAME")?;
     let hold = args.iter().any(|a| a == "hold");
     let weight = arg(args, "weight").map_or(Ok(1), str::parse)?;
     let delay = Duration::from_millis(arg(args, "delay_ms").map_or(Ok(0), str::parse)?);
     let corrupt_after: Option<u64> = arg(args, "corrupt_after").map(str::parse).transpose()?;
-    let bus = Bus::connect_to(socket)?;
+    let bus = peer_bus(socket, args)?;
     let svc = bus.register_with(name, ServiceOptions { version: 1, weight })?;
     let mut served = 0u64;
     println!("ready instance={} route={} pid={}", svc.instance(), svc.route(), std::process::id());

@@ -1,6 +1,6 @@
 //! `hybusctl bench`: hybus measured beside this machine's own limits, in one run.
 //!
-//! Limits (DESIGN.md §9): `limit/cacheline-2p` (two processes, one atomic
+//! Limits (docs/ARCHITECTURE.md §9): `limit/cacheline-2p` (two processes, one atomic
 //! each way, spinning — the floor for anything that spins between two
 //! parties), `limit/cacheline-2p-payload` (the same with a payload word
 //! written on a line of its own and read by the other side each way, the
@@ -15,6 +15,13 @@
 //! (three parties share two cores); `direct/rpc` spins without yielding
 //! (two parties, a core each), like `limit/cacheline-2p`; the `-blocking`
 //! results park at once, so every message is a wake-up, like `limit/eventfd`.
+//!
+//! `brokered/rpc-idle-busy` and `brokered/rpc-idle-default` (8 B) are the
+//! same brokered round trip with `IdleStrategy::BUSY` and with
+//! `IdleStrategy::DEFAULT` at both ends (caller and server): three parties
+//! that all spin outnumber two cores, and the table's last line says how
+//! far apart the two are (the back-off of spinners that outnumber the
+//! CPUs keeps BUSY within 2× of the default).
 //!
 //! Placement: the two parties of `limit/cacheline-2p*`, `limit/eventfd`
 //! and `direct/rpc*` run on two CPUs of their own, the same two for each
@@ -230,6 +237,14 @@ fn measure(socket: Option<&Path>, plan: &Plan, quiet: bool) -> anyhow::Result<Ve
     }
     for &p in &plan.payloads {
         jobs.push(("brokered/rpc".into(), p, Box::new(move |s| rpc(s, p, rt, "spin")), Some("limit/cacheline-3p")));
+    }
+    for idle in ["busy", "default"] {
+        jobs.push((
+            format!("brokered/rpc-idle-{idle}"),
+            8,
+            Box::new(move |s| rpc(s, 8, rt.min(20_000), idle)),
+            Some("limit/cacheline-3p"),
+        ));
     }
     for &p in &plan.payloads {
         jobs.push((
@@ -538,6 +553,12 @@ fn render(results: &[BenchResult]) -> String {
     if !t.is_empty() {
         out.push_str(&t.render());
     }
+    if let Some(x) = busy_vs_default(results) {
+        out.push_str(&format!(
+            "BUSY at both ends of a brokered call: p50 {x:.2}× that of the default idle strategy ({} usable CPUs)\n",
+            hybus_layout::cpus::usable()
+        ));
+    }
     let mut t = Table::new(&["RESULT", ">PAYLOAD", ">MESSAGES", ">MSG/S", ">BYTES/S"]);
     for r in results {
         if let Figure::Throughput { messages, elapsed } = r.figure {
@@ -558,6 +579,13 @@ fn render(results: &[BenchResult]) -> String {
         out.push_str(&t.render());
     }
     out
+}
+
+/// p50 of `brokered/rpc-idle-busy` over that of `brokered/rpc-idle-default`.
+fn busy_vs_default(results: &[BenchResult]) -> Option<f64> {
+    let busy = find(results, "brokered/rpc-idle-busy")?;
+    let Figure::Latency(s) = &busy.figure else { return None };
+    p50_ratio(percentiles(s).p50, find(results, "brokered/rpc-idle-default"))
 }
 
 fn size(b: usize) -> String {
@@ -600,7 +628,10 @@ fn to_json(results: &[BenchResult], plan: &Plan) -> serde_json::Value {
             }
         })
         .collect();
-    json!({ "machine": machine(), "round_trips": plan.round_trips, "results": rs })
+    json!({
+        "machine": machine(), "round_trips": plan.round_trips, "results": rs,
+        "busy_vs_default_p50": busy_vs_default(results),
+    })
 }
 
 /// An SVG of each latency result's distribution: the fraction of round

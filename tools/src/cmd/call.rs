@@ -29,8 +29,45 @@ pub struct FireArgs {
     payload: String,
 }
 
-/// Runs `call`.
+/// Runs `call`. With `--json`, a failure is a JSON object on stdout too
+/// (`{"service", "error", "kind"}`), and the exit is non-zero all the same.
 pub fn call(socket: &Path, a: CallArgs) -> anyhow::Result<()> {
+    let (json, name) = (a.json, a.name.clone());
+    let r = call_inner(socket, a);
+    if let (true, Err(e)) = (json, &r) {
+        let kind = e.chain().find_map(|c| c.downcast_ref::<hybus::Error>()).map_or("other", error_kind);
+        println!("{}", json!({"service": name, "error": format!("{e:#}"), "kind": kind}));
+    }
+    r
+}
+
+/// A word for each kind of [`hybus::Error`], for scripts that read `--json`.
+fn error_kind(e: &hybus::Error) -> &'static str {
+    use hybus::Error as E;
+    match e {
+        E::NoDaemon { .. } => "no-daemon",
+        E::VersionMismatch(_) => "version-mismatch",
+        E::NameOwned(_) => "name-owned",
+        E::AccessDenied(_) => "access-denied",
+        E::NotFound(_) | E::NoSuchService => "no-such-service",
+        E::QuotaExceeded(_) => "quota-exceeded",
+        E::BadRequest(_) => "bad-request",
+        E::NoInstance => "no-instance",
+        E::DeadlineExceeded => "deadline-exceeded",
+        E::PeerGone => "peer-gone",
+        E::PayloadTooLarge { .. } => "payload-too-large",
+        E::OutOfPool { .. } => "out-of-pool",
+        E::QueueFull => "queue-full",
+        E::Cancelled => "cancelled",
+        E::Service(_) => "service",
+        E::BusGone(_) => "bus-gone",
+        E::Protocol(_) => "protocol",
+        E::BadPayload(_) => "bad-payload",
+        _ => "other",
+    }
+}
+
+fn call_inner(socket: &Path, a: CallArgs) -> anyhow::Result<()> {
     let bus = super::connect(socket)?;
     let payload = super::payload(&a.payload)?;
     let route = bus.resolve(&a.name)?;

@@ -220,7 +220,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     // path, but reads the counters both sides keep in the channel segment.
     let seen = busy.stats()?.channels.into_iter().find(|c| c.service == "demo.echo-direct");
     drop((busy, direct_echo));
-    let mut uds = hybus_benches::limits::uds_pingpong_2p(rt, 8).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (mut uds, placed) = hybus_benches::limits::uds_pingpong_2p_placed(rt, 8).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut relay = hybus_benches::limits::cacheline_relay_3p(rt).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut table = Table::new(&["8-byte round trip", ">p50", ">p99", ">p99.9"]);
     let mut row = |name: &str, s: &mut Vec<u64>| {
@@ -233,6 +233,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     row("machine floor: 3-process cache-line relay", &mut relay);
     println!("\nlatency, {rt} round trips each (brokered: 3 parties polling with yield; direct: 2 spinning):");
     print!("{}", table.render());
+    println!("{}", uds_placement(&placed, cpus()));
     if let Some(c) = seen {
         println!(
             "the direct channel in hybusctl stats: {} requests and {} answers went over it, {} in flight, RTT p50 {} over the {} calls its caller timed (one in 64)",
@@ -249,6 +250,41 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     println!("\ndemo finished in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// Where the two parties of the Unix-socket baseline ran, and why the
+/// brokered row can be slower than it.
+fn uds_placement(p: &hybus_benches::limits::Placement, cpus: usize) -> String {
+    use hybus_benches::limits::Placement;
+    let place = format!(
+        "Unix socket baseline: the caller ran on CPU {}, the echo on CPU {}",
+        Placement::cpus(p.near),
+        Placement::cpus(p.far)
+    );
+    if p.same_cpu() {
+        format!(
+            "{place} (the same one: each message a context switch, not a cross-CPU wake-up). \
+             With {cpus} usable CPU(s), the brokered path's three processes (caller, hybusd, echo) cannot each have a CPU, \
+             so a hop can wait for a time slice and it can be slower than this same-CPU ping-pong."
+        )
+    } else {
+        format!(
+            "{place}. With {cpus} usable CPU(s) the brokered path's three processes (caller, hybusd, echo) \
+             share the CPUs{}",
+            if cpus < 3 {
+                ": a hop can wait for a time slice, so it can be slower than a socket ping-pong."
+            } else {
+                "."
+            }
+        )
+    }
+}
+
+/// The CPUs this process may run on.
+fn cpus() -> usize {
+    nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+        .map(|set| (0..nix::sched::CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).count())
+        .unwrap_or(1)
 }
 
 /// Waits briefly for every chunk lent out by `bus` to come back; returns how many are still out.

@@ -105,6 +105,7 @@ fn table(report: &StatsReport, rates: Option<&HashMap<u32, (f64, f64)>>) -> Stri
         ">BYTES/S",
         ">IN",
         ">OUT",
+        ">DIRECT",
         ">INFLIGHT",
         ">QUEUE",
         ">DROPS",
@@ -123,6 +124,10 @@ fn table(report: &StatsReport, rates: Option<&HashMap<u32, (f64, f64)>>) -> Stri
             if b.is_nan() { "-".into() } else { bytes_rate(b) },
             i.messages_in.to_string(),
             i.messages_out.to_string(),
+            {
+                let (to, from) = direct_of(report, i);
+                (to + from).to_string()
+            },
             i.in_flight.to_string(),
             i.queued.to_string(),
             i.drops.to_string(),
@@ -133,7 +138,13 @@ fn table(report: &StatsReport, rates: Option<&HashMap<u32, (f64, f64)>>) -> Stri
         ]);
     }
     let mut out = t.render();
-    if !report.channels.is_empty() {
+    // Direct channels always get their section: their traffic bypasses the
+    // daemon, so the IN and OUT columns above never count it.
+    if report.channels.is_empty() {
+        out.push_str(
+            "\nno direct channels open (IN/OUT count brokered traffic, DIRECT what went over direct channels)\n",
+        );
+    } else {
         let mut c = Table::new(&[
             "DIRECT CHANNEL",
             ">ID",
@@ -179,6 +190,16 @@ fn table(report: &StatsReport, rates: Option<&HashMap<u32, (f64, f64)>>) -> Stri
     out
 }
 
+/// Descriptors that went over the open direct channels served by instance
+/// `i` (matched by service name and pid): `(to it, from it)`.
+fn direct_of(report: &StatsReport, i: &InstanceStats) -> (u64, u64) {
+    report
+        .channels
+        .iter()
+        .filter(|c| c.service == i.name && c.b_pid == i.pid)
+        .fold((0, 0), |(to, from), c| (to + c.a_messages, from + c.b_messages))
+}
+
 fn channel_json(c: &ChannelStats) -> serde_json::Value {
     json!({
         "channel": c.channel, "service": c.service, "caller_pid": c.a_pid, "server_pid": c.b_pid,
@@ -198,11 +219,13 @@ fn to_json(report: &StatsReport, rates: Option<&HashMap<u32, (f64, f64)>>) -> se
         .iter()
         .map(|i| {
             let r = rates.and_then(|r| r.get(&i.instance));
+            let (direct_in, direct_out) = direct_of(report, i);
             json!({
                 "service": i.name, "instance": i.instance, "pid": i.pid,
                 "messages_in": i.messages_in, "messages_out": i.messages_out,
                 "bytes_in": i.bytes_in, "bytes_out": i.bytes_out,
                 "in_flight": i.in_flight, "queued": i.queued, "drops": i.drops, "errors": i.errors,
+                "direct_messages_in": direct_in, "direct_messages_out": direct_out,
                 "msgs_per_s": r.map(|r| r.0), "bytes_per_s": r.map(|r| r.1),
                 "latency_ns": {"p50": i.latency_ns[0], "p99": i.latency_ns[1], "p999": i.latency_ns[2], "max": i.latency_ns[3]},
             })

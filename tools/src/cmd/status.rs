@@ -28,6 +28,8 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
                 "chunks_lent": s.chunks_lent, "queued": s.queued, "control_backlog": s.control_backlog,
                 "violations": s.violations,
                 "drops": s.drops,
+                "spinning_clients": s.crowding.spinners, "daemon_spins": s.crowding.daemon_spins,
+                "cpus": s.crowding.cpus, "idle_backed_off": s.idle_backed_off,
             }));
         }
         println!("hybusd pid {} up {} s, event loop {}", s.pid, s.uptime_s, s.backend);
@@ -39,6 +41,17 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
         println!("  {} control messages wait for clients that do not read their socket", s.control_backlog);
         println!("  {} clients disconnected for protocol violations", s.violations);
         println!("  {} publications dropped for slow subscribers", s.drops);
+        println!(
+            "  {} clients spin without yielding, hybusd {}, on {} CPUs{}",
+            s.crowding.spinners,
+            if s.crowding.daemon_spins { "spins too" } else { "yields or parks" },
+            s.crowding.cpus,
+            if s.crowding.brokered(s.crowding.cpus) && s.crowding.spinners > 0 {
+                ": with hybusd more than the CPUs, so brokered waits back off to sched_yield"
+            } else {
+                ""
+            }
+        );
         return Ok(());
     };
     let services = bus.list()?;
