@@ -2,6 +2,7 @@
 //! it in-process; the `hybusd` binary wraps it with flags, logs and systemd.
 //!
 //! * [`daemon`] — the event loop, connections and lifecycle;
+//! * [`activation`] — starting `[[activate]]` services on demand, scale to zero;
 //! * [`requests`](crate::daemon::Daemon) — the control plane (module `requests`);
 //! * [`router`] — the data plane: checking and forwarding descriptors;
 //! * [`direct`] — the direct-channel broker and automatic promotion;
@@ -15,6 +16,7 @@
 #![deny(unsafe_op_in_unsafe_fn, missing_docs, missing_debug_implementations)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod activation;
 pub mod chunks;
 pub mod config;
 pub mod daemon;
