@@ -1,0 +1,339 @@
+//! On-demand activation with the real daemon and real processes: the
+//! daemon starts `hybus-activated` (`[[activate]]`) on the first call,
+//! holds the calls until it registers, fails them with the exit status or
+//! the timeout, backs off, obeys the policy, and stops idle instances.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use hybus::{ActivationInfo, Bus, Error};
+use hybus_tests::{eventually, target_bin, DaemonProc, Peer, TempDir, SOON};
+
+const NOBODY: u32 = 65534;
+
+/// An `[[activate]]` entry running `hybus-activated --count COUNT ARGS`.
+fn entry(name: &str, count: &Path, args: &[&str], extra: &str) -> String {
+    let mut exec = vec![target_bin("hybus-activated").display().to_string(), "--count".into()];
+    exec.push(count.display().to_string());
+    exec.extend(args.iter().map(|a| a.to_string()));
+    let exec: Vec<String> = exec.iter().map(|a| format!("{a:?}")).collect();
+    format!("[[activate]]\nname = \"{name}\"\nexec = [{}]\n{extra}\n", exec.join(", "))
+}
+
+/// Processes started so far, as the service counted them.
+fn starts(count: &Path) -> usize {
+    std::fs::read_to_string(count).map_or(0, |s| s.lines().filter(|l| l.starts_with("start ")).count())
+}
+
+fn activation(bus: &Bus, name: &str) -> ActivationInfo {
+    bus.activations().unwrap().into_iter().find(|a| a.name == name).unwrap_or_else(|| panic!("{name} not activatable"))
+}
+
+struct Setup {
+    daemon: DaemonProc,
+    count: PathBuf,
+    _dir: TempDir,
+}
+
+fn setup(config: impl FnOnce(&Path) -> String) -> Setup {
+    let dir = TempDir::new("activation");
+    let count = dir.path().join("starts");
+    let daemon = DaemonProc::start(Some(&config(&count)));
+    Setup { daemon, count, _dir: dir }
+}
+
+#[test]
+fn the_first_call_starts_the_service() {
+    let s = setup(|c| entry("act.kv", c, &["--serve", "act.kv"], ""));
+    let bus = s.daemon.connect();
+    assert_eq!(activation(&bus, "act.kv").state, "inactive");
+    assert!(bus.list().unwrap().iter().all(|svc| svc.name != "act.kv"), "running before any call");
+    let list =
+        Command::new(target_bin("hybusctl")).arg("--socket").arg(s.daemon.socket()).arg("list").output().unwrap();
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(text.contains("act.kv") && text.contains("activatable"), "{text}");
+
+    let route = bus.resolve("act.kv").expect("an activatable name resolves");
+    assert_eq!(&*bus.call(&route, b"abc", SOON).unwrap(), b"cba");
+    assert_eq!(&*bus.call(&route, b"xy", SOON).unwrap(), b"yx");
+    assert_eq!(starts(&s.count), 1);
+    let a = activation(&bus, "act.kv");
+    assert_eq!((a.state.as_str(), a.activations, a.activation_failures), ("running", 1, 0), "{a:?}");
+    assert!(a.pid > 0);
+    let status = Command::new(target_bin("hybusctl"))
+        .arg("--socket")
+        .arg(s.daemon.socket())
+        .args(["status", "act.kv"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("activation: running") && text.contains(&format!("pid {}", a.pid)), "{text}");
+    let prom = Command::new(target_bin("hybusctl"))
+        .arg("--socket")
+        .arg(s.daemon.socket())
+        .args(["stats", "--prometheus"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&prom.stdout);
+    assert!(text.contains("hybus_activations_total{service=\"act.kv\"} 1"), "{text}");
+}
+
+/// A call without resolving first (the route from an earlier resolve,
+/// after the instance went away) starts it too: covered by the idle test.
+/// Here: a hundred callers at once, each on its own connection.
+#[test]
+fn a_hundred_first_calls_start_one_process() {
+    let s = setup(|c| entry("act.many", c, &["--serve", "act.many"], ""));
+    let n = 100;
+    let barrier = Arc::new(Barrier::new(n));
+    let socket = s.daemon.socket().to_path_buf();
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            let barrier = barrier.clone();
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let bus = Bus::connect_to(&socket).unwrap();
+                barrier.wait();
+                let route = bus.resolve("act.many")?;
+                let payload = format!("call-{i}");
+                let answer = bus.call(&route, payload.as_bytes(), SOON)?;
+                let want: Vec<u8> = payload.bytes().rev().collect();
+                assert_eq!(&*answer, &want[..]);
+                Ok::<(), Error>(())
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap().expect("every first call succeeds");
+    }
+    assert_eq!(starts(&s.count), 1, "one process for a hundred first calls");
+    assert_eq!(activation(&s.daemon.connect(), "act.many").activations, 1);
+}
+
+#[test]
+fn an_exit_before_registering_fails_the_held_calls_with_its_status() {
+    let s = setup(|c| entry("act.bad", c, &["--exit-code", "3"], "backoff_ms = 100"));
+    let bus = s.daemon.connect();
+    let route = bus.resolve("act.bad").unwrap();
+    let e = bus.call(&route, b"x", SOON).unwrap_err();
+    assert!(matches!(e, Error::ActivationFailed { .. }), "{e:?}");
+    assert_eq!(e.to_string(), "activation of act.bad failed: exited with status 3");
+    // The resolve started it; it may have failed before the call came, and
+    // the call then waited out the back-off for a second start.
+    let a = activation(&bus, "act.bad");
+    let first = a.failures;
+    assert!((1..=2).contains(&first), "{a:?}");
+    assert_eq!((a.backoff_ms, a.activations, a.activation_failures), (100 << (first - 1), first as u64, first as u64));
+    assert_eq!(a.last_exit, "exited with status 3");
+    // The next call waits out the back-off, then tries again, and fails the same way.
+    let e = bus.call(&route, b"x", SOON).unwrap_err();
+    assert_eq!(e.to_string(), "activation of act.bad failed: exited with status 3");
+    let a = activation(&bus, "act.bad");
+    let n = first + 1;
+    assert_eq!((a.failures, a.backoff_ms, a.activations), (n, 100 << (n - 1), n as u64), "{a:?}");
+    assert_eq!(starts(&s.count), n as usize);
+    let status = Command::new(target_bin("hybusctl"))
+        .arg("--socket")
+        .arg(s.daemon.socket())
+        .args(["status", "act.bad"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    let backoff = format!("back-off: {} ms", 100 << (n - 1));
+    assert!(text.contains("exited with status 3") && text.contains(&backoff), "{text}");
+    let logged = format!("the next start waits {} ms", 100 << (n - 1));
+    assert!(s.daemon.log_text().contains(&logged), "{}", s.daemon.log_text());
+}
+
+#[test]
+fn a_process_that_never_registers_fails_the_calls_at_the_timeout() {
+    let s = setup(|c| entry("act.mute", c, &["--never-register"], "timeout_ms = 1500"));
+    let bus = s.daemon.connect();
+    let route = bus.resolve("act.mute").unwrap();
+    // A call whose own deadline comes first fails with it, and is no longer held.
+    let e = bus.call(&route, b"early", Duration::from_millis(200)).unwrap_err();
+    assert_eq!(e, Error::DeadlineExceeded);
+    eventually(SOON, || (activation(&bus, "act.mute").held == 0).then_some(()))
+        .expect("the expired call is still held");
+    // One with a longer deadline waits for the activation's.
+    let e = bus.call(&route, b"late", SOON).unwrap_err();
+    assert_eq!(e.to_string(), "activation of act.mute failed: did not register in 1500 ms");
+    // The process was killed and reaped.
+    let a = eventually(SOON, || Some(activation(&bus, "act.mute")).filter(|a| !a.last_exit.is_empty())).unwrap();
+    assert_eq!(a.last_exit, "killed by signal 9 (SIGKILL)");
+    assert_eq!((a.pid, a.failures), (0, 1));
+    assert_eq!(starts(&s.count), 1);
+}
+
+#[test]
+fn an_unknown_name_fails_at_once() {
+    let s = setup(|c| entry("act.kv", c, &["--serve", "act.kv"], ""));
+    let bus = s.daemon.connect();
+    match bus.resolve("act.other") {
+        Err(Error::NotFound(m)) => assert!(m.contains("act.other"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(starts(&s.count), 0);
+}
+
+/// `hybusctl call NAME` run as `nobody` (the tests run as root).
+fn call_as_nobody(socket: &Path, name: &str) -> (bool, String) {
+    use std::os::unix::process::CommandExt;
+    let out = Command::new(target_bin("hybusctl"))
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .arg("--socket")
+        .arg(socket)
+        .args(["call", name, "ab", "--timeout", "20s"])
+        .output()
+        .expect("run hybusctl as nobody");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn a_uid_without_the_call_permission_cannot_start_it() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to run a client as another uid");
+        return;
+    }
+    let dir = TempDir::new("activation-policy");
+    let closed = dir.path().join("closed");
+    let open = dir.path().join("open");
+    let config = format!(
+        "{}{}[[policy.rules]]\nuid = {NOBODY}\nprefix = \"pub.\"\nallow = [\"call\"]\n",
+        entry("act.closed", &closed, &["--serve", "act.closed"], ""),
+        entry("pub.open", &open, &["--serve", "pub.open"], "")
+    );
+    let d = DaemonProc::start(Some(&config));
+    let (ok, text) = call_as_nobody(d.socket(), "act.closed");
+    assert!(!ok && text.contains("access denied"), "{text}");
+    assert_eq!(starts(&closed), 0, "a refused resolve started the service");
+    // With the permission, the same uid starts it.
+    let (ok, text) = call_as_nobody(d.socket(), "pub.open");
+    assert!(ok && text.contains("ba"), "{text}");
+    assert_eq!(starts(&open), 1);
+
+    // On the data plane, where any route id can be written: the route of
+    // an activatable name with no instance, written by hand, starts nothing.
+    let bad = dir.path().join("bad");
+    let d = DaemonProc::start(Some(&entry("act.fails", &bad, &["--exit-code", "3"], "backoff_ms = 1")));
+    let bus = d.connect();
+    let route = bus.resolve("act.fails").unwrap();
+    assert!(matches!(bus.call(&route, b"x", SOON), Err(Error::ActivationFailed { .. })));
+    let before = starts(&bad);
+    assert_eq!(activation(&bus, "act.fails").activations, before as u64);
+    let mut p = Peer::spawn_as(d.socket(), &["raw", &route.id().to_string(), "request"], NOBODY, NOBODY);
+    p.expect_line("ready");
+    assert_eq!(p.expect_line("answer"), "answer kind=Error code=9", "not refused as access denied");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(starts(&bad), before, "a refused request started the service");
+    assert_eq!(activation(&bus, "act.fails").activations, before as u64);
+}
+
+#[test]
+fn an_idle_instance_stops_and_the_next_call_starts_it_again() {
+    let s = setup(|c| entry("act.idle", c, &["--serve", "act.idle"], "stop_when_idle_s = 1"));
+    let bus = s.daemon.connect();
+    let route = bus.resolve("act.idle").unwrap();
+    assert_eq!(&*bus.call(&route, b"12", SOON).unwrap(), b"21");
+    let first = activation(&bus, "act.idle").pid;
+    // Idle for a second: asked to drain; it exits.
+    let a =
+        eventually(SOON, || Some(activation(&bus, "act.idle")).filter(|a| a.idle_stops == 1)).expect("no idle stop");
+    assert_eq!(a.activations, 1);
+    // Calls made while it drains and exits, and after: none is lost, a new process serves them.
+    let callers: Vec<_> = (0..8)
+        .map(|i| {
+            let bus = bus.clone();
+            let route = route.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(i * 30));
+                bus.call(&route, format!("n{i}").as_bytes(), SOON).map(|s| s.to_vec())
+            })
+        })
+        .collect();
+    for (i, c) in callers.into_iter().enumerate() {
+        let got = c.join().unwrap().unwrap_or_else(|e| panic!("call {i} lost: {e}"));
+        assert_eq!(got, format!("{i}n").into_bytes());
+    }
+    let a = eventually(SOON, || Some(activation(&bus, "act.idle")).filter(|a| a.last_exit == "exited with status 0"))
+        .expect("the idle process did not exit");
+    assert_eq!(a.activations, 2, "{a:?}");
+    assert_ne!(a.pid, first);
+    assert_eq!(starts(&s.count), 2);
+}
+
+/// Serving (not draining) instances of `name`.
+fn serving(bus: &Bus, name: &str) -> usize {
+    bus.list()
+        .unwrap()
+        .iter()
+        .filter(|s| s.name == name)
+        .map(|s| s.instances.iter().filter(|i| !i.draining).count())
+        .sum()
+}
+
+/// `hybusctl scale`, a client like any other, raises the instances of a
+/// service from one to three under a load and lets them go after it.
+#[test]
+fn the_scaler_follows_the_load() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let d = DaemonProc::start(None);
+    let bus = d.connect();
+    let mut cmd = Command::new(target_bin("hybusctl"));
+    cmd.arg("--socket").arg(d.socket()).args([
+        "scale",
+        "act.scaled",
+        "--min",
+        "1",
+        "--max",
+        "3",
+        "--low",
+        "20",
+        "--high",
+        "60",
+        "--interval",
+        "200ms",
+        "--settle",
+        "500ms",
+        "--duration",
+        "120s",
+        "--",
+    ]);
+    cmd.arg(target_bin("hybus-activated")).args(["--serve", "act.scaled", "--delay-ms", "5"]);
+    let (mut scaler, _stdin, lines) = hybus_tests::spawn_with_lines(&mut cmd);
+    eventually(SOON, || (serving(&bus, "act.scaled") == 1).then_some(()))
+        .expect("the scaler started no first instance");
+    let route = bus.resolve("act.scaled").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..6)
+        .map(|_| {
+            let (bus, route, stop) = (bus.clone(), route.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let end = std::time::Instant::now() + 2 * SOON;
+                let mut failed = 0;
+                while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < end {
+                    if bus.call(&route, b"load", SOON).is_err() {
+                        failed += 1;
+                    }
+                }
+                failed
+            })
+        })
+        .collect();
+    let up = eventually(SOON, || (serving(&bus, "act.scaled") == 3).then_some(()));
+    stop.store(true, Ordering::Relaxed);
+    let failed: u32 = load.into_iter().map(|t| t.join().unwrap()).sum();
+    let said: Vec<String> = lines.try_iter().collect();
+    assert!(up.is_some(), "the scaler did not reach 3 instances under load; it said:\n{}", said.join("\n"));
+    assert_eq!(failed, 0, "calls failed while the scaler started instances");
+    let down = eventually(SOON, || (serving(&bus, "act.scaled") == 1).then_some(()));
+    let said: Vec<String> = lines.try_iter().collect();
+    assert!(down.is_some(), "the scaler did not come back to 1 instance; it said:\n{}", said.join("\n"));
+    // Stopped instances drained: calls go on to the one left.
+    assert_eq!(&*bus.call(&route, b"ab", SOON).unwrap(), b"ba");
+    let _ = scaler.kill();
+    let _ = scaler.wait();
+}
