@@ -388,8 +388,13 @@ impl Daemon {
         let child = match cmd.spawn() {
             Ok(c) => c,
             Err(err) => {
-                let why = format!("cannot start {what}: {err}");
-                self.activation_failed(idx, &why);
+                // The whole story for the log and `hybusctl status`; the
+                // gist for the callers (what fits in a descriptor).
+                let desc = err
+                    .raw_os_error()
+                    .map_or_else(|| err.to_string(), |n| nix::errno::Errno::from_raw(n).desc().to_owned());
+                let why = format!("cannot start {what}: {desc}");
+                self.activation_failed_as(idx, &why, &format!("cannot exec: {desc}"));
                 return;
             }
         };
@@ -400,7 +405,7 @@ impl Daemon {
             let mut child = child;
             let _ = child.kill();
             let _ = child.wait();
-            self.activation_failed(idx, "cannot watch the process (pidfd_open failed)");
+            self.activation_failed(idx, "cannot watch it: pidfd_open failed");
             return;
         };
         self.activations.next_slot = self.activations.next_slot.wrapping_add(1);
@@ -422,6 +427,12 @@ impl Daemon {
     /// The start of entry `idx` failed: every held request fails with
     /// `why`, and the next start waits a doubled back-off.
     fn activation_failed(&mut self, idx: usize, why: &str) {
+        self.activation_failed_as(idx, why, why);
+    }
+
+    /// [`activation_failed`](Self::activation_failed), telling the callers
+    /// `short` (cut to what fits inline in a descriptor) where `why` is longer.
+    fn activation_failed_as(&mut self, idx: usize, why: &str, short: &str) {
         let e = &mut self.activations.entries[idx];
         e.starting = None;
         e.failures = e.failures.saturating_add(1);
@@ -441,7 +452,7 @@ impl Daemon {
             e.backoff.as_millis()
         );
         let held: Vec<Held> = e.held.drain(..).collect();
-        let reason = inline_reason(why).to_owned();
+        let reason = inline_reason(short).to_owned();
         for h in held {
             if !self.sessions.contains_key(&h.from) {
                 continue;
@@ -485,7 +496,7 @@ impl Daemon {
         let name = e.spec.name.clone();
         if p.systemctl {
             if !status.success() && e.starting.is_some() {
-                let why = format!("systemctl start {how}");
+                let why = format!("systemctl {how}");
                 self.activation_failed(idx, &why);
             }
             return;

@@ -337,3 +337,57 @@ fn the_scaler_follows_the_load() {
     let _ = scaler.kill();
     let _ = scaler.wait();
 }
+
+/// What is held goes on in the order it came: fires and a call of one
+/// client, sent while the process takes its time to start.
+#[test]
+fn held_requests_go_on_in_arrival_order() {
+    let dir = TempDir::new("activation-order");
+    let log = dir.path().join("log");
+    let s = setup(|c| {
+        let log = log.display().to_string();
+        entry("act.order", c, &["--serve", "act.order", "--delay-start-ms", "300", "--log", &log], "")
+    });
+    let bus = s.daemon.connect();
+    let route = bus.resolve("act.order").unwrap();
+    for i in 0..20 {
+        bus.fire(&route, format!("fire-{i}").as_bytes()).unwrap();
+    }
+    assert_eq!(&*bus.call(&route, b"last", SOON).unwrap(), b"tsal");
+    let got = std::fs::read_to_string(&log).unwrap();
+    let want: Vec<String> = (0..20).map(|i| format!("fire-{i}")).chain(["last".to_owned()]).collect();
+    assert_eq!(got.lines().collect::<Vec<_>>(), want);
+    assert_eq!(starts(&s.count), 1);
+}
+
+/// A program that cannot be run fails the calls at once, saying why; the
+/// whole story (the path) is in `hybusctl status`.
+#[test]
+fn a_program_that_cannot_run_fails_the_calls_saying_why() {
+    let s = setup(|_| "[[activate]]\nname = \"act.gone\"\nexec = [\"/nonexistent/kv-store\"]\n".to_owned());
+    let bus = s.daemon.connect();
+    let route = bus.resolve("act.gone").unwrap();
+    let e = bus.call(&route, b"x", SOON).unwrap_err();
+    assert_eq!(e.to_string(), "activation of act.gone failed: cannot exec: No such file or directory");
+    let a = activation(&bus, "act.gone");
+    assert_eq!(a.last_error, "cannot start /nonexistent/kv-store: No such file or directory");
+}
+
+/// `unit =` runs the real `systemctl start --no-block UNIT`. The test
+/// machine runs no systemd (or has no such unit), so systemctl fails, and
+/// that failure reaches the callers.
+#[test]
+fn a_unit_is_started_through_systemctl() {
+    if Command::new("systemctl").arg("--version").output().is_err() {
+        eprintln!("skipped: no systemctl on this machine");
+        return;
+    }
+    let s = setup(|_| "[[activate]]\nname = \"act.unit\"\nunit = \"hybus-test-no-such-unit.service\"\n".to_owned());
+    let bus = s.daemon.connect();
+    let route = bus.resolve("act.unit").unwrap();
+    let e = bus.call(&route, b"x", SOON).unwrap_err().to_string();
+    assert!(e.starts_with("activation of act.unit failed: systemctl exited with status "), "{e}");
+    let a = activation(&bus, "act.unit");
+    assert_eq!(a.command, "unit hybus-test-no-such-unit.service");
+    assert!(s.daemon.log_text().contains("systemctl start --no-block hybus-test-no-such-unit.service"));
+}

@@ -10,8 +10,10 @@
 //! * `--never-register` — connects to nothing and sleeps (at most 120 s);
 //! * `--noop` — exits with status 0 at once (the baseline the activation
 //!   bench compares with);
-//! * `--serve NAME` — connects to `$HYBUS_SOCKET`, registers NAME and
-//!   answers each request with its payload reversed (after D ms). When the
+//! * `--serve NAME [--delay-ms D] [--delay-start-ms S] [--log FILE]` —
+//!   sleeps S ms, connects to `$HYBUS_SOCKET`, registers NAME and answers
+//!   each request with its payload reversed (after D ms); with `--log`,
+//!   appends each request's and fire's payload to FILE, a line each. When the
 //!   daemon asks it to drain (idle) or on SIGTERM, it drains, answers what
 //!   came and exits with status 0, printing `drained served=<n>` to stderr.
 //!
@@ -67,14 +69,21 @@ fn main() {
         eprintln!("usage: hybus-activated [--count FILE] (--exit-code N | --never-register | --noop | --serve NAME [--delay-ms D])");
         std::process::exit(2);
     };
-    let delay = Duration::from_millis(value(&args, "--delay-ms").and_then(|v| v.parse().ok()).unwrap_or(0));
-    if let Err(e) = serve(name, delay) {
+    let ms = |flag| Duration::from_millis(value(&args, flag).and_then(|v| v.parse().ok()).unwrap_or(0));
+    std::thread::sleep(ms("--delay-start-ms"));
+    let log = value(&args, "--log").map(|p| {
+        std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap_or_else(|e| {
+            eprintln!("hybus-activated: cannot open {p}: {e}");
+            std::process::exit(71);
+        })
+    });
+    if let Err(e) = serve(name, ms("--delay-ms"), log) {
         eprintln!("hybus-activated: {e}");
         std::process::exit(1);
     }
 }
 
-fn serve(name: &str, delay: Duration) -> hybus::Result<()> {
+fn serve(name: &str, delay: Duration, mut log: Option<std::fs::File>) -> hybus::Result<()> {
     let handler = on_term as extern "C" fn(libc::c_int) as libc::sighandler_t;
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe { libc::signal(libc::SIGTERM, handler) };
@@ -90,6 +99,9 @@ fn serve(name: &str, delay: Duration) -> hybus::Result<()> {
         let wait = if draining_since.is_some() { Duration::from_millis(50) } else { Duration::from_millis(100) };
         match svc.next(wait)? {
             Some(Incoming::Request(req)) => {
+                if let Some(f) = log.as_mut() {
+                    let _ = writeln!(f, "{}", String::from_utf8_lossy(req.payload()));
+                }
                 if !delay.is_zero() {
                     std::thread::sleep(delay);
                 }
@@ -98,7 +110,12 @@ fn serve(name: &str, delay: Duration) -> hybus::Result<()> {
                 req.reply(&v)?;
                 served += 1;
             }
-            Some(Incoming::Fire(_)) => served += 1,
+            Some(Incoming::Fire(s)) => {
+                if let Some(f) = log.as_mut() {
+                    let _ = writeln!(f, "{}", String::from_utf8_lossy(&s));
+                }
+                served += 1;
+            }
             Some(Incoming::Stream(st)) => drop(st),
             // Draining and quiet for a moment: what was in flight is answered.
             None if draining_since.is_some_and(|t| t.elapsed() >= Duration::from_millis(200)) => break,
