@@ -391,3 +391,70 @@ fn a_unit_is_started_through_systemctl() {
     assert_eq!(a.command, "unit hybus-test-no-such-unit.service");
     assert!(s.daemon.log_text().contains("systemctl start --no-block hybus-test-no-such-unit.service"));
 }
+
+/// `user =` runs the process as that user, and it registers only what that
+/// uid may own: refused, it exits and the callers hear its status; allowed,
+/// it serves, as the user.
+#[test]
+fn the_started_process_runs_as_its_user_under_the_usual_policy() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: user = needs hybusd to run as root");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("activation-user");
+    // The service writes its start count as nobody.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let denied = dir.path().join("denied");
+    let allowed = dir.path().join("allowed");
+    let user = format!("user = \"{NOBODY}\"");
+    let config = format!(
+        "{}{}[[policy.rules]]\nuid = {NOBODY}\nprefix = \"nob.\"\nallow = [\"own\"]\n",
+        entry("act.root-only", &denied, &["--serve", "act.root-only"], &user),
+        entry("nob.kv", &allowed, &["--serve", "nob.kv"], &user)
+    );
+    let d = DaemonProc::start(Some(&config));
+    let bus = d.connect();
+    let route = bus.resolve("act.root-only").unwrap();
+    let e = bus.call(&route, b"x", SOON).unwrap_err();
+    assert_eq!(e.to_string(), "activation of act.root-only failed: exited with status 1");
+    assert!(starts(&denied) >= 1, "it did not start");
+    let route = bus.resolve("nob.kv").unwrap();
+    assert_eq!(&*bus.call(&route, b"ab", SOON).unwrap(), b"ba");
+    let svc = bus.list().unwrap().into_iter().find(|s| s.name == "nob.kv").unwrap();
+    assert_eq!(svc.instances[0].uid, NOBODY);
+}
+
+/// Past `max_held` requests waiting for the process, a request fails at
+/// once with "queue full"; the others wait (here: for their deadline).
+#[test]
+fn past_max_held_a_request_fails_with_queue_full() {
+    let s = setup(|c| entry("act.slow", c, &["--never-register"], "max_held = 2\ntimeout_ms = 10000"));
+    let bus = s.daemon.connect();
+    let route = bus.resolve("act.slow").unwrap();
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let (bus, route) = (bus.clone(), route.clone());
+            std::thread::spawn(move || bus.call(&route, b"x", Duration::from_secs(2)).unwrap_err())
+        })
+        .collect();
+    let errors: Vec<Error> = calls.into_iter().map(|c| c.join().unwrap()).collect();
+    assert_eq!(errors.iter().filter(|e| **e == Error::QueueFull).count(), 1, "{errors:?}");
+    assert_eq!(errors.iter().filter(|e| **e == Error::DeadlineExceeded).count(), 2, "{errors:?}");
+}
+
+/// SIGHUP takes new `[[activate]]` entries.
+#[test]
+fn a_reload_adds_activatable_names() {
+    let dir = TempDir::new("activation-reload");
+    let count = dir.path().join("starts");
+    let d = DaemonProc::start(Some("# nothing activatable yet\n"));
+    let bus = d.connect();
+    assert!(matches!(bus.resolve("act.late"), Err(Error::NotFound(_))));
+    std::fs::write(d.config_path(), entry("act.late", &count, &["--serve", "act.late"], "")).unwrap();
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    eventually(SOON, || bus.activations().ok().filter(|a| !a.is_empty())).expect("not reloaded");
+    let route = bus.resolve("act.late").unwrap();
+    assert_eq!(&*bus.call(&route, b"ok", SOON).unwrap(), b"ko");
+    assert_eq!(starts(&count), 1);
+}
