@@ -65,6 +65,9 @@ pub struct Activations {
 #[derive(Debug)]
 struct Entry {
     spec: Activate,
+    /// Still in the config: false once a reload dropped it (it then starts
+    /// nothing, and goes once its processes are gone).
+    declared: bool,
     /// `(uid, gid)` to run `exec` as, from `user`.
     run_as: Option<(u32, u32)>,
     /// Processes started for it that have not been reaped yet.
@@ -175,6 +178,7 @@ impl Activations {
             };
             entries.push(Entry {
                 spec: spec.clone(),
+                declared: true,
                 run_as,
                 procs: Vec::new(),
                 starting: None,
@@ -204,14 +208,18 @@ impl Activations {
             if let Some(old) = self.entries.iter_mut().find(|o| o.spec.name == e.spec.name) {
                 old.spec = e.spec;
                 old.run_as = e.run_as;
+                old.declared = true;
                 continue;
             }
             self.entries.push(e);
         }
-        // An entry no longer declared goes once nothing of it is left.
-        self.entries.retain(|e| {
-            config.activate.iter().any(|a| a.name == e.spec.name) || !e.procs.is_empty() || !e.held.is_empty()
-        });
+        // An entry no longer declared starts nothing more, and goes once
+        // nothing of it is left (its processes are reaped, what it held
+        // goes on when they register or fails when they exit).
+        for e in &mut self.entries {
+            e.declared = config.activate.iter().any(|a| a.name == e.spec.name);
+        }
+        self.entries.retain(|e| e.declared || !e.procs.is_empty() || !e.held.is_empty());
         Ok(())
     }
 
@@ -219,9 +227,14 @@ impl Activations {
         self.entries.iter().position(|e| e.spec.name == name)
     }
 
+    /// The entry of `name` if the config declares it now.
+    fn declared(&self, name: &str) -> Option<usize> {
+        self.index(name).filter(|&i| self.entries[i].declared)
+    }
+
     /// Whether `name` is declared activatable.
     pub fn declares(&self, name: &str) -> bool {
-        self.index(name).is_some()
+        self.declared(name).is_some()
     }
 }
 
@@ -240,7 +253,7 @@ impl Daemon {
     /// checked) found no instance: if `name` is activatable, its route (made
     /// if new), and a start if none is under way.
     pub(crate) fn activate_on_resolve(&mut self, id: u32, name: &str) -> Option<Result<u32, (ErrorCode, String)>> {
-        let idx = self.activations.index(name)?;
+        let idx = self.activations.declared(name)?;
         let route = match self.route_for(id, name) {
             Ok(r) => r,
             Err(e) => return Some(Err(e)),
@@ -257,7 +270,7 @@ impl Daemon {
         if self.activations.entries.is_empty() {
             return false;
         }
-        let Some(idx) = self.registry.route(d.route).and_then(|r| self.activations.index(&r.name)) else {
+        let Some(idx) = self.registry.route(d.route).and_then(|r| self.activations.declared(&r.name)) else {
             return false;
         };
         let e = &mut self.activations.entries[idx];
@@ -509,8 +522,12 @@ impl Daemon {
             tracing::info!(name = %name, pid, "activated process {how}");
             let e = &mut self.activations.entries[idx];
             if !e.held.is_empty() && e.starting.is_none() {
-                // Held while it drained, and it is gone: start again.
-                self.want_instance(idx);
+                if e.declared {
+                    // Held while it drained, and it is gone: start again.
+                    self.want_instance(idx);
+                } else {
+                    self.activation_failed(idx, "no longer activatable (config reloaded)");
+                }
             }
         }
         self.reschedule_activations();
@@ -531,7 +548,7 @@ impl Daemon {
                 continue;
             }
             let e = &mut self.activations.entries[idx];
-            if e.start_wanted && e.not_before.is_none_or(|t| t <= now) {
+            if e.start_wanted && e.declared && e.not_before.is_none_or(|t| t <= now) {
                 self.start(idx);
                 continue;
             }
@@ -621,6 +638,7 @@ impl Daemon {
         self.activations
             .entries
             .iter()
+            .filter(|e| e.declared)
             .map(|e| {
                 let live = self
                     .registry
