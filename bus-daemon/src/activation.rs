@@ -581,8 +581,15 @@ impl Daemon {
             if !pids.contains(&pid) {
                 continue; // not started by us
             }
-            let seen = i.stats.messages_in;
-            let busy = i.outstanding > 0;
+            // Calls over its direct channels count too: the daemon does not
+            // carry them, the channel's own counters do.
+            let (mut seen, mut busy) = (i.stats.messages_in, i.outstanding > 0);
+            for c in self.channels.values().filter(|c| c.b == i.client && c.route == route) {
+                let k = c.segment.channel_counters();
+                let (a, b) = (k.a.read(), k.b.read());
+                seen = seen.wrapping_add(a.messages);
+                busy |= a.in_flight > 0 || b.in_flight > 0;
+            }
             let e = &self.activations.entries[idx];
             let since = match e.idle.iter().find(|w| w.0 == inst) {
                 Some(&(_, s, t)) if s == seen && !busy => t,

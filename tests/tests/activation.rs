@@ -458,3 +458,25 @@ fn a_reload_adds_activatable_names() {
     assert_eq!(&*bus.call(&route, b"ok", SOON).unwrap(), b"ko");
     assert_eq!(starts(&count), 1);
 }
+
+/// Calls over a direct channel keep an activated instance from counting
+/// as idle (the daemon does not carry them; the channel's counters say
+/// so); once they stop, it is stopped.
+#[test]
+fn direct_calls_keep_an_activated_instance_alive() {
+    let s = setup(|c| entry("act.direct", c, &["--serve", "act.direct"], "stop_when_idle_s = 1"));
+    let bus = s.daemon.connect();
+    let route = bus.resolve("act.direct").unwrap();
+    assert_eq!(&*bus.call(&route, b"go", SOON).unwrap(), b"og");
+    bus.request_direct(&route).unwrap();
+    assert!(bus.is_direct(&route));
+    let end = std::time::Instant::now() + Duration::from_millis(2500);
+    while std::time::Instant::now() < end {
+        assert_eq!(&*bus.call(&route, b"ab", SOON).unwrap(), b"ba");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let a = activation(&bus, "act.direct");
+    assert_eq!((a.idle_stops, a.activations), (0, 1), "drained while it was called directly: {a:?}");
+    eventually(SOON, || (activation(&bus, "act.direct").idle_stops == 1).then_some(()))
+        .expect("never stopped once idle");
+}
