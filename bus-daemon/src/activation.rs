@@ -28,9 +28,8 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use hybus_layout::control::{ActivationInfo, DaemonMessage, DataError, ErrorCode, Event};
@@ -45,11 +44,6 @@ pub(crate) const CHILD_TOKEN: u64 = 4 << 32;
 
 /// How often an idle check runs while activated instances may be stopped.
 const IDLE_CHECK: Duration = Duration::from_millis(250);
-
-/// Environment variables of hybusd's own that a started process must not
-/// see: they speak of hybusd's socket activation and notify socket.
-const PRIVATE_ENV: &[&str] =
-    &["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
 
 /// Every activatable name and what its activation is doing.
 #[derive(Debug, Default)]
@@ -115,37 +109,6 @@ struct Held {
     d: Descriptor,
 }
 
-/// The uid and gid of `user` (a name or a number).
-fn lookup_user(user: &str) -> anyhow::Result<(u32, u32)> {
-    let found = match user.parse::<u32>() {
-        Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
-        Err(_) => nix::unistd::User::from_name(user),
-    };
-    match found {
-        Ok(Some(u)) => Ok((u.uid.as_raw(), u.gid.as_raw())),
-        Ok(None) => match user.parse::<u32>() {
-            // A uid without a passwd entry: its own number as the group.
-            Ok(uid) => Ok((uid, uid)),
-            Err(_) => anyhow::bail!("no user named {user:?}"),
-        },
-        Err(e) => anyhow::bail!("cannot look up user {user:?}: {e}"),
-    }
-}
-
-/// `exited with status 3`, `killed by signal 9 (SIGKILL)`.
-fn describe(status: ExitStatus) -> String {
-    if let Some(code) = status.code() {
-        return format!("exited with status {code}");
-    }
-    match status.signal() {
-        Some(sig) => match nix::sys::signal::Signal::try_from(sig) {
-            Ok(s) => format!("killed by signal {sig} ({})", s.as_str()),
-            Err(_) => format!("killed by signal {sig}"),
-        },
-        None => format!("ended: {status}"),
-    }
-}
-
 /// `reason`, cut to what fits inline in a descriptor (at a char boundary).
 fn inline_reason(reason: &str) -> &str {
     let mut end = reason.len().min(INLINE_CAPACITY);
@@ -166,8 +129,8 @@ impl Activations {
             let run_as = match &spec.user {
                 None => None,
                 Some(u) => {
-                    let (uid, gid) =
-                        lookup_user(u).map_err(|e| anyhow::anyhow!("[[activate]] {:?}: {e}", spec.name))?;
+                    let (uid, gid) = crate::launch::lookup_user(u)
+                        .map_err(|e| anyhow::anyhow!("[[activate]] {:?}: {e}", spec.name))?;
                     anyhow::ensure!(
                         root || uid == me,
                         "[[activate]] {:?}: user = {u:?} needs hybusd to run as root (it runs as uid {me})",
@@ -368,44 +331,16 @@ impl Daemon {
         let socket = self.bus_socket();
         let e = &mut self.activations.entries[idx];
         e.start_wanted = false;
-        let (mut cmd, systemctl) = match &e.spec.unit {
-            Some(unit) => {
-                let mut c = Command::new("systemctl");
-                c.args(["start", "--no-block", unit.as_str()]);
-                (c, true)
-            }
-            None => {
-                let mut c = Command::new(&e.spec.exec[0]);
-                c.args(&e.spec.exec[1..]).envs(&e.spec.environment);
-                if let Some(p) = &socket {
-                    c.env("HYBUS_SOCKET", p);
-                }
-                if let Some((uid, gid)) = e.run_as {
-                    // std drops the supplementary groups when root changes uid.
-                    c.uid(uid).gid(gid);
-                }
-                (c, false)
-            }
-        };
-        for v in PRIVATE_ENV {
-            cmd.env_remove(v);
-        }
-        cmd.stdin(Stdio::null());
-        let what = if systemctl {
-            format!("systemctl start --no-block {}", e.spec.unit.as_deref().unwrap_or(""))
-        } else {
-            e.spec.exec[0].clone()
-        };
+        let crate::launch::Launch { mut command, systemctl, what } =
+            crate::launch::command(&e.spec, e.run_as, socket.as_deref());
         let now = Instant::now();
         e.activations += 1;
-        let child = match cmd.spawn() {
+        let child = match command.spawn() {
             Ok(c) => c,
             Err(err) => {
                 // The whole story for the log and `hybusctl status`; the
                 // gist for the callers (what fits in a descriptor).
-                let desc = err
-                    .raw_os_error()
-                    .map_or_else(|| err.to_string(), |n| nix::errno::Errno::from_raw(n).desc().to_owned());
+                let desc = crate::launch::spawn_error(&err);
                 let why = format!("cannot start {what}: {desc}");
                 self.activation_failed_as(idx, &why, &format!("cannot exec: {desc}"));
                 return;
@@ -504,7 +439,7 @@ impl Daemon {
         let p = self.activations.entries[idx].procs.swap_remove(pos);
         self.poller.remove(p.pidfd.as_fd());
         let pid = p.child.id() as i32;
-        let how = describe(status);
+        let how = crate::launch::describe(status);
         let e = &mut self.activations.entries[idx];
         let name = e.spec.name.clone();
         if p.systemctl {
@@ -697,12 +632,6 @@ mod tests {
         let long = "did not register in 5000 ms and then some more words";
         assert_eq!(inline_reason(long).len(), INLINE_CAPACITY);
         assert!(inline_reason("ééééééééééééééééééééééééééé").len() <= INLINE_CAPACITY);
-    }
-
-    #[test]
-    fn exit_statuses_read_well() {
-        assert_eq!(describe(ExitStatus::from_raw(3 << 8)), "exited with status 3");
-        assert_eq!(describe(ExitStatus::from_raw(9)), "killed by signal 9 (SIGKILL)");
     }
 
     #[test]

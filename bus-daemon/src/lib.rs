@@ -3,6 +3,7 @@
 //!
 //! * [`daemon`] — the event loop, connections and lifecycle;
 //! * [`activation`] — starting `[[activate]]` services on demand, scale to zero;
+//! * [`launch`] — the command line, user and environment of a started service;
 //! * [`requests`](crate::daemon::Daemon) — the control plane (module `requests`);
 //! * [`router`] — the data plane: checking and forwarding descriptors;
 //! * [`direct`] — the direct-channel broker and automatic promotion;
@@ -22,6 +23,7 @@ pub mod config;
 pub mod daemon;
 pub mod direct;
 pub mod exchange;
+pub mod launch;
 pub mod poller;
 pub mod registry;
 mod requests;
