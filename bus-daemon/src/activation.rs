@@ -100,6 +100,11 @@ struct Proc {
     pidfd: OwnedFd,
     /// `systemctl start`, not the service itself.
     systemctl: bool,
+    /// When its instance was asked to drain for being idle.
+    drain_asked: Option<Instant>,
+    /// It was sent SIGTERM: asked to drain, it answered what it had and
+    /// still did not exit within `timeout_ms`.
+    termed: bool,
 }
 
 /// A request or fire held for an instance to come.
@@ -368,7 +373,7 @@ impl Daemon {
         let e = &mut self.activations.entries[idx];
         let deadline = now + Duration::from_millis(e.spec.timeout_ms);
         e.starting = Some(Starting { deadline, pid: (!systemctl).then_some(pid) });
-        e.procs.push(Proc { slot, child, pidfd, systemctl });
+        e.procs.push(Proc { slot, child, pidfd, systemctl, drain_asked: None, termed: false });
         tracing::info!(name = %e.spec.name, pid, command = %what, held = e.held.len(), "activation: started");
     }
 
@@ -503,6 +508,8 @@ impl Daemon {
         let Some(route) = self.registry.lookup(&e.spec.name) else {
             return;
         };
+        self.terminate_lingering(idx, route, now);
+        let e = &self.activations.entries[idx];
         let pids: Vec<i32> = e.procs.iter().filter(|p| !p.systemctl).map(|p| p.child.id() as i32).collect();
         let instances = self.registry.route(route).map(|r| r.instances.clone()).unwrap_or_default();
         let mut watched = Vec::new();
@@ -531,15 +538,18 @@ impl Daemon {
                 _ => now,
             };
             if now.duration_since(since) >= idle_for {
-                drain.push((inst, i.client));
+                drain.push((inst, i.client, pid));
             } else {
                 watched.push((inst, seen, since));
             }
         }
         self.activations.entries[idx].idle = watched;
-        for (inst, client) in drain {
+        for (inst, client, pid) in drain {
             let e = &mut self.activations.entries[idx];
             e.idle_stops += 1;
+            if let Some(p) = e.procs.iter_mut().find(|p| p.child.id() as i32 == pid) {
+                p.drain_asked = Some(now);
+            }
             let reason = format!("no request for {} s (stop_when_idle_s)", e.spec.stop_when_idle_s);
             tracing::info!(name = %e.spec.name, instance = inst, "activation: asking an idle instance to drain and exit");
             if let Some(i) = self.registry.instance_mut(inst) {
@@ -547,6 +557,37 @@ impl Daemon {
             }
             self.close_channels_no_longer_served(client, route, "the instance drains (idle)");
             self.send(client, &DaemonMessage::Event(Event::DrainAsked { instance: inst, reason }), &[]);
+        }
+    }
+
+    /// Sends SIGTERM to the processes of entry `idx` that were asked to
+    /// drain, have nothing in flight, and still live `timeout_ms` later: a
+    /// service that ignores [`Event::DrainAsked`] is stopped the way a
+    /// service manager would stop it.
+    fn terminate_lingering(&mut self, idx: usize, route: u32, now: Instant) {
+        let grace = Duration::from_millis(self.activations.entries[idx].spec.timeout_ms);
+        let late: Vec<i32> = self.activations.entries[idx]
+            .procs
+            .iter()
+            .filter(|p| !p.termed && p.drain_asked.is_some_and(|t| now.duration_since(t) >= grace))
+            .map(|p| p.child.id() as i32)
+            .collect();
+        for pid in late {
+            let busy = self.registry.route(route).is_some_and(|r| {
+                r.instances
+                    .iter()
+                    .filter_map(|&i| self.registry.instance(i))
+                    .any(|i| i.outstanding > 0 && self.sessions.get(&i.client).is_some_and(|s| s.creds.pid == pid))
+            });
+            if busy {
+                continue;
+            }
+            let e = &mut self.activations.entries[idx];
+            tracing::info!(name = %e.spec.name, pid, "activation: asked to drain, it did not exit: SIGTERM");
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+            if let Some(p) = e.procs.iter_mut().find(|p| p.child.id() as i32 == pid) {
+                p.termed = true;
+            }
         }
     }
 

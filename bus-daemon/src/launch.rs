@@ -3,6 +3,12 @@
 //! The daemon's side of activation is in [`crate::activation`]; this is the
 //! part that meets the OS: the command line (no shell), the user, the
 //! environment, and the words for an exit status.
+//!
+//! # Safety
+//!
+//! One `unsafe`: the hook that runs in the child between `fork` and
+//! `exec` ([`CommandExt::pre_exec`]), which only calls `sigemptyset` and
+//! `sigprocmask`, both async-signal-safe, on a set on its own stack.
 
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
@@ -29,8 +35,10 @@ pub struct Launch {
 /// The command for `spec`: `exec` as `run_as` (uid, gid) with
 /// `HYBUS_SOCKET` set to `socket`, or `systemctl start --no-block UNIT`.
 /// Stdin is `/dev/null`; stdout and stderr are hybusd's (the journal under
-/// systemd). std resets the signal mask hybusd blocks, and closes every
-/// descriptor of ours (all are close-on-exec).
+/// systemd); every descriptor of ours is close-on-exec. The signals hybusd
+/// blocks (it takes SIGTERM, SIGINT and SIGHUP through a signalfd) are
+/// unblocked in the child: std leaves the mask as it is, and a service
+/// started with SIGTERM blocked could not be stopped.
 pub fn command(spec: &Activate, run_as: Option<(u32, u32)>, socket: Option<&Path>) -> Launch {
     let (mut command, systemctl, what) = match &spec.unit {
         Some(unit) => {
@@ -55,6 +63,19 @@ pub fn command(spec: &Activate, run_as: Option<(u32, u32)>, socket: Option<&Path
         command.env_remove(v);
     }
     command.stdin(Stdio::null());
+    // SAFETY: the hook runs in the forked child before exec and calls only
+    // async-signal-safe functions (sigemptyset, sigprocmask) on its own stack.
+    unsafe {
+        command.pre_exec(|| {
+            let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            if libc::sigemptyset(set.as_mut_ptr()) != 0
+                || libc::sigprocmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut()) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     Launch { command, systemctl, what }
 }
 

@@ -480,3 +480,20 @@ fn direct_calls_keep_an_activated_instance_alive() {
     eventually(SOON, || (activation(&bus, "act.direct").idle_stops == 1).then_some(()))
         .expect("never stopped once idle");
 }
+
+/// A service that ignores the request to drain is sent SIGTERM once it
+/// has nothing in flight and `timeout_ms` has passed.
+#[test]
+fn an_instance_that_ignores_the_drain_is_terminated() {
+    let s = setup(|c| {
+        entry("act.deaf", c, &["--serve", "act.deaf", "--ignore-drain"], "stop_when_idle_s = 1\ntimeout_ms = 500")
+    });
+    let bus = s.daemon.connect();
+    let route = bus.resolve("act.deaf").unwrap();
+    assert_eq!(&*bus.call(&route, b"hi", SOON).unwrap(), b"ih");
+    let a = eventually(SOON, || Some(activation(&bus, "act.deaf")).filter(|a| !a.last_exit.is_empty()))
+        .expect("the instance that ignored the drain was not stopped");
+    // Its SIGTERM handler drains and exits cleanly.
+    assert_eq!((a.last_exit.as_str(), a.idle_stops), ("exited with status 0", 1));
+    assert!(s.daemon.log_text().contains("it did not exit: SIGTERM"), "{}", s.daemon.log_text());
+}

@@ -15,7 +15,8 @@
 //!   each request with its payload reversed (after D ms); with `--log`,
 //!   appends each request's and fire's payload to FILE, a line each. When the
 //!   daemon asks it to drain (idle) or on SIGTERM, it drains, answers what
-//!   came and exits with status 0, printing `drained served=<n>` to stderr.
+//!   came and exits with status 0, printing `drained served=<n>` to stderr
+//!   (`--ignore-drain`: only on SIGTERM).
 //!
 //! It dies with its parent (`PR_SET_PDEATHSIG`), so a test's daemon that is
 //! killed leaves none behind.
@@ -77,13 +78,14 @@ fn main() {
             std::process::exit(71);
         })
     });
-    if let Err(e) = serve(name, ms("--delay-ms"), log) {
+    let ignore_drain = args.iter().any(|a| a == "--ignore-drain");
+    if let Err(e) = serve(name, ms("--delay-ms"), log, ignore_drain) {
         eprintln!("hybus-activated: {e}");
         std::process::exit(1);
     }
 }
 
-fn serve(name: &str, delay: Duration, mut log: Option<std::fs::File>) -> hybus::Result<()> {
+fn serve(name: &str, delay: Duration, mut log: Option<std::fs::File>, ignore_drain: bool) -> hybus::Result<()> {
     let handler = on_term as extern "C" fn(libc::c_int) as libc::sighandler_t;
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe { libc::signal(libc::SIGTERM, handler) };
@@ -92,7 +94,8 @@ fn serve(name: &str, delay: Duration, mut log: Option<std::fs::File>) -> hybus::
     let mut served = 0u64;
     let mut draining_since: Option<Instant> = None;
     loop {
-        if draining_since.is_none() && (TERM.load(Ordering::Relaxed) || svc.drain_asked()) {
+        let asked = !ignore_drain && svc.drain_asked();
+        if draining_since.is_none() && (TERM.load(Ordering::Relaxed) || asked) {
             svc.drain()?;
             draining_since = Some(Instant::now());
         }
