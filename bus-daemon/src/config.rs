@@ -46,6 +46,90 @@ pub struct Config {
     /// On SIGTERM: milliseconds requests and streams in flight may take to
     /// finish before every client is disconnected (default 2000).
     pub shutdown_grace_ms: u64,
+    /// Names the daemon starts on demand (`[[activate]]`), see
+    /// [`crate::activation`].
+    pub activate: Vec<Activate>,
+}
+
+/// An `[[activate]]` entry: a service name whose process the daemon starts
+/// when a client resolves or calls it and no instance serves it.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Activate {
+    /// The service name (exact).
+    pub name: String,
+    /// The program and its arguments, started directly (no shell). One of
+    /// `exec` and `unit`.
+    #[serde(default)]
+    pub exec: Vec<String>,
+    /// A systemd unit to start instead (`systemctl start --no-block UNIT`).
+    pub unit: Option<String>,
+    /// The user to run `exec` as (a name or a number); only when hybusd
+    /// runs as root. Absent: hybusd's own user.
+    pub user: Option<String>,
+    /// Environment variables added to hybusd's own for `exec`
+    /// (`HYBUS_SOCKET` is always set to the daemon's socket).
+    #[serde(default)]
+    pub environment: std::collections::BTreeMap<String, String>,
+    /// Milliseconds the process has to register the name, from its start;
+    /// past it, the held requests fail and the process is killed.
+    #[serde(default = "Activate::default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Seconds without a request after which an instance the daemon started
+    /// is asked to drain and exit (0: never).
+    #[serde(default)]
+    pub stop_when_idle_s: u64,
+    /// Requests (and fires) held while the process starts; past it, a
+    /// request fails with "queue full".
+    #[serde(default = "Activate::default_max_held")]
+    pub max_held: u32,
+    /// Milliseconds the first start after a failed one waits; doubled per
+    /// failure in a row, up to `max_backoff_ms`.
+    #[serde(default = "Activate::default_backoff_ms")]
+    pub backoff_ms: u64,
+    /// Longest back-off, in milliseconds.
+    #[serde(default = "Activate::default_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+}
+
+impl Activate {
+    fn default_timeout_ms() -> u64 {
+        5000
+    }
+    fn default_max_held() -> u32 {
+        1024
+    }
+    fn default_backoff_ms() -> u64 {
+        100
+    }
+    fn default_max_backoff_ms() -> u64 {
+        30_000
+    }
+
+    /// Checks one entry (names, one of exec and unit, bounds).
+    fn check(&self) -> anyhow::Result<()> {
+        let n = &self.name;
+        hybus_layout::control::check_name(n).map_err(|e| anyhow::anyhow!("[[activate]] {n:?}: {e}"))?;
+        match (&self.unit, self.exec.is_empty()) {
+            (Some(_), false) => anyhow::bail!("[[activate]] {n:?}: give exec or unit, not both"),
+            (None, true) => anyhow::bail!("[[activate]] {n:?}: give exec (a program and its arguments) or unit"),
+            (Some(u), true) => {
+                anyhow::ensure!(!u.is_empty() && !u.starts_with('-'), "[[activate]] {n:?}: bad unit name {u:?}");
+                anyhow::ensure!(
+                    self.user.is_none() && self.environment.is_empty(),
+                    "[[activate]] {n:?}: user and environment belong in the unit file when unit is given"
+                );
+            }
+            (None, false) => anyhow::ensure!(!self.exec[0].is_empty(), "[[activate]] {n:?}: empty program name"),
+        }
+        anyhow::ensure!(self.timeout_ms > 0, "[[activate]] {n:?}: timeout_ms must be at least 1");
+        anyhow::ensure!(self.max_held > 0, "[[activate]] {n:?}: max_held must be at least 1");
+        anyhow::ensure!(
+            self.backoff_ms <= self.max_backoff_ms,
+            "[[activate]] {n:?}: backoff_ms is more than max_backoff_ms"
+        );
+        Ok(())
+    }
 }
 
 /// A `[[topic]]` entry: what a topic whose name starts with `prefix` does
@@ -220,6 +304,7 @@ impl Default for Config {
             topic: Vec::new(),
             balance: crate::registry::Balance::default(),
             shutdown_grace_ms: 2000,
+            activate: Vec::new(),
         }
     }
 }
@@ -357,6 +442,14 @@ impl Config {
         for t in &self.topic {
             anyhow::ensure!(t.queue != Some(0), "[[topic]] {:?}: queue must be at least 1", t.prefix);
         }
+        for (i, a) in self.activate.iter().enumerate() {
+            a.check()?;
+            anyhow::ensure!(
+                !self.activate[..i].iter().any(|b| b.name == a.name),
+                "[[activate]] {:?} is declared twice",
+                a.name
+            );
+        }
         for r in &self.policy.rules {
             for a in &r.allow {
                 anyhow::ensure!(
@@ -430,6 +523,31 @@ mod tests {
         assert_eq!(Config::default().balance, Balance::WeightedRoundRobin);
         assert!(Config::parse("balance = \"random\"\n").is_err());
         assert!(Config::parse("[[topic]]\nprefix = \"a.\"\nqueue = 0\n").is_err());
+    }
+
+    #[test]
+    fn activate_entries() {
+        let c = Config::parse(
+            "[[activate]]\nname = \"kv.store\"\nexec = [\"/bin/kv\", \"--cache\", \"64\"]\n\
+             environment = { RUST_LOG = \"info\" }\ntimeout_ms = 2000\nstop_when_idle_s = 30\n\
+             [[activate]]\nname = \"cam\"\nunit = \"cam.service\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.activate.len(), 2);
+        assert_eq!(c.activate[0].exec[1], "--cache");
+        assert_eq!(c.activate[0].environment["RUST_LOG"], "info");
+        assert_eq!((c.activate[0].timeout_ms, c.activate[0].max_held), (2000, 1024));
+        assert_eq!(c.activate[1].unit.as_deref(), Some("cam.service"));
+        for bad in [
+            "[[activate]]\nname = \"a\"\n",
+            "[[activate]]\nname = \"a\"\nexec = [\"x\"]\nunit = \"u\"\n",
+            "[[activate]]\nname = \"a\"\nexec = [\"x\"]\nmax_held = 0\n",
+            "[[activate]]\nname = \"a\"\nexec = [\"x\"]\nshell = true\n",
+            "[[activate]]\nname = \"a\"\nexec = [\"x\"]\n[[activate]]\nname = \"a\"\nexec = [\"y\"]\n",
+            "[[activate]]\nname = \"\"\nexec = [\"x\"]\n",
+        ] {
+            assert!(Config::parse(bad).is_err(), "{bad}");
+        }
     }
 
     /// A uid with gid 100.

@@ -74,8 +74,8 @@ pub struct Daemon {
     /// The uid the daemon runs as: the owner of a user bus (see `Policy::allows`).
     pub(crate) owner: u32,
     config_path: Option<PathBuf>,
-    socket_path: Option<PathBuf>,
-    listener: OwnedFd,
+    pub(crate) socket_path: Option<PathBuf>,
+    pub(crate) listener: OwnedFd,
     pub(crate) poller: Poller,
     pub(crate) sessions: IdMap<u32, Session>,
     next_client: u32,
@@ -142,6 +142,8 @@ pub struct Daemon {
     pub(crate) channel_members: IdMap<u32, (u32, u32)>,
     /// Brokered rates per (caller, route), when promotion is on.
     pub(crate) pair_rates: IdMap<(u32, u32), crate::direct::PairRate>,
+    /// The `[[activate]]` names and their processes.
+    pub(crate) activations: crate::activation::Activations,
 }
 
 fn bind_socket(path: &Path, mode: u32, group: Option<&str>) -> anyhow::Result<OwnedFd> {
@@ -255,6 +257,7 @@ impl Daemon {
         let idle = opts.config.idle_strategy();
         let limits = opts.config.limits;
         let balance = opts.config.balance;
+        let activations = crate::activation::Activations::new(&opts.config)?;
         Ok(Daemon {
             config: opts.config,
             owner: nix::unistd::geteuid().as_raw(),
@@ -299,6 +302,7 @@ impl Daemon {
             channel_ids_wrapped: false,
             channel_members: IdMap::default(),
             pair_rates: IdMap::default(),
+            activations,
         })
     }
 
@@ -407,6 +411,7 @@ impl Daemon {
                     t if t & !0xffff_ffff == CONTROL => self.read_control(t as u32),
                     t if t & !0xffff_ffff == DOORBELL_TOKEN => self.doorbell(t as u32),
                     t if t & !0xffff_ffff == WRITABLE => self.flush_outbox(t as u32),
+                    t if t & !0xffff_ffff == crate::activation::CHILD_TOKEN => self.activation_child(t as u32),
                     _ => {}
                 }
             }
@@ -420,6 +425,9 @@ impl Daemon {
                 }
             }
             self.expire_hellos();
+            if self.activations.due.is_some_and(|t| t <= Instant::now()) {
+                self.activation_tick();
+            }
             // Only if the poller could not tell us when a socket has room.
             if self.outbox_tick && last_outbox.elapsed() >= Duration::from_millis(1) {
                 last_outbox = Instant::now();
@@ -480,6 +488,9 @@ impl Daemon {
             // The "… and N more" line of a window that ends.
             bound(due.saturating_duration_since(now));
         }
+        if let Some(d) = self.activation_sleep() {
+            bound(d);
+        }
         t
     }
 
@@ -533,6 +544,10 @@ impl Daemon {
         };
         match Config::load(&path) {
             Ok(c) => {
+                if let Err(e) = self.activations.reload(&c) {
+                    tracing::warn!("SIGHUP: keeping the old configuration: {e:#}");
+                    return;
+                }
                 // Ring and pool sizes apply to new clients only; policy and limits at once.
                 self.configured_idle = c.idle_strategy();
                 self.cpus = hybus_layout::cpus::usable();
@@ -938,6 +953,7 @@ impl Daemon {
             self.remove_instance(inst);
         }
         self.fail_exchanges_of(id);
+        self.activation_forget_client(id);
         for chunk in self.chunks.drop_holder(id) {
             self.return_chunk(chunk);
         }

@@ -2,6 +2,8 @@
 //! it in-process; the `hybusd` binary wraps it with flags, logs and systemd.
 //!
 //! * [`daemon`] — the event loop, connections and lifecycle;
+//! * [`activation`] — starting `[[activate]]` services on demand, scale to zero;
+//! * [`launch`] — the command line, user and environment of a started service;
 //! * [`requests`](crate::daemon::Daemon) — the control plane (module `requests`);
 //! * [`router`] — the data plane: checking and forwarding descriptors;
 //! * [`direct`] — the direct-channel broker and automatic promotion;
@@ -19,6 +21,7 @@
 #![deny(unsafe_op_in_unsafe_fn, missing_docs, missing_debug_implementations)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod activation;
 pub mod chunks;
 pub mod config;
 mod crowding;
@@ -27,6 +30,7 @@ pub mod direct;
 pub mod exchange;
 pub mod holds;
 pub mod log;
+pub mod launch;
 pub mod poller;
 pub mod ratelog;
 pub mod registry;

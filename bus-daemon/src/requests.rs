@@ -164,6 +164,7 @@ impl Daemon {
                 None => Err(bad("AdoptChannel needs the channel segment attached")),
             },
             Request::Status => Ok(Reply::Status(self.daemon_status())),
+            Request::Activations => Ok(Reply::Activations(self.activation_infos())),
             Request::Monitor { prefix } => self.check(id, Action::Monitor, &prefix).map(|_| {
                 if let Some(s) = self.sessions.get_mut(&id) {
                     if s.monitor.replace(prefix).is_none() {
@@ -386,6 +387,9 @@ impl Daemon {
         })?;
         tracing::info!(client = id, pid, name, instance, route, "registered");
         self.broadcast_watch(name, Event::ServiceUp { name: name.to_owned(), route, instance, pid });
+        // What was held for the name goes on now: the client files requests
+        // for an instance it has not heard of yet under its id.
+        self.activation_registered(name, pid);
         Ok(Reply::Registered { instance, route })
     }
 
@@ -403,7 +407,11 @@ impl Daemon {
                 }
                 Ok(Reply::Resolved { route, instances })
             }
-            _ => Err((ErrorCode::NotFound, format!("no service named {name:?}"))),
+            _ => match self.activate_on_resolve(id, name) {
+                // Activatable: the route works once the process registers.
+                Some(route) => route.map(|route| Reply::Resolved { route, instances: 0 }),
+                None => Err((ErrorCode::NotFound, format!("no service named {name:?}"))),
+            },
         }
     }
 

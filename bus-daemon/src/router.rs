@@ -275,6 +275,12 @@ impl Daemon {
         self.forward(to, d, usize::MAX);
     }
 
+    /// Routes `d` from client `from` as if it had just come off its ring
+    /// (a request held for an activation).
+    pub(crate) fn route_descriptor(&mut self, from: u32, d: Descriptor) -> Result<(), Violation> {
+        self.route(from, d)
+    }
+
     fn route(&mut self, from: u32, d: Descriptor) -> Result<(), Violation> {
         let kind = d.check()?;
         // Requests and fires are tapped once their instance is picked.
@@ -387,6 +393,9 @@ impl Daemon {
             return Ok(());
         }
         let Some(instance) = self.registry.pick(route) else {
+            if self.activation_hold(from, d, chunk.map(|(c, _)| c)) {
+                return Ok(());
+            }
             if let Some((c, _)) = chunk {
                 self.return_chunk(c);
             }
@@ -458,6 +467,9 @@ impl Daemon {
             return Ok(());
         }
         let Some(instance) = self.registry.pick(d.route) else {
+            if self.activation_hold(from, d, chunk.map(|(c, _)| c)) {
+                return Ok(());
+            }
             if let Some((c, _)) = chunk {
                 self.return_chunk(c);
             }
@@ -643,6 +655,10 @@ impl Daemon {
     ) -> Result<(), Violation> {
         let id = if server_side { Some(d.correlation) } else { self.exchanges.id_of(from, d.correlation) };
         let Some(ex) = id.and_then(|id| self.exchanges.get_mut(id)) else {
+            // A request held for an activation, cancelled at its deadline.
+            if kind == Kind::Cancel && !server_side && id.is_none() && self.activation_cancel(from, d.correlation) {
+                return Ok(());
+            }
             // Unknown or already closed: a race with cancel or end. Not a violation.
             if let Some((c, _)) = chunk {
                 self.return_chunk(c);

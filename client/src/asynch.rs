@@ -353,7 +353,7 @@ impl AsyncBus {
         match r {
             Ok((d, origin)) => {
                 call.done = true;
-                Shared::answer_sample(Sample::new(&self.bus.shared, d, origin)?)
+                Shared::answer_sample(Sample::new(&self.bus.shared, d, origin)?).map_err(|e| e.of_service(route.name()))
             }
             Err(e) => {
                 // Tell the server only when it may still be working on it.

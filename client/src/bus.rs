@@ -447,6 +447,16 @@ impl Bus {
         }
     }
 
+    /// The names the daemon starts on demand (`[[activate]]` in its
+    /// config) and the state of each: running, starting, in back-off; the
+    /// pid, the last exit, counts of activations and failures.
+    pub fn activations(&self) -> Result<Vec<control::ActivationInfo>> {
+        match self.control(Request::Activations)? {
+            Reply::Activations(a) => Ok(a),
+            r => Err(Error::Protocol(format!("unexpected reply {r:?}"))),
+        }
+    }
+
     /// Starts receiving [`BusEvent::ServiceUp`]/[`BusEvent::ServiceDown`] for
     /// names under `prefix` ("" for all), beginning with one `ServiceUp` per
     /// instance serving now.
@@ -565,7 +575,8 @@ impl Bus {
 
     fn call_desc(&self, route: &Route, d: Descriptor, chunk_epoch: Option<u64>, due: Due) -> Result<Sample> {
         let sent = self.send_request(route, d, chunk_epoch, due)?;
-        self.shared.await_answer(&sent, sent.due)?.ok_or(Error::DeadlineExceeded)
+        let answer = self.shared.await_answer(&sent, sent.due).map_err(|e| e.of_service(route.name()));
+        answer?.ok_or(Error::DeadlineExceeded)
     }
 
     /// Sends the request `d` to `route`, waiting for ring room until `due`

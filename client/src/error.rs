@@ -54,6 +54,14 @@ pub enum Error {
     Cancelled,
     /// The service answered with an error of its own.
     Service(String),
+    /// The daemon started the service on demand (`[[activate]]`) and the
+    /// process failed before it registered.
+    ActivationFailed {
+        /// The service (empty where the call did not say).
+        service: String,
+        /// How: `exited with status 3`, `did not register in 5000 ms`.
+        reason: String,
+    },
     /// The ring is full and the caller asked not to block.
     WouldBlock,
     /// The connection to the daemon is lost (it stopped or disconnected us).
@@ -106,6 +114,10 @@ impl fmt::Display for Error {
             Self::QueueFull => f.write_str("the receiver's queue is full"),
             Self::Cancelled => f.write_str("cancelled"),
             Self::Service(m) => write!(f, "service error: {m}"),
+            Self::ActivationFailed { service, reason } if service.is_empty() => {
+                write!(f, "activation failed: {reason}")
+            }
+            Self::ActivationFailed { service, reason } => write!(f, "activation of {service} failed: {reason}"),
             Self::WouldBlock => f.write_str("would block: the ring is full"),
             Self::BusGone(m) => write!(f, "bus gone: {m}"),
             Self::Protocol(m) => write!(f, "protocol error: {m}"),
@@ -151,6 +163,21 @@ impl Error {
             DataError::AccessDenied => Error::AccessDenied("by policy".into()),
             DataError::Service => Error::Service(String::from_utf8_lossy(payload).into_owned()),
             DataError::QuotaExceeded => Error::QuotaExceeded("requests in flight (limits.in_flight_per_uid)".into()),
+            DataError::ActivationFailed => Error::ActivationFailed {
+                service: String::new(),
+                reason: String::from_utf8_lossy(payload).into_owned(),
+            },
+        }
+    }
+
+    /// The error, saying which service it is about where it can
+    /// ([`Error::ActivationFailed`] comes without its service's name).
+    pub fn of_service(self, name: &str) -> Error {
+        match self {
+            Error::ActivationFailed { service, reason } if service.is_empty() => {
+                Error::ActivationFailed { service: name.to_owned(), reason }
+            }
+            e => e,
         }
     }
 

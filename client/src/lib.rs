@@ -61,7 +61,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub use asynch::{AsyncBus, StreamEnd};
 pub use bus::{Bus, BusOptions};
 pub use error::{Error, Result};
-pub use hybus_layout::control::{ChannelStats, DaemonStatus, InstanceInfo, InstanceStats, ServiceInfo, StatsReport};
+pub use hybus_layout::control::{
+    ActivationInfo, ChannelStats, DaemonStatus, InstanceInfo, InstanceStats, ServiceInfo, StatsReport,
+};
 pub use hybus_layout::socket::default_socket_path;
 pub use hybus_layout::IdleStrategy;
 pub use pending::{CallCanceller, PendingCall};
@@ -143,6 +145,16 @@ pub enum BusEvent {
         channel: u32,
         /// The service it served.
         service: String,
+        /// Why.
+        reason: String,
+    },
+    /// The daemon asks our instance to drain and exit: it started the
+    /// process on demand (`[[activate]]`) and the instance got no request
+    /// for `stop_when_idle_s`. It gets no new requests; answer what came
+    /// and exit (see [`Service::drain_asked`]).
+    DrainAsked {
+        /// The instance.
+        instance: u32,
         /// Why.
         reason: String,
     },

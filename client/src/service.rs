@@ -162,6 +162,15 @@ impl Service {
         }
     }
 
+    /// Whether the daemon asked this instance to drain and exit (it started
+    /// it on demand and it was idle: `stop_when_idle_s`). It gets no new
+    /// requests then; answer what came, and exit. (Also told as
+    /// [`BusEvent::DrainAsked`](crate::BusEvent::DrainAsked).)
+    pub fn drain_asked(&self) -> bool {
+        let instance = self.instance();
+        self.bus.shared.lock().drain_asked.contains(&instance)
+    }
+
     /// Stops getting new requests; requests in flight still arrive and may be answered.
     pub fn drain(&self) -> Result<()> {
         self.bus.control(ControlRequest::Drain { instance: self.instance() }).map(drop)

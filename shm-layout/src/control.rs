@@ -55,6 +55,7 @@ pub const SCHEMA_HASH: u64 = {
         ErrorReply,
         ErrorCode,
         Crowding,
+        ActivationInfo,
     ])
 };
 
@@ -268,6 +269,9 @@ pub enum Request {
         /// Whether it parks at all.
         park: bool,
     },
+    /// The names the config declares activatable (`[[activate]]`), and
+    /// what their activation is doing.
+    Activations,
 }
 
 /// A message from the daemon.
@@ -325,6 +329,8 @@ pub enum Reply {
     Done,
     /// The answer to [`Request::Idle`].
     Crowding(Crowding),
+    /// The activatable names (answer to [`Request::Activations`]).
+    Activations(Vec<ActivationInfo>),
 }
 
 /// How many parties spin without yielding, and on how many CPUs: sent to
@@ -358,6 +364,42 @@ impl Crowding {
     pub fn direct(&self, own_cpus: u32) -> bool {
         self.spinners.saturating_add(self.daemon_spins as u32) > self.cpus.min(own_cpus).max(1)
     }
+}
+
+/// An activatable name (`[[activate]]` in the daemon config) and the state
+/// of its activation.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ActivationInfo {
+    /// The service name.
+    pub name: String,
+    /// `"inactive"` (no process started by the daemon lives), `"starting"`
+    /// (started, not registered yet), `"running"` (registered),
+    /// `"back-off"` (the last start failed; the next waits).
+    pub state: String,
+    /// What is started: the command line, or `unit NAME`.
+    pub command: String,
+    /// The pid of the newest process the daemon started for it, while it
+    /// lives; 0 otherwise.
+    pub pid: i32,
+    /// How the last process started for it ended (`exited with status 3`,
+    /// `killed by signal 9`); empty if none ended yet.
+    pub last_exit: String,
+    /// Why the last activation failed; empty if none did.
+    pub last_error: String,
+    /// Failed activations in a row (reset when an instance registers).
+    pub failures: u32,
+    /// Milliseconds the next start waits after the last failure (0 if none).
+    pub backoff_ms: u64,
+    /// Milliseconds left until the next start may happen (0: at once).
+    pub backoff_left_ms: u64,
+    /// Processes started since the daemon started.
+    pub activations: u64,
+    /// Activations that failed (exited or timed out before registering).
+    pub activation_failures: u64,
+    /// Instances asked to drain for being idle (`stop_when_idle_s`).
+    pub idle_stops: u64,
+    /// Requests held now, waiting for an instance.
+    pub held: u32,
 }
 
 /// What a new client gets.
@@ -626,6 +668,15 @@ pub enum Event {
     },
     /// The number of parties that spin changed (sent to clients that spin).
     Crowding(Crowding),
+    /// The daemon asks this instance to drain and exit (it started it on
+    /// demand and it has been idle for `stop_when_idle_s`): it gets no new
+    /// requests; it should answer what it has, unregister and exit.
+    DrainAsked {
+        /// The instance.
+        instance: u32,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Why a control request failed.
@@ -689,6 +740,10 @@ pub enum DataError {
     /// The sender's uid has as many requests in flight as it may
     /// (`limits.in_flight_per_uid`).
     QuotaExceeded = 11,
+    /// The daemon started the service on demand and it failed before it
+    /// registered; the inline payload says how (`exited with status 3`,
+    /// `did not register in 5000 ms`).
+    ActivationFailed = 12,
 }
 
 impl DataError {
@@ -705,6 +760,7 @@ impl DataError {
             8 => DataError::Cancelled,
             9 => DataError::AccessDenied,
             11 => DataError::QuotaExceeded,
+            12 => DataError::ActivationFailed,
             _ => DataError::Service,
         }
     }

@@ -45,6 +45,8 @@ enum Command {
     Subscribe(cmd::topic::SubscribeArgs),
     /// Measure hybus beside this machine's own limits.
     Bench(cmd::bench::Args),
+    /// Keep a service's request rate per instance in a band by starting and stopping instances.
+    Scale(cmd::scale::Args),
     /// Run an embedded daemon with demo services and show what hybus does.
     Demo(cmd::demo::Args),
     /// Internal: the server processes `bench` and `demo` spawn.
@@ -66,6 +68,7 @@ fn main() -> ExitCode {
         Command::Subscribe(a) => cmd::topic::subscribe(&socket, a),
         Command::Bench(a) => cmd::bench::run(cli.socket.as_deref(), a),
         Command::Demo(a) => cmd::demo::run(a),
+        Command::Scale(a) => cmd::scale::run(&socket, a),
         Command::Worker(a) => cmd::worker::run(&socket, a),
     };
     match r {

@@ -188,6 +188,9 @@ pub(crate) struct Core {
     pub dropped_publications: u64,
     /// Events dropped unread (see [`EVENT_QUEUE`]).
     pub dropped_events: u64,
+    /// Our instances the daemon asked to drain and exit (it started them
+    /// on demand and they were idle), most recent last; a few at most.
+    pub drain_asked: Vec<u32>,
     /// What [`pump_hot`](Self::pump_hot) took off a ring for the wait that
     /// polled it; that wait's check takes it in the same critical section.
     pub taken: Option<(Descriptor, Origin)>,
@@ -291,6 +294,7 @@ impl Core {
             timed: None,
             releases_queued: false,
             dropped_events: 0,
+            drain_asked: Vec::new(),
             retiring: Vec::new(),
             retire_rounds: 0,
             last_look: coarse_millis(),
@@ -503,6 +507,14 @@ impl Core {
             Event::Crowding(c) => self.crowding = Some(c),
             Event::Traffic { kind, from, to, route, correlation, len, from_pid, to_pid } => {
                 self.push_event(BusEvent::Traffic { kind, from, to, route, correlation, len, from_pid, to_pid })
+            }
+            Event::DrainAsked { instance, reason } => {
+                // Instance ids are not reused while the daemon runs: a short list suffices.
+                if self.drain_asked.len() >= 64 {
+                    self.drain_asked.remove(0);
+                }
+                self.drain_asked.push(instance);
+                self.push_event(BusEvent::DrainAsked { instance, reason })
             }
             Event::DirectOpen(info) => match Direct::open(&info, fds, self.client_id, self.rx_bell.clone()) {
                 Ok(ch) => {

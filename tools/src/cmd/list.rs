@@ -18,6 +18,12 @@ pub struct Args {
 pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
     let bus = super::connect(socket)?;
     let services = bus.list()?;
+    // Activatable names with no instance now: started by the first call.
+    let activatable: Vec<hybus::ActivationInfo> = bus
+        .activations()?
+        .into_iter()
+        .filter(|a| !services.iter().any(|s| s.name == a.name && !s.instances.is_empty()))
+        .collect();
     if a.json {
         let v: Vec<_> = services
             .iter()
@@ -32,7 +38,9 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        return super::print_json(&json!({ "services": v }));
+        let idle: Vec<_> =
+            activatable.iter().map(|a| json!({ "name": a.name, "state": a.state, "command": a.command })).collect();
+        return super::print_json(&json!({ "services": v, "activatable": idle }));
     }
     let mut t = Table::new(&["SERVICE", ">ROUTE", ">INSTANCE", "STATE", ">UID", ">PID", ">VERSION", ">WEIGHT"]);
     for s in &services {
@@ -48,6 +56,11 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
                 i.weight.to_string(),
             ]);
         }
+    }
+    for a in &activatable {
+        let state = if a.state == "inactive" { "activatable".to_owned() } else { format!("activatable ({})", a.state) };
+        let dash = || "-".to_owned();
+        t.row(vec![a.name.clone(), dash(), dash(), state, dash(), dash(), dash(), dash()]);
     }
     if t.is_empty() {
         println!("no services registered");

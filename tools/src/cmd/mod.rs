@@ -5,6 +5,7 @@ pub mod call;
 pub mod demo;
 pub mod list;
 pub mod monitor;
+pub mod scale;
 pub mod stats;
 pub mod status;
 pub mod topic;

@@ -36,7 +36,7 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
     if !a.watch {
         let s = bus.stats()?;
         if a.prometheus {
-            print!("{}", prometheus(&s));
+            print!("{}", prometheus(&s, &bus.activations()?));
         } else if a.json {
             super::print_json(&to_json(&s, None))?;
         } else {
@@ -53,7 +53,7 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
         if a.json {
             println!("{}", serde_json::to_string(&to_json(&s, rates.as_ref()))?);
         } else if a.prometheus {
-            print!("{}", prometheus(&s));
+            print!("{}", prometheus(&s, &bus.activations()?));
         } else {
             // Clear the screen and home the cursor, like top.
             print!("\x1b[2J\x1b[H");
@@ -236,7 +236,7 @@ fn to_json(report: &StatsReport, rates: Option<&HashMap<u32, (f64, f64)>>) -> se
 }
 
 /// The Prometheus text exposition format (version 0.0.4).
-fn prometheus(report: &StatsReport) -> String {
+fn prometheus(report: &StatsReport, activations: &[hybus::ActivationInfo]) -> String {
     use std::fmt::Write;
     let s = &report.instances;
     let mut out = String::new();
@@ -323,6 +323,23 @@ fn prometheus(report: &StatsReport) -> String {
                     c.service, c.channel
                 );
             }
+        }
+    }
+    type Act = (&'static str, &'static str, &'static str, fn(&hybus::ActivationInfo) -> u64);
+    let acts: [Act; 4] = [
+        ("hybus_activations_total", "counter", "Processes the daemon started on demand.", |a| a.activations),
+        ("hybus_activation_failures_total", "counter", "On-demand starts that failed before registering.", |a| {
+            a.activation_failures
+        }),
+        ("hybus_activation_idle_stops_total", "counter", "Activated instances asked to drain for idleness.", |a| {
+            a.idle_stops
+        }),
+        ("hybus_activation_held", "gauge", "Requests held while the service starts.", |a| a.held as u64),
+    ];
+    for (name, kind, help, f) in acts {
+        family(&mut out, name, kind, help);
+        for a in activations {
+            let _ = writeln!(out, "{name}{{service=\"{}\"}} {}", a.name, f(a));
         }
     }
     out

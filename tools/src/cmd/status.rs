@@ -55,7 +55,18 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
         return Ok(());
     };
     let services = bus.list()?;
+    let activation = bus.activations()?.into_iter().find(|a| a.name == name);
     let Some(svc) = services.into_iter().find(|s| s.name == name) else {
+        if let Some(act) = &activation {
+            if a.json {
+                return super::print_json(
+                    &json!({ "name": name, "instances": [], "activation": activation_json(act) }),
+                );
+            }
+            println!("{name}: no instance");
+            print_activation(act);
+            return Ok(());
+        }
         anyhow::bail!("no service named {name:?} (see `hybusctl list`)");
     };
     let stats = bus.stats()?.instances;
@@ -74,7 +85,10 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        return super::print_json(&json!({ "name": svc.name, "route": svc.route, "instances": inst }));
+        return super::print_json(&json!({
+            "name": svc.name, "route": svc.route, "instances": inst,
+            "activation": activation.as_ref().map(activation_json),
+        }));
     }
     println!("{} (route {}), {} instance(s)", svc.name, svc.route, svc.instances.len());
     let mut t = Table::new(&[
@@ -110,5 +124,37 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
         ]);
     }
     print!("{}", t.render());
+    if let Some(act) = &activation {
+        print_activation(act);
+    }
     Ok(())
+}
+
+/// An activatable name's state, for `--json`.
+fn activation_json(a: &hybus::ActivationInfo) -> serde_json::Value {
+    json!({
+        "state": a.state, "command": a.command, "pid": a.pid, "last_exit": a.last_exit,
+        "last_error": a.last_error, "failures": a.failures, "backoff_ms": a.backoff_ms,
+        "backoff_left_ms": a.backoff_left_ms, "activations": a.activations,
+        "activation_failures": a.activation_failures, "idle_stops": a.idle_stops, "held": a.held,
+    })
+}
+
+/// An activatable name's state, in words.
+fn print_activation(a: &hybus::ActivationInfo) {
+    let pid = if a.pid == 0 { "no process".to_owned() } else { format!("pid {}", a.pid) };
+    println!("activation: {}, {pid} ({})", a.state, a.command);
+    println!(
+        "  {} started, {} failed, {} stopped when idle, {} requests held",
+        a.activations, a.activation_failures, a.idle_stops, a.held
+    );
+    if !a.last_exit.is_empty() {
+        println!("  last exit: {}", a.last_exit);
+    }
+    if !a.last_error.is_empty() {
+        println!("  last failure: {} ({} in a row)", a.last_error, a.failures);
+    }
+    if a.backoff_ms > 0 {
+        println!("  back-off: {} ms ({} ms left)", a.backoff_ms, a.backoff_left_ms);
+    }
 }
