@@ -300,7 +300,14 @@ impl Bus {
     }
 
     pub(crate) fn register_raw(&self, name: &str, o: &ServiceOptions) -> Result<(u32, u32)> {
-        match self.control(Request::Register { name: name.to_owned(), version: o.version, weight: o.weight })? {
+        let r = Request::Register {
+            name: name.to_owned(),
+            version: o.version,
+            weight: o.weight,
+            exclusive: o.exclusive,
+            replace: o.replace,
+        };
+        match self.control(r)? {
             Reply::Registered { instance, route } => Ok((instance, route)),
             r => Err(Error::Protocol(format!("unexpected reply {r:?}"))),
         }

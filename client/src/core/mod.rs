@@ -133,6 +133,9 @@ pub(crate) struct Core {
     /// Our instances that unregistered on this connection: what still
     /// comes for them on a direct channel is refused (see [`retire`](Self::retire)).
     pub retired: FewSet<u32>,
+    /// Our instances the daemon said are drained (nothing in flight, no
+    /// request to come): their serving loops end (see `Service::serve`).
+    pub drained: FewSet<u32>,
     /// When the last automatic reconnect was tried.
     pub last_reconnect: Option<std::time::Instant>,
     /// Waits so far (a cheap clock for occasional control-socket reads).
@@ -237,6 +240,7 @@ impl Core {
             loaned: FewSet::new(),
             instance_alias: FewMap::new(),
             retired: FewSet::new(),
+            drained: FewSet::new(),
             last_reconnect: None,
             waits: 0,
             rx_buf: Vec::new(),
@@ -335,6 +339,7 @@ impl Core {
         self.cancelled.retain(|(o, _)| *o != Origin::Daemon);
         // The new daemon numbers instances afresh.
         self.retired = FewSet::new();
+        self.drained = FewSet::new();
         Ok(())
     }
 
@@ -455,6 +460,9 @@ impl Core {
             }
             Event::ServiceUp { name, route, instance, pid } => {
                 self.push_event(BusEvent::ServiceUp { name, route, instance, pid })
+            }
+            Event::Drained { instance } => {
+                self.drained.insert(instance);
             }
             Event::ServiceDown { name, route, instance, pid } => {
                 self.push_event(BusEvent::ServiceDown { name, route, instance, pid })
@@ -783,7 +791,7 @@ pub(crate) fn alloc_error(e: hybus_layout::pool::AllocError) -> Error {
 
 /// The error an Error descriptor carries.
 pub(crate) fn error_of(d: &Descriptor, payload: Option<&[u8]>) -> Error {
-    Error::from_data(control::DataError::from_aux(d.aux), payload.unwrap_or(d.inline()))
+    Error::from_aux(d.aux, payload.unwrap_or(d.inline()))
 }
 
 fn geometry_of(classes: &[(u32, u32)]) -> Result<PoolGeometry> {
