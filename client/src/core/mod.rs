@@ -463,6 +463,10 @@ impl Core {
             }
             Event::Drained { instance } => {
                 self.drained.insert(instance);
+                // The serving loop may sleep on the doorbell while another
+                // thread (a control request's wait) read this event: ring
+                // it, so that the loop looks again and ends.
+                hybus_layout::doorbell::Wake::wake(&*self.rx_bell);
             }
             Event::ServiceDown { name, route, instance, pid } => {
                 self.push_event(BusEvent::ServiceDown { name, route, instance, pid })
