@@ -88,9 +88,11 @@ impl ServiceOptions {
     }
 }
 
-/// Where a registration currently lives: (instance, route, epoch).
+/// Where a registration currently lives: (instance, route, epoch); and
+/// why it lives nowhere, if the daemon refused to register it again
+/// after a reconnect (another took the name meanwhile).
 #[derive(Debug, Default)]
-pub(crate) struct Slot(Mutex<(u32, u32, u64)>);
+pub(crate) struct Slot(Mutex<(u32, u32, u64)>, Mutex<Option<Error>>);
 
 impl Slot {
     pub(crate) fn store(&self, instance: u32, route: u32, epoch: u64) {
@@ -98,6 +100,14 @@ impl Slot {
     }
     pub(crate) fn load(&self) -> (u32, u32, u64) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// The registration is lost for good: `why`.
+    pub(crate) fn lose(&self, why: Error) {
+        *self.1.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+    }
+    /// Why the registration is lost, if it is.
+    pub(crate) fn lost(&self) -> Option<Error> {
+        self.1.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -173,7 +183,10 @@ impl Service {
     ///
     /// Idleness, a caller's cancel or a daemon restart (with the bus's
     /// default automatic reconnect) do not end the wait;
-    /// [`Error::BusGone`] does, once the connection is lost for good.
+    /// [`Error::BusGone`] does, once the connection is lost for good, and
+    /// so does the daemon's refusal to register the instance again after
+    /// a restart (another instance took the name exclusively meanwhile:
+    /// [`Error::NameOwned`]).
     ///
     /// ```no_run
     /// # fn main() -> Result<(), hybus::Error> {
@@ -210,6 +223,11 @@ impl Service {
                 // After the inbox: what came before the daemon's word is served first.
                 if !core.drained.is_empty() && core.drained.contains(&instance) {
                     return Ok(Some(None));
+                }
+                if core.epoch != epoch {
+                    if let Some(e) = self.slot.lost() {
+                        return Err(e);
+                    }
                 }
                 return Ok(None);
             };

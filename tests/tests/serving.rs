@@ -304,3 +304,40 @@ fn async_serving_loop() {
     assert_eq!(&*caller.call(&route, b"drain", SOON).unwrap(), b"draining");
     assert_eq!(server.join().unwrap(), Ok(()), "drained: the async loop ends");
 }
+
+/// A serving loop whose name another instance took exclusively while the
+/// daemon was restarting ends with that refusal (it is unregistered for
+/// good), instead of retrying the reconnect for ever; the bus's other
+/// registrations come back.
+#[test]
+fn a_loop_whose_name_was_taken_during_a_restart_ends() {
+    let dir = hybus_tests::TempDir::new("serve-taken");
+    let socket = dir.path().join("bus.sock");
+    let mut daemon = hybus_tests::start_daemon_at(&socket, &dir.path().join("hybusd.log"));
+    let bus = hybus::Bus::connect_to(&socket).unwrap();
+    let taken = bus.register_with("taken.name", ServiceOptions::default().exclusive()).unwrap();
+    let kept = bus.register("kept.name").unwrap();
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    let _ = std::fs::remove_file(&socket);
+    let mut daemon = hybus_tests::start_daemon_at(&socket, &dir.path().join("hybusd2.log"));
+    // Nothing waits on `bus` yet, so nothing reconnected it: the name is free for another.
+    let other = hybus::Bus::connect_to(&socket).unwrap();
+    let thief = other.register_with("taken.name", ServiceOptions::default().exclusive()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = taken.serve(|_| Ok(b"old".into()));
+        let _ = tx.send(r);
+    });
+    let r = rx.recv_timeout(SOON).expect("the loop ended (it retried the reconnect for ever before)");
+    assert!(matches!(&r, Err(Error::NameOwned(m)) if m.contains("held exclusively")), "{r:?}");
+    // The other registration came back, and the thief keeps its name.
+    let kept_loop = std::thread::spawn(move || kept.serve(|_| Ok(b"kept".into())));
+    let route = eventually(SOON, || other.resolve("kept.name").ok()).unwrap();
+    assert_eq!(&*other.call(&route, b"?", SOON).unwrap(), b"kept");
+    assert_eq!(other.list().unwrap().iter().find(|s| s.name == "taken.name").map(|s| s.instances.len()), Some(1));
+    drop(thief);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    drop(kept_loop);
+}
