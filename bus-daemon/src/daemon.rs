@@ -1032,6 +1032,30 @@ impl Daemon {
         self.broadcast_watch(&name, Event::ServiceDown { name: name.clone(), route: i.route, instance: inst, pid });
     }
 
+    /// One exchange of `instance` is over (answered, cancelled, failed).
+    pub(crate) fn one_less(&mut self, instance: u32) {
+        if let Some(i) = self.registry.instance_mut(instance) {
+            i.outstanding = i.outstanding.saturating_sub(1);
+            if i.draining && i.outstanding == 0 {
+                self.tell_if_drained(instance);
+            }
+        }
+    }
+
+    /// Tells the owner of `instance`, once, that it drained: it is
+    /// draining and nothing is in flight to it (its serving loop may end).
+    pub(crate) fn tell_if_drained(&mut self, instance: u32) {
+        let Some(i) = self.registry.instance_mut(instance) else {
+            return;
+        };
+        if !i.draining || i.outstanding != 0 || i.told_drained {
+            return;
+        }
+        i.told_drained = true;
+        let client = i.client;
+        self.send(client, &DaemonMessage::Event(Event::Drained { instance }), &[]);
+    }
+
     pub(crate) fn broadcast_watch(&mut self, name: &str, ev: Event) {
         let targets: Vec<u32> = self
             .sessions

@@ -44,6 +44,10 @@ pub struct InstanceEntry {
     pub weight: u32,
     /// Draining: gets no new requests.
     pub draining: bool,
+    /// Holds its name alone while serving (see [`Claim::exclusive`]).
+    pub exclusive: bool,
+    /// Its owner was told it drained ([`Event::Drained`](hybus_layout::control::Event::Drained)), once.
+    pub told_drained: bool,
     /// Requests forwarded and not answered yet.
     pub outstanding: u32,
     /// Smooth-WRR state.
@@ -94,6 +98,30 @@ pub enum RegisterError {
     },
     /// The name is new and a limit on names was reached.
     TooManyNames(NameLimit),
+    /// A serving instance holds the name alone (registered exclusive).
+    HeldExclusively {
+        /// That instance.
+        instance: u32,
+        /// Its client.
+        client: u32,
+    },
+    /// An exclusive registration of a name others serve.
+    Served {
+        /// How many instances serve it.
+        instances: usize,
+    },
+}
+
+/// How a registration claims its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Claim {
+    /// Alone: refused while another instance serves the name, and while
+    /// this one serves, registrations without `replace` are refused.
+    pub exclusive: bool,
+    /// Take over: every serving instance drains, the newcomer gets the new
+    /// requests (an exclusive holder is replaced too: that is how an
+    /// exclusive service is hot-replaced).
+    pub replace: bool,
 }
 
 /// Why a new name was refused.
@@ -214,7 +242,8 @@ impl Registry {
         self.routes.iter().map(|(k, v)| (*k, v))
     }
 
-    /// Adds an instance of `name` served by `client` (owned by `uid`).
+    /// Adds an instance of `name` served by `client` (owned by `uid`), shared
+    /// with the name's other instances.
     pub fn register(
         &mut self,
         name: &str,
@@ -223,14 +252,47 @@ impl Registry {
         version: u32,
         weight: u32,
     ) -> Result<(u32, u32), RegisterError> {
+        self.register_as(name, client, uid, version, weight, Claim::default()).map(|(i, r, _)| (i, r))
+    }
+
+    /// Adds an instance of `name` served by `client` (owned by `uid`),
+    /// claiming the name as `claim` says. Returns the instance, the route,
+    /// and the instances it set draining (`claim.replace`).
+    pub fn register_as(
+        &mut self,
+        name: &str,
+        client: u32,
+        uid: u32,
+        version: u32,
+        weight: u32,
+        claim: Claim,
+    ) -> Result<(u32, u32, Vec<u32>), RegisterError> {
         let route = self.route_for(name, uid).map_err(RegisterError::TooManyNames)?;
-        let entry = self.routes.get_mut(&route).ok_or(RegisterError::Owned { uid })?;
-        match entry.owner_uid {
-            Some(owner) if owner != uid && !entry.instances.is_empty() => {
-                return Err(RegisterError::Owned { uid: owner })
-            }
-            _ => entry.owner_uid = Some(uid),
+        let entry = self.routes.get(&route).ok_or(RegisterError::Owned { uid })?;
+        if let Some(owner) = entry.owner_uid.filter(|&o| o != uid && !entry.instances.is_empty()) {
+            return Err(RegisterError::Owned { uid: owner });
         }
+        let serving: Vec<u32> =
+            entry.instances.iter().copied().filter(|id| self.instances.get(id).is_some_and(|i| !i.draining)).collect();
+        if !claim.replace {
+            let holder = serving.iter().find_map(|id| self.instances.get(id).filter(|i| i.exclusive).map(|i| (*id, i)));
+            if let Some((instance, i)) = holder {
+                return Err(RegisterError::HeldExclusively { instance, client: i.client });
+            }
+            if claim.exclusive && !serving.is_empty() {
+                return Err(RegisterError::Served { instances: serving.len() });
+            }
+        }
+        let drained = if claim.replace { serving } else { Vec::new() };
+        for id in &drained {
+            if let Some(i) = self.instances.get_mut(id) {
+                i.draining = true;
+            }
+        }
+        let Some(entry) = self.routes.get_mut(&route) else {
+            return Err(RegisterError::Owned { uid });
+        };
+        entry.owner_uid = Some(uid);
         let id = new_instance_id(&mut self.next_instance, &self.instances);
         entry.instances.push(id);
         self.instances.insert(
@@ -241,12 +303,14 @@ impl Registry {
                 version,
                 weight: weight.max(1),
                 draining: false,
+                exclusive: claim.exclusive,
+                told_drained: false,
                 outstanding: 0,
                 current: 0,
                 stats: Counters::default(),
             },
         );
-        Ok((id, route))
+        Ok((id, route, drained))
     }
 
     /// Removes an instance; returns it.
@@ -414,6 +478,34 @@ mod tests {
         r.unregister(a);
         assert!(r.register("svc", 3, 1001, 1, 1).is_ok(), "a name with no instances is free");
         assert_eq!(r.lookup("svc"), Some(route), "route ids are stable");
+    }
+
+    #[test]
+    fn exclusive_names_refuse_others_and_replace_drains_them() {
+        let mut r = Registry::default();
+        let alone = Claim { exclusive: true, replace: false };
+        let (a, route, _) = r.register_as("svc", 1, 1000, 1, 1, alone).unwrap();
+        // Held alone: neither a shared nor another exclusive instance gets in.
+        assert_eq!(r.register("svc", 2, 1000, 1, 1), Err(RegisterError::HeldExclusively { instance: a, client: 1 }));
+        assert_eq!(
+            r.register_as("svc", 2, 1000, 1, 1, alone),
+            Err(RegisterError::HeldExclusively { instance: a, client: 1 })
+        );
+        // Another uid is refused as before, replace or not.
+        let take = Claim { exclusive: false, replace: true };
+        assert_eq!(r.register_as("svc", 9, 1001, 1, 1, take), Err(RegisterError::Owned { uid: 1000 }));
+        // Replace takes over: the holder drains, the newcomer gets the requests.
+        let (b, _, drained) = r.register_as("svc", 2, 1000, 2, 1, take).unwrap();
+        assert_eq!(drained, vec![a]);
+        assert!(r.instance(a).unwrap().draining);
+        assert!((0..4).all(|_| r.pick(route) == Some(b)));
+        // A draining holder holds nothing; a shared name refuses an exclusive claim.
+        let (c, _) = r.register("svc", 3, 1000, 1, 1).unwrap();
+        assert_eq!(r.register_as("svc", 4, 1000, 1, 1, alone), Err(RegisterError::Served { instances: 2 }));
+        let both = Claim { exclusive: true, replace: true };
+        let (d, _, drained) = r.register_as("svc", 4, 1000, 3, 1, both).unwrap();
+        assert_eq!(drained, vec![b, c]);
+        assert_eq!(r.register("svc", 5, 1000, 1, 1), Err(RegisterError::HeldExclusively { instance: d, client: 4 }));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use hybus_layout::segment::{EventFd, Segment};
 
 use crate::config::{Action, Who};
 use crate::daemon::{error_reply, Daemon, DOORBELL_TOKEN};
-use crate::registry::RegisterError;
+use crate::registry::{Claim, RegisterError};
 use crate::router::Violation;
 use crate::session::DataPlane;
 
@@ -57,7 +57,9 @@ impl Daemon {
                 self.cut_off(id, crate::ratelog::LogKind::Malformed, &msg);
                 return;
             }
-            Request::Register { name, version, weight } => self.register(id, &name, version, weight),
+            Request::Register { name, version, weight, exclusive, replace } => {
+                self.register(id, &name, version, weight, Claim { exclusive, replace })
+            }
             Request::Unregister { instance } => self.owned_instance(id, instance).map(|_| {
                 self.remove_instance(instance);
                 Reply::Done
@@ -68,6 +70,7 @@ impl Daemon {
                     let route = i.route;
                     self.close_channels_no_longer_served(id, route, "the instance drains");
                 }
+                self.tell_if_drained(instance);
                 Reply::Done
             }),
             Request::Resolve { name } => self.resolve(id, &name),
@@ -361,7 +364,7 @@ impl Daemon {
         Ok(())
     }
 
-    fn register(&mut self, id: u32, name: &str, version: u32, weight: u32) -> Answer {
+    fn register(&mut self, id: u32, name: &str, version: u32, weight: u32, claim: Claim) -> Answer {
         control::check_name(name).map_err(bad)?;
         self.check(id, Action::Own, name)?;
         let Some(s) = self.sessions.get(&id) else {
@@ -379,13 +382,38 @@ impl Daemon {
                 format!("uid {uid} already has {owned} instances (limit {})", self.config.limits.instances_per_uid),
             ));
         }
-        let (instance, route) = self.registry.register(name, id, uid, version, weight).map_err(|e| match e {
+        let registered = self.registry.register_as(name, id, uid, version, weight, claim);
+        let (instance, route, drained) = registered.map_err(|e| match e {
             RegisterError::Owned { uid: owner } => {
                 (ErrorCode::NameOwned, format!("name {name:?} is already owned by uid {owner}"))
             }
             RegisterError::TooManyNames(limit) => too_many_names(limit),
+            RegisterError::HeldExclusively { instance, client } => {
+                let pid = self.sessions.get(&client).map_or(0, |s| s.creds.pid);
+                (
+                    ErrorCode::NameOwned,
+                    format!(
+                        "name {name:?} is held exclusively by instance {instance} (pid {pid}); \
+                         register with replace to take it over"
+                    ),
+                )
+            }
+            RegisterError::Served { instances } => (
+                ErrorCode::NameOwned,
+                format!(
+                    "name {name:?} is served by {instances} instance(s): an exclusive registration needs it free \
+                     (or replace, to take it over)"
+                ),
+            ),
         })?;
-        tracing::info!(client = id, pid, name, instance, route, "registered");
+        let mode = if claim.exclusive { "exclusive" } else { "shared" };
+        tracing::info!(client = id, pid, name, instance, route, mode, replaced = ?drained, "registered");
+        for old in drained {
+            if let Some(client) = self.registry.instance(old).map(|i| i.client) {
+                self.close_channels_no_longer_served(client, route, "the instance was replaced");
+            }
+            self.tell_if_drained(old);
+        }
         self.broadcast_watch(name, Event::ServiceUp { name: name.to_owned(), route, instance, pid });
         // What was held for the name goes on now: the client files requests
         // for an instance it has not heard of yet under its id.
@@ -476,6 +504,7 @@ impl Daemon {
                             version: i.version,
                             weight: i.weight,
                             draining: i.draining,
+                            exclusive: i.exclusive,
                         })
                     })
                     .collect(),

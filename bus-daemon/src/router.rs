@@ -578,11 +578,11 @@ impl Daemon {
         }
         self.exchanges.close(d.correlation);
         if let Some(i) = self.registry.instance_mut(ex.instance) {
-            i.outstanding = i.outstanding.saturating_sub(1);
             i.stats.messages_out += 1;
             i.stats.bytes_out += payload_len(&d);
             let _ = i.stats.latency.record(ex.opened.elapsed().as_nanos() as u64);
         }
+        self.one_less(ex.instance);
         let mut out = d;
         out.route = ex.route;
         out.correlation = ex.caller_corr;
@@ -674,9 +674,7 @@ impl Daemon {
             // A plain request: only the caller's Cancel applies.
             if kind == Kind::Cancel && !server_side {
                 self.exchanges.close(id);
-                if let Some(i) = self.registry.instance_mut(snapshot.instance) {
-                    i.outstanding = i.outstanding.saturating_sub(1);
-                }
+                self.one_less(snapshot.instance);
                 let mut out = Descriptor::new(Kind::Cancel, snapshot.instance, id);
                 out.flags |= flags::SERVER;
                 self.forward(snapshot.server, out, usize::MAX);
@@ -713,9 +711,7 @@ impl Daemon {
         }
         if close {
             self.exchanges.close(id);
-            if let Some(i) = self.registry.instance_mut(snapshot.instance) {
-                i.outstanding = i.outstanding.saturating_sub(1);
-            }
+            self.one_less(snapshot.instance);
         }
         let mut out = d;
         let to = if server_side {
@@ -788,9 +784,7 @@ impl Daemon {
     /// and calls it served fail with "peer gone" at their callers.
     pub(crate) fn fail_exchanges_of(&mut self, id: u32) {
         for (xid, ex) in self.exchanges.drain_where(|e| e.caller == id || e.server == id) {
-            if let Some(i) = self.registry.instance_mut(ex.instance) {
-                i.outstanding = i.outstanding.saturating_sub(1);
-            }
+            self.one_less(ex.instance);
             if ex.server == id {
                 self.error_to(ex.caller, ex.route, ex.caller_corr, DataError::PeerGone, false);
             } else {

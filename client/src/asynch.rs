@@ -109,7 +109,7 @@ impl AsyncBus {
     /// `deadline` passes, sleeping at most `cap` at a time: for waits no
     /// doorbell announces (room in a ring, space in our pool), as in the
     /// blocking [`Shared::wait_capped`].
-    async fn wait<T>(
+    pub(crate) async fn wait<T>(
         &self,
         deadline: Option<Instant>,
         cap: Option<Duration>,
@@ -239,7 +239,7 @@ impl AsyncBus {
     /// our pool beyond 40 bytes), and the connection epoch it was built on,
     /// waiting until `deadline` for pool space without blocking the
     /// executor (see the blocking `Shared::build`).
-    async fn build(
+    pub(crate) async fn build(
         &self,
         kind: Kind,
         route: u32,

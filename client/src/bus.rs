@@ -231,7 +231,24 @@ impl Bus {
         let regs: Vec<_> = self.shared.registrations.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for r in regs {
             let old = r.slot.load().0;
-            let (instance, route) = self.register_raw(&r.name, &r.options)?;
+            let (instance, route) = match self.register_raw(&r.name, &r.options) {
+                Ok(registered) => registered,
+                // Refused by the new daemon (the name is taken, the policy
+                // changed): that instance is gone, its serving loop says
+                // so, and the others come back all the same.
+                Err(
+                    e @ (Error::NameOwned(_) | Error::AccessDenied(_) | Error::QuotaExceeded(_) | Error::BadRequest(_)),
+                ) => {
+                    self.shared
+                        .registrations
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .retain(|k| !Arc::ptr_eq(&k.slot, &r.slot));
+                    r.slot.lose(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             r.slot.store(instance, route, epoch);
             let mut core = self.shared.lock();
             for v in core.instance_alias.values_mut() {
@@ -308,7 +325,14 @@ impl Bus {
     }
 
     pub(crate) fn register_raw(&self, name: &str, o: &ServiceOptions) -> Result<(u32, u32)> {
-        match self.control(Request::Register { name: name.to_owned(), version: o.version, weight: o.weight })? {
+        let r = Request::Register {
+            name: name.to_owned(),
+            version: o.version,
+            weight: o.weight,
+            exclusive: o.exclusive,
+            replace: o.replace,
+        };
+        match self.control(r)? {
             Reply::Registered { instance, route } => Ok((instance, route)),
             r => Err(Error::Protocol(format!("unexpected reply {r:?}"))),
         }

@@ -52,8 +52,14 @@ pub enum Error {
     QueueFull,
     /// The exchange was cancelled (by the caller, or the server refused it).
     Cancelled,
-    /// The service answered with an error of its own.
-    Service(String),
+    /// The service answered with an error of its own (see
+    /// [`Request::fail_with`](crate::Request::fail_with)).
+    Service {
+        /// The service's own error code; 0 when it gave none.
+        code: u32,
+        /// What it said (at most [`MAX_ERROR_MESSAGE`](crate::MAX_ERROR_MESSAGE) bytes).
+        message: String,
+    },
     /// The daemon started the service on demand (`[[activate]]`) and the
     /// process failed before it registered.
     ActivationFailed {
@@ -113,7 +119,8 @@ impl fmt::Display for Error {
             Self::OutOfPool { len } => write!(f, "out of pool memory for a {len}-byte payload"),
             Self::QueueFull => f.write_str("the receiver's queue is full"),
             Self::Cancelled => f.write_str("cancelled"),
-            Self::Service(m) => write!(f, "service error: {m}"),
+            Self::Service { code: 0, message } => write!(f, "service error: {message}"),
+            Self::Service { code, message } => write!(f, "service error {code}: {message}"),
             Self::ActivationFailed { service, reason } if service.is_empty() => {
                 write!(f, "activation failed: {reason}")
             }
@@ -149,7 +156,8 @@ impl From<ErrorReply> for Error {
 
 impl Error {
     /// The error a data-plane error code stands for; `payload` is the
-    /// service's own message for [`DataError::Service`].
+    /// service's own message for [`DataError::Service`] (its code is 0:
+    /// see [`from_aux`](Self::from_aux) for the whole `aux` word).
     pub fn from_data(code: DataError, payload: &[u8]) -> Error {
         match code {
             DataError::NoSuchService => Error::NoSuchService,
@@ -161,7 +169,7 @@ impl Error {
             DataError::QueueFull => Error::QueueFull,
             DataError::Cancelled => Error::Cancelled,
             DataError::AccessDenied => Error::AccessDenied("by policy".into()),
-            DataError::Service => Error::Service(String::from_utf8_lossy(payload).into_owned()),
+            DataError::Service => Error::Service { code: 0, message: String::from_utf8_lossy(payload).into_owned() },
             DataError::QuotaExceeded => Error::QuotaExceeded("requests in flight (limits.in_flight_per_uid)".into()),
             DataError::ActivationFailed => Error::ActivationFailed {
                 service: String::new(),
@@ -176,6 +184,18 @@ impl Error {
         match self {
             Error::ActivationFailed { service, reason } if service.is_empty() => {
                 Error::ActivationFailed { service: name.to_owned(), reason }
+            }
+            e => e,
+        }
+    }
+
+    /// The error an Error descriptor's `aux` word and payload stand for:
+    /// [`from_data`](Self::from_data), with the service's own code of a
+    /// service error.
+    pub fn from_aux(aux: u64, payload: &[u8]) -> Error {
+        match Error::from_data(DataError::from_aux(aux), payload) {
+            Error::Service { message, .. } => {
+                Error::Service { code: hybus_layout::control::service_code(aux), message }
             }
             e => e,
         }

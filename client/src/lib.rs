@@ -6,6 +6,8 @@
 //! * [`Bus`] — a connection: register, resolve, call, fire, loan, watch;
 //! * [`PendingCall`], [`CallCanceller`] — calls in flight, to collect later or cancel;
 //! * [`Service`], [`Incoming`], [`Request`], [`StreamRequest`] — the serving side;
+//!   [`Service::serve`] (and [`Serving`]) is the serving loop, [`Reply`] and
+//!   [`ServiceError`] what its handler answers;
 //! * [`Publisher`], [`Subscription`] — topics;
 //! * [`Stream`] — the caller's end of a request-stream or request-channel;
 //! * [`Sample`], [`Loan`] — received payloads and in-place writes (zero-copy);
@@ -18,17 +20,13 @@
 //! ```no_run
 //! # fn main() -> Result<(), hybus::Error> {
 //! use std::time::Duration;
-//! use hybus::{Bus, Incoming};
+//! use hybus::Bus;
 //!
 //! // A service...
 //! let server = Bus::connect()?;
 //! let echo = server.register("demo.echo")?;
-//! std::thread::spawn(move || {
-//!     while let Ok(Some(Incoming::Request(req))) = echo.next(Duration::from_secs(60)) {
-//!         let answer = req.payload().to_ascii_uppercase();
-//!         let _ = req.reply(&answer);
-//!     }
-//! });
+//! // Serves until the instance is drained; a handler's Err is answered as a service error.
+//! std::thread::spawn(move || echo.serve(|req| Ok(req.payload().to_ascii_uppercase().into())));
 //! // ...and a caller.
 //! let bus = Bus::connect()?;
 //! let route = bus.resolve("demo.echo")?;
@@ -49,6 +47,9 @@ mod idle;
 mod park;
 mod pending;
 mod sample;
+mod serve;
+#[cfg(feature = "tokio")]
+mod serve_async;
 mod service;
 mod stream;
 mod topic;
@@ -71,7 +72,10 @@ pub use pending::{CallCanceller, PendingCall};
 /// with it (`#[rkyv(crate = hybus::rkyv)]`) to be sure both agree.
 pub use rkyv;
 pub use sample::{Loan, Sample, INLINE_PAYLOAD};
-pub use service::{Incoming, Request, Service, ServiceOptions, StreamRequest};
+pub use serve::{Reply, ServiceError, Serving};
+#[cfg(feature = "tokio")]
+pub use serve_async::{AsyncServing, NoFire, NoStream};
+pub use service::{Incoming, Request, Service, ServiceOptions, StreamRequest, MAX_ERROR_MESSAGE};
 pub use stream::{Batch, BatchIter, Stream};
 pub use topic::{Publisher, Subscription};
 

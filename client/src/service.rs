@@ -18,23 +18,81 @@ use crate::wait::{deadline_in, Due};
 const REPLY_POOL_WAIT: Duration = Duration::from_secs(10);
 
 /// How an instance registers.
+///
+/// By default a name is *shared*: every instance registered under it gets
+/// a share of its requests (load balancing), and a new one simply joins.
+/// [`exclusive`](Self::exclusive) and [`replace`](Self::replace) give the
+/// name ownership of D-Bus instead.
+///
+/// # Examples
+///
+/// ```no_run
+/// # fn main() -> Result<(), hybus::Error> {
+/// use hybus::{Bus, ServiceOptions};
+/// let bus = Bus::connect()?;
+/// // Alone under its name, or not at all:
+/// let svc = bus.register_with("kv.store", ServiceOptions::default().exclusive())?;
+/// // Later, a new version takes over; the old instance drains and its serving loop ends.
+/// let new = bus.register_with("kv.store", ServiceOptions::default().exclusive().replace())?;
+/// # drop((svc, new)); Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServiceOptions {
     /// The instance's version (shown in listings).
     pub version: u32,
     /// Load-balancing weight (≥ 1): an instance of weight 3 gets three times the requests of one of weight 1.
     pub weight: u32,
+    /// Hold the name alone (see [`exclusive`](Self::exclusive)).
+    pub exclusive: bool,
+    /// Take the name over (see [`replace`](Self::replace)).
+    pub replace: bool,
 }
 
 impl Default for ServiceOptions {
     fn default() -> Self {
-        ServiceOptions { version: 1, weight: 1 }
+        ServiceOptions { version: 1, weight: 1, exclusive: false, replace: false }
     }
 }
 
-/// Where a registration currently lives: (instance, route, epoch).
+impl ServiceOptions {
+    /// Holds the name alone. The registration fails with
+    /// [`Error::NameOwned`] if another instance serves the name, and while
+    /// this one serves, registrations of the name are refused the same
+    /// way, unless they [`replace`](Self::replace) it. `hybusctl status
+    /// NAME` shows the instance as `exclusive`.
+    pub fn exclusive(mut self) -> Self {
+        self.exclusive = true;
+        self
+    }
+
+    /// Takes the name over: every instance serving it now drains (gets no
+    /// new request, finishes those in flight, and its
+    /// [`serve`](Service::serve) loop returns once they are answered), and
+    /// this one gets every new request: hot replacement in one call. Works
+    /// on an exclusive name too (only for the uid that owns the name).
+    pub fn replace(mut self) -> Self {
+        self.replace = true;
+        self
+    }
+
+    /// With this version (shown in listings).
+    pub fn version(mut self, version: u32) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// With this load-balancing weight (≥ 1).
+    pub fn weight(mut self, weight: u32) -> Self {
+        self.weight = weight;
+        self
+    }
+}
+
+/// Where a registration currently lives: (instance, route, epoch); and
+/// why it lives nowhere, if the daemon refused to register it again
+/// after a reconnect (another took the name meanwhile).
 #[derive(Debug, Default)]
-pub(crate) struct Slot(Mutex<(u32, u32, u64)>);
+pub(crate) struct Slot(Mutex<(u32, u32, u64)>, Mutex<Option<Error>>);
 
 impl Slot {
     pub(crate) fn store(&self, instance: u32, route: u32, epoch: u64) {
@@ -42,6 +100,14 @@ impl Slot {
     }
     pub(crate) fn load(&self) -> (u32, u32, u64) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// The registration is lost for good: `why`.
+    pub(crate) fn lose(&self, why: Error) {
+        *self.1.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+    }
+    /// Why the registration is lost, if it is.
+    pub(crate) fn lost(&self) -> Option<Error> {
+        self.1.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -101,24 +167,74 @@ impl Service {
     }
 
     /// Waits up to `timeout` for the next request, fire or stream. `Ok(None)` if none came.
+    ///
+    /// See [`next_blocking`](Self::next_blocking) to wait without a
+    /// timeout, and [`serve`](Self::serve) for the whole serving loop.
     pub fn next(&self, timeout: Duration) -> Result<Option<Incoming>> {
+        match self.next_due(Due::After(timeout)) {
+            Err(Error::DeadlineExceeded) => Ok(None),
+            r => r,
+        }
+    }
+
+    /// Waits, as long as it takes, for the next request, fire or stream;
+    /// `Ok(None)` once the instance drained (it, or a replacement, asked)
+    /// and nothing is left in flight to it: no request will come again.
+    ///
+    /// Idleness, a caller's cancel or a daemon restart (with the bus's
+    /// default automatic reconnect) do not end the wait;
+    /// [`Error::BusGone`] does, once the connection is lost for good, and
+    /// so does the daemon's refusal to register the instance again after
+    /// a restart (another instance took the name exclusively meanwhile:
+    /// [`Error::NameOwned`]).
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), hybus::Error> {
+    /// # let svc = hybus::Bus::connect()?.register("demo.raw")?;
+    /// while let Some(incoming) = svc.next_blocking()? {
+    ///     match incoming {
+    ///         hybus::Incoming::Request(req) => req.reply(b"ok")?,
+    ///         hybus::Incoming::Fire(_) => {}
+    ///         hybus::Incoming::Stream(st) => st.fail("no streams here")?,
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn next_blocking(&self) -> Result<Option<Incoming>> {
+        self.next_due(Due::Never)
+    }
+
+    /// Whether the daemon said this instance drained: it gets no new
+    /// request and has none in flight (see [`next_blocking`](Self::next_blocking)).
+    pub fn is_drained(&self) -> bool {
+        let instance = self.instance();
+        self.bus.shared.lock().drained.contains(&instance)
+    }
+
+    /// The next incoming, waiting until `due`; `None` once drained.
+    fn next_due(&self, due: Due) -> Result<Option<Incoming>> {
         let shared = &self.bus.shared;
-        let r = shared.wait_hot(Due::After(timeout), Hot::Inbox(self.inbox().0), |core| {
+        let r = shared.wait_hot(due, Hot::Inbox(self.inbox().0), |core| {
             // Read on every round, not once: a reconnect during the wait
             // registers us again, under a new instance id and epoch, and a
             // request taken then is answered in the new epoch.
             let (instance, epoch) = self.inbox();
             let Some((d, origin)) = core.take_incoming(instance) else {
+                // After the inbox: what came before the daemon's word is served first.
+                if !core.drained.is_empty() && core.drained.contains(&instance) {
+                    return Ok(Some(None));
+                }
+                if core.epoch != epoch {
+                    if let Some(e) = self.slot.lost() {
+                        return Err(e);
+                    }
+                }
                 return Ok(None);
             };
             // Mapped under this lock rather than another one.
-            Ok(Some((Sample::new_locked(shared, core, d, origin)?, origin, instance, epoch)))
-        });
-        match r {
-            Ok((payload, origin, instance, epoch)) => Ok(Some(self.incoming(payload, origin, instance, epoch))),
-            Err(Error::DeadlineExceeded) => Ok(None),
-            Err(e) => Err(e),
-        }
+            Ok(Some(Some((Sample::new_locked(shared, core, d, origin)?, origin, instance, epoch))))
+        })?;
+        Ok(r.map(|(payload, origin, instance, epoch)| self.incoming(payload, origin, instance, epoch)))
     }
 
     /// The inbox this instance's requests land in, and the connection epoch.
@@ -341,10 +457,135 @@ impl Request {
         }
     }
 
-    /// Answers with an error the caller sees as [`Error::Service`] (first 40 bytes of `message`).
-    pub fn fail(mut self, message: &str) -> Result<()> {
-        let d = service_error(self.instance, 0, message);
-        self.finish(Ok(d), None)
+    /// Answers with an error the caller sees as [`Error::Service`] (code 0).
+    /// A message longer than the descriptor's 40 bytes travels in a chunk
+    /// of our pool like any payload; one longer than
+    /// [`MAX_ERROR_MESSAGE`] is cut there, with a `…`.
+    pub fn fail(self, message: &str) -> Result<()> {
+        self.fail_with(0, message)
+    }
+
+    /// Answers with a typed error: the caller sees
+    /// [`Error::Service { code, message }`](Error::Service), `code` being the
+    /// service's own (0 stands for none given). The message travels as in
+    /// [`fail`](Self::fail).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), hybus::Error> {
+    /// # let bus = hybus::Bus::connect()?;
+    /// # let svc = bus.register("kv.store")?;
+    /// const NOT_FOUND: u32 = 404;
+    /// if let Some(hybus::Incoming::Request(req)) = svc.next_blocking()? {
+    ///     req.fail_with(NOT_FOUND, "no key \"colour\"")?;
+    /// }
+    /// // ...and the caller's `bus.call(..)` returns
+    /// // Err(hybus::Error::Service { code: 404, message: "no key \"colour\"".into() })
+    /// # Ok(()) }
+    /// ```
+    pub fn fail_with(mut self, code: u32, message: &str) -> Result<()> {
+        let (d, epoch) = service_error_built(&self.shared, self.instance, code, message);
+        self.finish(Ok(d), epoch)
+    }
+
+    /// The payload as a [`Sample`] (taken: [`payload`](Self::payload) is
+    /// empty afterwards), to keep or hand on without a copy.
+    pub fn take_payload(&mut self) -> Option<Sample> {
+        self.payload.take()
+    }
+
+    /// What answers with `reply` (inline, or copied into a chunk of our
+    /// pool, or the loan itself), and the connection epoch its chunk was
+    /// taken on; if it cannot be built (too large for our pool, say), a
+    /// service error that says why instead: the caller always hears. For
+    /// the serving loops, which build while the handler's reply may still
+    /// borrow the request and send once it is done ([`send`](Self::send)).
+    pub(crate) fn build(&self, reply: crate::serve::Reply<'_>) -> (Descriptor, Option<u64>) {
+        use crate::serve::Reply;
+        let built = match reply {
+            Reply::Loan(loan) => loan.into_current(Kind::Response, self.instance).map(|(d, e)| (d, Some(e))),
+            Reply::Bytes(b) => match Descriptor::new(Kind::Response, self.instance, 0).with_inline(&b) {
+                Some(d) => Ok((d, None)),
+                None => self
+                    .shared
+                    .build(Kind::Response, self.instance, &b, Some(Instant::now() + REPLY_POOL_WAIT))
+                    .map(|(d, e)| (d, Some(e))),
+            },
+        };
+        built.unwrap_or_else(|e| self.error(0, &format!("the service could not send its answer: {e}")))
+    }
+
+    /// The instance it came to (the route its answer is built for).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn instance(&self) -> u32 {
+        self.instance
+    }
+
+    /// What answers with the error `code`, `message` (see [`build`](Self::build)).
+    pub(crate) fn error(&self, code: u32, message: &str) -> (Descriptor, Option<u64>) {
+        service_error_built(&self.shared, self.instance, code, message)
+    }
+
+    /// Sends what [`build`](Self::build) or [`error`](Self::error) made.
+    pub(crate) fn send(mut self, (d, epoch): (Descriptor, Option<u64>)) -> Result<()> {
+        self.finish(Ok(d), epoch)
+    }
+}
+
+/// Longest error message a service error carries, in bytes (4 KiB): a
+/// longer one is cut there, on a character boundary, ending with `…`.
+/// Up to 40 bytes travel in the descriptor, longer ones in a chunk of the
+/// service's pool, like any payload.
+pub const MAX_ERROR_MESSAGE: usize = 4096;
+
+/// `message` cut to [`MAX_ERROR_MESSAGE`] bytes with a visible `…`.
+fn error_text(message: &str) -> std::borrow::Cow<'_, str> {
+    if message.len() <= MAX_ERROR_MESSAGE {
+        return message.into();
+    }
+    let mut end = MAX_ERROR_MESSAGE - '…'.len_utf8();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &message[..end]).into()
+}
+
+/// A service error with `code` and `message` for instance `route`: inline
+/// if it fits, else in a chunk of our pool (and the connection epoch it
+/// was taken on). Without room in the pool, the message is cut to the
+/// inline space (with a `…`) rather than not sent.
+pub(crate) fn service_error_built(
+    shared: &Arc<Shared>,
+    route: u32,
+    code: u32,
+    message: &str,
+) -> (Descriptor, Option<u64>) {
+    let text = error_text(message);
+    let aux = hybus_layout::control::service_aux(code);
+    let inline = Descriptor::new(Kind::Error, route, 0).with_aux(aux);
+    if let Some(mut d) = inline.with_inline(text.as_bytes()) {
+        d.flags |= flags::SERVER;
+        return (d, None);
+    }
+    // Errors are not worth waiting long for room: the caller waits for this answer.
+    match shared.build(Kind::Error, route, text.as_bytes(), Some(Instant::now() + Duration::from_millis(100))) {
+        Ok((mut d, epoch)) => {
+            d.aux = aux;
+            d.flags |= flags::SERVER;
+            (d, Some(epoch))
+        }
+        Err(_) => {
+            let cap = hybus_layout::descriptor::INLINE_CAPACITY - '…'.len_utf8();
+            let mut end = cap;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            let short = format!("{}…", &text[..end]);
+            let mut d = inline.with_inline(short.as_bytes()).unwrap_or(inline);
+            d.flags |= flags::SERVER;
+            (d, None)
+        }
     }
 }
 
@@ -474,12 +715,18 @@ impl StreamRequest {
         self.close(None)
     }
 
-    /// Ends the stream with an error the caller sees as [`Error::Service`].
+    /// Ends the stream with an error the caller sees as [`Error::Service`]
+    /// (code 0; any length, as [`Request::fail`]).
     pub fn fail(mut self, message: &str) -> Result<()> {
-        self.close(Some(message))
+        self.close(Some((0, message)))
     }
 
-    fn close(&mut self, error: Option<&str>) -> Result<()> {
+    /// Ends the stream with a typed error (see [`Request::fail_with`]).
+    pub fn fail_with(mut self, code: u32, message: &str) -> Result<()> {
+        self.close(Some((code, message)))
+    }
+
+    pub(crate) fn close(&mut self, error: Option<(u32, &str)>) -> Result<()> {
         if self.done {
             return Ok(());
         }
@@ -498,19 +745,22 @@ impl StreamRequest {
             self.shared.lock().served_done(self.origin, self.corr);
             return Ok(());
         }
-        let d = match error {
-            Some(m) => {
-                let mut d = service_error(self.instance, self.corr, m);
+        let (d, epoch) = match error {
+            Some((code, m)) => {
+                let (mut d, epoch) = service_error_built(&self.shared, self.instance, code, m);
                 d.correlation = self.corr;
-                d
+                (d, epoch)
             }
             None => {
                 let mut d = Descriptor::new(Kind::StreamEnd, self.instance, self.corr);
                 d.flags |= flags::SERVER;
-                d
+                (d, None)
             }
         };
-        let r = self.shared.send_on(self.origin, &d, None);
+        let r = match epoch {
+            Some(epoch) => self.shared.send_or_reclaim(self.origin, &d, None, epoch),
+            None => self.shared.send_on(self.origin, &d, None),
+        };
         self.shared.lock().served_done(self.origin, self.corr);
         r
     }

@@ -172,6 +172,13 @@ pub enum Request {
         version: u32,
         /// Load-balancing weight, at least 1.
         weight: u32,
+        /// Hold the name alone: refused if another instance serves it, and
+        /// while this one serves, registrations of the name without
+        /// `replace` are refused.
+        exclusive: bool,
+        /// Take the name over: every instance serving it now drains (as in
+        /// hot replacement) and this one gets the new requests.
+        replace: bool,
     },
     /// Withdraw a service instance now.
     Unregister {
@@ -449,6 +456,8 @@ pub struct InstanceInfo {
     pub weight: u32,
     /// `true` while draining.
     pub draining: bool,
+    /// `true` if the instance holds its name alone (registered exclusive).
+    pub exclusive: bool,
 }
 
 /// Traffic counters of instances and direct channels.
@@ -622,6 +631,13 @@ pub enum Event {
         /// Owner's pid.
         pid: i32,
     },
+    /// One of the client's instances is draining (it asked, or a newer
+    /// instance took its name over) and has nothing in flight any more:
+    /// no request will come to it again, and its serving loop may end.
+    Drained {
+        /// The instance.
+        instance: u32,
+    },
     /// A read-only view of another client's pool follows as the one attached fd.
     /// Sent before any descriptor that refers to that pool.
     PoolView {
@@ -748,8 +764,10 @@ pub enum DataError {
 
 impl DataError {
     /// Decodes an `aux` word; unknown codes are reported as [`DataError::Service`].
+    /// Only the low 32 bits hold the code: a [`DataError::Service`] error
+    /// carries the service's own code in the high 32 (see [`service_code`]).
     pub fn from_aux(aux: u64) -> DataError {
-        match aux {
+        match aux & 0xffff_ffff {
             1 => DataError::NoSuchService,
             2 => DataError::NoInstance,
             3 => DataError::DeadlineExceeded,
@@ -764,6 +782,17 @@ impl DataError {
             _ => DataError::Service,
         }
     }
+}
+
+/// The `aux` word of a [`DataError::Service`] error carrying the service's
+/// own error `code` (0: none given).
+pub const fn service_aux(code: u32) -> u64 {
+    DataError::Service as u64 | (code as u64) << 32
+}
+
+/// The service's own error code in the `aux` word of a [`DataError::Service`] error (0: none given).
+pub const fn service_code(aux: u64) -> u32 {
+    (aux >> 32) as u32
 }
 
 /// A control message could not be encoded or decoded.
@@ -867,7 +896,16 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let m = ClientMessage { id: 7, request: Request::Register { name: "kv.store".into(), version: 2, weight: 1 } };
+        let m = ClientMessage {
+            id: 7,
+            request: Request::Register {
+                name: "kv.store".into(),
+                version: 2,
+                weight: 1,
+                exclusive: true,
+                replace: false,
+            },
+        };
         let b = encode(&m).unwrap();
         assert_eq!(decode::<ClientMessage>(&b).unwrap(), m);
         let r = DaemonMessage::Reply {

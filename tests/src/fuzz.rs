@@ -347,7 +347,13 @@ fn request(input: &mut Input<'_>) -> Request {
             label: input.string(),
             reuse_pool: input.u8() % 2 == 0,
         },
-        1 => Request::Register { name: input.string(), version: input.u32(), weight: input.u32() },
+        1 => Request::Register {
+            name: input.string(),
+            version: input.u32(),
+            weight: input.u32(),
+            exclusive: input.u8() & 1 != 0,
+            replace: input.u8() & 1 != 0,
+        },
         2 => Request::Unregister { instance: input.u32() % 64 },
         3 => Request::Drain { instance: input.u32() % 64 },
         4 => Request::Topic { name: input.string() },
@@ -435,7 +441,8 @@ pub fn channel(data: &[u8]) {
     let mut raw = Raw::connect(&stage.path.to_string_lossy())
         .unwrap_or_else(|e| panic!("the daemon refused a new client after earlier sessions: {e}"));
     let name = format!("fuzz.chan{}", input.u8() % 4);
-    let registered = raw.control(Request::Register { name: name.clone(), version: 1, weight: 1 });
+    let registered =
+        raw.control(Request::Register { name: name.clone(), version: 1, weight: 1, exclusive: false, replace: false });
     let Ok(Reply::Registered { instance, .. }) = registered else {
         panic!("a fresh client could not register {name}: {registered:?}");
     };
@@ -521,6 +528,8 @@ pub fn session(data: &[u8]) {
                         name: format!("fuzz.s{}", input.u8() % 4),
                         version: 1,
                         weight: 1,
+                        exclusive: false,
+                        replace: false,
                     }) {
                         routes.push(route);
                     }

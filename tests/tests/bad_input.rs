@@ -194,7 +194,13 @@ fn truncated_messages_disconnect_only_the_sender() {
     }
     let register = bytes(&ClientMessage {
         id: 2,
-        request: Request::Register { name: "bad.truncated".into(), version: 1, weight: 1 },
+        request: Request::Register {
+            name: "bad.truncated".into(),
+            version: 1,
+            weight: 1,
+            exclusive: false,
+            replace: false,
+        },
     });
     for cut in [1, register.len() / 2] {
         let s = b.raw_hello();
@@ -318,7 +324,7 @@ fn requests_before_hello_are_refused() {
     for request in [
         Request::Status,
         Request::List,
-        Request::Register { name: "bad.early".into(), version: 1, weight: 1 },
+        Request::Register { name: "bad.early".into(), version: 1, weight: 1, exclusive: false, replace: false },
         Request::Resolve { name: "bad.echo".into() },
     ] {
         let s = b.raw();

@@ -513,7 +513,7 @@ fn stats_show_exchanges_in_flight_and_errors_on_a_channel() {
     drop(held); // the third: an error answer too ("dropped without an answer")
     let outcomes: Vec<_> = calls.into_iter().map(|c| c.wait().map(|s| s.to_vec())).collect();
     assert!(
-        matches!(&outcomes[..], [Err(hybus::Error::Service(_)), Ok(_), Err(hybus::Error::Service(_))]),
+        matches!(&outcomes[..], [Err(hybus::Error::Service { .. }), Ok(_), Err(hybus::Error::Service { .. })]),
         "{outcomes:?}"
     );
     let ch = channel();

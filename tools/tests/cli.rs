@@ -276,10 +276,12 @@ fn status_of_daemon_and_service() {
     let out = f.ctl(&["status", ECHO]).ok();
     let mut lines = out.stdout.lines();
     assert_eq!(lines.next(), Some(format!("{ECHO} (route {}), 1 instance(s)", f.route).as_str()), "{out:#?}");
-    assert!(lines.next().is_some_and(|h| h.contains("INSTANCE") && h.contains("P99")), "{out:#?}");
+    assert!(lines.next().is_some_and(|m| m.starts_with("mode: shared")), "{out:#?}");
+    assert!(lines.next().is_some_and(|h| h.contains("INSTANCE") && h.contains("MODE")), "{out:#?}");
     let row: Vec<&str> = lines.next().expect("a row").split_whitespace().collect();
     assert_eq!(row[1], "serving", "{out:#?}");
-    assert_eq!(row[2], our_pid().to_string(), "{out:#?}");
+    assert_eq!(row[2], "shared", "{out:#?}");
+    assert_eq!(row[3], our_pid().to_string(), "{out:#?}");
 
     let v = f.ctl(&["status", ECHO, "--json"]).ok().json();
     assert_eq!(v["name"], ECHO, "{v}");
@@ -287,6 +289,18 @@ fn status_of_daemon_and_service() {
     assert_eq!(i["pid"], our_pid(), "{v}");
     assert_eq!(i["state"], "serving", "{v}");
     assert!(i["messages_in"].as_u64().is_some_and(|n| n >= 1), "our call was counted: {v}");
+    assert_eq!(v["mode"], "shared", "{v}");
+    assert_eq!(i["mode"], "shared", "{v}");
+
+    // An exclusive name says so, and who holds it.
+    let alone = f.bus.register_with("cli.alone", hybus::ServiceOptions::default().exclusive()).expect("exclusive");
+    let out = f.ctl(&["status", "cli.alone"]).ok();
+    let held = format!("mode: exclusive (held by instance {};", alone.instance());
+    assert!(out.stdout.lines().nth(1).is_some_and(|m| m.starts_with(&held)), "{out:#?}");
+    let v = f.ctl(&["status", "cli.alone", "--json"]).ok().json();
+    assert_eq!(v["mode"], "exclusive", "{v}");
+    assert_eq!(v["holder"], u64::from(alone.instance()), "{v}");
+    assert_eq!(v["instances"][0]["mode"], "exclusive", "{v}");
 
     let out = f.ctl(&["status", "nope"]).failed();
     assert_eq!(out.status.code(), Some(1));

@@ -331,6 +331,16 @@ impl Core {
         }
     }
 
+    /// The error an Error descriptor carries, its message read from its
+    /// chunk if it came in one (a message longer than the inline space).
+    fn error_in(&mut self, d: &Descriptor, origin: Origin) -> Error {
+        let Some(c) = d.chunk() else {
+            return error_of(d, None);
+        };
+        let text = self.view_for(c, origin).map(|v| v.seg.bytes(c.offset, c.len as usize).unwrap_or(&[]).to_vec());
+        error_of(d, Some(text.as_deref().unwrap_or(b"(the error's text is unreadable)")))
+    }
+
     pub(super) fn dispatch(&mut self, d: Descriptor, origin: Origin) {
         let Ok(kind) = d.check() else {
             self.lost("daemon sent a malformed descriptor");
@@ -434,9 +444,12 @@ impl Core {
                     // caller takes it from the table.
                     self.calls.insert(d.correlation, Some((d, origin)));
                     self.reap_channel(id);
-                } else if let Some(s) = self.streams.get_mut(&d.correlation) {
-                    s.ended = true;
-                    s.error = Some(error_of(&d, None));
+                } else if self.streams.contains_key(&d.correlation) {
+                    let error = self.error_in(&d, origin);
+                    if let Some(s) = self.streams.get_mut(&d.correlation) {
+                        s.ended = true;
+                        s.error = Some(error);
+                    }
                     self.release(d, origin);
                 } else if kind == Kind::Error && d.correlation & FIRE_BIT != 0 {
                     self.push_event(BusEvent::FireFailed { route: d.route, error: error_of(&d, None) });

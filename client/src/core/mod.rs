@@ -162,6 +162,9 @@ pub(crate) struct Core {
     /// Our instances that unregistered on this connection: what still
     /// comes for them on a direct channel is refused (see [`retire`](Self::retire)).
     pub retired: FewSet<u32>,
+    /// Our instances the daemon said are drained (nothing in flight, no
+    /// request to come): their serving loops end (see `Service::serve`).
+    pub drained: FewSet<u32>,
     /// When the last automatic reconnect was tried.
     pub last_reconnect: Option<std::time::Instant>,
     /// Waits so far (a cheap clock for occasional control-socket reads).
@@ -274,6 +277,7 @@ impl Core {
             loaned: FewSet::new(),
             instance_alias: FewMap::new(),
             retired: FewSet::new(),
+            drained: FewSet::new(),
             last_reconnect: None,
             waits: 0,
             rx_buf: Vec::new(),
@@ -376,6 +380,7 @@ impl Core {
         self.cancelled.retain(|(o, _)| *o != Origin::Daemon);
         // The new daemon numbers instances afresh.
         self.retired = FewSet::new();
+        self.drained = FewSet::new();
         Ok(())
     }
 
@@ -500,6 +505,13 @@ impl Core {
             }
             Event::ServiceUp { name, route, instance, pid } => {
                 self.push_event(BusEvent::ServiceUp { name, route, instance, pid })
+            }
+            Event::Drained { instance } => {
+                self.drained.insert(instance);
+                // The serving loop may sleep on the doorbell while another
+                // thread (a control request's wait) read this event: ring
+                // it, so that the loop looks again and ends.
+                hybus_layout::doorbell::Wake::wake(&*self.rx_bell);
             }
             Event::ServiceDown { name, route, instance, pid } => {
                 self.push_event(BusEvent::ServiceDown { name, route, instance, pid })
@@ -837,7 +849,7 @@ pub(crate) fn alloc_error(e: hybus_layout::pool::AllocError) -> Error {
 
 /// The error an Error descriptor carries.
 pub(crate) fn error_of(d: &Descriptor, payload: Option<&[u8]>) -> Error {
-    Error::from_data(control::DataError::from_aux(d.aux), payload.unwrap_or(d.inline()))
+    Error::from_aux(d.aux, payload.unwrap_or(d.inline()))
 }
 
 fn geometry_of(classes: &[(u32, u32)]) -> Result<PoolGeometry> {

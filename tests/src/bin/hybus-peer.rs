@@ -94,7 +94,7 @@ fn serve(socket: &str, args: &[String]) -> R {
     let delay = Duration::from_millis(arg(args, "delay_ms").map_or(Ok(0), str::parse)?);
     let corrupt_after: Option<u64> = arg(args, "corrupt_after").map(str::parse).transpose()?;
     let bus = peer_bus(socket, args)?;
-    let svc = bus.register_with(name, ServiceOptions { version: 1, weight })?;
+    let svc = bus.register_with(name, ServiceOptions::default().weight(weight))?;
     let mut served = 0u64;
     println!("ready instance={} route={} pid={}", svc.instance(), svc.route(), std::process::id());
     let mut held = Vec::new();

@@ -59,7 +59,7 @@ fn error_kind(e: &hybus::Error) -> &'static str {
         E::OutOfPool { .. } => "out-of-pool",
         E::QueueFull => "queue-full",
         E::Cancelled => "cancelled",
-        E::Service(_) => "service",
+        E::Service { .. } => "service",
         E::BusGone(_) => "bus-gone",
         E::Protocol(_) => "protocol",
         E::BadPayload(_) => "bad-payload",

@@ -70,6 +70,9 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
         anyhow::bail!("no service named {name:?} (see `hybusctl list`)");
     };
     let stats = bus.stats()?.instances;
+    // The name is held alone while an exclusive instance serves it.
+    let holder = svc.instances.iter().find(|i| i.exclusive && !i.draining).map(|i| i.instance);
+    let mode = if holder.is_some() { "exclusive" } else { "shared" };
     if a.json {
         let inst: Vec<_> = svc
             .instances
@@ -78,6 +81,7 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
                 let st = stats.iter().find(|s| s.instance == i.instance);
                 json!({
                     "instance": i.instance, "state": if i.draining { "draining" } else { "serving" },
+                    "mode": if i.exclusive { "exclusive" } else { "shared" },
                     "uid": i.uid, "pid": i.pid, "version": i.version, "weight": i.weight,
                     "messages_in": st.map(|s| s.messages_in), "messages_out": st.map(|s| s.messages_out),
                     "in_flight": st.map(|s| s.in_flight), "errors": st.map(|s| s.errors),
@@ -86,14 +90,21 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
             })
             .collect();
         return super::print_json(&json!({
-            "name": svc.name, "route": svc.route, "instances": inst,
+            "name": svc.name, "route": svc.route, "mode": mode, "holder": holder, "instances": inst,
             "activation": activation.as_ref().map(activation_json),
         }));
     }
     println!("{} (route {}), {} instance(s)", svc.name, svc.route, svc.instances.len());
+    match holder {
+        Some(h) => {
+            println!("mode: exclusive (held by instance {h}; other registrations are refused unless they replace it)")
+        }
+        None => println!("mode: shared (requests are balanced across the serving instances)"),
+    }
     let mut t = Table::new(&[
         ">INSTANCE",
         "STATE",
+        "MODE",
         ">PID",
         ">UID",
         ">VER",
@@ -111,6 +122,7 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
         t.row(vec![
             i.instance.to_string(),
             if i.draining { "draining" } else { "serving" }.into(),
+            if i.exclusive { "exclusive" } else { "shared" }.into(),
             i.pid.to_string(),
             i.uid.to_string(),
             i.version.to_string(),

@@ -5,12 +5,13 @@
 //! [`hybus_benches::worker`]'s, shared with the criterion benches; the demo
 //! roles (kv, detector) live here.
 
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::Path;
 use std::time::Duration;
 
-use hybus::{Bus, BusOptions, Incoming};
+use hybus::{Bus, BusOptions, ServiceError};
 use hybus_benches::worker::{self, ready};
 
 /// Arguments of `worker`.
@@ -26,8 +27,6 @@ pub struct Args {
     #[arg(long, default_value = "default")]
     idle: String,
 }
-
-const FOREVER: Duration = Duration::from_secs(3600);
 
 /// Runs a worker.
 pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
@@ -58,50 +57,44 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
 fn kv(bus: &Bus, name: &str) -> anyhow::Result<()> {
     let svc = bus.register(name)?;
     ready();
-    let mut map: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    let mut logs = 0u64;
-    loop {
-        let Some(inc) = svc.next(FOREVER)? else {
-            continue;
-        };
-        match inc {
-            Incoming::Request(req) => {
-                let text = String::from_utf8_lossy(req.payload()).into_owned();
-                let mut parts = text.splitn(3, ' ');
-                match (parts.next(), parts.next(), parts.next()) {
-                    (Some("set"), Some(k), Some(v)) => {
-                        map.insert(k.to_owned(), v.as_bytes().to_vec());
-                        req.reply(b"ok")?;
-                    }
-                    (Some("get"), Some(k), None) => match map.get(k) {
-                        Some(v) => req.reply(v)?,
-                        None => req.fail(&format!("no key {k}"))?,
-                    },
-                    (Some("logs"), None, None) => req.reply(logs.to_string().as_bytes())?,
-                    _ => req.fail("use: set K V | get K | logs")?,
-                }
+    // Shared by the request and the stream handler, which run one at a time on this thread.
+    let map: RefCell<BTreeMap<String, Vec<u8>>> = RefCell::new(BTreeMap::new());
+    let logs = Cell::new(0u64);
+    svc.serving()
+        .on_fire(|_| logs.set(logs.get() + 1))
+        .on_stream(|st| {
+            for (k, v) in map.borrow().iter() {
+                let line = format!("{k}={}", String::from_utf8_lossy(v));
+                st.send(line.as_bytes(), Duration::from_secs(5))?;
             }
-            Incoming::Fire(_) => logs += 1,
-            Incoming::Stream(mut st) => {
-                for (k, v) in &map {
-                    let line = format!("{k}={}", String::from_utf8_lossy(v));
-                    st.send(line.as_bytes(), Duration::from_secs(5))?;
+            Ok(())
+        })
+        .run(|req| {
+            let text = String::from_utf8_lossy(req.payload()).into_owned();
+            let mut parts = text.splitn(3, ' ');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some("set"), Some(k), Some(v)) => {
+                    map.borrow_mut().insert(k.to_owned(), v.as_bytes().to_vec());
+                    Ok(b"ok".into())
                 }
-                st.end()?;
+                (Some("get"), Some(k), None) => match map.borrow().get(k) {
+                    Some(v) => Ok(v.clone().into()),
+                    None => Err(ServiceError::new(404, format!("no key {k}"))),
+                },
+                (Some("logs"), None, None) => Ok(logs.get().to_string().into()),
+                _ => Err(ServiceError::new(400, format!("bad command {text:?} (use: set K V | get K | logs)"))),
             }
-        }
-    }
+        })?;
+    Ok(())
 }
 
 /// "Detects" objects in a frame: answers with the frame's size and a checksum of every byte.
 fn detector(bus: &Bus, name: &str) -> anyhow::Result<()> {
     let svc = bus.register(name)?;
     ready();
-    loop {
-        if let Some(Incoming::Request(req)) = svc.next(FOREVER)? {
-            let sum: u64 = req.payload().iter().map(|&b| b as u64).sum();
-            let answer = format!("objects={} sum={sum}", req.payload().len() / 100_000);
-            req.reply(answer.as_bytes())?;
-        }
-    }
+    svc.serve(|req| {
+        let sum: u64 = req.payload().iter().map(|&b| b as u64).sum();
+        Ok(format!("objects={} sum={sum}", req.payload().len() / 100_000).into())
+    })?;
+    Ok(())
 }

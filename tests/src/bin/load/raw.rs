@@ -105,7 +105,13 @@ pub fn run(socket: &str, args: &[String]) -> R {
         }
         "credit-server" => {
             let name = name.ok_or("credit-server NAME")?;
-            let (instance, _) = match r.control(Request::Register { name: name.clone(), version: 1, weight: 1 })? {
+            let (instance, _) = match r.control(Request::Register {
+                name: name.clone(),
+                version: 1,
+                weight: 1,
+                exclusive: false,
+                replace: false,
+            })? {
                 Reply::Registered { instance, route } => (instance, route),
                 other => return Err(format!("unexpected reply {other:?}").into()),
             };
