@@ -129,6 +129,8 @@ pub struct Daemon {
     pub(crate) channel_members: IdMap<u32, (u32, u32)>,
     /// Brokered rates per (caller, route), when promotion is on.
     pub(crate) pair_rates: IdMap<(u32, u32), crate::direct::PairRate>,
+    /// Direct channel opens per caller uid (`limits.direct_opens_per_s`).
+    pub(crate) open_rate: crate::openrate::OpenRate,
 }
 
 fn bind_socket(path: &Path, mode: u32, group: Option<&str>) -> anyhow::Result<OwnedFd> {
@@ -281,6 +283,7 @@ impl Daemon {
             channel_ids_wrapped: false,
             channel_members: IdMap::default(),
             pair_rates: IdMap::default(),
+            open_rate: Default::default(),
         })
     }
 
@@ -414,6 +417,8 @@ impl Daemon {
                 last_tick = Instant::now();
                 self.promote_busy_pairs();
                 self.ratelog.flush(last_tick);
+                let l = self.config.limits;
+                self.open_rate.forget_full(l.direct_opens_per_s, l.direct_open_burst, last_tick);
             }
             if let Some(w) = self.watchdog {
                 if last_watchdog.elapsed() >= w {

@@ -84,6 +84,7 @@ impl Daemon {
         if server == caller {
             return Err((ErrorCode::BadRequest, "a client cannot open a direct channel to itself".into()));
         }
+        self.take_open_token(caller)?;
         let cap = self.config.ring_capacity;
         let layout = ChannelLayout::new(cap);
         let err = |e: hybus_layout::segment::SegmentError| {
@@ -141,6 +142,29 @@ impl Daemon {
             },
         );
         Ok(id)
+    }
+
+    /// Takes one of the caller's uid's channel opens
+    /// (`limits.direct_opens_per_s`, see [`crate::openrate`]), or says
+    /// when it may try again.
+    fn take_open_token(&mut self, caller: u32) -> Result<(), (ErrorCode, String)> {
+        let uid = self.sessions.get(&caller).map_or(u32::MAX, |s| s.creds.uid);
+        let l = self.config.limits;
+        let now = Instant::now();
+        self.open_rate.take(uid, l.direct_opens_per_s, l.direct_open_burst, now).map_err(|e| {
+            if self.ratelog.admit(crate::ratelog::LogKind::Refused, uid, now) {
+                tracing::warn!(client = caller, uid, "refused a direct channel: limits.direct_opens_per_s");
+            }
+            (
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "uid {uid} opens direct channels faster than limits.direct_opens_per_s = {} (burst limits.direct_open_burst = {}); try again in {} ms",
+                    l.direct_opens_per_s,
+                    l.direct_open_burst,
+                    (e.retry_in_s * 1000.0).ceil() as u64
+                ),
+            )
+        })
     }
 
     /// Closes a channel and tells both sides (those still here).

@@ -20,6 +20,7 @@ pub mod config;
 pub mod daemon;
 pub mod direct;
 pub mod exchange;
+pub mod openrate;
 pub mod poller;
 pub mod ratelog;
 pub mod registry;

@@ -395,7 +395,14 @@ impl Daemon {
             Some(route) if instances > 0 => {
                 if self.configured_pair(id, name) {
                     if let Err((_, e)) = self.open_channel(id, route, "configured [[direct]] pair") {
-                        tracing::warn!(client = id, service = name, "cannot open the configured direct channel: {e}");
+                        let uid = self.sessions.get(&id).map_or(u32::MAX, |s| s.creds.uid);
+                        if self.ratelog.admit(crate::ratelog::LogKind::Refused, uid, std::time::Instant::now()) {
+                            tracing::warn!(
+                                client = id,
+                                service = name,
+                                "cannot open the configured direct channel: {e}"
+                            );
+                        }
                     }
                 }
                 Ok(Reply::Resolved { route, instances })

@@ -13,6 +13,9 @@
 //! * `subscribe TOPIC [hold]` — prints `got seq=<i> len=<n>` per
 //!   publication (`hold`: keeps every sample, never releasing its chunk);
 //! * `connect N` — opens N connections and keeps them;
+//! * `direct SERVICE` — asks for a direct channel to SERVICE, prints
+//!   `ready channel=<id>` (or `error ...`), then `closed reason=<why>` when
+//!   the daemon closes it;
 //! * `raw ROUTE request|fire|publish` — writes one such descriptor for
 //!   route id `ROUTE` into its ring by hand (no resolving: any id), and
 //!   prints what comes back for it, `answer kind=<Kind> code=<aux>`, or
@@ -47,6 +50,7 @@ fn main() {
         "subscribe" => subscribe(socket, rest),
         "connect" => connect(socket, rest),
         "raw" => raw(socket, rest),
+        "direct" => direct(socket, rest),
         other => Err(format!("unknown role {other}").into()),
     };
     if let Err(e) = r {
@@ -144,6 +148,23 @@ fn subscribe(socket: &str, args: &[String]) -> R {
             seq += 1;
             if hold {
                 held.push(s);
+            }
+        }
+    }
+}
+
+fn direct(socket: &str, args: &[String]) -> R {
+    let service = args.first().ok_or("direct SERVICE")?;
+    let bus = Bus::connect_to(socket)?;
+    let route = bus.resolve(service)?;
+    let channel = bus.request_direct(&route)?;
+    println!("ready channel={channel}");
+    loop {
+        if let Some(hybus::BusEvent::DirectClosed { channel: c, reason, .. }) =
+            bus.next_event(Duration::from_secs(3600))?
+        {
+            if c == channel {
+                println!("closed reason={reason}");
             }
         }
     }
