@@ -536,6 +536,9 @@ impl Daemon {
                     s.trusted = self.config.policy.trusts(s.creds.who(), self.owner);
                     s.permits.clear();
                 }
+                // And to what it allowed before: subscriptions, monitors,
+                // channels and registrations it forbids now end.
+                self.revoke_forbidden();
                 tracing::info!(path = %path.display(), "configuration reloaded");
                 let s = format!("STATUS=configuration reloaded, {}", self.status());
                 self.notify(&[sd_notify::NotifyState::Custom(&s)]);

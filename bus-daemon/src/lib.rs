@@ -25,6 +25,7 @@ pub mod poller;
 pub mod ratelog;
 pub mod registry;
 mod requests;
+mod revoke;
 pub mod router;
 pub mod session;
 pub mod systemd;

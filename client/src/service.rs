@@ -109,6 +109,8 @@ impl Service {
             // request taken then is answered in the new epoch.
             let (instance, epoch) = self.inbox();
             let Some((d, origin)) = core.take_incoming(instance) else {
+                // The daemon unregistered it (a policy reload): say so.
+                core.revoked_instance(instance)?;
                 return Ok(None);
             };
             // Mapped under this lock rather than another one.

@@ -16,6 +16,8 @@
 //! * `direct SERVICE` — asks for a direct channel to SERVICE, prints
 //!   `ready channel=<id>` (or `error ...`), then `closed reason=<why>` when
 //!   the daemon closes it;
+//! * `monitor PREFIX` — monitors PREFIX, prints `ready`, then
+//!   `stopped reason=<why>` if the daemon stops the monitor;
 //! * `raw ROUTE request|fire|publish` — writes one such descriptor for
 //!   route id `ROUTE` into its ring by hand (no resolving: any id), and
 //!   prints what comes back for it, `answer kind=<Kind> code=<aux>`, or
@@ -51,6 +53,7 @@ fn main() {
         "connect" => connect(socket, rest),
         "raw" => raw(socket, rest),
         "direct" => direct(socket, rest),
+        "monitor" => monitor(socket, rest),
         other => Err(format!("unknown role {other}").into()),
     };
     if let Err(e) = r {
@@ -166,6 +169,18 @@ fn direct(socket: &str, args: &[String]) -> R {
             if c == channel {
                 println!("closed reason={reason}");
             }
+        }
+    }
+}
+
+fn monitor(socket: &str, args: &[String]) -> R {
+    let prefix = args.first().ok_or("monitor PREFIX")?;
+    let bus = Bus::connect_to(socket)?;
+    bus.monitor(prefix)?;
+    println!("ready");
+    loop {
+        if let Some(hybus::BusEvent::MonitorStopped { reason }) = bus.next_event(Duration::from_secs(3600))? {
+            println!("stopped reason={reason}");
         }
     }
 }
