@@ -255,6 +255,13 @@ pub struct Limits {
     /// Bytes of pools (one per connection, of the `[[pool]]` geometry) one
     /// uid may hold; 0 (default) for no limit beyond `connections_per_uid`.
     pub pool_bytes_per_uid: u64,
+    /// New direct channels per second the daemon opens for one caller uid
+    /// (asked for, or for a configured `[[direct]]` pair); past it a
+    /// request is refused with `QuotaExceeded`. 0 for no limit.
+    pub direct_opens_per_s: u32,
+    /// Direct channel opens one caller uid may save up and make at once
+    /// (the token bucket's size); at least 1.
+    pub direct_open_burst: u32,
 }
 
 /// Access policy.
@@ -329,6 +336,8 @@ impl Default for Limits {
             names: 65536,
             names_per_uid: 16384,
             pool_bytes_per_uid: 0,
+            direct_opens_per_s: 20,
+            direct_open_burst: 40,
         }
     }
 }
@@ -439,6 +448,7 @@ impl Config {
             "limits.held_share_percent {} must be between 1 and 100",
             self.limits.held_share_percent
         );
+        anyhow::ensure!(self.limits.direct_open_burst >= 1, "limits.direct_open_burst must be at least 1");
         for t in &self.topic {
             anyhow::ensure!(t.queue != Some(0), "[[topic]] {:?}: queue must be at least 1", t.prefix);
         }
@@ -548,6 +558,18 @@ mod tests {
         ] {
             assert!(Config::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn direct_open_limits() {
+        let l = Config::default().limits;
+        assert_eq!((l.direct_opens_per_s, l.direct_open_burst), (20, 40));
+        let c = Config::parse("[limits]\ndirect_opens_per_s = 0\ndirect_open_burst = 1\n").unwrap();
+        assert_eq!((c.limits.direct_opens_per_s, c.limits.direct_open_burst), (0, 1));
+        assert!(Config::parse("[limits]\ndirect_open_burst = 0\n").is_err());
+        assert!(Config::parse("[limits]\ndirect_opens_per_s = -1\n").is_err());
+        assert!(Config::parse("[limits]\ndirect_opens_per_s = \"fast\"\n").is_err());
+        assert!(Config::parse("[limits]\ndirect_opens_per_sec = 5\n").is_err());
     }
 
     /// A uid with gid 100.

@@ -144,6 +144,8 @@ pub struct Daemon {
     pub(crate) pair_rates: IdMap<(u32, u32), crate::direct::PairRate>,
     /// The `[[activate]]` names and their processes.
     pub(crate) activations: crate::activation::Activations,
+    /// Direct channel opens per caller uid (`limits.direct_opens_per_s`).
+    pub(crate) open_rate: crate::openrate::OpenRate,
 }
 
 fn bind_socket(path: &Path, mode: u32, group: Option<&str>) -> anyhow::Result<OwnedFd> {
@@ -303,6 +305,7 @@ impl Daemon {
             channel_members: IdMap::default(),
             pair_rates: IdMap::default(),
             activations,
+            open_rate: Default::default(),
         })
     }
 
@@ -440,6 +443,8 @@ impl Daemon {
                 last_tick = Instant::now();
                 self.promote_busy_pairs();
                 self.ratelog.flush(last_tick);
+                let l = self.config.limits;
+                self.open_rate.forget_full(l.direct_opens_per_s, l.direct_open_burst, last_tick);
             }
             if let Some(w) = self.watchdog {
                 if last_watchdog.elapsed() >= w {
@@ -566,6 +571,9 @@ impl Daemon {
                     s.trusted = self.config.policy.trusts(s.creds.who(), self.owner);
                     s.permits.clear();
                 }
+                // And to what it allowed before: subscriptions, monitors,
+                // channels and registrations it forbids now end.
+                self.revoke_forbidden();
                 tracing::info!(path = %path.display(), "configuration reloaded");
                 let s = format!("STATUS=configuration reloaded, {}", self.status());
                 self.notify(&[sd_notify::NotifyState::Custom(&s)]);

@@ -41,6 +41,9 @@ pub struct Channel {
     pub since: Instant,
     /// Slots in each of its rings.
     pub capacity: u64,
+    /// The caller asked for it (so needs the `direct` permission to keep
+    /// it), rather than the daemon making it (a configured pair, a promotion).
+    pub asked: bool,
 }
 
 /// Per (caller, route) brokered traffic, for automatic promotion.
@@ -72,7 +75,14 @@ fn token() -> u64 {
 
 impl Daemon {
     /// Opens (or returns the existing) direct channel from `caller` to an instance of `route`.
-    pub(crate) fn open_channel(&mut self, caller: u32, route: u32, reason: &str) -> Result<u32, (ErrorCode, String)> {
+    /// `asked`: the caller asked for it (see [`Channel::asked`]).
+    pub(crate) fn open_channel(
+        &mut self,
+        caller: u32,
+        route: u32,
+        reason: &str,
+        asked: bool,
+    ) -> Result<u32, (ErrorCode, String)> {
         if let Some((id, _)) = self.channels.iter().find(|(_, c)| c.a == caller && c.route == route) {
             return Ok(*id);
         }
@@ -84,6 +94,7 @@ impl Daemon {
         if server == caller {
             return Err((ErrorCode::BadRequest, "a client cannot open a direct channel to itself".into()));
         }
+        self.take_open_token(caller)?;
         let cap = self.config.ring_capacity;
         let layout = ChannelLayout::new(cap);
         let err = |e: hybus_layout::segment::SegmentError| {
@@ -138,9 +149,33 @@ impl Daemon {
                 reason: reason.to_owned(),
                 since: Instant::now(),
                 capacity: cap,
+                asked,
             },
         );
         Ok(id)
+    }
+
+    /// Takes one of the caller's uid's channel opens
+    /// (`limits.direct_opens_per_s`, see [`crate::openrate`]), or says
+    /// when it may try again.
+    fn take_open_token(&mut self, caller: u32) -> Result<(), (ErrorCode, String)> {
+        let uid = self.sessions.get(&caller).map_or(u32::MAX, |s| s.creds.uid);
+        let l = self.config.limits;
+        let now = Instant::now();
+        self.open_rate.take(uid, l.direct_opens_per_s, l.direct_open_burst, now).map_err(|e| {
+            if self.ratelog.admit(crate::ratelog::LogKind::Refused, uid, now) {
+                tracing::warn!(client = caller, uid, "refused a direct channel: limits.direct_opens_per_s");
+            }
+            (
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "uid {uid} opens direct channels faster than limits.direct_opens_per_s = {} (burst limits.direct_open_burst = {}); try again in {} ms",
+                    l.direct_opens_per_s,
+                    l.direct_open_burst,
+                    (e.retry_in_s * 1000.0).ceil() as u64
+                ),
+            )
+        })
     }
 
     /// Closes a channel and tells both sides (those still here).
@@ -320,6 +355,8 @@ impl Daemon {
                 capacity: Some(info.param)
                     .filter(|c| c.is_power_of_two() && *c <= hybus_layout::ring::MAX_CAPACITY)
                     .unwrap_or(0),
+                // The caller's side is adopted with the `direct` permission.
+                asked: true,
             },
         );
         tracing::info!(channel = id, service, "direct channel adopted");
@@ -397,7 +434,7 @@ impl Daemon {
         for (caller, route, rate) in promote {
             self.pair_rates.remove(&(caller, route));
             let reason = format!("promoted: {:.0} msg/s ≥ {} for {} ms", rate, p.min_rate, p.for_ms);
-            if let Err((_, e)) = self.open_channel(caller, route, &reason) {
+            if let Err((_, e)) = self.open_channel(caller, route, &reason, false) {
                 tracing::debug!(caller, route, "promotion failed: {e}");
             }
         }

@@ -141,7 +141,7 @@ impl Daemon {
                 let name = self.registry.route(route).map(|r| r.name.clone()).unwrap_or_default();
                 self.check(id, Action::Direct, &name)
                     .and_then(|_| self.channel_room(id))
-                    .and_then(|_| self.open_channel(id, route, "requested by the caller"))
+                    .and_then(|_| self.open_channel(id, route, "requested by the caller", true))
                     .map(|channel| Reply::DirectGranted { channel })
             }
             Request::CloseDirect { channel } => match self.channels.get(&channel) {
@@ -429,8 +429,15 @@ impl Daemon {
         match route {
             Some(route) if instances > 0 => {
                 if self.configured_pair(id, name) {
-                    if let Err((_, e)) = self.open_channel(id, route, "configured [[direct]] pair") {
-                        tracing::warn!(client = id, service = name, "cannot open the configured direct channel: {e}");
+                    if let Err((_, e)) = self.open_channel(id, route, "configured [[direct]] pair", false) {
+                        let uid = self.sessions.get(&id).map_or(u32::MAX, |s| s.creds.uid);
+                        if self.ratelog.admit(crate::ratelog::LogKind::Refused, uid, std::time::Instant::now()) {
+                            tracing::warn!(
+                                client = id,
+                                service = name,
+                                "cannot open the configured direct channel: {e}"
+                            );
+                        }
                     }
                 }
                 Ok(Reply::Resolved { route, instances })

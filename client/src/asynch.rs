@@ -485,7 +485,10 @@ impl AsyncBus {
         let r = self
             .wait(Some(deadline_in(timeout)), None, |core| {
                 let (instance, epoch) = service.inbox();
-                Ok(core.take_incoming(instance).map(|(d, origin)| (d, origin, instance, epoch)))
+                match core.take_incoming(instance) {
+                    Some((d, origin)) => Ok(Some((d, origin, instance, epoch))),
+                    None => core.revoked_instance(instance).map(|()| None),
+                }
             })
             .await;
         match r {
@@ -500,8 +503,7 @@ impl AsyncBus {
     /// Awaits the next publication of `subscription` (see [`Subscription::next`]).
     pub async fn next_publication(&self, subscription: &Subscription, timeout: Duration) -> Result<Option<Sample>> {
         // The route read on every round, as in the blocking `Subscription::next`.
-        let r =
-            self.wait(Some(deadline_in(timeout)), None, |core| Ok(core.take_publication(subscription.route()))).await;
+        let r = self.wait(Some(deadline_in(timeout)), None, |core| core.next_publication(subscription.route())).await;
         match r {
             Ok(d) => Sample::new(&self.bus.shared, d, Origin::Daemon).map(Some),
             Err(Error::DeadlineExceeded) => Ok(None),

@@ -162,6 +162,32 @@ pub enum BusEvent {
         /// Why.
         reason: String,
     },
+    /// The daemon ended a subscription (a policy reload no longer allows
+    /// it); its [`Subscription::next`] fails with [`Error::AccessDenied`]
+    /// once the publications already received are read.
+    SubscriptionEnded {
+        /// The topic's route id.
+        route: u32,
+        /// Why (ends with "revoked by a policy reload").
+        reason: String,
+    },
+    /// The daemon stopped this connection's monitor (a policy reload no
+    /// longer allows it): no more [`BusEvent::Traffic`].
+    MonitorStopped {
+        /// Why.
+        reason: String,
+    },
+    /// The daemon unregistered an instance of this connection (a policy
+    /// reload no longer lets it own the name); its [`Service::next`] fails
+    /// with [`Error::AccessDenied`], and calls it was answering failed.
+    Unregistered {
+        /// The instance id.
+        instance: u32,
+        /// Its route id.
+        route: u32,
+        /// Why.
+        reason: String,
+    },
     /// The connection to the daemon was lost; [`Bus::reconnect`] restores it.
     Disconnected {
         /// Why.

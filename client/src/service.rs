@@ -229,6 +229,8 @@ impl Service {
                         return Err(e);
                     }
                 }
+                // The daemon unregistered it (a policy reload): say so.
+                core.revoked_instance(instance)?;
                 return Ok(None);
             };
             // Mapped under this lock rather than another one.

@@ -173,7 +173,7 @@ impl Subscription {
     /// The next publication, waiting up to `timeout`; `Ok(None)` if none came.
     pub fn next(&self, timeout: Duration) -> Result<Option<Sample>> {
         // The route read on every round: a reconnect during the wait subscribes again under a new id.
-        let r = self.bus.shared.wait(Some(deadline_in(timeout)), false, |core| Ok(core.take_publication(self.route())));
+        let r = self.bus.shared.wait(Some(deadline_in(timeout)), false, |core| core.next_publication(self.route()));
         match r {
             Ok(d) => Sample::new(&self.bus.shared, d, Origin::Daemon).map(Some),
             Err(Error::DeadlineExceeded) => Ok(None),

@@ -693,6 +693,29 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// A subscription ended without the client asking: a policy reload
+    /// no longer allows it. Publications already on their way may follow.
+    Unsubscribed {
+        /// The topic's route id.
+        route: u32,
+        /// Why, for a person.
+        reason: String,
+    },
+    /// The client's monitor stopped: a policy reload no longer allows it.
+    MonitorStopped {
+        /// Why, for a person.
+        reason: String,
+    },
+    /// An instance was unregistered without its owner asking (a policy
+    /// reload no longer lets it own the name); calls it was answering fail.
+    Unregistered {
+        /// The instance.
+        instance: u32,
+        /// Its route id.
+        route: u32,
+        /// Why, for a person.
+        reason: String,
+    },
 }
 
 /// Why a control request failed.

@@ -88,3 +88,99 @@ fn the_socket_group_decides_who_may_connect() {
     let line = other.expect_line("error");
     assert!(line.to_lowercase().contains("permission denied"), "{line}");
 }
+
+/// Rewrites the daemon's configuration and reloads it (SIGHUP), waiting
+/// for the daemon to say it reloaded.
+fn reload(d: &DaemonProc, config: &str) {
+    let before = d.log_text().matches("configuration reloaded").count();
+    std::fs::write(d.config_path(), config).unwrap();
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    let done = hybus_tests::eventually(SOON, || {
+        (d.log_text().matches("configuration reloaded").count() > before).then_some(())
+    });
+    assert!(done.is_some(), "no reload in the log:\n{}", d.log_text());
+}
+
+/// A subscription the reloaded policy forbids ends: the subscriber's
+/// `Subscription::next` fails with "access denied … revoked by a policy
+/// reload", and it gets nothing published after.
+#[test]
+fn a_reload_ends_subscriptions_it_forbids() {
+    let d = DaemonProc::start(Some("[[policy.rules]]\nuid = 65534\nprefix = \"news.\"\nallow = [\"subscribe\"]\n"));
+    let mut sub = Peer::spawn_as(d.socket(), &["subscribe", "news.a"], NOBODY, NOBODY);
+    sub.expect_line("ready");
+    let bus = d.connect();
+    let publisher = bus.publisher("news.a").unwrap();
+    publisher.publish(b"before").unwrap();
+    sub.expect_line("got seq=0");
+    // Still allowed: a reload that keeps the rule changes nothing.
+    reload(&d, "[[policy.rules]]\nuid = 65534\nprefix = \"news.\"\nallow = [\"subscribe\", \"call\"]\n");
+    publisher.publish(b"kept").unwrap();
+    sub.expect_line("got seq=1");
+    reload(&d, "");
+    let line = sub.expect_line("error");
+    assert!(
+        line.contains("access denied") && line.contains("news.a") && line.contains("revoked by a policy reload"),
+        "{line}"
+    );
+}
+
+/// A monitor the reloaded policy forbids stops, with an event that says why.
+#[test]
+fn a_reload_stops_monitors_it_forbids() {
+    let d = DaemonProc::start(Some("[[policy.rules]]\nuid = 65534\nprefix = \"svc.\"\nallow = [\"monitor\"]\n"));
+    let mut mon = Peer::spawn_as(d.socket(), &["monitor", "svc."], NOBODY, NOBODY);
+    mon.expect_line("ready");
+    reload(&d, "[[policy.rules]]\nuid = 65534\nprefix = \"svc.\"\nallow = [\"call\"]\n");
+    let line = mon.expect_line("stopped");
+    assert!(line.contains("may no longer monitor") && line.contains("revoked by a policy reload"), "{line}");
+}
+
+/// A direct channel the reloaded policy forbids (the caller may call, but
+/// no longer open channels) is closed, and the caller is told why.
+#[test]
+fn a_reload_closes_direct_channels_it_forbids() {
+    let d =
+        DaemonProc::start(Some("[[policy.rules]]\nuid = 65534\nprefix = \"svc.\"\nallow = [\"call\", \"direct\"]\n"));
+    let (_server, _) = Peer::ready(d.socket(), &["serve", "svc.echo"]);
+    let mut caller = Peer::spawn_as(d.socket(), &["direct", "svc.echo"], NOBODY, NOBODY);
+    let line = caller.expect_line("ready");
+    assert!(line.starts_with("ready channel="), "{line}");
+    reload(&d, "[[policy.rules]]\nuid = 65534\nprefix = \"svc.\"\nallow = [\"call\"]\n");
+    let line = caller.expect_line("closed");
+    assert!(line.contains("svc.echo") && line.contains("revoked by a policy reload"), "{line}");
+    let bus = d.connect();
+    let status = bus.stats().unwrap();
+    assert!(status.channels.is_empty(), "{:?}", status.channels);
+}
+
+/// A registration the reloaded policy forbids is unregistered: the
+/// server's `Service::next` fails with "access denied … revoked by a policy
+/// reload", a call it was holding fails with "peer gone", and new calls
+/// find no instance.
+#[test]
+fn a_reload_unregisters_instances_it_forbids() {
+    use hybus::Error;
+    let d = DaemonProc::start(Some("[[policy.rules]]\nuid = 65534\nprefix = \"svc.\"\nallow = [\"own\"]\n"));
+    let mut server = Peer::spawn_as(d.socket(), &["serve", "svc.mine", "hold"], NOBODY, NOBODY);
+    server.expect_line("ready");
+    let bus = d.connect();
+    let route = bus.resolve("svc.mine").unwrap();
+    let in_flight = {
+        let (bus, route) = (bus.clone(), route.clone());
+        std::thread::spawn(move || bus.call(&route, b"held", SOON).map(|a| a.to_vec()))
+    };
+    server.expect_line("holding 1");
+    reload(&d, "");
+    let line = server.expect_line("error");
+    assert!(
+        line.contains("access denied") && line.contains("svc.mine") && line.contains("revoked by a policy reload"),
+        "{line}"
+    );
+    match in_flight.join().unwrap() {
+        Err(Error::PeerGone) => {}
+        other => panic!("the held call: {other:?}"),
+    }
+    let gone = hybus_tests::eventually(SOON, || bus.status().ok().filter(|s| s.instances == 0));
+    assert!(gone.is_some(), "{:?}", bus.status());
+}

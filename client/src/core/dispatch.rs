@@ -320,6 +320,27 @@ impl Core {
 
     /// The next publication of topic `route` whose payload can be read;
     /// those of a corrupt pool go back to their publisher, counted as dropped.
+    /// [`take_publication`](Self::take_publication), or, once the inbox is
+    /// empty, the error of a subscription the daemon ended.
+    pub fn next_publication(&mut self, route: u32) -> Result<Option<Descriptor>, Error> {
+        match self.take_publication(route) {
+            Some(d) => Ok(Some(d)),
+            None => match self.revoked_topics.get(&route) {
+                Some(why) => Err(Error::AccessDenied(format!("subscription ended: {why}"))),
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// The error for a read of `instance`'s inbox once the daemon
+    /// unregistered it (and its inbox is empty).
+    pub fn revoked_instance(&self, instance: u32) -> Result<(), Error> {
+        match self.revoked_instances.get(&instance) {
+            Some(why) => Err(Error::AccessDenied(format!("instance unregistered: {why}"))),
+            None => Ok(()),
+        }
+    }
+
     pub fn take_publication(&mut self, route: u32) -> Option<Descriptor> {
         loop {
             let d = self.topics.get_mut(&route)?.pop_front()?;

@@ -189,6 +189,11 @@ pub(crate) struct Core {
     /// after each sleep.
     pub want_releases: bool,
     pub dropped_publications: u64,
+    /// Topics (by route) whose subscription the daemon ended, and why: the
+    /// subscription's next read fails with that once its inbox is empty.
+    pub revoked_topics: IdMap<u32, String>,
+    /// Instances the daemon unregistered, and why: their next read fails.
+    pub revoked_instances: IdMap<u32, String>,
     /// Events dropped unread (see [`EVENT_QUEUE`]).
     pub dropped_events: u64,
     /// Our instances the daemon asked to drain and exit (it started them
@@ -290,6 +295,8 @@ impl Core {
             cv_waiters: 0,
             want_releases: false,
             dropped_publications: 0,
+            revoked_topics: IdMap::default(),
+            revoked_instances: IdMap::default(),
             taken: None,
             #[cfg(feature = "tokio")]
             async_parked: 0,
@@ -349,6 +356,10 @@ impl Core {
         self.replies.clear();
         self.backlog.clear();
         self.topics.clear();
+        // Ids of the old connection (a subscription or registration made
+        // again is asked for anew, under the policy of the day).
+        self.revoked_topics.clear();
+        self.revoked_instances.clear();
         self.gone = None;
         self.epoch += 1;
         let gone = Descriptor::new(Kind::Error, 0, 0).with_aux(control::DataError::PeerGone as u64);
@@ -560,6 +571,15 @@ impl Core {
                 } else {
                     self.close_channel(channel, &reason);
                 }
+            }
+            Event::Unsubscribed { route, reason } => {
+                self.revoked_topics.insert(route, reason.clone());
+                self.push_event(BusEvent::SubscriptionEnded { route, reason });
+            }
+            Event::MonitorStopped { reason } => self.push_event(BusEvent::MonitorStopped { reason }),
+            Event::Unregistered { instance, route, reason } => {
+                self.revoked_instances.insert(instance, reason.clone());
+                self.push_event(BusEvent::Unregistered { instance, route, reason });
             }
         }
     }

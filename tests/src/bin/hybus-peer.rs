@@ -15,6 +15,11 @@
 //! * `subscribe TOPIC [hold]` — prints `got seq=<i> len=<n>` per
 //!   publication (`hold`: keeps every sample, never releasing its chunk);
 //! * `connect N` — opens N connections and keeps them;
+//! * `direct SERVICE` — asks for a direct channel to SERVICE, prints
+//!   `ready channel=<id>` (or `error ...`), then `closed reason=<why>` when
+//!   the daemon closes it;
+//! * `monitor PREFIX` — monitors PREFIX, prints `ready`, then
+//!   `stopped reason=<why>` if the daemon stops the monitor;
 //! * `raw ROUTE request|fire|publish` — writes one such descriptor for
 //!   route id `ROUTE` into its ring by hand (no resolving: any id), and
 //!   prints what comes back for it, `answer kind=<Kind> code=<aux>`, or
@@ -49,6 +54,8 @@ fn main() {
         "subscribe" => subscribe(socket, rest),
         "connect" => connect(socket, rest),
         "raw" => raw(socket, rest),
+        "direct" => direct(socket, rest),
+        "monitor" => monitor(socket, rest),
         other => Err(format!("unknown role {other}").into()),
     };
     if let Err(e) = r {
@@ -163,6 +170,35 @@ fn subscribe(socket: &str, args: &[String]) -> R {
             if hold {
                 held.push(s);
             }
+        }
+    }
+}
+
+fn direct(socket: &str, args: &[String]) -> R {
+    let service = args.first().ok_or("direct SERVICE")?;
+    let bus = Bus::connect_to(socket)?;
+    let route = bus.resolve(service)?;
+    let channel = bus.request_direct(&route)?;
+    println!("ready channel={channel}");
+    loop {
+        if let Some(hybus::BusEvent::DirectClosed { channel: c, reason, .. }) =
+            bus.next_event(Duration::from_secs(3600))?
+        {
+            if c == channel {
+                println!("closed reason={reason}");
+            }
+        }
+    }
+}
+
+fn monitor(socket: &str, args: &[String]) -> R {
+    let prefix = args.first().ok_or("monitor PREFIX")?;
+    let bus = Bus::connect_to(socket)?;
+    bus.monitor(prefix)?;
+    println!("ready");
+    loop {
+        if let Some(hybus::BusEvent::MonitorStopped { reason }) = bus.next_event(Duration::from_secs(3600))? {
+            println!("stopped reason={reason}");
         }
     }
 }

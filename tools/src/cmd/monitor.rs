@@ -62,6 +62,7 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
             Ok(true)
         }
         Some(BusEvent::Disconnected { reason }) => anyhow::bail!("lost the daemon: {reason}"),
+        Some(BusEvent::MonitorStopped { reason }) => anyhow::bail!("the daemon stopped the monitor: {reason}"),
         _ => Ok(false),
     })
 }
