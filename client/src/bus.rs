@@ -287,7 +287,7 @@ impl Bus {
 
     fn control_with_fds(&self, request: Request, fds: &[std::os::fd::BorrowedFd<'_>]) -> Result<Reply> {
         let mut core = self.shared.lock_live();
-        let sent = (core.send_control_fds(request, fds)?, core.epoch);
+        let sent = (core.send_awaited(request, fds)?, core.epoch);
         drop(core);
         self.await_reply(sent)
     }
@@ -297,7 +297,7 @@ impl Bus {
     /// (`status`, `list`) comes back after a restart like one that sends.
     pub(crate) fn control(&self, request: Request) -> Result<Reply> {
         let mut core = self.shared.lock_live();
-        let sent = (core.send_control(request)?, core.epoch);
+        let sent = (core.send_awaited(request, &[])?, core.epoch);
         drop(core);
         self.await_reply(sent)
     }
@@ -316,6 +316,8 @@ impl Bus {
             }
             Ok(core.replies.remove(&id))
         });
+        // Taken, or never to be: either way nobody waits for it any more.
+        self.shared.lock().forget_reply(id);
         match r {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(e)) => Err(e.into()),

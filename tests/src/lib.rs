@@ -5,6 +5,7 @@
 //! Tests assert behaviour, never timing: every deadline here only bounds
 //! how long a broken build may hang.
 
+pub mod counting;
 pub mod fuzz;
 pub mod raw;
 

@@ -75,9 +75,12 @@ impl Core {
                 s.cancelled = true;
             }
         }
-        for q in self.inboxes.values_mut() {
+        // An inbox left empty goes too: a peer may have named any route,
+        // and one queue a route kept for good grew with every channel.
+        self.inboxes.retain(|_, q| {
             q.retain(|(_, o)| *o != origin);
-        }
+            !q.is_empty()
+        });
         for off in &ch.lent {
             let _ = self.alloc.free(ChunkRef { segment: self.client_id, len: 0, offset: *off });
         }

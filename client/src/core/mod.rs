@@ -135,7 +135,14 @@ pub(crate) struct Core {
     /// Pools we told the daemon are corrupt (once each per connection).
     pub reported: FewSet<u32>,
     pub next_id: u64,
+    /// Replies to the requests in `awaited`, until their waiter takes them.
     pub replies: IdMap<u64, std::result::Result<Reply, control::ErrorReply>>,
+    /// Control requests a caller waits for the reply to
+    /// ([`send_awaited`](Self::send_awaited)). A reply to any other
+    /// request (`CloseDirect` sent and forgotten, one that came after its
+    /// waiter gave up) is dropped as it comes: kept, one was left behind
+    /// for every channel a peer broke.
+    pub awaited: IdSet<u64>,
     pub events: VecDeque<BusEvent>,
     /// Caller side: requests waiting for an answer (`None` until it comes).
     pub calls: FewMap<u64, Option<(Descriptor, Origin)>>,
@@ -269,6 +276,7 @@ impl Core {
             reported: FewSet::new(),
             next_id: 1,
             replies: IdMap::default(),
+            awaited: IdSet::default(),
             events: VecDeque::new(),
             calls: FewMap::new(),
             inboxes: FewMap::new(),
@@ -354,6 +362,7 @@ impl Core {
         self.reported = FewSet::new();
         self.retiring.clear();
         self.replies.clear();
+        self.awaited.clear();
         self.backlog.clear();
         self.topics.clear();
         // Ids of the old connection (a subscription or registration made
@@ -384,9 +393,10 @@ impl Core {
             // them through now, and no one to give them back to.
             s.items.clear();
         }
-        for q in self.inboxes.values_mut() {
+        self.inboxes.retain(|_, q| {
             q.retain(|(_, o)| *o != Origin::Daemon);
-        }
+            !q.is_empty()
+        });
         self.served.retain(|(o, _), _| *o != Origin::Daemon);
         self.cancelled.retain(|(o, _)| *o != Origin::Daemon);
         // The new daemon numbers instances afresh.
@@ -434,6 +444,21 @@ impl Core {
         Err(Error::BusGone("daemon does not read its control socket".into()))
     }
 
+    /// Sends a control request whose reply a caller waits for: it is kept
+    /// in [`replies`](Self::replies) until [`forget_reply`](Self::forget_reply).
+    pub fn send_awaited(&mut self, request: Request, fds: &[std::os::fd::BorrowedFd<'_>]) -> Result<u64> {
+        let id = self.send_control_fds(request, fds)?;
+        self.awaited.insert(id);
+        Ok(id)
+    }
+
+    /// The waiter for request `id` is done (answered or given up): a reply
+    /// still to come is dropped.
+    pub fn forget_reply(&mut self, id: u64) {
+        self.awaited.remove(&id);
+        self.replies.remove(&id);
+    }
+
     /// Reads every control message that is ready.
     pub fn pump_control(&mut self) {
         // Reused: called now and then from spinning waits, and a fresh
@@ -455,7 +480,9 @@ impl Core {
             };
             match control::decode::<DaemonMessage>(&buf[..n]) {
                 Ok(DaemonMessage::Reply { id, result }) => {
-                    self.replies.insert(id, result);
+                    if self.awaited.remove(&id) {
+                        self.replies.insert(id, result);
+                    }
                 }
                 Ok(DaemonMessage::Event(ev)) => self.on_event(ev, fds),
                 Err(e) => self.lost(&format!("daemon sent a malformed message: {e}")),
