@@ -11,7 +11,8 @@
 //! * [`Sample`], [`Loan`] — received payloads and in-place writes (zero-copy);
 //! * [`typed`] — values as payloads (rkyv), checked where they arrive;
 //! * [`Error`] — what went wrong;
-//! * `AsyncBus` (feature `tokio`) — the same waits as futures, on the same doorbells.
+//! * `AsyncBus` (feature `tokio`) — the same waits as futures, on the same doorbells;
+//! * [`WakeFds`], [`Bus::arm`], [`Bus::disarm`] — the same waits from another event loop (asyncio).
 //!
 //! # Examples
 //!
@@ -45,6 +46,7 @@ mod bus;
 mod core;
 mod direct;
 mod error;
+mod external;
 mod park;
 mod pending;
 mod sample;
@@ -60,6 +62,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub use asynch::{AsyncBus, StreamEnd};
 pub use bus::{Bus, BusOptions};
 pub use error::{Error, Result};
+pub use external::WakeFds;
 pub use hybus_layout::control::{ChannelStats, DaemonStatus, InstanceInfo, InstanceStats, ServiceInfo, StatsReport};
 pub use hybus_layout::socket::default_socket_path;
 pub use hybus_layout::IdleStrategy;

@@ -229,6 +229,15 @@ impl Request {
         self.payload.as_deref().unwrap_or(&[])
     }
 
+    /// Takes the payload out of the request, to read on after the answer
+    /// went: a binding's sample object lives as long as its language holds
+    /// it, not as long as the request. [`payload`](Self::payload) is empty
+    /// afterwards; the chunk goes back when the sample is dropped. `None`
+    /// if it was taken already.
+    pub fn take_payload(&mut self) -> Option<Sample> {
+        self.payload.take()
+    }
+
     /// Whether the caller cancelled (or timed out) meanwhile.
     pub fn is_cancelled(&self) -> bool {
         let mut core = self.shared.lock();
