@@ -5,7 +5,7 @@
  *
  *   cc call.c -I capi/include -L target/release -lhybus_c \
  *      -Wl,-rpath,$PWD/target/release -o call
- *   ./call NAME TEXT [N [SOCKET]]
+ *   ./call NAME TEXT [N [SOCKET [IDLE]]]     (IDLE: default, spin, busy, park)
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,14 +32,15 @@ static uint64_t now_ns(void) {
 
 int main(int argc, char **argv) {
     if (argc < 3) {
-        fprintf(stderr, "usage: call NAME TEXT [N [SOCKET]]\n");
+        fprintf(stderr, "usage: call NAME TEXT [N [SOCKET [IDLE]]]\n");
         return 2;
     }
     long n = argc > 3 ? atol(argv[3]) : 1;
     const char *socket = argc > 4 ? argv[4] : NULL;
+    const char *idle = argc > 5 ? argv[5] : NULL;
 
     hybus_bus *bus;
-    hybus_status s = hybus_connect(socket, &bus);
+    hybus_status s = hybus_connect_idle(socket, idle, &bus);
     if (s != HYBUS_OK) return fail("connect", s);
     hybus_route *route;
     if ((s = hybus_resolve(bus, argv[1], &route)) != HYBUS_OK) return fail("resolve", s);

@@ -184,6 +184,12 @@ extern "C" {
 // `hybus_close`; on failure it is NULL.
 hybus_status hybus_connect(const char *socket_path, hybus_bus **out);
 
+// `hybus_connect` with an idle strategy: how a waiting call spends its
+// time before the answer. `idle`: "default" (spin, yield, then sleep on
+// the doorbell; also for NULL), "spin" (yield, never sleep: lowest latency,
+// a core's worth of CPU), "busy" (spin only) or "park" (sleep at once).
+hybus_status hybus_connect_idle(const char *socket_path, const char *idle, hybus_bus **out);
+
 // Closes a bus (NULL: nothing). Services, subscriptions, samples and
 // loans made from it keep the connection alive until they are freed too.
 hybus_status hybus_close(hybus_bus *bus);

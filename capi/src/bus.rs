@@ -2,12 +2,12 @@
 
 use std::ffi::c_char;
 
-use hybus::{Bus, Route};
+use hybus::{Bus, BusOptions, IdleStrategy, Route};
 
 use crate::args::{bytes, need, opt_path, put, str_arg, timeout};
 use crate::handle::{borrow, free, give, handle, Head};
 use crate::payload::hybus_sample;
-use crate::status::{guard, hybus_status};
+use crate::status::{guard, hybus_status, Fail};
 
 /// A connection to the daemon.
 ///
@@ -75,6 +75,34 @@ pub extern "C" fn hybus_connect(socket_path: *const c_char, out: *mut *mut hybus
             Some(p) => Bus::connect_to(p)?,
             None => Bus::connect()?,
         };
+        put(out, give(hybus_bus { head: Head::of::<hybus_bus>(), bus }))
+    })
+}
+
+/// `hybus_connect` with an idle strategy: how a waiting call spends its
+/// time before the answer. `idle`: "default" (spin, yield, then sleep on
+/// the doorbell; also for NULL), "spin" (yield, never sleep: lowest latency,
+/// a core's worth of CPU), "busy" (spin only) or "park" (sleep at once).
+#[no_mangle]
+pub extern "C" fn hybus_connect_idle(
+    socket_path: *const c_char,
+    idle: *const c_char,
+    out: *mut *mut hybus_bus,
+) -> hybus_status {
+    guard(|| {
+        need(out)?;
+        put(out, std::ptr::null_mut())?;
+        let idle = match if idle.is_null() { "default" } else { str_arg(idle, "the idle strategy")? } {
+            "default" => IdleStrategy::DEFAULT,
+            "spin" => IdleStrategy { spins: 0, yields: u32::MAX, park: false },
+            "busy" => IdleStrategy::BUSY,
+            "park" => IdleStrategy::PARK,
+            other => {
+                return Err(Fail::arg(format!("unknown idle strategy {other:?}: use default, spin, busy or park")))
+            }
+        };
+        let path = opt_path(socket_path)?.map(std::path::PathBuf::from);
+        let bus = Bus::connect_with(BusOptions { path, idle, ..BusOptions::default() })?;
         put(out, give(hybus_bus { head: Head::of::<hybus_bus>(), bus }))
     })
 }

@@ -3,7 +3,7 @@
 //!
 //! Every function returns a [`hybus_status`]; [`hybus_last_error`] gives the
 //! calling thread's last message. Handles are opaque pointers checked on
-//! every entry ([`handle`]); no panic crosses the boundary ([`status`]).
+//! every entry (module `handle`); no panic crosses the boundary ([`status`]).
 //!
 //! * [`bus`] — connect, close, resolve, call, fire, direct channels, stats;
 //! * [`pending`] — calls in flight;

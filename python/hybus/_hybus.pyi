@@ -202,9 +202,10 @@ class Subscription:
 class Bus:
     """A connection to the daemon hybusd (a context manager)."""
 
-    def __init__(self, socket: Optional[Union[str, "os.PathLike[str]"]] = None) -> None:
+    def __init__(self, socket: Optional[Union[str, "os.PathLike[str]"]] = None, idle: str = "default") -> None:
         """Connects to ``socket``, or $HYBUS_SOCKET, else
-        $XDG_RUNTIME_DIR/hybus/bus.sock, else /run/hybus/bus.sock."""
+        $XDG_RUNTIME_DIR/hybus/bus.sock, else /run/hybus/bus.sock. ``idle``:
+        "default", "spin", "busy" or "park" (how waits spend their time)."""
     def __enter__(self) -> "Bus": ...
     def __exit__(self, *exc: Any) -> bool: ...
     def close(self) -> None:

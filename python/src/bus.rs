@@ -62,6 +62,11 @@ impl PyRoute {
 /// `Bus(socket=None)` connects to `socket`, or to `$HYBUS_SOCKET`, else
 /// `$XDG_RUNTIME_DIR/hybus/bus.sock`, else `/run/hybus/bus.sock`. Use it
 /// as a context manager, or `close()` it. Safe to share between threads.
+///
+/// `idle` is how a waiting call spends its time before an answer: "default"
+/// (spin, yield, then sleep on the doorbell), "spin" (yield, never sleep:
+/// lowest latency, a core's worth of CPU), "busy" (spin only) or "park"
+/// (sleep at once).
 #[pyclass(module = "hybus", name = "Bus", frozen, weakref)]
 pub(crate) struct PyBus {
     bus: Mutex<Option<hybus::Bus>>,
@@ -85,6 +90,21 @@ fn route_of(bus: &hybus::Bus, route: &Bound<'_, PyAny>) -> PyResult<hybus::Route
     bus.resolve(&name).map_err(to_py)
 }
 
+/// The idle strategy of a name (as `hybusctl worker --idle`).
+pub(crate) fn idle_strategy(name: &str) -> PyResult<hybus::IdleStrategy> {
+    Ok(match name {
+        "default" => hybus::IdleStrategy::DEFAULT,
+        "spin" => hybus::IdleStrategy { spins: 0, yields: u32::MAX, park: false },
+        "busy" => hybus::IdleStrategy::BUSY,
+        "park" => hybus::IdleStrategy::PARK,
+        other => {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "unknown idle strategy {other:?}: use default, spin, busy or park"
+            )))
+        }
+    })
+}
+
 pub(crate) fn timeout_or(timeout: Option<f64>) -> PyResult<Duration> {
     Ok(seconds(timeout)?.unwrap_or(Duration::MAX))
 }
@@ -92,14 +112,11 @@ pub(crate) fn timeout_or(timeout: Option<f64>) -> PyResult<Duration> {
 #[pymethods]
 impl PyBus {
     #[new]
-    #[pyo3(signature = (socket=None))]
-    fn new(py: Python<'_>, socket: Option<std::path::PathBuf>) -> PyResult<PyBus> {
-        let bus = py
-            .detach(|| match socket {
-                Some(p) => hybus::Bus::connect_to(p),
-                None => hybus::Bus::connect(),
-            })
-            .map_err(to_py)?;
+    #[pyo3(signature = (socket=None, idle="default"))]
+    fn new(py: Python<'_>, socket: Option<std::path::PathBuf>, idle: &str) -> PyResult<PyBus> {
+        let idle = idle_strategy(idle)?;
+        let opts = hybus::BusOptions { path: socket, idle, ..hybus::BusOptions::default() };
+        let bus = py.detach(|| hybus::Bus::connect_with(opts)).map_err(to_py)?;
         Ok(PyBus { bus: Mutex::new(Some(bus)), publishers: Mutex::new(HashMap::new()), wake: Mutex::new(None) })
     }
 

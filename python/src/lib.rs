@@ -1,12 +1,12 @@
 //! `hybus._hybus`: the Python binding of the hybus client (import `hybus`).
 //!
-//! * [`bus`] — `Bus`, `Route`;
-//! * [`pending`] — `PendingCall`;
-//! * [`payload`] — `Sample` (read in place), `Loan` (written in place);
-//! * [`service`] — `Service`, `Request`;
-//! * [`topic`] — `Publisher`, `Subscription`;
-//! * [`errors`] — `hybus.Error` and one subclass per error kind;
-//! * [`buffer`] — the buffer protocol both ways; [`wait`] — GIL-free, interruptible waits.
+//! * `bus` — `Bus`, `Route`;
+//! * `pending` — `PendingCall`;
+//! * `payload` — `Sample` (read in place), `Loan` (written in place);
+//! * `service` — `Service`, `Request`;
+//! * `topic` — `Publisher`, `Subscription`;
+//! * `errors` — `hybus.Error` and one subclass per error kind;
+//! * `buffer` — the buffer protocol both ways; `wait` — GIL-free, interruptible waits.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 // pyo3's generated glue has neither docs nor Debug impls.
