@@ -261,3 +261,17 @@ def test_ctrl_c_interrupts_a_call(daemon, peer):
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+def test_collected_sample_gives_its_chunk_back(daemon):
+    with daemon.bus() as pub_bus, daemon.bus() as sub_bus:
+        sub = sub_bus.subscribe("t.gc")
+        pub_bus.publish("t.gc", b"g" * 100_000)
+        s = sub.next(timeout=SOON)
+        assert s is not None and s.zero_copy
+        assert pub_bus.chunks_in_use() == 1
+        view = memoryview(s)
+        del s  # the view still holds it
+        assert pub_bus.chunks_in_use() == 1
+        view.release()  # the last reference: collected now
+        assert eventually(lambda: pub_bus.chunks_in_use() == 0 and pub_bus.status()["chunks_lent"] == 0)
