@@ -97,11 +97,11 @@ impl Bus {
     }
 
     /// Ends a wait [`arm`](Self::arm) began (woken or timed out): resets
-    /// the doorbell `bell` (from [`wake_fds`](Self::wake_fds)), and reads
+    /// the doorbell of `fds` (from [`wake_fds`](Self::wake_fds)), and reads
     /// the control socket if `control` (it was reported readable).
-    pub fn disarm(&self, bell: &WakeFds, control: bool) {
+    pub fn disarm(&self, fds: &WakeFds, control: bool) {
         let mut b = [0u8; 8];
-        let _ = nix::unistd::read(&bell.bell, &mut b);
+        let _ = nix::unistd::read(&fds.bell, &mut b);
         let mut core = self.shared.lock();
         core.async_parked = core.async_parked.saturating_sub(1);
         if core.async_parked == 0 {
