@@ -731,7 +731,6 @@ impl Shared {
     }
 
     /// Whether the bus reconnects by itself ([`BusOptions::reconnect`]).
-    #[cfg(feature = "tokio")]
     pub(crate) fn reconnects(&self) -> bool {
         self.auto_reconnect
     }

@@ -13,7 +13,8 @@
 //! * [`Sample`], [`Loan`] — received payloads and in-place writes (zero-copy);
 //! * [`typed`] — values as payloads (rkyv), checked where they arrive;
 //! * [`Error`] — what went wrong;
-//! * `AsyncBus` (feature `tokio`) — the same waits as futures, on the same doorbells.
+//! * `AsyncBus` (feature `tokio`) — the same waits as futures, on the same doorbells;
+//! * [`WakeFds`], [`Bus::arm`], [`Bus::disarm`] — the same waits from another event loop (asyncio).
 //!
 //! # Examples
 //!
@@ -43,6 +44,7 @@ mod bus;
 mod core;
 mod direct;
 mod error;
+mod external;
 mod idle;
 mod park;
 mod pending;
@@ -62,6 +64,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub use asynch::{AsyncBus, StreamEnd};
 pub use bus::{Bus, BusOptions};
 pub use error::{Error, Result};
+pub use external::WakeFds;
 pub use hybus_layout::control::{
     ActivationInfo, ChannelStats, DaemonStatus, InstanceInfo, InstanceStats, ServiceInfo, StatsReport,
 };

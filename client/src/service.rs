@@ -356,6 +356,15 @@ impl Request {
         self.payload.as_deref().unwrap_or(&[])
     }
 
+    /// Takes the payload out of the request, to read on after the answer
+    /// went: a binding's sample object lives as long as its language holds
+    /// it, not as long as the request. [`payload`](Self::payload) is empty
+    /// afterwards; the chunk goes back when the sample is dropped. `None`
+    /// if it was taken already.
+    pub fn take_payload(&mut self) -> Option<Sample> {
+        self.payload.take()
+    }
+
     /// Whether the caller cancelled (or timed out) meanwhile.
     pub fn is_cancelled(&self) -> bool {
         let mut core = self.shared.lock();
@@ -489,12 +498,6 @@ impl Request {
     pub fn fail_with(mut self, code: u32, message: &str) -> Result<()> {
         let (d, epoch) = service_error_built(&self.shared, self.instance, code, message);
         self.finish(Ok(d), epoch)
-    }
-
-    /// The payload as a [`Sample`] (taken: [`payload`](Self::payload) is
-    /// empty afterwards), to keep or hand on without a copy.
-    pub fn take_payload(&mut self) -> Option<Sample> {
-        self.payload.take()
     }
 
     /// What answers with `reply` (inline, or copied into a chunk of our

@@ -211,8 +211,7 @@ pub(crate) struct Core {
     pub taken: Option<(Descriptor, Origin)>,
     /// Async waiters parked on the rings: the first arms them, the last
     /// to wake disarms them (one waking on its own timer must not disarm
-    /// them under the others).
-    #[cfg(feature = "tokio")]
+    /// them under the others). Also the loop-driven waiters of `external`.
     pub async_parked: u32,
     /// Subscriptions being made: a publication for a topic without an
     /// inbox is kept meanwhile (see `Bus::subscribe_topic`).
@@ -306,7 +305,6 @@ impl Core {
             revoked_topics: IdMap::default(),
             revoked_instances: IdMap::default(),
             taken: None,
-            #[cfg(feature = "tokio")]
             async_parked: 0,
             subscribing: 0,
             rtt_countdown: 1,
