@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use hybus_layout::control::{
-    self, ClientMessage, DaemonMessage, DaemonStatus, ErrorCode, Event, InstanceInfo, InstanceStats, Reply, Request,
-    ServiceInfo, StatsReport, Welcome,
+    self, ClientMessage, DaemonMessage, DaemonStatus, ErrorCode, Event, InstanceInfo, InstanceStats, Remote, Reply,
+    Request, ServiceInfo, StatsReport, Welcome,
 };
 use hybus_layout::header::{SegmentKind, HEADER_REGION, LAYOUT_HASH};
 use hybus_layout::ring;
@@ -56,7 +56,10 @@ impl Daemon {
                 self.disconnect(id, &msg);
                 return;
             }
-            Request::Register { name, version, weight } => self.register(id, &name, version, weight),
+            Request::Register { name, version, weight } => self.register(id, &name, version, weight, None),
+            Request::RegisterRemote { name, version, weight, remote } => {
+                self.register(id, &name, version, weight, Some(remote))
+            }
             Request::Unregister { instance } => self.owned_instance(id, instance).map(|_| {
                 self.remove_instance(instance);
                 Reply::Done
@@ -339,7 +342,7 @@ impl Daemon {
         Ok(())
     }
 
-    fn register(&mut self, id: u32, name: &str, version: u32, weight: u32) -> Answer {
+    fn register(&mut self, id: u32, name: &str, version: u32, weight: u32, remote: Option<Remote>) -> Answer {
         control::check_name(name).map_err(bad)?;
         self.check(id, Action::Own, name)?;
         let Some(s) = self.sessions.get(&id) else {
@@ -363,7 +366,11 @@ impl Daemon {
             }
             RegisterError::TooManyNames(limit) => too_many_names(limit),
         })?;
-        tracing::info!(client = id, pid, name, instance, route, "registered");
+        let via = remote.as_ref().map(|r| r.via.clone());
+        if let Some(i) = self.registry.instance_mut(instance) {
+            i.remote = remote;
+        }
+        tracing::info!(client = id, pid, name, instance, route, via = via.as_deref(), "registered");
         self.broadcast_watch(name, Event::ServiceUp { name: name.to_owned(), route, instance, pid });
         Ok(Reply::Registered { instance, route })
     }
@@ -447,6 +454,7 @@ impl Daemon {
                             version: i.version,
                             weight: i.weight,
                             draining: i.draining,
+                            remote: i.remote.clone(),
                         })
                     })
                     .collect(),

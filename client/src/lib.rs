@@ -60,7 +60,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub use asynch::{AsyncBus, StreamEnd};
 pub use bus::{Bus, BusOptions};
 pub use error::{Error, Result};
-pub use hybus_layout::control::{ChannelStats, DaemonStatus, InstanceInfo, InstanceStats, ServiceInfo, StatsReport};
+pub use hybus_layout::control::{
+    ChannelStats, DaemonStatus, InstanceInfo, InstanceStats, Remote, ServiceInfo, StatsReport,
+};
 pub use hybus_layout::socket::default_socket_path;
 pub use hybus_layout::IdleStrategy;
 pub use pending::{CallCanceller, PendingCall};

@@ -50,6 +50,8 @@ impl Slot {
 pub(crate) struct Registration {
     pub name: String,
     pub options: ServiceOptions,
+    /// Set for a remote instance ([`Bus::register_remote`]).
+    pub remote: Option<hybus_layout::control::Remote>,
     pub slot: Arc<Slot>,
 }
 
@@ -73,13 +75,21 @@ pub enum Incoming {
 }
 
 impl Service {
-    pub(crate) fn new(bus: Bus, name: &str, options: ServiceOptions, instance: u32, route: u32) -> Service {
+    pub(crate) fn new(
+        bus: Bus,
+        name: &str,
+        options: ServiceOptions,
+        remote: Option<hybus_layout::control::Remote>,
+        instance: u32,
+        route: u32,
+    ) -> Service {
         let epoch = bus.shared.lock().epoch;
         let slot = Arc::new(Slot::default());
         slot.store(instance, route, epoch);
         bus.shared.registrations.lock().unwrap_or_else(|p| p.into_inner()).push(Registration {
             name: name.to_owned(),
             options,
+            remote,
             slot: slot.clone(),
         });
         Service { bus, name: name.to_owned(), slot }
@@ -335,6 +345,35 @@ impl Request {
     /// Answers with an error the caller sees as [`Error::Service`] (first 40 bytes of `message`).
     pub fn fail(mut self, message: &str) -> Result<()> {
         let d = service_error(self.instance, 0, message);
+        self.finish(Ok(d), None)
+    }
+}
+
+impl Request {
+    /// Answers with `error` as the caller will see it: the kinds that
+    /// travel on the data plane keep their kind ([`Error::PeerGone`],
+    /// [`Error::DeadlineExceeded`], [`Error::NoInstance`], ...); any other
+    /// becomes [`Error::Service`] with its text (first 40 bytes). For
+    /// relays such as `hybus-bridge`, which pass on an error that happened
+    /// elsewhere.
+    pub fn fail_with(mut self, error: &Error) -> Result<()> {
+        use hybus_layout::control::DataError as D;
+        let code = match error {
+            Error::NoSuchService => D::NoSuchService,
+            Error::NoInstance => D::NoInstance,
+            Error::DeadlineExceeded => D::DeadlineExceeded,
+            Error::PeerGone => D::PeerGone,
+            Error::PayloadTooLarge { .. } => D::PayloadTooLarge,
+            Error::OutOfPool { .. } => D::OutOfPool,
+            Error::QueueFull => D::QueueFull,
+            Error::Cancelled => D::Cancelled,
+            Error::AccessDenied(_) => D::AccessDenied,
+            Error::QuotaExceeded(_) => D::QuotaExceeded,
+            Error::Service(m) => return self.fail(m),
+            other => return self.fail(&other.to_string()),
+        };
+        let mut d = Descriptor::new(Kind::Error, self.instance, 0).with_aux(code as u64);
+        d.flags |= flags::SERVER;
         self.finish(Ok(d), None)
     }
 }

@@ -28,13 +28,16 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
                     "instances": s.instances.iter().map(|i| json!({
                         "instance": i.instance, "state": if i.draining { "draining" } else { "serving" },
                         "uid": i.uid, "pid": i.pid, "client": i.client_id, "version": i.version, "weight": i.weight,
+                        "remote_via": i.remote.as_ref().map(|r| &r.via),
+                        "balance": i.remote.as_ref().map(|r| r.balance),
                     })).collect::<Vec<_>>(),
                 })
             })
             .collect();
         return super::print_json(&json!({ "services": v }));
     }
-    let mut t = Table::new(&["SERVICE", ">ROUTE", ">INSTANCE", "STATE", ">UID", ">PID", ">VERSION", ">WEIGHT"]);
+    let mut t =
+        Table::new(&["SERVICE", ">ROUTE", ">INSTANCE", "STATE", ">UID", ">PID", ">VERSION", ">WEIGHT", "WHERE"]);
     for s in &services {
         for i in &s.instances {
             t.row(vec![
@@ -46,6 +49,7 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
                 i.pid.to_string(),
                 i.version.to_string(),
                 i.weight.to_string(),
+                super::placement(i),
             ]);
         }
     }

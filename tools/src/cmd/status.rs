@@ -55,6 +55,8 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
                 json!({
                     "instance": i.instance, "state": if i.draining { "draining" } else { "serving" },
                     "uid": i.uid, "pid": i.pid, "version": i.version, "weight": i.weight,
+                    "remote_via": i.remote.as_ref().map(|r| &r.via),
+                    "balance": i.remote.as_ref().map(|r| r.balance),
                     "messages_in": st.map(|s| s.messages_in), "messages_out": st.map(|s| s.messages_out),
                     "in_flight": st.map(|s| s.in_flight), "errors": st.map(|s| s.errors),
                     "latency_ns": st.map(|s| json!({"p50": s.latency_ns[0], "p99": s.latency_ns[1], "p999": s.latency_ns[2], "max": s.latency_ns[3]})),
@@ -77,6 +79,7 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
         ">ERR",
         ">P50",
         ">P99",
+        "WHERE",
     ]);
     for i in &svc.instances {
         let st = stats.iter().find(|s| s.instance == i.instance);
@@ -94,6 +97,7 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
             g(|s| s.errors),
             st.map_or("-".into(), |s| ns(s.latency_ns[0])),
             st.map_or("-".into(), |s| ns(s.latency_ns[1])),
+            super::placement(i),
         ]);
     }
     print!("{}", t.render());
