@@ -149,15 +149,16 @@ impl Bridge {
     }
 
     /// Waits until Zenoh is connected (see [`zenoh_connected`](Self::zenoh_connected)),
-    /// logging every few seconds while it is not. `false` if the bridge stops first.
-    pub fn wait_zenoh(&self) -> bool {
-        let mut next_log = Instant::now() + Duration::from_secs(2);
-        while !self.ctx.stopping() {
+    /// logging every few seconds while it is not. `false` if `stop` is set
+    /// first.
+    pub fn wait_zenoh(&self, stop: &AtomicBool) -> bool {
+        let mut next_log = Instant::now() + Duration::from_secs(1);
+        while !self.ctx.stopping() && !stop.load(Ordering::Acquire) {
             if self.zenoh_connected() {
                 return true;
             }
             if Instant::now() >= next_log {
-                tracing::warn!(connect = ?self.ctx.config.connect, "no Zenoh peer reachable yet; retrying");
+                tracing::warn!(connect = ?self.ctx.config.connect, "no Zenoh peer reachable yet; retrying in the background");
                 next_log = Instant::now() + Duration::from_secs(5);
             }
             std::thread::sleep(Duration::from_millis(50));

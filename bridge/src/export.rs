@@ -72,6 +72,9 @@ impl Caller {
         let r = self.route(name).and_then(|route| self.call(&route, &payload, timeout));
         let sent = match r {
             Ok(answer) => query.reply(query.key_expr().clone(), answer.bytes().to_vec()).wait(),
+            // The daemon went away with the request in flight: to the
+            // caller, the instance did.
+            Err(hybus::Error::BusGone(_)) => query.reply_err(wire::encode_error(&hybus::Error::PeerGone)).wait(),
             Err(e) => query.reply_err(wire::encode_error(&e)).wait(),
         };
         if let Err(e) = sent {

@@ -26,7 +26,7 @@
 //!     services = ["kv.*"]
 //! "#)?;
 //! let bridge = Bridge::start(config, hybus::default_socket_path())?;
-//! bridge.wait_zenoh();
+//! bridge.wait_zenoh(&std::sync::atomic::AtomicBool::new(false));
 //! # Ok(()) }
 //! ```
 #![deny(unsafe_code, missing_docs, missing_debug_implementations)]

@@ -37,14 +37,22 @@ fn main() -> anyhow::Result<()> {
     let bridge = Bridge::start(config, socket.clone()).context("cannot start the bridge")?;
     tracing::info!(bridge = bridge.id(), socket = %socket.display(), "started");
     // Ready once both sides answer: a Zenoh peer (if any is configured) and the daemon.
-    let ready = loop {
-        if stop.load(std::sync::atomic::Ordering::Acquire) {
-            break false;
+    let ready = bridge.wait_zenoh(&stop) && {
+        let mut said = false;
+        loop {
+            if stop.load(std::sync::atomic::Ordering::Acquire) {
+                break false;
+            }
+            match hybus::Bus::connect_to(&socket) {
+                Ok(_) => break true,
+                Err(e) if !said => {
+                    tracing::warn!("the local daemon does not answer yet ({e}); retrying");
+                    said = true;
+                }
+                Err(_) => {}
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
-        if bridge.zenoh_connected() && hybus::Bus::connect_to(&socket).is_ok() {
-            break true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
     };
     if ready {
         tracing::info!("connected to the local daemon and to Zenoh");
