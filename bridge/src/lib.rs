@@ -31,6 +31,7 @@
 //! ```
 #![deny(unsafe_code, missing_docs, missing_debug_implementations)]
 
+pub mod bench;
 pub mod bridge;
 pub mod config;
 pub mod export;

@@ -18,8 +18,20 @@ struct Args {
     #[arg(long, env = "HYBUS_SOCKET")]
     socket: Option<PathBuf>,
     /// The bridge's configuration (TOML; see dist/hybus-bridge.toml).
-    #[arg(long)]
-    config: PathBuf,
+    #[arg(long, required_unless_present_any = ["bench_echo", "bench_query"])]
+    config: Option<PathBuf>,
+    /// For `hybusctl bench`: serve a bare Zenoh echo queryable on this endpoint.
+    #[arg(long, hide = true)]
+    bench_echo: Option<String>,
+    /// For `hybusctl bench`: time round trips to the bare echo at this endpoint.
+    #[arg(long, hide = true)]
+    bench_query: Option<String>,
+    /// Payload bytes of `--bench-query`.
+    #[arg(long, hide = true, default_value = "8")]
+    payload: usize,
+    /// Round trips of `--bench-query`.
+    #[arg(long, hide = true, default_value = "10000")]
+    round_trips: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,9 +42,16 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let stop = stop_flag()?;
     let args = Args::parse();
-    let config = Config::load(&args.config).with_context(|| format!("config {}", args.config.display()))?;
+    if let Some(e) = &args.bench_echo {
+        return hybus_bridge::bench::echo(e).map_err(anyhow::Error::msg);
+    }
+    if let Some(e) = &args.bench_query {
+        return hybus_bridge::bench::query(e, args.payload, args.round_trips).map_err(anyhow::Error::msg);
+    }
+    let stop = stop_flag()?;
+    let path = args.config.context("--config FILE is required")?;
+    let config = Config::load(&path).with_context(|| format!("config {}", path.display()))?;
     let socket = args.socket.unwrap_or_else(hybus::default_socket_path);
     let bridge = Bridge::start(config, socket.clone()).context("cannot start the bridge")?;
     tracing::info!(bridge = bridge.id(), socket = %socket.display(), "started");

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod bench_bridged;
 pub mod call;
 pub mod demo;
 pub mod list;
