@@ -34,6 +34,11 @@ const RESCAN: Duration = Duration::from_millis(500);
 /// Most calls forwarded at once (each waits on a thread of its own).
 const MAX_WORKERS: usize = 256;
 
+/// How long Zenoh's thread waits for a local answer itself before it hands
+/// the wait to a worker: long enough for a fast local service (a worker's
+/// wake-up costs about as much again), short enough not to hold up Zenoh.
+const INLINE_WAIT: Duration = Duration::from_micros(200);
+
 /// What is declared on Zenoh for one exported instance. The token is
 /// dropped (undeclared) first: importers stop sending before the
 /// queryable goes.
@@ -61,25 +66,46 @@ impl Caller {
         Ok(r)
     }
 
-    /// Forwards one query to the local service `name` and replies.
-    fn serve_query(&self, name: &str, query: Query) {
+    /// Forwards one query to the local service `name` from Zenoh's own
+    /// thread: the call is sent at once, and a fast answer (within
+    /// [`INLINE_WAIT`]) is replied from here too; a slower one is waited
+    /// for on a worker, so that a slow service never holds up Zenoh.
+    fn start_query(self: &Arc<Self>, name: &str, query: Query) {
+        let (timeout, payload) = self.query_parts(&query);
+        if payload.len() > INLINE_PAYLOAD {
+            let (c, n) = (self.clone(), name.to_owned());
+            self.workers.run(move || c.serve_query(&n, query));
+            return;
+        }
+        let mut pending = match self.route(name).and_then(|route| self.bus.begin_call(&route, &payload, timeout)) {
+            Ok(p) => p,
+            Err(e) => return reply(name, &query, Err(e)),
+        };
+        match pending.wait_timeout(INLINE_WAIT) {
+            Ok(None) => {
+                let n = name.to_owned();
+                self.workers.run(move || reply(&n, &query, pending.wait()));
+            }
+            Ok(Some(answer)) => reply(name, &query, Ok(answer)),
+            Err(e) => reply(name, &query, Err(e)),
+        }
+    }
+
+    /// The deadline and the payload of a query.
+    fn query_parts<'q>(&self, query: &'q Query) -> (Duration, std::borrow::Cow<'q, [u8]>) {
         let timeout = query
             .attachment()
             .and_then(|a| wire::decode_timeout(&a.to_bytes()))
             .unwrap_or(self.max_timeout)
             .min(self.max_timeout);
-        let payload = query.payload().map(|p| p.to_bytes()).unwrap_or_default();
+        (timeout, query.payload().map(|p| p.to_bytes()).unwrap_or_default())
+    }
+
+    /// Forwards one query to the local service `name` and replies.
+    fn serve_query(&self, name: &str, query: Query) {
+        let (timeout, payload) = self.query_parts(&query);
         let r = self.route(name).and_then(|route| self.call(&route, &payload, timeout));
-        let sent = match r {
-            Ok(answer) => query.reply(query.key_expr().clone(), answer.bytes().to_vec()).wait(),
-            // The daemon went away with the request in flight: to the
-            // caller, the instance did.
-            Err(hybus::Error::BusGone(_)) => query.reply_err(wire::encode_error(&hybus::Error::PeerGone)).wait(),
-            Err(e) => query.reply_err(wire::encode_error(&e)).wait(),
-        };
-        if let Err(e) = sent {
-            tracing::debug!(service = name, "cannot reply to a query: {e}");
-        }
+        reply(name, &query, r);
     }
 
     /// Calls `route`: small payloads inline, larger ones written once into a loaned chunk.
@@ -106,6 +132,20 @@ impl Caller {
         if let Err(e) = r {
             tracing::debug!(service = name, "a fire from another host is lost: {e}");
         }
+    }
+}
+
+/// Sends the answer of a forwarded call as the query's reply.
+fn reply(name: &str, query: &Query, r: hybus::Result<hybus::Sample>) {
+    let sent = match r {
+        Ok(answer) => query.reply(query.key_expr().clone(), answer.bytes().to_vec()).wait(),
+        // The daemon went away with the request in flight: to the
+        // caller, the instance did.
+        Err(hybus::Error::BusGone(_)) => query.reply_err(wire::encode_error(&hybus::Error::PeerGone)).wait(),
+        Err(e) => query.reply_err(wire::encode_error(&e)).wait(),
+    };
+    if let Err(e) = sent {
+        tracing::debug!(service = name, "cannot reply to a query: {e}");
     }
 }
 
@@ -192,13 +232,7 @@ fn declare(ctx: &Ctx, caller: &Arc<Caller>, (name, instance): &(String, u32)) ->
     let key = InstanceKey { name: name.clone(), bridge: ctx.id.clone(), instance: *instance }.key();
     let queryable = {
         let (caller, name) = (caller.clone(), name.clone());
-        ctx.session
-            .declare_queryable(&key)
-            .callback(move |q| {
-                let (c, n) = (caller.clone(), name.clone());
-                caller.workers.run(move || c.serve_query(&n, q));
-            })
-            .wait()?
+        ctx.session.declare_queryable(&key).callback(move |q| caller.start_query(&name, q)).wait()?
     };
     let fires = {
         let (caller, name) = (caller.clone(), name.clone());
