@@ -100,3 +100,59 @@ pub fn query(endpoint: &str, payload: usize, round_trips: u64) -> Result<(), Str
     }
     out.flush().map_err(|e| e.to_string())
 }
+
+/// The key of the bare publish/subscribe limit.
+const TOPIC_KEY: &str = "bench/topic";
+
+/// Listens on `endpoint`, prints `ready`, counts `n` samples on
+/// [`TOPIC_KEY`] (reading every byte of each), then prints the nanoseconds
+/// from the first sample to the `n`-th and exits.
+pub fn subscribe(endpoint: &str, n: u64) -> Result<(), String> {
+    let s = session(Some(endpoint), None)?;
+    let sub = s.declare_subscriber(TOPIC_KEY).wait().map_err(|e| e.to_string())?;
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    let mut first = None;
+    let mut check = 0u64;
+    for i in 0..n {
+        let sample = sub.recv_timeout(Duration::from_secs(30)).map_err(|e| e.to_string())?;
+        let Some(sample) = sample else {
+            return Err(format!("only {i} of {n} samples came"));
+        };
+        first.get_or_insert_with(Instant::now);
+        for slice in sample.payload().slices() {
+            check = slice.iter().fold(check, |c, &b| c.wrapping_add(b as u64));
+        }
+    }
+    std::hint::black_box(check);
+    let ns = first.map_or(0, |t| t.elapsed().as_nanos());
+    println!("{ns}");
+    Ok(())
+}
+
+/// Connects to `endpoint` and puts `n` samples of `payload` bytes (each
+/// written anew) on [`TOPIC_KEY`], blocking when the link is congested
+/// (none is dropped).
+pub fn publish(endpoint: &str, payload: usize, n: u64) -> Result<(), String> {
+    use zenoh::qos::CongestionControl;
+    let s = session(None, Some(endpoint))?;
+    let p = s
+        .declare_publisher(TOPIC_KEY)
+        .congestion_control(CongestionControl::Block)
+        .wait()
+        .map_err(|e| e.to_string())?;
+    let end = Instant::now() + Duration::from_secs(20);
+    while !p.matching_status().wait().map_err(|e| e.to_string())?.matching() {
+        if Instant::now() > end {
+            return Err("no subscriber matched".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for i in 0..n {
+        let buf = vec![(i as u8).wrapping_mul(31); payload];
+        p.put(buf).wait().map_err(|e| e.to_string())?;
+    }
+    // Let the last samples leave before the session closes.
+    std::thread::sleep(Duration::from_millis(200));
+    Ok(())
+}

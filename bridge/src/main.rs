@@ -18,7 +18,7 @@ struct Args {
     #[arg(long, env = "HYBUS_SOCKET")]
     socket: Option<PathBuf>,
     /// The bridge's configuration (TOML; see dist/hybus-bridge.toml).
-    #[arg(long, required_unless_present_any = ["bench_echo", "bench_query"])]
+    #[arg(long, required_unless_present_any = ["bench_echo", "bench_query", "bench_sub", "bench_pub"])]
     config: Option<PathBuf>,
     /// For `hybusctl bench`: serve a bare Zenoh echo queryable on this endpoint.
     #[arg(long, hide = true)]
@@ -26,7 +26,16 @@ struct Args {
     /// For `hybusctl bench`: time round trips to the bare echo at this endpoint.
     #[arg(long, hide = true)]
     bench_query: Option<String>,
-    /// Payload bytes of `--bench-query`.
+    /// For `hybusctl bench`: count bare Zenoh publications, listening on this endpoint.
+    #[arg(long, hide = true)]
+    bench_sub: Option<String>,
+    /// For `hybusctl bench`: publish bare Zenoh samples to the subscriber at this endpoint.
+    #[arg(long, hide = true)]
+    bench_pub: Option<String>,
+    /// Messages of `--bench-sub` / `--bench-pub`.
+    #[arg(long, hide = true, default_value = "10000")]
+    messages: u64,
+    /// Payload bytes of `--bench-query` / `--bench-pub`.
     #[arg(long, hide = true, default_value = "8")]
     payload: usize,
     /// Round trips of `--bench-query`.
@@ -48,6 +57,12 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(e) = &args.bench_query {
         return hybus_bridge::bench::query(e, args.payload, args.round_trips).map_err(anyhow::Error::msg);
+    }
+    if let Some(e) = &args.bench_sub {
+        return hybus_bridge::bench::subscribe(e, args.messages).map_err(anyhow::Error::msg);
+    }
+    if let Some(e) = &args.bench_pub {
+        return hybus_bridge::bench::publish(e, args.payload, args.messages).map_err(anyhow::Error::msg);
     }
     let stop = stop_flag()?;
     let path = args.config.context("--config FILE is required")?;

@@ -33,13 +33,17 @@ pub fn export(ctx: Arc<Ctx>, topic: String) {
         return;
     };
     let key = keys::topic_key(&topic, &ctx.id);
-    let publisher = match ctx.session.declare_publisher(key).wait() {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::error!(topic, "cannot declare a Zenoh publisher; the topic is not exported: {e}");
-            return;
-        }
-    };
+    // Blocking, not dropping, when the link is congested: the local
+    // topic's own policy (drop-oldest for the bridge's subscription) then
+    // decides what a slow network loses, as for any slow subscriber.
+    let publisher =
+        match ctx.session.declare_publisher(key).congestion_control(zenoh::qos::CongestionControl::Block).wait() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(topic, "cannot declare a Zenoh publisher; the topic is not exported: {e}");
+                return;
+            }
+        };
     let sub = loop {
         if ctx.stopping() {
             return;

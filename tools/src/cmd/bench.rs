@@ -291,6 +291,24 @@ fn measure(socket: Option<&Path>, plan: &Plan, quiet: bool) -> anyhow::Result<Ve
                 Some("limit/zenoh-query"),
             ));
         }
+        for &p in &plan.payloads {
+            let n = if p >= 1 << 20 { 300 } else { plan.messages_for(p).min(20_000) };
+            jobs.push((
+                "limit/zenoh-pubsub".into(),
+                p,
+                Box::new(move |_| super::bench_bridged::zenoh_pubsub(p, n)),
+                None,
+            ));
+        }
+        for &p in &plan.payloads {
+            let n = if p >= 1 << 20 { 300 } else { plan.messages_for(p).min(20_000) };
+            jobs.push((
+                "bridged/pubsub".into(),
+                p,
+                Box::new(move |_| super::bench_bridged::pubsub(p, n)),
+                Some("limit/zenoh-pubsub"),
+            ));
+        }
     } else if !quiet {
         eprintln!("hybus-bridge not found (beside hybusctl or on PATH): no bridged results");
     }
@@ -527,6 +545,16 @@ fn eight_bytes<'a>(results: &'a [BenchResult], r: &BenchResult) -> Option<&'a Be
     results.iter().find(|o| o.name == r.name && o.payload == 8)
 }
 
+/// `mps` over the messages per second of `other`, if that is a throughput result.
+fn rate_ratio(mps: f64, other: Option<&BenchResult>) -> Option<f64> {
+    match other?.figure {
+        Figure::Throughput { messages, elapsed } => {
+            Some(mps / (messages as f64 / elapsed.as_secs_f64().max(1e-9)).max(1e-9))
+        }
+        _ => None,
+    }
+}
+
 /// `p50` over the p50 of `other`, if that is a latency result.
 fn p50_ratio(p50: u64, other: Option<&BenchResult>) -> Option<f64> {
     match &other?.figure {
@@ -570,7 +598,7 @@ fn render(results: &[BenchResult]) -> String {
     if !t.is_empty() {
         out.push_str(&t.render());
     }
-    let mut t = Table::new(&["RESULT", ">PAYLOAD", ">MESSAGES", ">MSG/S", ">BYTES/S"]);
+    let mut t = Table::new(&["RESULT", ">PAYLOAD", ">MESSAGES", ">MSG/S", ">BYTES/S", ">×LIMIT"]);
     for r in results {
         if let Figure::Throughput { messages, elapsed } = r.figure {
             let mps = messages as f64 / elapsed.as_secs_f64().max(1e-9);
@@ -580,6 +608,7 @@ fn render(results: &[BenchResult]) -> String {
                 messages.to_string(),
                 rate(mps),
                 bytes_rate(mps * r.payload as f64),
+                rate_ratio(mps, limit_of(results, r)).map_or("-".into(), |x| format!("{x:.2}")),
             ]);
         }
     }
@@ -628,6 +657,7 @@ fn to_json(results: &[BenchResult], plan: &Plan) -> serde_json::Value {
                 json!({
                     "name": r.name, "payload_bytes": r.payload, "messages": messages,
                     "msgs_per_s": mps, "bytes_per_s": mps * r.payload as f64,
+                    "limit": r.limit, "ratio_to_limit": rate_ratio(mps, limit_of(results, r)),
                 })
             }
         })

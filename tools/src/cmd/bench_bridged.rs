@@ -100,6 +100,19 @@ struct Bridged {
 
 impl Bridged {
     fn start() -> anyhow::Result<Bridged> {
+        Bridged::start_with("[[import]]\nservices = [\"bench.*\"]\n", "[[export]]\nservices = [\"bench.*\"]\n")
+    }
+
+    /// A exports the topic `bench.bridged.topic`, B imports it.
+    fn start_topics() -> anyhow::Result<Bridged> {
+        Bridged::start_with(
+            "[[export]]\ntopics = [\"bench.bridged.topic\"]\n",
+            "[[import]]\ntopics = [\"bench.bridged.topic\"]\n",
+        )
+    }
+
+    /// `a_names` and `b_names`: the two bridges' [[export]] / [[import]] tables.
+    fn start_with(a_names: &str, b_names: &str) -> anyhow::Result<Bridged> {
         let dir = std::env::temp_dir().join(format!("hybusctl-bench-bridged-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let config = || {
@@ -113,20 +126,8 @@ impl Bridged {
         let port = free_port()?;
         let mut bridges = Vec::new();
         for (host, sock, toml) in [
-            (
-                "a",
-                "a.sock",
-                format!(
-                    "name = \"bench-a\"\nlisten = [\"tcp/127.0.0.1:{port}\"]\n[[import]]\nservices = [\"bench.*\"]\n"
-                ),
-            ),
-            (
-                "b",
-                "b.sock",
-                format!(
-                    "name = \"bench-b\"\nconnect = [\"tcp/127.0.0.1:{port}\"]\n[[export]]\nservices = [\"bench.*\"]\n"
-                ),
-            ),
+            ("a", "a.sock", format!("name = \"bench-a\"\nlisten = [\"tcp/127.0.0.1:{port}\"]\n{a_names}")),
+            ("b", "b.sock", format!("name = \"bench-b\"\nconnect = [\"tcp/127.0.0.1:{port}\"]\n{b_names}")),
         ] {
             let path = dir.join(format!("bridge-{host}.toml"));
             std::fs::write(&path, toml)?;
@@ -213,4 +214,91 @@ pub fn rpc(payload: usize, round_trips: u64) -> anyhow::Result<Figure> {
         t0 = t1;
     }
     Ok(Figure::Latency(samples))
+}
+
+/// `limit/zenoh-pubsub`: `n` bare Zenoh samples of `payload` bytes from one
+/// process to another, timed by the subscriber (first sample to last).
+pub fn zenoh_pubsub(payload: usize, n: u64) -> anyhow::Result<Figure> {
+    let endpoint = format!("tcp/127.0.0.1:{}", free_port()?);
+    let mut sub = spawn(
+        Command::new(bridge_exe())
+            .args(["--bench-sub", &endpoint, "--messages", &n.to_string()])
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+        "the Zenoh subscriber",
+    )?;
+    let mut lines = BufReader::new(sub.0.stdout.take().context("subscriber stdout")?).lines();
+    anyhow::ensure!(
+        lines.next().and_then(Result::ok).is_some_and(|l| l.starts_with("ready")),
+        "the Zenoh subscriber did not start"
+    );
+    let status = Command::new(bridge_exe())
+        .args(["--bench-pub", &endpoint, "--payload", &payload.to_string(), "--messages", &n.to_string()])
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .status()
+        .context("cannot run the Zenoh publisher")?;
+    anyhow::ensure!(status.success(), "the Zenoh publisher failed ({status})");
+    let ns: u64 = lines
+        .next()
+        .and_then(Result::ok)
+        .and_then(|l| l.trim().parse().ok())
+        .context("the Zenoh subscriber did not count every sample")?;
+    Ok(Figure::Throughput { messages: n.saturating_sub(1), elapsed: Duration::from_nanos(ns) })
+}
+
+/// `bridged/pubsub`: `n` publications of `payload` bytes on A (each
+/// written in place), counted by a subscriber worker on B, through both
+/// daemons and both bridges; windowed by what B's pool holds, so that the
+/// figure is what arrived (drop-oldest would otherwise hide a backlog).
+pub fn pubsub(payload: usize, n: u64) -> anyhow::Result<Figure> {
+    let hosts = Bridged::start_topics()?;
+    let topic = "bench.bridged.topic";
+    let report = format!("bench.bridged.count.{}", std::process::id());
+    let _sub = Worker::start(&hosts.socket_b(), "subscriber", topic, Some(&report), "default")?;
+    let counter = hybus::Bus::connect_to(hosts.socket_b())?;
+    let count_route = counter.resolve(&report)?;
+    let count = || -> anyhow::Result<u64> {
+        let a = counter.call(&count_route, b"count", Duration::from_secs(10))?;
+        Ok(u64::from_le_bytes(a.get(..8).and_then(|s| s.try_into().ok()).unwrap_or([0; 8])))
+    };
+    let bus = hybus::Bus::connect_to(hosts.socket_a())?;
+    let publisher = bus.publisher(topic)?;
+    // Until both bridges are joined, publications are lost: probe first.
+    let end = Instant::now() + Duration::from_secs(20);
+    while count()? == 0 {
+        anyhow::ensure!(Instant::now() < end, "no publication crossed the bridges within 20 s");
+        publisher.publish(&[0u8; 8])?;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let base = count()?;
+    let window: u64 = match payload {
+        0..=256 => 512,
+        257..=4096 => 128,
+        4097..=65536 => 16,
+        _ => 2,
+    };
+    let t = Instant::now();
+    for i in 0..n {
+        let mut loan = bus.loan(payload, Duration::from_secs(30))?;
+        loan.fill((i as u8).wrapping_mul(31));
+        publisher.publish_loan(loan)?;
+        if i % window == window - 1 {
+            let want = base + i + 1 - window / 2;
+            while count()? < want {
+                anyhow::ensure!(t.elapsed() < Duration::from_secs(120), "publications stopped arriving on B");
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+    }
+    while count()? < base + n {
+        anyhow::ensure!(t.elapsed() < Duration::from_secs(120), "only {} of {n} arrived", count()? - base);
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    Ok(Figure::Throughput { messages: n, elapsed: t.elapsed() })
 }
