@@ -18,7 +18,7 @@ use zenoh::Wait;
 use crate::config::Config;
 
 /// The key the echo queryable serves.
-const KEY: &str = "bench/echo";
+pub const KEY: &str = "bench/echo";
 
 fn session(listen: Option<&str>, connect: Option<&str>) -> Result<zenoh::Session, String> {
     let c = Config {
@@ -102,7 +102,7 @@ pub fn query(endpoint: &str, payload: usize, round_trips: u64) -> Result<(), Str
 }
 
 /// The key of the bare publish/subscribe limit.
-const TOPIC_KEY: &str = "bench/topic";
+pub const TOPIC_KEY: &str = "bench/topic";
 
 /// Listens on `endpoint`, prints `ready`, counts `n` samples on
 /// [`TOPIC_KEY`] (reading every byte of each), then prints the nanoseconds

@@ -121,12 +121,12 @@ impl Republisher {
         if bridge == ctx.id || !ctx.config.imports_topic(topic) {
             return;
         }
-        if let Err(e) = self.publish(topic, &s) {
+        if let Err(e) = self.publish(ctx, topic, &s) {
             tracing::warn!(topic, from = bridge, "a publication from another host is dropped: {e}");
         }
     }
 
-    fn publish(&self, topic: &str, s: &Sample) -> hybus::Result<()> {
+    fn publish(&self, ctx: &Ctx, topic: &str, s: &Sample) -> hybus::Result<()> {
         let payload = s.payload();
         let len = payload.len();
         let max = self.bus.max_payload();
@@ -151,6 +151,9 @@ impl Republisher {
             loan[at..at + slice.len()].copy_from_slice(slice);
             at += slice.len();
         }
+        // After a reconnect our client id is new: say so before the
+        // publication can reach the exporting side.
+        ctx.republisher.store(self.bus.client_id(), Ordering::Release);
         publisher.publish_loan(loan)
     }
 }

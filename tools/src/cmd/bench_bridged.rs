@@ -111,7 +111,7 @@ impl Bridged {
         )
     }
 
-    /// `a_names` and `b_names`: the two bridges' [[export]] / [[import]] tables.
+    /// `a_names` and `b_names`: the two bridges' `[[export]]` / `[[import]]` tables.
     fn start_with(a_names: &str, b_names: &str) -> anyhow::Result<Bridged> {
         let dir = std::env::temp_dir().join(format!("hybusctl-bench-bridged-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
