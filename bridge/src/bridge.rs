@@ -2,7 +2,7 @@
 //! and the threads that keep both sides in step.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,10 @@ pub struct Ctx {
     /// The client id of the connection that republishes imported topics:
     /// what it publishes is never exported again (see [`crate::topics`]).
     pub republisher: AtomicU32,
+    /// Instances exported now (for [`crate::status`]).
+    pub exported: AtomicUsize,
+    /// Remote instances registered here now (for [`crate::status`]).
+    pub imported: AtomicUsize,
 }
 
 impl Ctx {
@@ -113,6 +117,8 @@ impl Bridge {
             socket,
             stop: AtomicBool::new(false),
             republisher: AtomicU32::new(u32::MAX),
+            exported: AtomicUsize::new(0),
+            imported: AtomicUsize::new(0),
         });
         let mut threads = Vec::new();
         let spawn = |name: &str, f: fn(Arc<Ctx>), threads: &mut Vec<_>| {
@@ -122,6 +128,7 @@ impl Bridge {
         spawn("export", crate::export::run, &mut threads).map_err(StartError::Thread)?;
         spawn("import", crate::import::run, &mut threads).map_err(StartError::Thread)?;
         spawn("topics-in", crate::topics::import, &mut threads).map_err(StartError::Thread)?;
+        spawn("status", crate::status::run, &mut threads).map_err(StartError::Thread)?;
         for topic in ctx.config.exported_topics() {
             let c = ctx.clone();
             let t = std::thread::Builder::new()

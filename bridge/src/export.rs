@@ -166,6 +166,7 @@ pub fn run(ctx: Arc<Ctx>) {
     let mut exported: HashMap<(String, u32), Exported> = HashMap::new();
     let mut watching = false;
     while !ctx.stopping() {
+        ctx.exported.store(exported.len(), std::sync::atomic::Ordering::Release);
         if !watching {
             watching = registry.watch("").is_ok();
         }

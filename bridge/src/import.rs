@@ -220,6 +220,7 @@ fn serve(ctx: Arc<Ctx>, bus: Bus, k: InstanceKey, stop: Arc<AtomicBool>) {
         }
     };
     tracing::info!(service = k.name, via = k.bridge, remote_instance = k.instance, "imported");
+    ctx.imported.fetch_add(1, Ordering::AcqRel);
     let key = k.key();
     let mut in_flight: Vec<Arc<Answer>> = Vec::new();
     let mut drained_at: Option<Instant> = None;
@@ -259,6 +260,7 @@ fn serve(ctx: Arc<Ctx>, bus: Bus, k: InstanceKey, stop: Arc<AtomicBool>) {
     }
     drop(in_flight);
     let _ = service.unregister();
+    ctx.imported.fetch_sub(1, Ordering::AcqRel);
     tracing::info!(service = k.name, via = k.bridge, remote_instance = k.instance, "remote instance gone");
 }
 

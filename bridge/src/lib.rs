@@ -12,6 +12,8 @@
 //!   (local first); requests become Zenoh queries;
 //! * [`topics`] — exported publications put on Zenoh, imported ones
 //!   republished locally, never back;
+//! * [`status`] — `hybus-bridge.<name>`, a local service that answers with
+//!   the bridge's state (Zenoh connected or waiting, what it exports and imports);
 //! * [`config`] — the TOML file; [`keys`] — the Zenoh key space;
 //!   [`wire`] — deadlines and error kinds on the wire.
 //!
@@ -38,6 +40,7 @@ pub mod export;
 pub mod glob;
 pub mod import;
 pub mod keys;
+pub mod status;
 pub mod topics;
 pub mod wire;
 pub mod workers;

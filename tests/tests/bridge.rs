@@ -205,6 +205,15 @@ fn a_client_and_hybusctl_on_host_a_call_a_service_on_host_b() {
     let ba = BridgeProc::start(a.socket(), "host-a", None, &[port], "[[import]]\nservices = [\"kv.*\"]");
     let waiting = eventually(SOON, || ba.log_text().contains("no Zenoh peer").then_some(()));
     assert!(waiting.is_some(), "A's bridge does not say it waits for Zenoh:\n{}", ba.log_text());
+    // ... and says so on the bus too.
+    let status = |sock: &Path, name: &str| {
+        let out =
+            Command::new(target_bin("hybusctl")).arg("--socket").arg(sock).args(["call", name, "status"]).output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+    };
+    let waiting =
+        eventually(SOON, || status(a.socket(), "hybus-bridge.host-a").contains("zenoh=waiting").then_some(()));
+    assert!(waiting.is_some(), "{}", status(a.socket(), "hybus-bridge.host-a"));
     let server = Server::start(b.socket(), "kv.store", "B");
     let _fires = Peer::ready(b.socket(), &["serve", "kv.log"]);
     let bb = BridgeProc::start(b.socket(), "host-b", Some(port), &[], "[[export]]\nservices = [\"kv.*\"]");
@@ -231,6 +240,10 @@ fn a_client_and_hybusctl_on_host_a_call_a_service_on_host_b() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "B:from-hybusctl");
     let out = Command::new(target_bin("hybusctl")).arg("--socket").arg(a.socket()).arg("list").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("remote via host-b"));
+    let st = status(a.socket(), "hybus-bridge.host-a");
+    assert!(st.contains("zenoh=connected peers=1") && st.contains("imported=2"), "{st}");
+    let st = status(b.socket(), "hybus-bridge.host-b");
+    assert!(st.contains("zenoh=connected") && st.contains("exported=2"), "{st}");
     // A fire arrives as a put, and the server on B sees it.
     let mut fires = _fires.0;
     await_remote(&bus, "kv.log", &["host-b"], &[&ba, &bb]);
