@@ -48,6 +48,8 @@ pub struct InstanceEntry {
     pub exclusive: bool,
     /// Its owner was told it drained ([`Event::Drained`](hybus_layout::control::Event::Drained)), once.
     pub told_drained: bool,
+    /// Set for a *remote* instance (a bridge serves it for another host).
+    pub remote: Option<hybus_layout::control::Remote>,
     /// Requests forwarded and not answered yet.
     pub outstanding: u32,
     /// Smooth-WRR state.
@@ -305,6 +307,7 @@ impl Registry {
                 draining: false,
                 exclusive: claim.exclusive,
                 told_drained: false,
+                remote: None,
                 outstanding: 0,
                 current: 0,
                 stats: Counters::default(),
@@ -342,6 +345,15 @@ impl Registry {
                 (!self.instances.get(&id)?.draining).then_some(id)
             }
             _ => {
+                // Local first: a remote instance registered as a stand-in
+                // (not `balance`) takes requests only while no local
+                // instance of the name serves.
+                let local_up = r
+                    .instances
+                    .iter()
+                    .any(|id| self.instances.get(id).is_some_and(|i| !i.draining && i.remote.is_none()));
+                let skip =
+                    |i: &InstanceEntry| i.draining || (local_up && i.remote.as_ref().is_some_and(|rm| !rm.balance));
                 // Least outstanding: only the instances with the fewest in
                 // flight take part, and among them weighted round-robin
                 // decides (always the first of a tie would leave the others
@@ -351,7 +363,7 @@ impl Registry {
                         .instances
                         .iter()
                         .filter_map(|id| self.instances.get(id))
-                        .filter(|i| !i.draining)
+                        .filter(|i| !skip(i))
                         .map(|i| i.outstanding)
                         .min(),
                     Balance::WeightedRoundRobin => None,
@@ -362,7 +374,7 @@ impl Registry {
                     let Some(i) = self.instances.get_mut(&id) else {
                         continue;
                     };
-                    if i.draining || least.is_some_and(|l| i.outstanding > l) {
+                    if skip(i) || least.is_some_and(|l| i.outstanding > l) {
                         continue;
                     }
                     i.current += i.weight as i64;
@@ -463,6 +475,28 @@ mod tests {
         r.instance_mut(b).unwrap().outstanding = 3;
         let picks: Vec<u32> = (0..4).map(|_| r.pick(route).unwrap()).collect();
         assert_eq!(picks.iter().filter(|&&p| p == a).count(), 2, "{picks:?}");
+    }
+
+    #[test]
+    fn remote_instances_stand_in_only_while_no_local_one_serves() {
+        use hybus_layout::control::Remote;
+        for balance in [Balance::WeightedRoundRobin, Balance::LeastOutstanding] {
+            let mut r = Registry::default().balanced(balance);
+            let (far, route) = r.register("svc", 1, 1000, 1, 1).unwrap();
+            r.instance_mut(far).unwrap().remote = Some(Remote { via: "b".into(), balance: false });
+            // Alone, the remote instance serves.
+            assert_eq!(r.pick(route), Some(far));
+            let (near, _) = r.register("svc", 2, 1000, 1, 1).unwrap();
+            assert!((0..6).all(|_| r.pick(route) == Some(near)), "local first");
+            // The local one drains: the remote one takes over.
+            r.instance_mut(near).unwrap().draining = true;
+            assert!((0..3).all(|_| r.pick(route) == Some(far)));
+            r.instance_mut(near).unwrap().draining = false;
+            // prefer = "balance": both share.
+            r.instance_mut(far).unwrap().remote = Some(Remote { via: "b".into(), balance: true });
+            let picks: Vec<u32> = (0..4).map(|_| r.pick(route).unwrap()).collect();
+            assert_eq!(picks.iter().filter(|&&p| p == far).count(), 2, "{picks:?}");
+        }
     }
 
     #[test]

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use hybus_layout::control::{
-    self, ClientMessage, DaemonMessage, DaemonStatus, ErrorCode, Event, InstanceInfo, InstanceStats, Reply, Request,
-    ServiceInfo, StatsReport, Welcome,
+    self, ClientMessage, DaemonMessage, DaemonStatus, ErrorCode, Event, InstanceInfo, InstanceStats, Remote, Reply,
+    Request, ServiceInfo, StatsReport, Welcome,
 };
 use hybus_layout::header::{SegmentKind, HEADER_REGION, LAYOUT_HASH};
 use hybus_layout::ring;
@@ -58,7 +58,10 @@ impl Daemon {
                 return;
             }
             Request::Register { name, version, weight, exclusive, replace } => {
-                self.register(id, &name, version, weight, Claim { exclusive, replace })
+                self.register(id, &name, version, weight, Claim { exclusive, replace }, None)
+            }
+            Request::RegisterRemote { name, version, weight, remote } => {
+                self.register(id, &name, version, weight, Claim::default(), Some(remote))
             }
             Request::Unregister { instance } => self.owned_instance(id, instance).map(|_| {
                 self.remove_instance(instance);
@@ -364,7 +367,15 @@ impl Daemon {
         Ok(())
     }
 
-    fn register(&mut self, id: u32, name: &str, version: u32, weight: u32, claim: Claim) -> Answer {
+    fn register(
+        &mut self,
+        id: u32,
+        name: &str,
+        version: u32,
+        weight: u32,
+        claim: Claim,
+        remote: Option<Remote>,
+    ) -> Answer {
         control::check_name(name).map_err(bad)?;
         self.check(id, Action::Own, name)?;
         let Some(s) = self.sessions.get(&id) else {
@@ -406,8 +417,12 @@ impl Daemon {
                 ),
             ),
         })?;
+        let via = remote.as_ref().map(|r| r.via.clone());
+        if let Some(i) = self.registry.instance_mut(instance) {
+            i.remote = remote;
+        }
         let mode = if claim.exclusive { "exclusive" } else { "shared" };
-        tracing::info!(client = id, pid, name, instance, route, mode, replaced = ?drained, "registered");
+        tracing::info!(client = id, pid, name, instance, route, mode, via = via.as_deref(), replaced = ?drained, "registered");
         for old in drained {
             if let Some(client) = self.registry.instance(old).map(|i| i.client) {
                 self.close_channels_no_longer_served(client, route, "the instance was replaced");
@@ -512,6 +527,7 @@ impl Daemon {
                             weight: i.weight,
                             draining: i.draining,
                             exclusive: i.exclusive,
+                            remote: i.remote.clone(),
                         })
                     })
                     .collect(),

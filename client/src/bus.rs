@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use hybus_layout::control::{self, ClientMessage, DaemonMessage, Reply, Request, ServiceInfo};
+use hybus_layout::control::{self, ClientMessage, DaemonMessage, Remote, Reply, Request, ServiceInfo};
 use hybus_layout::header::LAYOUT_HASH;
 use hybus_layout::socket::ControlSocket;
 use hybus_layout::{ChunkRef, Descriptor, IdleStrategy, Kind};
@@ -231,7 +231,7 @@ impl Bus {
         let regs: Vec<_> = self.shared.registrations.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for r in regs {
             let old = r.slot.load().0;
-            let (instance, route) = match self.register_raw(&r.name, &r.options) {
+            let (instance, route) = match self.register_raw(&r.name, &r.options, r.remote.as_ref()) {
                 Ok(registered) => registered,
                 // Refused by the new daemon (the name is taken, the policy
                 // changed): that instance is gone, its serving loop says
@@ -326,15 +326,14 @@ impl Bus {
         }
     }
 
-    pub(crate) fn register_raw(&self, name: &str, o: &ServiceOptions) -> Result<(u32, u32)> {
-        let r = Request::Register {
-            name: name.to_owned(),
-            version: o.version,
-            weight: o.weight,
-            exclusive: o.exclusive,
-            replace: o.replace,
+    pub(crate) fn register_raw(&self, name: &str, o: &ServiceOptions, remote: Option<&Remote>) -> Result<(u32, u32)> {
+        let (name, version, weight) = (name.to_owned(), o.version, o.weight);
+        let request = match remote {
+            None => Request::Register { name, version, weight, exclusive: o.exclusive, replace: o.replace },
+            // A stand-in for another host's instance never claims the name.
+            Some(r) => Request::RegisterRemote { name, version, weight, remote: r.clone() },
         };
-        match self.control(r)? {
+        match self.control(request)? {
             Reply::Registered { instance, route } => Ok((instance, route)),
             r => Err(Error::Protocol(format!("unexpected reply {r:?}"))),
         }
@@ -347,8 +346,19 @@ impl Bus {
 
     /// Registers a service instance under a dotted name.
     pub fn register_with(&self, name: &str, options: ServiceOptions) -> Result<Service> {
-        let (instance, route) = self.register_raw(name, &options)?;
-        Ok(Service::new(self.clone(), name, options, instance, route))
+        let (instance, route) = self.register_raw(name, &options, None)?;
+        Ok(Service::new(self.clone(), name, options, None, instance, route))
+    }
+
+    /// Registers a *remote* instance of a dotted name: one this client (a
+    /// bridge such as `hybus-bridge`) serves on behalf of another host.
+    /// Listings show it as `remote via <remote.via>`; unless
+    /// [`Remote::balance`] is set, the daemon sends it requests only while no
+    /// local instance of the name serves (local first). Like every
+    /// registration, it is made again by itself after a reconnect.
+    pub fn register_remote(&self, name: &str, options: ServiceOptions, remote: Remote) -> Result<Service> {
+        let (instance, route) = self.register_raw(name, &options, Some(&remote))?;
+        Ok(Service::new(self.clone(), name, options, Some(remote), instance, route))
     }
 
     /// Resolves a service name to a route. Fails with [`Error::NotFound`] if no instance serves it.

@@ -66,7 +66,7 @@ pub use bus::{Bus, BusOptions};
 pub use error::{Error, Result};
 pub use external::WakeFds;
 pub use hybus_layout::control::{
-    ActivationInfo, ChannelStats, DaemonStatus, InstanceInfo, InstanceStats, ServiceInfo, StatsReport,
+    ActivationInfo, ChannelStats, DaemonStatus, InstanceInfo, InstanceStats, Remote, ServiceInfo, StatsReport,
 };
 pub use hybus_layout::socket::default_socket_path;
 pub use hybus_layout::IdleStrategy;

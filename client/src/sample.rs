@@ -113,6 +113,14 @@ impl Sample {
         self.view.is_some()
     }
 
+    /// The daemon's id of the client whose pool holds the payload (the
+    /// sender: the daemon refuses a chunk of any other pool), or `None` for
+    /// a payload carried inline. A relay tells its own publications by it
+    /// (compare with [`Bus::client_id`](crate::Bus::client_id)).
+    pub fn pool_owner(&self) -> Option<u32> {
+        self.d.chunk().map(|c| c.segment)
+    }
+
     /// The correlation id the descriptor carried.
     pub fn correlation(&self) -> u64 {
         self.d.correlation

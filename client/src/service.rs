@@ -116,6 +116,8 @@ impl Slot {
 pub(crate) struct Registration {
     pub name: String,
     pub options: ServiceOptions,
+    /// Set for a remote instance ([`Bus::register_remote`]).
+    pub remote: Option<hybus_layout::control::Remote>,
     pub slot: Arc<Slot>,
 }
 
@@ -139,13 +141,21 @@ pub enum Incoming {
 }
 
 impl Service {
-    pub(crate) fn new(bus: Bus, name: &str, options: ServiceOptions, instance: u32, route: u32) -> Service {
+    pub(crate) fn new(
+        bus: Bus,
+        name: &str,
+        options: ServiceOptions,
+        remote: Option<hybus_layout::control::Remote>,
+        instance: u32,
+        route: u32,
+    ) -> Service {
         let epoch = bus.shared.lock().epoch;
         let slot = Arc::new(Slot::default());
         slot.store(instance, route, epoch);
         bus.shared.registrations.lock().unwrap_or_else(|p| p.into_inner()).push(Registration {
             name: name.to_owned(),
             options,
+            remote,
             slot: slot.clone(),
         });
         Service { bus, name: name.to_owned(), slot }
@@ -591,6 +601,35 @@ pub(crate) fn service_error_built(
             d.flags |= flags::SERVER;
             (d, None)
         }
+    }
+}
+
+impl Request {
+    /// Answers with `error` as the caller will see it: the kinds that
+    /// travel on the data plane keep their kind ([`Error::PeerGone`],
+    /// [`Error::DeadlineExceeded`], [`Error::NoInstance`], ...); any other
+    /// becomes [`Error::Service`] with its text (first 40 bytes). For
+    /// relays such as `hybus-bridge`, which pass on an error that happened
+    /// elsewhere.
+    pub fn fail_as(mut self, error: &Error) -> Result<()> {
+        use hybus_layout::control::DataError as D;
+        let code = match error {
+            Error::NoSuchService => D::NoSuchService,
+            Error::NoInstance => D::NoInstance,
+            Error::DeadlineExceeded => D::DeadlineExceeded,
+            Error::PeerGone => D::PeerGone,
+            Error::PayloadTooLarge { .. } => D::PayloadTooLarge,
+            Error::OutOfPool { .. } => D::OutOfPool,
+            Error::QueueFull => D::QueueFull,
+            Error::Cancelled => D::Cancelled,
+            Error::AccessDenied(_) => D::AccessDenied,
+            Error::QuotaExceeded(_) => D::QuotaExceeded,
+            Error::Service { code, message } => return self.fail_with(*code, message),
+            other => return self.fail(&other.to_string()),
+        };
+        let mut d = Descriptor::new(Kind::Error, self.instance, 0).with_aux(code as u64);
+        d.flags |= flags::SERVER;
+        self.finish(Ok(d), None)
     }
 }
 

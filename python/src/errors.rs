@@ -33,8 +33,18 @@ create_exception!(hybus, BusGone, HybusError, "The connection to the daemon is l
 create_exception!(hybus, ProtocolError, HybusError, "The daemon or a peer broke the protocol.");
 create_exception!(hybus, BadPayload, HybusError, "A payload is not the typed value asked for.");
 create_exception!(hybus, SystemCallError, HybusError, "A system call failed.");
-create_exception!(hybus, CorruptPool, HybusError, "A received payload's pool no longer validates (that payload alone failed).");
-create_exception!(hybus, ActivationFailed, HybusError, "The service was started on demand and failed before it registered.");
+create_exception!(
+    hybus,
+    CorruptPool,
+    HybusError,
+    "A received payload's pool no longer validates (that payload alone failed)."
+);
+create_exception!(
+    hybus,
+    ActivationFailed,
+    HybusError,
+    "The service was started on demand and failed before it registered."
+);
 
 /// The Python exception of a client error.
 pub(crate) fn to_py(e: Error) -> PyErr {

@@ -279,6 +279,30 @@ pub enum Request {
     /// The names the config declares activatable (`[[activate]]`), and
     /// what their activation is doing.
     Activations,
+    /// Offer a *remote* instance of a dotted name: one a bridge serves on
+    /// behalf of another host (see [`Remote`]). Otherwise as
+    /// [`Request::Register`].
+    RegisterRemote {
+        /// Dotted service name, e.g. `kv.store`.
+        name: String,
+        /// The instance's version (informational).
+        version: u32,
+        /// Load-balancing weight, at least 1.
+        weight: u32,
+        /// Where it really runs, and how the balancer treats it.
+        remote: Remote,
+    },
+}
+
+/// What makes an instance *remote*: a bridge serves it for another host.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    /// The bridge (and host) it is reached through, for listings.
+    pub via: String,
+    /// `false` (local first): the balancer sends it requests only while no
+    /// local instance of the name serves; `true`: it takes part in the
+    /// balancing like any local instance.
+    pub balance: bool,
 }
 
 /// A message from the daemon.
@@ -458,6 +482,8 @@ pub struct InstanceInfo {
     pub draining: bool,
     /// `true` if the instance holds its name alone (registered exclusive).
     pub exclusive: bool,
+    /// Set for an instance a bridge registered for another host.
+    pub remote: Option<Remote>,
 }
 
 /// Traffic counters of instances and direct channels.

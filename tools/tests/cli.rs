@@ -227,7 +227,7 @@ fn list_shows_a_registered_service() {
     let out = f.ctl(&["list"]).ok();
     let mut lines = out.stdout.lines();
     let head: Vec<&str> = lines.next().expect("header").split_whitespace().collect();
-    assert_eq!(head, ["SERVICE", "ROUTE", "INSTANCE", "STATE", "UID", "PID", "VERSION", "WEIGHT"], "{out:#?}");
+    assert_eq!(head, ["SERVICE", "ROUTE", "INSTANCE", "STATE", "UID", "PID", "VERSION", "WEIGHT", "WHERE"], "{out:#?}");
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split_whitespace().collect()).collect();
     assert_eq!(rows.len(), 1, "one instance: {out:#?}");
     let row = &rows[0];
@@ -590,8 +590,18 @@ fn bench_quick_json_and_plot() {
         "brokered/rpc-blocking",
         "direct/rpc",
         "direct/rpc-blocking",
+        // hybus-bridge is built beside hybusctl in the workspace.
+        "limit/zenoh-query",
+        "bridged/rpc",
     ];
-    let throughput_names = ["brokered/fire", "brokered/stream", "direct/stream", "brokered/pubsub-4"];
+    let throughput_names = [
+        "brokered/fire",
+        "brokered/stream",
+        "direct/stream",
+        "brokered/pubsub-4",
+        "limit/zenoh-pubsub",
+        "bridged/pubsub",
+    ];
     assert_eq!(results.len(), latency_names.len() + throughput_names.len(), "{v}");
     for name in latency_names {
         let r = find(name);
@@ -602,7 +612,7 @@ fn bench_quick_json_and_plot() {
     }
     // BUSY against the default at both ends: a ratio, whatever it is (timing is the bench's to judge).
     assert!(v["busy_vs_default_p50"].as_f64().is_some_and(|x| x > 0.0), "{v}");
-    for name in ["brokered/rpc", "direct/rpc"] {
+    for name in ["brokered/rpc", "direct/rpc", "bridged/rpc"] {
         let r = find(name);
         assert!(r["limit"].as_str().is_some_and(|l| l.starts_with("limit/")), "{r}");
         assert!(r["ratio_to_limit_p50"].as_f64().is_some_and(|x| x > 0.0), "{r}");
@@ -612,6 +622,7 @@ fn bench_quick_json_and_plot() {
         assert!(r["messages"].as_u64().is_some_and(|n| n > 0), "{r}");
         assert!(r["msgs_per_s"].as_f64().is_some_and(|x| x > 0.0), "{r}");
     }
+    assert!(find("bridged/pubsub")["ratio_to_limit"].as_f64().is_some_and(|x| x > 0.0), "{v}");
 
     let plot = std::fs::read_to_string(&svg).expect("the SVG was written");
     assert!(plot.starts_with("<svg"), "{plot}");

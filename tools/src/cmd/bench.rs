@@ -284,6 +284,49 @@ fn measure(socket: Option<&Path>, plan: &Plan, quiet: bool) -> anyhow::Result<Ve
         let n = plan.messages_for(p) / 4;
         jobs.push(("brokered/pubsub-4".into(), p, Box::new(move |s| pubsub(s, p, n.max(500), 4)), None));
     }
+    if super::bench_bridged::available() {
+        // Over loopback TCP each round trip costs ~100 µs and a 1 MiB one
+        // milliseconds: fewer round trips than the shared-memory results.
+        let rt_for = |p: usize| if p >= 1 << 20 { (rt / 50).clamp(100, 1_000) } else { (rt / 10).clamp(200, 5_000) };
+        for &p in &plan.payloads {
+            let n = rt_for(p);
+            jobs.push((
+                "limit/zenoh-query".into(),
+                p,
+                Box::new(move |_| super::bench_bridged::zenoh_query(p, n)),
+                None,
+            ));
+        }
+        for &p in &plan.payloads {
+            let n = rt_for(p);
+            jobs.push((
+                "bridged/rpc".into(),
+                p,
+                Box::new(move |_| super::bench_bridged::rpc(p, n)),
+                Some("limit/zenoh-query"),
+            ));
+        }
+        for &p in &plan.payloads {
+            let n = if p >= 1 << 20 { 300 } else { plan.messages_for(p).min(20_000) };
+            jobs.push((
+                "limit/zenoh-pubsub".into(),
+                p,
+                Box::new(move |_| super::bench_bridged::zenoh_pubsub(p, n)),
+                None,
+            ));
+        }
+        for &p in &plan.payloads {
+            let n = if p >= 1 << 20 { 300 } else { plan.messages_for(p).min(20_000) };
+            jobs.push((
+                "bridged/pubsub".into(),
+                p,
+                Box::new(move |_| super::bench_bridged::pubsub(p, n)),
+                Some("limit/zenoh-pubsub"),
+            ));
+        }
+    } else if !quiet {
+        eprintln!("hybus-bridge not found (beside hybusctl or on PATH): no bridged results");
+    }
     // A filtered run keeps the limits its results are compared with: a
     // ratio is only meaningful against a limit measured in the same run.
     let limits: Vec<&str> = jobs.iter().filter(|j| plan.wants(&j.0)).filter_map(|j| j.3).collect();
@@ -496,6 +539,13 @@ fn find<'a>(results: &'a [BenchResult], name: &str) -> Option<&'a BenchResult> {
     results.iter().find(|r| r.name == name)
 }
 
+/// The limit `r` is compared with: measured at `r`'s payload if it was
+/// (`limit/zenoh-query`), else its one result.
+fn limit_of<'a>(results: &'a [BenchResult], r: &BenchResult) -> Option<&'a BenchResult> {
+    let l = r.limit?;
+    results.iter().find(|o| o.name == l && o.payload == r.payload).or_else(|| find(results, l))
+}
+
 /// Whether `name` measures the machine (a limit or a baseline), not hybus.
 fn is_reference(name: &str) -> bool {
     name.starts_with("limit/") || name.starts_with("baseline/")
@@ -508,6 +558,16 @@ fn eight_bytes<'a>(results: &'a [BenchResult], r: &BenchResult) -> Option<&'a Be
         return None;
     }
     results.iter().find(|o| o.name == r.name && o.payload == 8)
+}
+
+/// `mps` over the messages per second of `other`, if that is a throughput result.
+fn rate_ratio(mps: f64, other: Option<&BenchResult>) -> Option<f64> {
+    match other?.figure {
+        Figure::Throughput { messages, elapsed } => {
+            Some(mps / (messages as f64 / elapsed.as_secs_f64().max(1e-9)).max(1e-9))
+        }
+        _ => None,
+    }
 }
 
 /// `p50` over the p50 of `other`, if that is a latency result.
@@ -545,7 +605,7 @@ fn render(results: &[BenchResult]) -> String {
             ns(p.p99),
             ns(p.p999),
             ns(p.max),
-            ratio(r.limit.and_then(|l| find(results, l))),
+            ratio(limit_of(results, r)),
             if is_reference(&r.name) { "-".into() } else { ratio(uds) },
             ratio(eight_bytes(results, r)),
         ]);
@@ -559,7 +619,7 @@ fn render(results: &[BenchResult]) -> String {
             hybus_layout::cpus::usable()
         ));
     }
-    let mut t = Table::new(&["RESULT", ">PAYLOAD", ">MESSAGES", ">MSG/S", ">BYTES/S"]);
+    let mut t = Table::new(&["RESULT", ">PAYLOAD", ">MESSAGES", ">MSG/S", ">BYTES/S", ">×LIMIT"]);
     for r in results {
         if let Figure::Throughput { messages, elapsed } = r.figure {
             let mps = messages as f64 / elapsed.as_secs_f64().max(1e-9);
@@ -569,6 +629,7 @@ fn render(results: &[BenchResult]) -> String {
                 messages.to_string(),
                 rate(mps),
                 bytes_rate(mps * r.payload as f64),
+                rate_ratio(mps, limit_of(results, r)).map_or("-".into(), |x| format!("{x:.2}")),
             ]);
         }
     }
@@ -615,7 +676,7 @@ fn to_json(results: &[BenchResult], plan: &Plan) -> serde_json::Value {
                     "name": r.name, "payload_bytes": r.payload, "round_trips": s.len(),
                     "rtt_ns": {"p50": p.p50, "p99": p.p99, "p999": p.p999, "max": p.max, "mean": p.mean},
                     "limit": r.limit,
-                    "ratio_to_limit_p50": p50_ratio(p.p50, r.limit.and_then(|l| find(results, l))),
+                    "ratio_to_limit_p50": p50_ratio(p.p50, limit_of(results, r)),
                     "ratio_to_8b_p50": p50_ratio(p.p50, eight_bytes(results, r)),
                 })
             }
@@ -624,6 +685,7 @@ fn to_json(results: &[BenchResult], plan: &Plan) -> serde_json::Value {
                 json!({
                     "name": r.name, "payload_bytes": r.payload, "messages": messages,
                     "msgs_per_s": mps, "bytes_per_s": mps * r.payload as f64,
+                    "limit": r.limit, "ratio_to_limit": rate_ratio(mps, limit_of(results, r)),
                 })
             }
         })

@@ -34,6 +34,8 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
                     "instances": s.instances.iter().map(|i| json!({
                         "instance": i.instance, "state": if i.draining { "draining" } else { "serving" },
                         "uid": i.uid, "pid": i.pid, "client": i.client_id, "version": i.version, "weight": i.weight,
+                        "remote_via": i.remote.as_ref().map(|r| &r.via),
+                        "balance": i.remote.as_ref().map(|r| r.balance),
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -42,7 +44,8 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
             activatable.iter().map(|a| json!({ "name": a.name, "state": a.state, "command": a.command })).collect();
         return super::print_json(&json!({ "services": v, "activatable": idle }));
     }
-    let mut t = Table::new(&["SERVICE", ">ROUTE", ">INSTANCE", "STATE", ">UID", ">PID", ">VERSION", ">WEIGHT"]);
+    let mut t =
+        Table::new(&["SERVICE", ">ROUTE", ">INSTANCE", "STATE", ">UID", ">PID", ">VERSION", ">WEIGHT", "WHERE"]);
     for s in &services {
         for i in &s.instances {
             t.row(vec![
@@ -54,6 +57,7 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
                 i.pid.to_string(),
                 i.version.to_string(),
                 i.weight.to_string(),
+                super::placement(i),
             ]);
         }
     }

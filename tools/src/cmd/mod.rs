@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod bench_bridged;
 pub mod call;
 pub mod demo;
 pub mod list;
@@ -96,5 +97,15 @@ impl Follow {
                 }
             }
         }
+    }
+}
+
+/// Where an instance runs, for listings: `local`, or `remote via <bridge>`
+/// (with `, balanced` when it shares requests with local instances).
+pub fn placement(i: &hybus::InstanceInfo) -> String {
+    match &i.remote {
+        None => "local".into(),
+        Some(r) if r.balance => format!("remote via {}, balanced", r.via),
+        Some(r) => format!("remote via {}", r.via),
     }
 }

@@ -83,6 +83,8 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
                     "instance": i.instance, "state": if i.draining { "draining" } else { "serving" },
                     "mode": if i.exclusive { "exclusive" } else { "shared" },
                     "uid": i.uid, "pid": i.pid, "version": i.version, "weight": i.weight,
+                    "remote_via": i.remote.as_ref().map(|r| &r.via),
+                    "balance": i.remote.as_ref().map(|r| r.balance),
                     "messages_in": st.map(|s| s.messages_in), "messages_out": st.map(|s| s.messages_out),
                     "in_flight": st.map(|s| s.in_flight), "errors": st.map(|s| s.errors),
                     "latency_ns": st.map(|s| json!({"p50": s.latency_ns[0], "p99": s.latency_ns[1], "p999": s.latency_ns[2], "max": s.latency_ns[3]})),
@@ -115,6 +117,7 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
         ">ERR",
         ">P50",
         ">P99",
+        "WHERE",
     ]);
     for i in &svc.instances {
         let st = stats.iter().find(|s| s.instance == i.instance);
@@ -133,6 +136,7 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
             g(|s| s.errors),
             st.map_or("-".into(), |s| ns(s.latency_ns[0])),
             st.map_or("-".into(), |s| ns(s.latency_ns[1])),
+            super::placement(i),
         ]);
     }
     print!("{}", t.render());

@@ -1,0 +1,113 @@
+//! What a bridge adds to Zenoh's own messages: the time a request may take
+//! (a query's attachment) and a hybus error kind (a reply error's payload).
+
+use std::time::Duration;
+
+use hybus::Error;
+
+/// First bytes of a reply error made by a bridge.
+const ERROR_MAGIC: &[u8; 6] = b"hybus1";
+
+/// The attachment of a query: the milliseconds the caller still waits.
+pub fn encode_timeout(t: Duration) -> Vec<u8> {
+    (t.as_millis().min(u64::MAX as u128) as u64).to_le_bytes().to_vec()
+}
+
+/// The time a query's attachment gives, if it is one of ours.
+pub fn decode_timeout(b: &[u8]) -> Option<Duration> {
+    Some(Duration::from_millis(u64::from_le_bytes(b.try_into().ok()?)))
+}
+
+/// A reply error's payload for `e`: the magic, a kind byte, the message.
+pub fn encode_error(e: &Error) -> Vec<u8> {
+    let (kind, message) = match e {
+        Error::NoSuchService => (1, String::new()),
+        Error::NoInstance => (2, String::new()),
+        Error::DeadlineExceeded => (3, String::new()),
+        Error::PeerGone => (4, String::new()),
+        Error::PayloadTooLarge { len, max } => (5, format!("{len} {max}")),
+        Error::OutOfPool { len } => (6, len.to_string()),
+        Error::QueueFull => (7, String::new()),
+        Error::Cancelled => (8, String::new()),
+        Error::AccessDenied(m) => (9, m.clone()),
+        Error::QuotaExceeded(m) => (10, m.clone()),
+        Error::Service { code: 0, message } => (11, message.clone()),
+        Error::Service { code, message } => (13, format!("{code} {message}")),
+        Error::NotFound(m) => (12, m.clone()),
+        other => (11, other.to_string()),
+    };
+    let mut v = Vec::with_capacity(ERROR_MAGIC.len() + 1 + message.len());
+    v.extend_from_slice(ERROR_MAGIC);
+    v.push(kind);
+    v.extend_from_slice(message.as_bytes());
+    v
+}
+
+/// The hybus error a reply error's payload stands for. Zenoh's own errors
+/// (a query timing out) and strangers' are mapped by their text.
+pub fn decode_error(b: &[u8]) -> Error {
+    let Some(rest) = b.strip_prefix(ERROR_MAGIC.as_slice()) else {
+        let text = String::from_utf8_lossy(b);
+        return if text == "Timeout" { Error::DeadlineExceeded } else { service(format!("remote: {text}")) };
+    };
+    let Some((&kind, message)) = rest.split_first() else {
+        return service("remote: an empty error".into());
+    };
+    let m = String::from_utf8_lossy(message).into_owned();
+    match kind {
+        1 => Error::NoSuchService,
+        2 => Error::NoInstance,
+        3 => Error::DeadlineExceeded,
+        4 => Error::PeerGone,
+        5 => {
+            let mut it = m.split(' ').map(|n| n.parse().unwrap_or(0));
+            Error::PayloadTooLarge { len: it.next().unwrap_or(0) as usize, max: it.next().unwrap_or(0) as u32 }
+        }
+        6 => Error::OutOfPool { len: m.parse().unwrap_or(0) },
+        7 => Error::QueueFull,
+        8 => Error::Cancelled,
+        9 => Error::AccessDenied(m),
+        10 => Error::QuotaExceeded(m),
+        12 => Error::NotFound(m),
+        13 => match m.split_once(' ').map(|(c, t)| (c.parse::<u32>(), t)) {
+            Some((Ok(code), text)) => Error::Service { code, message: text.to_owned() },
+            _ => service(m),
+        },
+        _ => service(m),
+    }
+}
+
+/// A service error without a code of its own.
+pub fn service(message: String) -> Error {
+    Error::Service { code: 0, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_survive_the_trip() {
+        for e in [
+            Error::NoSuchService,
+            Error::NoInstance,
+            Error::DeadlineExceeded,
+            Error::PeerGone,
+            Error::PayloadTooLarge { len: 5, max: 4 },
+            Error::OutOfPool { len: 9 },
+            Error::QueueFull,
+            Error::Cancelled,
+            Error::AccessDenied("policy".into()),
+            Error::QuotaExceeded("q".into()),
+            service("boom".into()),
+            Error::Service { code: 404, message: "no key".into() },
+            Error::NotFound("x".into()),
+        ] {
+            assert_eq!(decode_error(&encode_error(&e)), e);
+        }
+        assert_eq!(decode_error(b"Timeout"), Error::DeadlineExceeded);
+        assert_eq!(decode_error(b"weird"), service("remote: weird".into()));
+        assert_eq!(decode_timeout(&encode_timeout(Duration::from_millis(1234))), Some(Duration::from_millis(1234)));
+        assert_eq!(decode_timeout(b"x"), None);
+    }
+}
