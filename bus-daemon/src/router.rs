@@ -819,15 +819,14 @@ impl Daemon {
     }
 
     fn monitor(&mut self, client: u32, d: &Descriptor, to: u32) {
-        let name = self
-            .registry
-            .route(d.route)
-            .map(|r| r.name.clone())
-            .or_else(|| {
-                let i = self.registry.instance(d.route)?;
-                self.registry.route(i.route).map(|r| r.name.clone())
-            })
-            .unwrap_or_default();
+        // A server writes its instance id where a caller writes the route
+        // id: the side says which one it is. (Looked up as a route first and
+        // an instance second, a server's answers were filed under whichever
+        // name had that number as its route, and reached the monitors of
+        // that name instead of their own.)
+        let route =
+            if d.flags & flags::SERVER != 0 { self.registry.instance(d.route).map(|i| i.route) } else { Some(d.route) };
+        let name = route.and_then(|r| self.registry.route(r)).map(|r| r.name.clone()).unwrap_or_default();
         let targets: Vec<u32> = self
             .sessions
             .values()
