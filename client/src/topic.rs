@@ -201,9 +201,15 @@ impl Drop for Subscription {
             .unwrap_or_else(|p| p.into_inner())
             .retain(|r| !Arc::ptr_eq(r, &self.route));
         let route = self.route();
-        if self.bus.is_connected() {
-            let _ = self.bus.control(Request::Unsubscribe { route });
+        let mut core = self.bus.shared.lock();
+        if core.gone.is_none() {
+            // Sent, not waited for: a drop must not block (an async task's
+            // drop runs on the executor, where a control round trip stalled
+            // every task of the thread), and the answer changes nothing
+            // here. What the daemon still sends for the topic comes back
+            // to its publishers (`drop_topic`).
+            let _ = core.send_control(Request::Unsubscribe { route });
         }
-        self.bus.shared.lock().drop_topic(route);
+        core.drop_topic(route);
     }
 }
