@@ -148,6 +148,23 @@ pub struct Daemon {
     pub(crate) open_rate: crate::openrate::OpenRate,
 }
 
+/// Whether the listener that took our probe connection belongs to a
+/// process that still exists. A daemon killed with SIGKILL leaves its
+/// listening socket taking connections for some milliseconds after it has
+/// been reaped (the kernel releases its files late; measured by
+/// `tests/chaos.rs`, which restarts right after `kill -9`): a restart then
+/// must not take that for a running daemon. The peer's credentials are
+/// those of whoever called `listen`; a pid of 0 (another pid namespace) or
+/// a failed query counts as alive.
+fn listener_alive(probe: &ControlSocket) -> bool {
+    match probe.peer_credentials() {
+        Ok(c) if c.pid() > 0 => {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.pid()), None) != Err(nix::errno::Errno::ESRCH)
+        }
+        _ => true,
+    }
+}
+
 fn bind_socket(path: &Path, mode: u32, group: Option<&str>) -> anyhow::Result<OwnedFd> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create socket directory {}", dir.display()))?;
@@ -155,8 +172,10 @@ fn bind_socket(path: &Path, mode: u32, group: Option<&str>) -> anyhow::Result<Ow
     if path.exists() {
         // A live daemon answers; a stale socket file from a crash does not.
         match ControlSocket::connect(path) {
-            Ok(_) => anyhow::bail!("another hybusd is already listening on {}", path.display()),
-            Err(_) => {
+            Ok(probe) if listener_alive(&probe) => {
+                anyhow::bail!("another hybusd is already listening on {}", path.display())
+            }
+            Ok(_) | Err(_) => {
                 std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
             }
         }

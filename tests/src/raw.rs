@@ -13,9 +13,10 @@
 //!
 //! # Safety
 //!
-//! Two `unsafe` blocks: [`Raw::tx_word`] and [`RawChannel::word`] hand out
-//! shared words as atomics inside our own read-write mappings of the rings
-//! and channel segments.
+//! Four `unsafe` blocks: [`Raw::tx_word`], [`Raw::rings_word`],
+//! [`Raw::pool_word`] and [`RawChannel::word`] hand out shared words as
+//! atomics inside our own read-write mappings of the rings, pool and
+//! channel segments.
 
 #![allow(unsafe_code)]
 
@@ -52,7 +53,7 @@ pub struct Raw {
     pub welcome: Welcome,
     /// The rings segment, read-write.
     pub rings: Arc<Segment>,
-    _pool: Segment,
+    pool: Segment,
     /// The geometry of our pool.
     pub geometry: PoolGeometry,
     /// Our end of the ring to the daemon.
@@ -114,7 +115,7 @@ impl Raw {
             sock,
             welcome,
             rings,
-            _pool: pool,
+            pool,
             geometry,
             tx,
             rx,
@@ -206,6 +207,26 @@ impl Raw {
         // mapping that lives as long as `self`; the ring's control words are
         // atomics that both sides access only atomically.
         unsafe { &*(self.rings.as_ptr().as_ptr().add(base) as *const AtomicU64) }
+    }
+
+    /// Any shared word of the rings segment, at byte `offset` (rounded down
+    /// to a word, kept inside the segment): both rings' control words and slots.
+    pub fn rings_word(&self, offset: usize) -> &AtomicU64 {
+        let at = (offset % self.rings.len()) & !7;
+        // SAFETY: 8-aligned and inside our read-write mapping of the rings
+        // segment, which lives as long as `self`; its shared words are
+        // accessed only atomically, by both sides.
+        unsafe { &*(self.rings.as_ptr().as_ptr().add(at) as *const AtomicU64) }
+    }
+
+    /// Any word of our own pool (header included), at byte `offset`
+    /// (rounded down to a word, kept inside the pool).
+    pub fn pool_word(&self, offset: usize) -> &AtomicU64 {
+        let at = (offset % self.pool.len()) & !7;
+        // SAFETY: 8-aligned and inside our read-write mapping of our pool,
+        // which lives as long as `self`; a receiver only reads it, and
+        // writing it through an atomic is what a hostile writer may do.
+        unsafe { &*(self.pool.as_ptr().as_ptr().add(at) as *const AtomicU64) }
     }
 
     /// The next descriptor on the rx ring, if one is there.

@@ -260,3 +260,46 @@ fn unread_stream_items_across_a_restart_end_the_stream_cleanly() {
     let ok = eventually(SOON, || bus.list().ok());
     assert!(ok.is_some() && bus.is_connected(), "the connection did not go on");
 }
+
+/// A daemon started on the socket of one just killed with `kill -9` (and
+/// reaped), without removing the socket file, as a supervisor restarts it:
+/// for some milliseconds the killed daemon's listener still takes
+/// connections, and the new daemon must take it for the stale socket it is,
+/// not for "another hybusd already listening". Thirty rounds, each with
+/// clients connected when the daemon dies (they make the window wider).
+#[test]
+fn a_restart_right_after_kill_9_takes_the_socket() {
+    let dir = TempDir::new("rekill");
+    let socket = dir.path().join("bus.sock");
+    let log = dir.path().join("hybusd.log");
+    for round in 0..30 {
+        let mut daemon = std::process::Command::new(hybus_tests::target_bin("hybusd"))
+            .arg("--socket")
+            .arg(&socket)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let up = eventually(SOON, || {
+            if let Ok(Some(status)) = daemon.try_wait() {
+                return Some(Err(status));
+            }
+            Bus::connect_to(&socket).ok().map(|_| Ok(()))
+        });
+        match up {
+            Some(Ok(())) => {}
+            Some(Err(status)) => panic!(
+                "round {round}: hybusd exited ({status}) instead of taking the socket of the daemon killed before it: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ),
+            None => panic!("round {round}: hybusd did not come up"),
+        }
+        let clients: Vec<Peer> = (0..3).map(|_| Peer::ready(&socket, &["connect", "20"]).0).collect();
+        daemon.kill().unwrap();
+        daemon.wait().unwrap();
+        drop(clients);
+    }
+}

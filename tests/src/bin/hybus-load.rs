@@ -8,12 +8,15 @@
 //! * `serve NAME [hold]` — a checking service ([`serve`]);
 //! * `sub TOPIC [hold] [slow_ms=N] [progress=K] [register=NAME]` — a checking subscriber ([`sub`]);
 //! * `hostile CASE [NAME] [other=ID]` — a raw-protocol client that breaks the rules ([`raw`]);
-//! * `soak-recv NAME TOPIC SENDERS`, `soak-send ID SEED OPS MAXLEN TOPIC TARGET...` — the soak ([`soak`]).
+//! * `soak-recv NAME TOPIC SENDERS`, `soak-send ID SEED OPS MAXLEN TOPIC TARGET...` — the soak ([`soak`]);
+//! * `scribble SECONDS SEED [NAME...]` — the chaos test's hostile client, writing over all it maps ([`scribble`]).
 
 #[path = "load/payload.rs"]
 mod payload;
 #[path = "load/raw.rs"]
 mod raw;
+#[path = "load/scribble.rs"]
+mod scribble;
 #[path = "load/serve.rs"]
 mod serve;
 #[path = "load/soak.rs"]
@@ -55,6 +58,7 @@ fn main() {
         "hostile" => raw::run(socket, rest),
         "soak-recv" => soak::recv(socket, rest),
         "soak-send" => soak::send(socket, rest),
+        "scribble" => scribble::run(socket, rest),
         other => Err(format!("unknown role {other}").into()),
     };
     if let Err(e) = r {
