@@ -3,7 +3,7 @@
 use std::fmt;
 
 use hybus_layout::ring::RingError;
-use hybus_layout::segment::SegmentError;
+use hybus_os::segment::SegmentError;
 use nix::errno::Errno;
 
 /// Why a measurement produced no figure.

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use hybus_layout::header::HEADER_REGION;
 use hybus_layout::ring::{self, Consumer, Producer, PushError};
-use hybus_layout::segment::{EventFd, Segment};
 use hybus_layout::shm::Line;
 use hybus_layout::{Descriptor, IdleStrategy, Kind, SegmentKind, WaitOutcome};
+use hybus_os::segment::{EventFd, Segment};
 
 use crate::placement::Pinned;
 use crate::process::{exit_code, finish, AtomicsOnly, ChildProcess, Shared};

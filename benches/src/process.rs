@@ -134,7 +134,7 @@ impl ChildProcess {
     /// Returns in the parent only. `f` runs on a copy of the parent's memory
     /// at the moment of the fork: it sees later changes only through
     /// mappings shared before the fork ([`SharedMap`], a hybus
-    /// [`Segment`](hybus_layout::segment::Segment)), and the parent sees
+    /// [`Segment`](hybus_os::segment::Segment)), and the parent sees
     /// nothing of what it does except through them and its exit code.
     ///
     /// # Safety

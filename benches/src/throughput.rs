@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use hybus_layout::header::HEADER_REGION;
 use hybus_layout::ring::{self, Producer, PushError};
-use hybus_layout::segment::Segment;
 use hybus_layout::{Descriptor, Kind, SegmentKind};
+use hybus_os::segment::Segment;
 
 use crate::bare_ring::{BareProducer, BareRing, Words};
 use crate::gate::Gate;

@@ -10,7 +10,7 @@
 //! `IdleStrategy::BUSY` at both ends). So the daemon counts the clients
 //! that said in [`Request::Idle`](hybus_layout::control::Request::Idle)
 //! that they spin without yielding, against the CPUs it may run on
-//! ([`hybus_layout::cpus::usable`]). With itself — a party of every
+//! ([`hybus_os::cpus::usable`]). With itself — a party of every
 //! brokered exchange — they may outnumber the CPUs: then the daemon
 //! follows the backed-off form of its own strategy
 //! ([`IdleStrategy::backed_off`]: a short spin, then `sched_yield`), says

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use hybus_layout::control::{self, DaemonMessage, ErrorCode, ErrorReply, Event, Preamble};
 use hybus_layout::pool::PoolGeometry;
-use hybus_layout::segment::EventFd;
-use hybus_layout::socket::ControlSocket;
 use hybus_layout::{IdleStrategy, Wake};
+use hybus_os::segment::EventFd;
+use hybus_os::socket::ControlSocket;
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 
 use crate::chunks::Chunks;
@@ -299,7 +299,7 @@ impl Daemon {
             geometry,
             idle,
             configured_idle: idle,
-            cpus: hybus_layout::cpus::usable(),
+            cpus: hybus_os::cpus::usable(),
             last_crowding: hybus_layout::control::Crowding { spinners: 0, daemon_spins: false, cpus: 0 },
             crowding_warned: false,
             buf: vec![0; control::MAX_MESSAGE],
@@ -574,7 +574,7 @@ impl Daemon {
                 }
                 // Ring and pool sizes apply to new clients only; policy and limits at once.
                 self.configured_idle = c.idle_strategy();
-                self.cpus = hybus_layout::cpus::usable();
+                self.cpus = hybus_os::cpus::usable();
                 match c.pool_geometry() {
                     Ok(g) => self.geometry = g,
                     Err(e) => tracing::warn!("SIGHUP: keeping old pool geometry: {e}"),
@@ -784,8 +784,8 @@ impl Daemon {
             };
             let (n, fds) = match s.sock.recv(&mut self.buf) {
                 Ok(x) => x,
-                Err(hybus_layout::socket::RecvError::WouldBlock) => return,
-                Err(hybus_layout::socket::RecvError::Closed) => {
+                Err(hybus_os::socket::RecvError::WouldBlock) => return,
+                Err(hybus_os::socket::RecvError::Closed) => {
                     self.drain_client(id);
                     self.disconnect(id, "closed the connection");
                     return;

@@ -11,8 +11,8 @@ use hybus_layout::channel::ChannelLayout;
 use hybus_layout::control::{ChannelStats, DaemonMessage, DirectInfo, ErrorCode, Event};
 use hybus_layout::descriptor::Kind;
 use hybus_layout::header::SegmentKind;
-use hybus_layout::segment::Segment;
 use hybus_layout::Descriptor;
+use hybus_os::segment::Segment;
 
 use crate::daemon::Daemon;
 
@@ -97,9 +97,8 @@ impl Daemon {
         self.take_open_token(caller)?;
         let cap = self.config.ring_capacity;
         let layout = ChannelLayout::new(cap);
-        let err = |e: hybus_layout::segment::SegmentError| {
-            (ErrorCode::QuotaExceeded, format!("cannot create a channel: {e}"))
-        };
+        let err =
+            |e: hybus_os::segment::SegmentError| (ErrorCode::QuotaExceeded, format!("cannot create a channel: {e}"));
         let seg = Arc::new(Segment::create(c"hybus-direct", SegmentKind::Channel, layout.size, cap).map_err(err)?);
         for off in [layout.a_to_b, layout.b_to_a, layout.a_release, layout.b_release] {
             seg.init_ring(off, cap).map_err(err)?;
@@ -320,7 +319,7 @@ impl Daemon {
         peer_pid: i32,
         fd: OwnedFd,
     ) -> Result<u32, (ErrorCode, String)> {
-        let (seg, info) = Segment::open(fd, hybus_layout::segment::Access::ReadOnly, SegmentKind::Channel)
+        let (seg, info) = Segment::open(fd, hybus_os::segment::Access::ReadOnly, SegmentKind::Channel)
             .map_err(|e| (ErrorCode::BadRequest, format!("not a channel segment: {e}")))?;
         let my_pid = self.sessions.get(&client).map_or(0, |s| s.creds.pid);
         if let Some((id, c)) = self.channels.iter_mut().find(|(_, c)| c.token == token) {

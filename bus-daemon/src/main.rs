@@ -47,7 +47,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         .socket
         .clone()
         .or_else(|| config.socket.clone().filter(|_| std::env::var_os("HYBUS_SOCKET").is_none()))
-        .unwrap_or_else(hybus_layout::socket::default_socket_path);
+        .unwrap_or_else(hybus_os::socket::default_socket_path);
     // Signals are handled in the event loop through a signalfd; block them
     // first so that no thread takes them the default way.
     use nix::sys::signal::{SigSet, Signal};

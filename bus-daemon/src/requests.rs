@@ -8,7 +8,7 @@ use hybus_layout::control::{
 };
 use hybus_layout::header::{SegmentKind, HEADER_REGION, LAYOUT_HASH};
 use hybus_layout::ring;
-use hybus_layout::segment::{EventFd, Segment};
+use hybus_os::segment::{EventFd, Segment};
 
 use crate::config::{Action, Who};
 use crate::daemon::{error_reply, Daemon, DOORBELL_TOKEN};
@@ -241,7 +241,7 @@ impl Daemon {
             ));
         }
         let os =
-            |e: hybus_layout::segment::SegmentError| (ErrorCode::QuotaExceeded, format!("cannot create segments: {e}"));
+            |e: hybus_os::segment::SegmentError| (ErrorCode::QuotaExceeded, format!("cannot create segments: {e}"));
         self.check_pool_quota(id)?;
         let uid = self.sessions.get(&id).map_or(0, |s| s.creds.uid);
         self.check_connection_quota(id, uid)?;
@@ -258,7 +258,7 @@ impl Daemon {
         // geometry (re-stamped with the new id); otherwise make a new one.
         let size = self.geometry.size() as usize;
         let adopted = old_pool.and_then(|fd| {
-            let (seg, _) = Segment::open(fd, hybus_layout::segment::Access::ReadWrite, SegmentKind::Pool).ok()?;
+            let (seg, _) = Segment::open(fd, hybus_os::segment::Access::ReadWrite, SegmentKind::Pool).ok()?;
             // Only a memfd of our own uid can be made private (mode 0400)
             // again: one the client made itself could be reopened for
             // writing by whoever we hand its read-only views to.

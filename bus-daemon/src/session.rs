@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hybus_layout::pool::PoolGeometry;
-use hybus_layout::segment::{EventFd, Segment};
-use hybus_layout::socket::ControlSocket;
 use hybus_layout::{Consumer, Descriptor, Kind, Producer, PushError, RingError};
+use hybus_os::segment::{EventFd, Segment};
+use hybus_os::socket::ControlSocket;
 
 /// What the kernel says about the peer (SO_PEERCRED); never what the peer says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use hybus_layout::control::{self, ClientMessage, DaemonMessage, Remote, Reply, Request, ServiceInfo};
 use hybus_layout::header::LAYOUT_HASH;
-use hybus_layout::socket::ControlSocket;
 use hybus_layout::{ChunkRef, Descriptor, IdleStrategy, Kind};
+use hybus_os::socket::ControlSocket;
 
 use crate::core::{error_of, Core, Origin, FIRE_BIT};
 use crate::error::{Error, Result};
@@ -24,7 +24,7 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Options for [`Bus::connect_with`].
 #[derive(Debug, Clone)]
 pub struct BusOptions {
-    /// Socket path; `None` for [`default_socket_path`](hybus_layout::socket::default_socket_path).
+    /// Socket path; `None` for [`default_socket_path`](hybus_os::socket::default_socket_path).
     pub path: Option<PathBuf>,
     /// A label for `hybusctl list` (defaults to the program name).
     pub label: String,
@@ -117,7 +117,7 @@ fn handshake(path: &Path, label: &str, pool: Option<std::os::fd::BorrowedFd<'_>>
     let _ = sock.wait_readable(CONTROL_TIMEOUT);
     sock.set_nonblocking(true).map_err(|e| Error::os("control socket", e))?;
     let (n, fds) = sock.recv(&mut buf).map_err(|e| match e {
-        hybus_layout::socket::RecvError::WouldBlock => Error::BusGone("the daemon did not answer Hello".into()),
+        hybus_os::socket::RecvError::WouldBlock => Error::BusGone("the daemon did not answer Hello".into()),
         e => Error::BusGone(format!("waiting for Welcome: {e}")),
     })?;
     if let Some(theirs) = control::Preamble::parse(&buf[..n]) {
@@ -149,7 +149,7 @@ impl Bus {
 
     /// Connects with explicit options.
     pub fn connect_with(opts: BusOptions) -> Result<Bus> {
-        let path = opts.path.clone().unwrap_or_else(hybus_layout::socket::default_socket_path);
+        let path = opts.path.clone().unwrap_or_else(hybus_os::socket::default_socket_path);
         let (sock, w, fds) = handshake(&path, &opts.label, None)?;
         let core = Core::new(sock, w, fds, 1)?;
         let parker = Parker::new().map_err(|e| Error::Protocol(format!("cannot create an epoll instance: {e}")))?;
@@ -158,7 +158,7 @@ impl Bus {
                 core: Mutex::new(core),
                 cv: Condvar::new(),
                 idle: opts.idle,
-                cpus: hybus_layout::cpus::usable(),
+                cpus: hybus_os::cpus::usable(),
                 path,
                 label: opts.label,
                 registrations: Mutex::new(Vec::new()),

@@ -26,8 +26,8 @@ use hybus_layout::control::DirectInfo;
 use hybus_layout::descriptor::flags;
 use hybus_layout::header::SegmentKind;
 use hybus_layout::pool::{PoolGeometry, SizeClass};
-use hybus_layout::segment::{Access, EventFd, Segment};
 use hybus_layout::{ChunkRef, Consumer, Descriptor, Producer, PushError};
+use hybus_os::segment::{Access, EventFd, Segment};
 
 use crate::core::View;
 use crate::error::{Error, Result};
@@ -106,7 +106,7 @@ impl Direct {
         let side = if info.side == 0 { Side::A } else { Side::B };
         let (out, inn, rel_out, rel_in) = layout.rings(side);
         let cap = info.capacity;
-        let e = |e: hybus_layout::segment::SegmentError| proto(e.to_string());
+        let e = |e: hybus_os::segment::SegmentError| proto(e.to_string());
         let tx = seg.ring_producer(out, cap).map_err(e)?;
         let rx = seg.ring_consumer(inn, cap).map_err(e)?;
         let rel_tx = seg.ring_producer(rel_out, cap).map_err(e)?;

@@ -68,8 +68,8 @@ pub use external::WakeFds;
 pub use hybus_layout::control::{
     ActivationInfo, ChannelStats, DaemonStatus, InstanceInfo, InstanceStats, Remote, ServiceInfo, StatsReport,
 };
-pub use hybus_layout::socket::default_socket_path;
 pub use hybus_layout::IdleStrategy;
+pub use hybus_os::socket::default_socket_path;
 pub use pending::{CallCanceller, PendingCall};
 /// The rkyv this crate archives typed payloads with (see [`typed`]): derive
 /// with it (`#[rkyv(crate = hybus::rkyv)]`) to be sure both agree.

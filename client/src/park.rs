@@ -21,8 +21,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hybus_layout::segment::EventFd;
-use hybus_layout::socket::ControlSocket;
+use hybus_os::segment::EventFd;
+use hybus_os::socket::ControlSocket;
 use nix::poll::PollTimeout;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 

@@ -11,7 +11,7 @@
 //!
 //! The sleep itself is the caller's: anything that implements [`Wait`] on
 //! the consumer side and [`Wake`] on the producer side (an eventfd, see
-//! [`crate::segment::EventFd`]; a condvar in the loom model). It must be a
+//! `hybus_os::segment::EventFd` in the `hybus-os` crate; a condvar in the loom model). It must be a
 //! counting or latching primitive — a wake that comes before the wait must
 //! make the wait return — which eventfd and futex-on-a-word both are.
 //!

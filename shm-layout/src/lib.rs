@@ -8,10 +8,10 @@
 //! * [`channel`] — the direct-channel segment: four rings and per-side counters;
 //! * [`idhash`] — a fast hasher for the id-keyed tables of daemon and client;
 //! * [`pool`] — size-classed payload chunks and their owner-side allocator;
-//! * [`segment`] — memfd segments (create, seal, map) and eventfd doorbells (feature `os`);
-//! * [`socket`] — the control socket: SOCK_SEQPACKET datagrams with SCM_RIGHTS (feature `os`);
-//! * [`control`] — the control-protocol messages (rkyv, validated on receipt);
-//! * [`cpus`] — how many CPUs this thread may use, for the idle strategy (feature `os`).
+//! * [`control`] — the control-protocol messages (rkyv, validated on receipt).
+//!
+//! No I/O happens here: creating, sealing and mapping memfds, eventfds, the
+//! control socket and the CPU count are in the `hybus-os` crate.
 //!
 //! Nothing here trusts shared memory: structures in it are made of atomics
 //! only, descriptors are copied out before they are checked, and every
@@ -22,19 +22,13 @@
 pub mod batch;
 pub mod channel;
 pub mod control;
-#[cfg(all(feature = "os", not(loom)))]
-pub mod cpus;
 pub mod descriptor;
 pub mod doorbell;
 pub mod header;
 pub mod idhash;
 pub mod pool;
 pub mod ring;
-#[cfg(all(feature = "os", not(loom)))]
-pub mod segment;
 pub mod shm;
-#[cfg(all(feature = "os", not(loom)))]
-pub mod socket;
 mod sync;
 
 pub use descriptor::{ChunkRef, Descriptor, Kind};

@@ -42,8 +42,8 @@ use hybus::{Bus, BusOptions, Incoming, Route};
 use hybus_layout::control::{self, ClientMessage, DaemonMessage, Reply, Request};
 use hybus_layout::header::HEADER_REGION;
 use hybus_layout::pool::{PoolAllocator, PoolGeometry, SizeClass};
-use hybus_layout::segment::{Access, Segment};
 use hybus_layout::{ring as shm_ring, ChunkRef, Descriptor, Kind, SegmentKind, Wake};
+use hybus_os::segment::{Access, Segment};
 
 use crate::raw::{self, Raw};
 

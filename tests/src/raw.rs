@@ -29,9 +29,9 @@ use hybus_layout::channel::{ChannelLayout, Side};
 use hybus_layout::control::{self, ClientMessage, DaemonMessage, DirectInfo, Event, Reply, Request, Welcome};
 use hybus_layout::header::{SegmentKind, LAYOUT_HASH};
 use hybus_layout::pool::{PoolAllocator, PoolGeometry, SizeClass};
-use hybus_layout::segment::{Access, EventFd, Segment};
-use hybus_layout::socket::{ControlSocket, RecvError};
 use hybus_layout::{ChunkRef, Consumer, Descriptor, Kind, Producer, Wake};
+use hybus_os::segment::{Access, EventFd, Segment};
+use hybus_os::socket::{ControlSocket, RecvError};
 
 /// Byte offsets of a ring's shared words from the ring's start (asserted in
 /// `hybus_layout::ring`): its capacity, the producer's index, the

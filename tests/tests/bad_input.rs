@@ -15,7 +15,7 @@ use hybus_layout::control::{
     self, ClientMessage, DaemonMessage, ErrorCode, Preamble, Reply, Request, MAX_FDS, MAX_MESSAGE, PROTOCOL_VERSION,
 };
 use hybus_layout::header::LAYOUT_HASH;
-use hybus_layout::socket::{ControlSocket, RecvError};
+use hybus_os::socket::{ControlSocket, RecvError};
 use hybus_tests::{eventually, DaemonProc, Peer, OPEN_TO_ALL, SOON};
 
 /// A daemon with a `serve` peer and a client that was there before the
@@ -892,7 +892,7 @@ fn adopting_a_channel_is_checked_like_asking_for_one() {
     use hybus_layout::channel::ChannelLayout;
     use hybus_layout::control::Request;
     use hybus_layout::header::SegmentKind;
-    use hybus_layout::segment::Segment;
+    use hybus_os::segment::Segment;
     let d = DaemonProc::start(None);
     let server = d.connect();
     let _svc = server.register("adopt.svc").unwrap();

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use hybus_layout::socket::ControlSocket;
+use hybus_os::socket::ControlSocket;
 use hybus_tests::{eventually, DaemonProc, SOON};
 
 /// How long each flood runs (bounded in count too).

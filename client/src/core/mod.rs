@@ -19,9 +19,9 @@ use hybus_layout::channel::Side;
 use hybus_layout::control::{self, ClientMessage, DaemonMessage, Event, Reply, Request};
 use hybus_layout::header::SegmentKind;
 use hybus_layout::pool::{ChunkError, PoolAllocator, PoolGeometry, SizeClass};
-use hybus_layout::segment::{Access, EventFd, Segment};
-use hybus_layout::socket::{ControlSocket, RecvError};
 use hybus_layout::{ChunkRef, Consumer, Descriptor, Kind, Producer, PushError};
+use hybus_os::segment::{Access, EventFd, Segment};
+use hybus_os::socket::{ControlSocket, RecvError};
 
 use crate::direct::Direct;
 use crate::error::{Error, Result};

@@ -12,7 +12,7 @@
 //! `done tries=N writable=M`. Exit status 0 when nothing was writable.
 //!
 //! The tests run it as a second uid (`tests/tests/segment_access.rs`); the
-//! reasons each way is closed are in `hybus_layout::segment::OWNER_READ_ONLY`.
+//! reasons each way is closed are in `hybus_os::segment::OWNER_READ_ONLY`.
 //!
 //! # Safety
 //!

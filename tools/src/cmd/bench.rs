@@ -616,7 +616,7 @@ fn render(results: &[BenchResult]) -> String {
     if let Some(x) = busy_vs_default(results) {
         out.push_str(&format!(
             "BUSY at both ends of a brokered call: p50 {x:.2}× that of the default idle strategy ({} usable CPUs)\n",
-            hybus_layout::cpus::usable()
+            hybus_os::cpus::usable()
         ));
     }
     let mut t = Table::new(&["RESULT", ">PAYLOAD", ">MESSAGES", ">MSG/S", ">BYTES/S", ">×LIMIT"]);

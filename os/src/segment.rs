@@ -23,9 +23,9 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 
-use crate::doorbell::{Wait, Wake};
-use crate::header::{HeaderError, HeaderInfo, SegmentHeader, SegmentKind, HEADER_REGION};
-use crate::ring::{self, Consumer, Producer, Ring, RingError};
+use hybus_layout::doorbell::{Wait, Wake};
+use hybus_layout::header::{HeaderError, HeaderInfo, SegmentHeader, SegmentKind, HEADER_REGION};
+use hybus_layout::ring::{self, Consumer, Producer, Ring, RingError};
 
 /// The seals every segment must carry before it is mapped by anyone.
 pub const REQUIRED_SEALS: SealFlag = SealFlag::F_SEAL_SHRINK.union(SealFlag::F_SEAL_GROW).union(SealFlag::F_SEAL_SEAL);
@@ -270,7 +270,7 @@ impl Segment {
     }
 
     fn ring_region(&self, offset: usize, len: usize) -> Result<NonNull<u8>, SegmentError> {
-        if offset % crate::shm::LINE != 0 || offset.checked_add(len).is_none_or(|e| e > self.len) {
+        if offset % hybus_layout::shm::LINE != 0 || offset.checked_add(len).is_none_or(|e| e > self.len) {
             return Err(SegmentError::BadSize { size: (offset as u64).saturating_add(len as u64) });
         }
         // SAFETY: `offset + len <= self.len` (checked above).
@@ -321,26 +321,27 @@ impl Segment {
     }
 
     /// Descriptors waiting in the ring of `capacity` slots at `offset` (see
-    /// [`RingHeader::depth`](crate::ring::RingHeader::depth)), read without
+    /// [`RingHeader::depth`](hybus_layout::ring::RingHeader::depth)), read without
     /// attaching to it, so on a read-only mapping too; `None` if `offset`
     /// is out of bounds or the indices make no sense.
     pub fn ring_depth(&self, offset: usize, capacity: u64) -> Option<u64> {
-        let base = self.ring_region(offset, std::mem::size_of::<crate::ring::RingHeader>()).ok()?;
+        let base = self.ring_region(offset, std::mem::size_of::<hybus_layout::ring::RingHeader>()).ok()?;
         // SAFETY: in bounds and line-aligned (`ring_region`), mapped while
         // `self` lives; the header is atomics only, valid for any bits.
-        let header = unsafe { base.cast::<crate::ring::RingHeader>().as_ref() };
+        let header = unsafe { base.cast::<hybus_layout::ring::RingHeader>().as_ref() };
         header.depth(capacity)
     }
 
     /// The direct-channel counters of a [`SegmentKind::Channel`] segment.
-    pub fn channel_counters(&self) -> &crate::channel::ChannelCounters {
-        const OFF: usize = crate::channel::ChannelLayout::new(1).counters;
-        const _: () =
-            assert!(OFF % 128 == 0 && OFF + std::mem::size_of::<crate::channel::ChannelCounters>() <= HEADER_REGION);
+    pub fn channel_counters(&self) -> &hybus_layout::channel::ChannelCounters {
+        const OFF: usize = hybus_layout::channel::ChannelLayout::new(1).counters;
+        const _: () = assert!(
+            OFF % 128 == 0 && OFF + std::mem::size_of::<hybus_layout::channel::ChannelCounters>() <= HEADER_REGION
+        );
         // SAFETY: every mapping is at least HEADER_REGION bytes (checked at
         // create/open) and page aligned, so the counters at OFF are in
         // bounds and 128-aligned; they are atomics only.
-        unsafe { self.ptr.add(OFF).cast::<crate::channel::ChannelCounters>().as_ref() }
+        unsafe { self.ptr.add(OFF).cast::<hybus_layout::channel::ChannelCounters>().as_ref() }
     }
 
     /// The bytes at `offset..offset + len`, or `None` if out of bounds.
@@ -472,7 +473,7 @@ impl Wait for EventFd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::descriptor::{Descriptor, Kind};
+    use hybus_layout::descriptor::{Descriptor, Kind};
 
     #[test]
     fn create_seal_and_reopen() {

@@ -1,12 +1,12 @@
-//! How many CPUs this thread may run on (feature `os`).
+//! How many CPUs this thread may run on.
 //!
 //! Spinning pays only while every party that spins has a CPU of its own:
 //! when more parties spin than there are CPUs, a spinner holds the CPU the
 //! party it waits for needs, and each hand-over waits for the scheduler to
 //! preempt it (a time slice, milliseconds). The client and the daemon so
 //! count the CPUs they may use and back off from pure spinning when the
-//! spinners outnumber them ([`IdleStrategy::holds_core`](crate::IdleStrategy::holds_core),
-//! [`IdleStrategy::backed_off`](crate::IdleStrategy::backed_off)).
+//! spinners outnumber them ([`IdleStrategy::holds_core`](hybus_layout::IdleStrategy::holds_core),
+//! [`IdleStrategy::backed_off`](hybus_layout::IdleStrategy::backed_off)).
 
 use nix::sched::{sched_getaffinity, CpuSet};
 use nix::unistd::Pid;

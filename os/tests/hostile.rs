@@ -7,7 +7,7 @@
 //! writable mapping could. The honest side must report the exact error
 //! ([`RingError::Violation`], [`RingError::BadCapacity`], a
 //! [`DescriptorError`] or a [`HeaderError`]) and nothing worse.
-#![cfg(all(feature = "os", not(loom)))]
+#![cfg(not(loom))]
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use hybus_layout::descriptor::{flags, DescriptorError, INLINE_CAPACITY};
 use hybus_layout::header::{HeaderError, HEADER_REGION, LAYOUT_HASH, MAGIC};
 use hybus_layout::ring::{self, MAX_CAPACITY};
-use hybus_layout::segment::{Access, EventFd, Segment, SegmentError};
 use hybus_layout::{
     Consumer, Descriptor, IdleStrategy, Kind, Producer, PushError, Ring, RingError, SegmentKind, Wake, ABI_VERSION,
 };
+use hybus_os::segment::{Access, EventFd, Segment, SegmentError};
 
 /// Offsets of the ring's shared words from the ring's base (asserted in `ring.rs`).
 const CAPACITY: usize = 0;
@@ -689,7 +689,7 @@ fn unsealed_or_tiny_memfds_are_refused() {
     // Sealed, but smaller than a header.
     let fd = memfd_create(c"tiny", MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING).unwrap();
     nix::unistd::ftruncate(&fd, 100).unwrap();
-    fcntl(&fd, FcntlArg::F_ADD_SEALS(hybus_layout::segment::REQUIRED_SEALS)).unwrap();
+    fcntl(&fd, FcntlArg::F_ADD_SEALS(hybus_os::segment::REQUIRED_SEALS)).unwrap();
     assert!(matches!(Segment::open(fd, Access::ReadOnly, SegmentKind::Pool), Err(SegmentError::BadSize { size: 100 })));
 }
 

@@ -17,7 +17,7 @@
 //! wake-up cannot be papered over by a timeout: it fails the test. The
 //! child counts the parks it saw in a spare word of the segment, and the
 //! parent checks that at least one happened. Nothing here asserts a duration.
-#![cfg(all(feature = "os", not(loom)))]
+#![cfg(not(loom))]
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use hybus_layout::header::HEADER_REGION;
 use hybus_layout::ring;
-use hybus_layout::segment::{EventFd, Segment};
 use hybus_layout::{Consumer, Descriptor, IdleStrategy, Kind, Producer, SegmentKind, WaitOutcome};
+use hybus_os::segment::{EventFd, Segment};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};

@@ -18,7 +18,7 @@ use nix::sys::socket::{
     self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr, UnixCredentials,
 };
 
-use crate::control::{MAX_FDS, MAX_MESSAGE};
+use hybus_layout::control::{MAX_FDS, MAX_MESSAGE};
 
 /// Why a control datagram could not be received.
 #[derive(Debug, Clone, PartialEq, Eq)]
