@@ -154,6 +154,12 @@ impl Holds {
         }
     }
 
+    /// Whether no hold is charged at all (the usual case: receivers of the
+    /// owner's own uid are not charged).
+    pub fn is_empty(&self) -> bool {
+        self.by_class.is_empty()
+    }
+
     /// Chunks held by `uid` of class `class` of `pool` (for tests and stats).
     pub fn held(&self, uid: u32, pool: u32, class: u32) -> usize {
         self.by_class.get(&(uid, pool, class)).map_or(0, VecDeque::len)

@@ -639,6 +639,11 @@ impl Daemon {
 
     /// Forgets `holder`'s charge for chunk `idx` of `pool` (it gave it back).
     fn discharge(&mut self, holder: u32, pool: u32, idx: u32) {
+        // Every release comes here; most holds were never charged (the
+        // owner's own uid), so nothing is looked up while none is.
+        if self.holds.is_empty() {
+            return;
+        }
         let Some(uid) = self.sessions.get(&holder).map(|s| s.creds.uid) else { return };
         if let Some((class, _)) = self.class_of(pool, idx) {
             self.holds.discharge(uid, class, holder, pool, idx);

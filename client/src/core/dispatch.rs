@@ -307,19 +307,16 @@ impl Core {
                 return;
             }
         }
-        let answer =
-            self.calls.iter().find(|(_, a)| a.is_some_and(|(d, o)| o == Origin::Daemon && same(&d))).map(|(k, _)| *k);
-        if let Some(corr) = answer {
-            if let Some(Some((d, o))) = self.calls.insert(corr, None) {
-                // The call fails as if its answer never came in time.
-                self.calls.insert(corr, Some((taken_answer(&d), o)));
-                self.release(d, o);
-            }
+        // An answer not collected yet: the call fails with "out of pool".
+        let answer = self.calls.values_mut().find_map(|a| match a {
+            Some((d, Origin::Daemon)) if same(d) => Some(std::mem::replace(d, taken_answer(d))),
+            _ => None,
+        });
+        if let Some(d) = answer {
+            self.release(d, Origin::Daemon);
         }
     }
 
-    /// The next publication of topic `route` whose payload can be read;
-    /// those of a corrupt pool go back to their publisher, counted as dropped.
     /// [`take_publication`](Self::take_publication), or, once the inbox is
     /// empty, the error of a subscription the daemon ended.
     pub fn next_publication(&mut self, route: u32) -> Result<Option<Descriptor>, Error> {
@@ -341,6 +338,8 @@ impl Core {
         }
     }
 
+    /// The next publication of topic `route` whose payload can be read;
+    /// those of a corrupt pool go back to their publisher, counted as dropped.
     pub fn take_publication(&mut self, route: u32) -> Option<Descriptor> {
         loop {
             let d = self.topics.get_mut(&route)?.pop_front()?;
