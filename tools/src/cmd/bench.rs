@@ -384,6 +384,12 @@ fn rpc_on(socket: &Path, payload: usize, round_trips: u64, idle: &str, direct: b
         bus.request_direct(&route)?;
         anyhow::ensure!(bus.is_direct(&route), "the direct channel did not open");
     }
+    time_calls(&bus, &route, payload, round_trips)
+}
+
+/// `round_trips` calls of `payload` bytes to an echo service on `route`
+/// (after a warm-up), each checked for its echo, timed end to end.
+pub(crate) fn time_calls(bus: &Bus, route: &hybus::Route, payload: usize, round_trips: u64) -> anyhow::Result<Figure> {
     let timeout = Duration::from_secs(10);
     let warmup = (round_trips / 10).clamp(10, 1_000);
     let mut samples = Vec::with_capacity(round_trips as usize);
@@ -396,11 +402,11 @@ fn rpc_on(socket: &Path, payload: usize, round_trips: u64, idle: &str, direct: b
         let n = payload.min(8);
         let answer = if payload <= hybus::INLINE_PAYLOAD {
             buf[..n].copy_from_slice(&seq[..n]);
-            bus.call(&route, &buf, timeout)?
+            bus.call(route, &buf, timeout)?
         } else {
             let mut loan = bus.loan(payload, timeout)?;
             loan[..8].copy_from_slice(&seq);
-            bus.call_loan(&route, loan, timeout)?
+            bus.call_loan(route, loan, timeout)?
         };
         anyhow::ensure!(answer.len() == payload && answer[..n] == seq[..n], "echo answered the wrong payload");
         drop(answer);

@@ -189,31 +189,7 @@ pub fn rpc(payload: usize, round_trips: u64) -> anyhow::Result<Figure> {
     let _echo = Worker::start(&hosts.socket_b(), "echo", &name, None, "default")?;
     let bus = await_import(&hosts.socket_a(), &name)?;
     let route = bus.resolve(&name)?;
-    let timeout = Duration::from_secs(10);
-    let warmup = (round_trips / 10).clamp(10, 1_000);
-    let mut samples = Vec::with_capacity(round_trips as usize);
-    let mut buf = vec![0u8; payload];
-    let mut t0 = Instant::now();
-    for i in 0..warmup + round_trips {
-        let seq = i.to_le_bytes();
-        let n = payload.min(8);
-        let answer = if payload <= hybus::INLINE_PAYLOAD {
-            buf[..n].copy_from_slice(&seq[..n]);
-            bus.call(&route, &buf, timeout)?
-        } else {
-            let mut loan = bus.loan(payload, timeout)?;
-            loan[..8].copy_from_slice(&seq);
-            bus.call_loan(&route, loan, timeout)?
-        };
-        anyhow::ensure!(answer.len() == payload && answer[..n] == seq[..n], "echo answered the wrong payload");
-        drop(answer);
-        let t1 = Instant::now();
-        if i >= warmup {
-            samples.push((t1 - t0).as_nanos() as u64);
-        }
-        t0 = t1;
-    }
-    Ok(Figure::Latency(samples))
+    super::bench::time_calls(&bus, &route, payload, round_trips)
 }
 
 /// `limit/zenoh-pubsub`: `n` bare Zenoh samples of `payload` bytes from one
