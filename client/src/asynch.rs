@@ -343,7 +343,8 @@ impl AsyncBus {
         }
         let r = self
             .wait(Some(deadline), None, |core| match core.take_answer(corr) {
-                Some(answer) => Ok(Some(answer)),
+                // Mapped under the check's lock (see `Sample::new_locked`).
+                Some((d, origin)) => Sample::new_locked(&self.bus.shared, core, d, origin).map(Some),
                 None if origin == Origin::Daemon && core.gone.is_some() => {
                     Err(Error::BusGone(core.gone.clone().unwrap_or_default()))
                 }
@@ -351,9 +352,9 @@ impl AsyncBus {
             })
             .await;
         match r {
-            Ok((d, origin)) => {
+            Ok(answer) => {
                 call.done = true;
-                Shared::answer_sample(Sample::new(&self.bus.shared, d, origin)?).map_err(|e| e.of_service(route.name()))
+                Shared::answer_sample(answer).map_err(|e| e.of_service(route.name()))
             }
             Err(e) => {
                 // Tell the server only when it may still be working on it.
@@ -369,7 +370,12 @@ impl AsyncBus {
         self.revive().await;
         self.fresh_route(route).await?;
         let id = self.bus.route_id(route)?;
-        let (mut d, epoch) = self.build(Kind::Fire, id, payload, None).await?;
+        let (mut d, epoch) = self.build(Kind::Fire, id.0, payload, None).await?;
+        // (As the blocking `Shared::build_to`.)
+        if epoch != id.1 {
+            self.bus.shared.reclaim_unsent(&d, epoch);
+            return Err(crate::bus::stale_route());
+        }
         let origin = {
             let mut core = self.bus.shared.lock();
             d.correlation = core.next_id() | FIRE_BIT;
@@ -400,7 +406,9 @@ impl AsyncBus {
                         self.send_on(origin, &c, None).await?;
                         stream.paid();
                     }
-                    let r = self.wait(Some(deadline), None, crate::stream::recv_check(stream.this_end())).await;
+                    let r = self
+                        .wait(Some(deadline), None, crate::stream::recv_check(&self.bus.shared, stream.this_end()))
+                        .await;
                     let item = stream.arrived(r);
                     // No await between taking an item and handing it out:
                     // the credit it frees goes now if the ring has room,
@@ -428,13 +436,13 @@ impl AsyncBus {
                     self.send_on(end.origin, &c, None).await?;
                     st.paid();
                 }
-                let Some(d) = self.wait(Some(deadline), None, crate::stream::recv_check(end)).await? else {
+                let Some(item) =
+                    self.wait(Some(deadline), None, crate::stream::recv_check(&self.bus.shared, end)).await?
+                else {
                     return Ok(None);
                 };
-                // Mapped first: a descriptor taken is released by its sample whatever follows.
-                let item = Sample::new(&self.bus.shared, d, end.origin)?;
                 // No await from here: the credit goes now if it can, else with the next read.
-                st.owe(d.items() as u32);
+                st.owe(item.descriptor().items() as u32);
                 if let Some(c) = st.owed() {
                     if self.try_pay(end.origin, &c)? {
                         st.paid();
@@ -486,15 +494,16 @@ impl AsyncBus {
             .wait(Some(deadline_in(timeout)), None, |core| {
                 let (instance, epoch) = service.inbox();
                 match core.take_incoming(instance) {
-                    Some((d, origin)) => Ok(Some((d, origin, instance, epoch))),
+                    // Mapped under the check's lock (see `Sample::new_locked`).
+                    Some((d, origin)) => {
+                        Ok(Some((Sample::new_locked(&self.bus.shared, core, d, origin)?, origin, instance, epoch)))
+                    }
                     None => core.revoked_instance(instance).map(|()| None),
                 }
             })
             .await;
         match r {
-            Ok((d, origin, instance, epoch)) => {
-                Sample::new(&self.bus.shared, d, origin).map(|p| Some(service.incoming(p, origin, instance, epoch)))
-            }
+            Ok((p, origin, instance, epoch)) => Ok(Some(service.incoming(p, origin, instance, epoch))),
             Err(Error::DeadlineExceeded) => Ok(None),
             Err(e) => Err(e),
         }
@@ -503,9 +512,14 @@ impl AsyncBus {
     /// Awaits the next publication of `subscription` (see [`Subscription::next`]).
     pub async fn next_publication(&self, subscription: &Subscription, timeout: Duration) -> Result<Option<Sample>> {
         // The route read on every round, as in the blocking `Subscription::next`.
-        let r = self.wait(Some(deadline_in(timeout)), None, |core| core.next_publication(subscription.route())).await;
+        let shared = &self.bus.shared;
+        let r = self
+            .wait(Some(deadline_in(timeout)), None, |core| {
+                crate::topic::publication_check(shared, core, subscription.route())
+            })
+            .await;
         match r {
-            Ok(d) => Sample::new(&self.bus.shared, d, Origin::Daemon).map(Some),
+            Ok(s) => Ok(Some(s)),
             Err(Error::DeadlineExceeded) => Ok(None),
             Err(e) => Err(e),
         }
@@ -563,9 +577,7 @@ mod sealed {
 /// One async waiter leaves the parked ones; the last disarms the rings.
 fn unpark_locked(core: &mut Core) {
     core.async_parked = core.async_parked.saturating_sub(1);
-    if core.async_parked == 0 {
-        core.finish_park();
-    }
+    core.leave_park();
 }
 
 /// A parked async wait: dropped before it woke (its future dropped), it

@@ -210,7 +210,7 @@ impl Bus {
             core.pool.seg.fd().try_clone_to_owned().map_err(|e| Error::os("dup pool fd", e))?
         };
         let (sock, w, fds) = handshake(&self.shared.path, &self.shared.label, Some(std::os::fd::AsFd::as_fd(&pool)))?;
-        let (epoch, channels) = {
+        let channels = {
             let mut core = self.shared.lock();
             core.reattach(sock, w, fds)?;
             self.shared.epoch.store(core.epoch, std::sync::atomic::Ordering::Release);
@@ -220,18 +220,16 @@ impl Bus {
             if let Ok(mut parker) = self.shared.parker.try_lock() {
                 let _ = parker.sync(&core);
             }
-            let chans: Vec<_> = core
-                .channels
+            core.channels
                 .values()
                 .map(|c| (c.id, c.token, c.side, c.service.clone(), c.peer_pid, c.seg.clone()))
-                .collect();
-            (core.epoch, chans)
+                .collect::<Vec<_>>()
         };
         self.shared.cv.notify_all();
         let regs: Vec<_> = self.shared.registrations.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for r in regs {
             let old = r.slot.load().0;
-            let (instance, route) = match self.register_raw(&r.name, &r.options, r.remote.as_ref()) {
+            let (instance, route, epoch) = match self.register_raw(&r.name, &r.options, r.remote.as_ref()) {
                 Ok(registered) => registered,
                 // Refused by the new daemon (the name is taken, the policy
                 // changed): that instance is gone, its serving loop says
@@ -260,7 +258,7 @@ impl Bus {
         }
         let subs: Vec<_> = self.shared.subscriptions.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for s in subs {
-            let id = self.subscribe_topic(s.name())?;
+            let (id, epoch) = self.subscribe_topic(s.name())?;
             s.set(id, epoch);
         }
         let taps: Vec<_> = self.shared.taps.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -296,10 +294,29 @@ impl Bus {
     /// is due happens first: a client that only asks the daemon things
     /// (`status`, `list`) comes back after a restart like one that sends.
     pub(crate) fn control(&self, request: Request) -> Result<Reply> {
+        self.control_on(request).map(|(reply, _)| reply)
+    }
+
+    /// [`control`](Self::control), with the connection epoch the reply came
+    /// on: what an id in it (a route, an instance) is stamped with. Why not
+    /// read the epoch after: a reconnect in between gave an old daemon's id
+    /// the new epoch, and the new daemon's numbering may give that id to
+    /// another name.
+    pub(crate) fn control_on(&self, request: Request) -> Result<(Reply, u64)> {
+        self.control_for(request, None)
+    }
+
+    /// [`control_on`](Self::control_on) for a request that carries an id of
+    /// connection epoch `ids` (`None`: none): refused, not sent, if a
+    /// reconnect came since (see [`route_id`](Self::route_id)).
+    fn control_for(&self, request: Request, ids: Option<u64>) -> Result<(Reply, u64)> {
         let mut core = self.shared.lock_live();
+        if ids.is_some_and(|e| e != core.epoch) {
+            return Err(stale_route());
+        }
         let sent = (core.send_awaited(request, &[])?, core.epoch);
         drop(core);
-        self.await_reply(sent)
+        self.await_reply(sent).map(|reply| (reply, sent.1))
     }
 
     /// Waits for the reply to request `id`, sent on connection `epoch`.
@@ -326,15 +343,22 @@ impl Bus {
         }
     }
 
-    pub(crate) fn register_raw(&self, name: &str, o: &ServiceOptions, remote: Option<&Remote>) -> Result<(u32, u32)> {
+    /// Registers an instance: its id, the name's route id, and the
+    /// connection epoch they belong to.
+    pub(crate) fn register_raw(
+        &self,
+        name: &str,
+        o: &ServiceOptions,
+        remote: Option<&Remote>,
+    ) -> Result<(u32, u32, u64)> {
         let (name, version, weight) = (name.to_owned(), o.version, o.weight);
         let request = match remote {
             None => Request::Register { name, version, weight, exclusive: o.exclusive, replace: o.replace },
             // A stand-in for another host's instance never claims the name.
             Some(r) => Request::RegisterRemote { name, version, weight, remote: r.clone() },
         };
-        match self.control(request)? {
-            Reply::Registered { instance, route } => Ok((instance, route)),
+        match self.control_on(request)? {
+            (Reply::Registered { instance, route }, epoch) => Ok((instance, route, epoch)),
             r => Err(Error::Protocol(format!("unexpected reply {r:?}"))),
         }
     }
@@ -346,8 +370,8 @@ impl Bus {
 
     /// Registers a service instance under a dotted name.
     pub fn register_with(&self, name: &str, options: ServiceOptions) -> Result<Service> {
-        let (instance, route) = self.register_raw(name, &options, None)?;
-        Ok(Service::new(self.clone(), name, options, None, instance, route))
+        let (instance, route, epoch) = self.register_raw(name, &options, None)?;
+        Ok(Service::new(self.clone(), name, options, None, (instance, route, epoch)))
     }
 
     /// Registers a *remote* instance of a dotted name: one this client (a
@@ -357,33 +381,39 @@ impl Bus {
     /// local instance of the name serves (local first). Like every
     /// registration, it is made again by itself after a reconnect.
     pub fn register_remote(&self, name: &str, options: ServiceOptions, remote: Remote) -> Result<Service> {
-        let (instance, route) = self.register_raw(name, &options, Some(&remote))?;
-        Ok(Service::new(self.clone(), name, options, Some(remote), instance, route))
+        let registered = self.register_raw(name, &options, Some(&remote))?;
+        Ok(Service::new(self.clone(), name, options, Some(remote), registered))
     }
 
     /// Resolves a service name to a route. Fails with [`Error::NotFound`] if no instance serves it.
     pub fn resolve(&self, name: &str) -> Result<Route> {
-        match self.control(Request::Resolve { name: name.to_owned() })? {
-            Reply::Resolved { route, .. } => Ok(Route::new(name, route, self.shared.lock().epoch)),
-            r => Err(Error::Protocol(format!("unexpected reply {r:?}"))),
+        let (id, epoch) = self.resolve_id(name)?;
+        Ok(Route::new(name, id, epoch))
+    }
+
+    /// Resolves `name`: its route id, with the connection epoch it is of.
+    fn resolve_id(&self, name: &str) -> Result<(u32, u64)> {
+        match self.control_on(Request::Resolve { name: name.to_owned() })? {
+            (Reply::Resolved { route, .. }, epoch) => Ok((route, epoch)),
+            (r, _) => Err(Error::Protocol(format!("unexpected reply {r:?}"))),
         }
     }
 
-    pub(crate) fn route_id(&self, route: &Route) -> Result<u32> {
+    /// The route id of `route` on this connection, with the connection
+    /// epoch it belongs to: whatever carries the id checks that epoch where
+    /// it is sent (see [`Shared::build_to`]), so that an id read just
+    /// before a reconnect never reaches the new daemon, whose numbering may
+    /// give it to another name.
+    pub(crate) fn route_id(&self, route: &Route) -> Result<(u32, u64)> {
         let epoch = self.shared.lock_live().epoch;
         if let Some(id) = route.id_at(epoch) {
-            return Ok(id);
+            return Ok((id, epoch));
         }
         // Resolved on another connection epoch (a reconnect happened in
         // between): resolve again rather than send a stale or made-up id.
-        loop {
-            let fresh = self.resolve(route.name())?;
-            let now = self.shared.lock().epoch;
-            if let Some(id) = fresh.id_at(now) {
-                route.set(id, now);
-                return Ok(id);
-            }
-        }
+        let (id, epoch) = self.resolve_id(route.name())?;
+        route.set(id, epoch);
+        Ok((id, epoch))
     }
 
     /// Lists services and their instances.
@@ -406,10 +436,10 @@ impl Bus {
     /// from then on this bus talks to that instance without the daemon in
     /// the path. Subject to the daemon's policy (action `direct`).
     pub fn request_direct(&self, route: &Route) -> Result<u32> {
-        let id = self.route_id(route)?;
-        match self.control(Request::Direct { route: id })? {
-            Reply::DirectGranted { channel } => Ok(channel),
-            r => Err(Error::Protocol(format!("unexpected reply {r:?}"))),
+        let (id, epoch) = self.route_id(route)?;
+        match self.control_for(Request::Direct { route: id }, Some(epoch))? {
+            (Reply::DirectGranted { channel }, _) => Ok(channel),
+            (r, _) => Err(Error::Protocol(format!("unexpected reply {r:?}"))),
         }
     }
 
@@ -581,7 +611,11 @@ impl Bus {
                 core = self.shared.lock();
                 match id {
                     Ok(_) if stale(&core) => return Err(stale_payload()),
-                    Ok(id) => id,
+                    Ok((_, epoch)) if epoch != core.epoch => {
+                        core.free_unsent(d, chunk_epoch);
+                        return Err(stale_route());
+                    }
+                    Ok((id, _)) => id,
                     Err(e) => {
                         core.free_unsent(d, chunk_epoch);
                         return Err(e);
@@ -647,7 +681,7 @@ impl Bus {
     /// [`BusEvent::FireFailed`].
     pub fn fire(&self, route: &Route, payload: &[u8]) -> Result<()> {
         let id = self.route_id(route)?;
-        let (d, epoch) = self.shared.build(Kind::Fire, id, payload, None)?;
+        let (d, epoch) = self.shared.build_to(Kind::Fire, id, payload, None)?;
         self.fire_desc(d, None, epoch)
     }
 
@@ -657,7 +691,7 @@ impl Bus {
     pub fn fire_within(&self, route: &Route, payload: &[u8], timeout: Duration) -> Result<()> {
         let deadline = deadline_in(timeout);
         let id = self.route_id(route)?;
-        let (d, epoch) = self.shared.build(Kind::Fire, id, payload, Some(deadline))?;
+        let (d, epoch) = self.shared.build_to(Kind::Fire, id, payload, Some(deadline))?;
         self.fire_desc(d, Some(deadline), epoch)
     }
 
@@ -674,8 +708,11 @@ impl Bus {
     /// Like [`fire`](Self::fire), but fails with [`Error::WouldBlock`] or
     /// [`Error::OutOfPool`] instead of waiting.
     pub fn try_fire(&self, route: &Route, payload: &[u8]) -> Result<()> {
-        let id = self.route_id(route)?;
+        let (id, epoch) = self.route_id(route)?;
         let mut core = self.shared.lock();
+        if core.epoch != epoch {
+            return Err(stale_route());
+        }
         let mut d = core.payload(Descriptor::new(Kind::Fire, id, 0), payload)?;
         d.correlation = core.next_id() | FIRE_BIT;
         let origin = core.route_fire(&mut d);
@@ -689,7 +726,7 @@ impl Bus {
     /// Fires a loaned chunk at `route` (zero-copy).
     pub fn fire_loan(&self, route: &Route, loan: Loan) -> Result<()> {
         let id = self.route_id(route)?;
-        let (d, epoch) = loan.into_current(Kind::Fire, id)?;
+        let (d, epoch) = loan.into_routed(Kind::Fire, id)?;
         self.fire_desc(d, None, epoch)
     }
 
@@ -720,6 +757,12 @@ impl Bus {
 /// neither sent nor freed.
 pub(crate) fn stale_payload() -> Error {
     Error::BusGone("the payload was built before a reconnect".into())
+}
+
+/// A route id read before a reconnect: the new daemon numbers names afresh,
+/// so it is not sent (the next try resolves again).
+pub(crate) fn stale_route() -> Error {
+    Error::BusGone("the daemon restarted while the route was read; try again".into())
 }
 
 impl Shared {
@@ -778,6 +821,25 @@ impl Shared {
     ) -> Result<(Descriptor, u64)> {
         let base = Descriptor::new(kind, route, 0);
         self.from_pool(deadline, payload.len(), |core| core.payload(base, payload).map(|d| (d, core.epoch)))
+    }
+
+    /// [`build`](Self::build) for route id `route` of connection epoch
+    /// `ids` (see [`Bus::route_id`]): refused if a reconnect came between
+    /// reading the id and building. Then the epoch `build` returns is the
+    /// id's too, and the send's own epoch check ([`push_built`]) covers both.
+    pub(crate) fn build_to(
+        self: &Arc<Self>,
+        kind: Kind,
+        (route, ids): (u32, u64),
+        payload: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<(Descriptor, u64)> {
+        let (d, epoch) = self.build(kind, route, payload, deadline)?;
+        if epoch != ids {
+            self.reclaim_unsent(&d, epoch);
+            return Err(stale_route());
+        }
+        Ok((d, epoch))
     }
 
     /// Allocates a chunk of `len` bytes from our pool, waiting for one until `deadline`.

@@ -104,9 +104,7 @@ impl Bus {
         let _ = nix::unistd::read(&fds.bell, &mut b);
         let mut core = self.shared.lock();
         core.async_parked = core.async_parked.saturating_sub(1);
-        if core.async_parked == 0 {
-            core.finish_park();
-        }
+        core.leave_park();
         core.want_releases = false;
         if control {
             core.pump_control();

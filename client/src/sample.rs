@@ -37,15 +37,15 @@ pub struct Sample {
 }
 
 impl Sample {
-    pub(crate) fn new(shared: &Arc<Shared>, d: Descriptor, origin: Origin) -> Result<Sample> {
-        if d.chunk().is_none() {
-            return Ok(Sample::inline(d, origin));
-        }
-        Sample::new_locked(shared, &mut shared.lock(), d, origin)
-    }
-
-    /// [`new`](Self::new) under a lock the caller holds (a wait's check:
-    /// one lock takes the descriptor and maps its payload).
+    /// The sample of `d`, which a wait's check just took under the lock it
+    /// holds (`core`), mapped under that same lock.
+    ///
+    /// Why under the same lock, and why there is no `new` that takes its
+    /// own: a sample releases its chunk to the daemon of the connection
+    /// epoch it was made on. Made under a second lock, a reconnect in
+    /// between gave an old daemon's payload the new epoch (and the new
+    /// daemon's numbering of pools), and its release reached a daemon that
+    /// never lent it. One lock is also one lock fewer per payload.
     pub(crate) fn new_locked(shared: &Arc<Shared>, core: &mut Core, d: Descriptor, origin: Origin) -> Result<Sample> {
         let Some(c) = d.chunk() else {
             return Ok(Sample::inline(d, origin));
@@ -177,7 +177,7 @@ impl Loan {
     /// holds), which keeps it out of a reconnect's reclaiming until it is
     /// sent or dropped ([`Core::loaned`]).
     pub(crate) fn new(shared: Arc<Shared>, core: &mut Core, chunk: ChunkRef, len: usize) -> Loan {
-        core.loaned.insert(chunk.offset);
+        core.loaned.insert(chunk.offset, core.epoch);
         Loan { shared, pool: core.pool.clone(), chunk, len, epoch: core.epoch, sent: false }
     }
 
@@ -202,15 +202,24 @@ impl Loan {
     /// A refused loan is dropped as unsent: its chunk goes back if the
     /// reconnect kept our pool.
     ///
-    /// Why check here and not only where it is sent: refused there, the
-    /// loan would be consumed and its chunk lost to it. Read without the
-    /// lock (a reconnect between this and the send is caught there, at the
-    /// cost of that one chunk).
+    /// Read without the lock: a reconnect between this and the push is
+    /// caught at the push, and the chunk still goes back
+    /// ([`Core::free_unsent`] knows a kept loan).
     pub(crate) fn into_current(self, kind: Kind, route: u32) -> Result<(Descriptor, u64)> {
         if self.shared.epoch.load(std::sync::atomic::Ordering::Acquire) != self.epoch {
             return Err(Error::BusGone("the loan is from before a reconnect".into()));
         }
         Ok(self.into_parts(kind, route))
+    }
+
+    /// [`into_current`](Self::into_current) to a route id read with the
+    /// connection epoch it is of (see `Bus::route_id`): refused unless that
+    /// is the loan's epoch too, so the send's epoch check covers the id.
+    pub(crate) fn into_routed(self, kind: Kind, (route, ids): (u32, u64)) -> Result<(Descriptor, u64)> {
+        if ids != self.epoch {
+            return Err(crate::bus::stale_route());
+        }
+        self.into_current(kind, route)
     }
 }
 
@@ -241,7 +250,7 @@ impl Drop for Loan {
             let mut core = self.shared.lock();
             // Still ours if it is still held for a loan of this very pool: a
             // reconnect that replaced the pool forgot the loans of the old one.
-            if Arc::ptr_eq(&self.pool, &core.pool) && core.loaned.contains(&self.chunk.offset) {
+            if Arc::ptr_eq(&self.pool, &core.pool) && core.loaned.contains_key(&self.chunk.offset) {
                 core.free_own(self.chunk);
             }
         }

@@ -154,16 +154,20 @@ impl AsyncBus {
             .wait(None, None, |core| {
                 let (instance, epoch) = service.inbox();
                 match core.take_incoming(instance) {
-                    Some((d, origin)) => Ok(Some(Some((d, origin, instance, epoch)))),
+                    // Mapped under the check's lock (see `Sample::new_locked`).
+                    Some((d, origin)) => Ok(Some(Some((
+                        Sample::new_locked(&self.bus().shared, core, d, origin)?,
+                        origin,
+                        instance,
+                        epoch,
+                    )))),
                     None if core.drained.contains(&instance) => Ok(Some(None)),
                     None => Ok(None),
                 }
             })
             .await?;
         match r {
-            Some((d, origin, instance, epoch)) => {
-                Sample::new(&self.bus().shared, d, origin).map(|p| Some(service.incoming(p, origin, instance, epoch)))
-            }
+            Some((p, origin, instance, epoch)) => Ok(Some(service.incoming(p, origin, instance, epoch))),
             None => Ok(None),
         }
     }

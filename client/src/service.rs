@@ -146,10 +146,8 @@ impl Service {
         name: &str,
         options: ServiceOptions,
         remote: Option<hybus_layout::control::Remote>,
-        instance: u32,
-        route: u32,
+        (instance, route, epoch): (u32, u32, u64),
     ) -> Service {
-        let epoch = bus.shared.lock().epoch;
         let slot = Arc::new(Slot::default());
         slot.store(instance, route, epoch);
         bus.shared.registrations.lock().unwrap_or_else(|p| p.into_inner()).push(Registration {

@@ -127,15 +127,19 @@ pub(crate) fn owe(owed: &mut Option<Descriptor>, c: Descriptor) {
     *owed = Some(c.with_aux(c.aux + before));
 }
 
-/// Receives one descriptor of a stream (an item or a batch of items);
+/// Receives one arrival of a stream (an item or a batch of items);
 /// `Ok(None)` once the peer ended its direction. No credit is granted here.
-pub(crate) fn recv_desc(shared: &Arc<Shared>, end: End, deadline: Instant) -> Result<Option<Descriptor>> {
-    shared.wait(Some(deadline), false, recv_check(end))
+pub(crate) fn recv_desc(shared: &Arc<Shared>, end: End, deadline: Instant) -> Result<Option<Sample>> {
+    shared.wait(Some(deadline), false, recv_check(shared, end))
 }
 
-/// A wait's check that takes the next descriptor of `end` (`Some(None)`
-/// once the peer ended its direction); for the blocking and the async waits alike.
-pub(crate) fn recv_check(end: End) -> impl FnMut(&mut Core) -> Result<Option<Option<Descriptor>>> {
+/// A wait's check that takes the next arrival of `end`, mapped under the
+/// check's lock (see [`Sample::new_locked`]; `Some(None)` once the peer
+/// ended its direction); for the blocking and the async waits alike.
+pub(crate) fn recv_check(
+    shared: &Arc<Shared>,
+    end: End,
+) -> impl FnMut(&mut Core) -> Result<Option<Option<Sample>>> + '_ {
     let End { side, origin, corr, .. } = end;
     move |core| {
         let (items, ended, err) = match side {
@@ -150,7 +154,7 @@ pub(crate) fn recv_check(end: End) -> impl FnMut(&mut Core) -> Result<Option<Opt
             }
         };
         if let Some(d) = items.pop_front() {
-            return Ok(Some(Some(d)));
+            return Sample::new_locked(shared, core, d, origin).map(|s| Some(Some(s)));
         }
         if let Some(e) = err {
             return Err(e);
@@ -199,9 +203,9 @@ pub(crate) fn recv_item(
     window: &mut Window,
     deadline: Instant,
 ) -> Result<Option<Sample>> {
-    let Some(d) = recv_desc(shared, end, deadline)? else { return Ok(None) };
-    grant(shared, end, window, d.items() as u32)?;
-    Ok(Some(Sample::new(shared, d, end.origin)?))
+    let Some(item) = recv_desc(shared, end, deadline)? else { return Ok(None) };
+    grant(shared, end, window, item.descriptor().items() as u32)?;
+    Ok(Some(item))
 }
 
 /// Sends `items` as batches: as many items per chunk as fit in `chunk` bytes
@@ -249,7 +253,14 @@ where
         // Written outside the lock: held like a loan, so that a reconnect
         // meanwhile does not hand it to another payload (the push or the
         // reclaim below lets go of it).
-        shared.lock().loaned.insert(chunk.offset);
+        // (Not if a reconnect came since the allocation: it reclaimed the
+        // chunk, and the reclaim below leaves it alone.)
+        {
+            let mut core = shared.lock();
+            if core.epoch == epoch {
+                core.loaned.insert(chunk.offset, epoch);
+            }
+        }
         let unsent = Descriptor::new(Kind::StreamItem, 0, 0).with_chunk(chunk);
         // SAFETY: the chunk was just allocated to us; nobody else reads or
         // writes it before we send it.
@@ -379,7 +390,7 @@ impl Bus {
         let id = self.route_id(route)?;
         let window = window.max(1);
         let deadline = Instant::now() + Duration::from_secs(10);
-        let (mut d, epoch) = self.shared.build(Kind::StreamOpen, id, payload, Some(deadline))?;
+        let (mut d, epoch) = self.shared.build_to(Kind::StreamOpen, id, payload, Some(deadline))?;
         let (corr, origin) = {
             let mut core = self.shared.lock();
             let corr = core.next_id();
@@ -468,14 +479,15 @@ impl Stream {
     /// Takes what a wait for the next arrival gave (see [`recv_check`]):
     /// `Some(Some(item))`, `Some(None)` once the stream ended, or `None` for
     /// a batch, now handed out by [`batch_item`](Self::batch_item).
-    pub(crate) fn arrived(&mut self, r: Result<Option<Descriptor>>) -> Result<Option<Option<Sample>>> {
+    pub(crate) fn arrived(&mut self, r: Result<Option<Sample>>) -> Result<Option<Option<Sample>>> {
         match self.took(r)? {
             None => Ok(Some(None)),
-            Some((d, sample)) if d.flags & flags::BATCH != 0 => {
-                self.batch = Some((Arc::new(sample), 0, d.aux as u32));
+            Some(sample) if sample.descriptor().flags & flags::BATCH != 0 => {
+                let items = sample.descriptor().aux as u32;
+                self.batch = Some((Arc::new(sample), 0, items));
                 Ok(None)
             }
-            Some((_, sample)) => Ok(Some(Some(sample))),
+            Some(sample) => Ok(Some(Some(sample))),
         }
     }
 
@@ -488,7 +500,8 @@ impl Stream {
             // Items of a batch half read through `next`: hand them out one by one.
             return Ok(self.next(timeout)?.map(|sample| Batch { sample, items: 1, packed: false }));
         }
-        let Some((d, sample)) = self.next_desc(deadline_in(timeout))? else { return Ok(None) };
+        let Some(sample) = self.next_desc(deadline_in(timeout))? else { return Ok(None) };
+        let d = *sample.descriptor();
         let packed = d.flags & flags::BATCH != 0;
         Ok(Some(Batch { sample, items: if packed { d.aux as u32 } else { 1 }, packed }))
     }
@@ -516,7 +529,7 @@ impl Stream {
         Ok(())
     }
 
-    fn next_desc(&mut self, deadline: Instant) -> Result<Option<(Descriptor, Sample)>> {
+    fn next_desc(&mut self, deadline: Instant) -> Result<Option<Sample>> {
         let r = recv_desc(&self.bus.shared, self.this_end(), deadline);
         let took = self.took(r);
         self.pay()?;
@@ -545,15 +558,14 @@ impl Stream {
         self.owed = None;
     }
 
-    /// Takes what a wait for the next descriptor gave: counts the credits
-    /// it frees (left [`owed`](Self::owed)) and maps the payload; `None`
+    /// Takes what a wait for the next arrival gave (mapped by the wait's
+    /// check): counts the credits it frees (left [`owed`](Self::owed)); `None`
     /// once the stream ended (and forgotten, as on an error other than a
     /// deadline).
-    fn took(&mut self, r: Result<Option<Descriptor>>) -> Result<Option<(Descriptor, Sample)>> {
-        let shared = &self.bus.shared;
+    fn took(&mut self, r: Result<Option<Sample>>) -> Result<Option<Sample>> {
         let end = self.this_end();
-        let d = match r {
-            Ok(Some(d)) => d,
+        let sample = match r {
+            Ok(Some(s)) => s,
             Ok(None) => {
                 self.finish();
                 return Ok(None);
@@ -564,10 +576,10 @@ impl Stream {
                 return Err(e);
             }
         };
-        if let Some(c) = self.window.consume(end, d.items() as u32) {
+        if let Some(c) = self.window.consume(end, sample.descriptor().items() as u32) {
             owe(&mut self.owed, c);
         }
-        Ok(Some((d, Sample::new(shared, d, self.origin)?)))
+        Ok(Some(sample))
     }
 
     /// Sends an item to the service (request-channel only), waiting up to

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use hybus_layout::control::{Reply, Request};
 use hybus_layout::Kind;
 
-use crate::bus::Bus;
-use crate::core::Origin;
+use crate::bus::{Bus, Shared};
+use crate::core::{Core, Origin};
 use crate::error::{Error, Result};
 use crate::sample::{Loan, Sample};
 use crate::wait::deadline_in;
@@ -39,8 +39,8 @@ pub struct Subscription {
 impl Bus {
     /// A publisher for `topic` (created if new).
     pub fn publisher(&self, topic: &str) -> Result<Publisher> {
-        let id = self.topic_raw(topic)?;
-        Ok(Publisher { bus: self.clone(), route: Route::new(topic, id, self.shared.lock().epoch) })
+        let (id, epoch) = self.topic_raw(topic)?;
+        Ok(Publisher { bus: self.clone(), route: Route::new(topic, id, epoch) })
     }
 
     /// Subscribes to `topic`. Refused if this connection already has a
@@ -56,8 +56,8 @@ impl Bus {
             return Err(refused());
         }
         // (Not under the list's lock: a reconnect during the request takes it.)
-        let id = self.subscribe_topic(topic)?;
-        let route = Arc::new(Route::new(topic, id, self.shared.lock().epoch));
+        let (id, epoch) = self.subscribe_topic(topic)?;
+        let route = Arc::new(Route::new(topic, id, epoch));
         let mut subs = self.shared.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
         if subscribed(&subs) {
             // Another thread subscribed meanwhile; its subscription has the inbox.
@@ -70,44 +70,52 @@ impl Bus {
     /// Subscribes this connection to topic `name` and opens its inbox; its
     /// route id. A publication that comes for a topic without an inbox goes
     /// straight back, except while a subscription is being made: the
-    /// daemon may send the first ones before its reply is read.
-    pub(crate) fn subscribe_topic(&self, name: &str) -> Result<u32> {
+    /// daemon may send the first ones before its reply is read. Also
+    /// returns the connection epoch the id belongs to.
+    pub(crate) fn subscribe_topic(&self, name: &str) -> Result<(u32, u64)> {
         self.shared.lock().subscribing += 1;
         let r = self.subscribe_raw(name);
         let mut core = self.shared.lock();
         core.subscribing -= 1;
-        let id = r?;
-        core.topics.entry(id).or_default();
-        Ok(id)
+        let (id, epoch) = r?;
+        // (An id of a connection lost meanwhile opens nothing: the
+        // reconnect subscribes again.)
+        if epoch == core.epoch {
+            core.topics.entry(id).or_default();
+        }
+        Ok((id, epoch))
     }
 
-    /// The route id of topic `name` (made if new).
-    fn topic_raw(&self, name: &str) -> Result<u32> {
-        match self.control(Request::Topic { name: name.to_owned() })? {
-            Reply::Resolved { route, .. } => Ok(route),
-            r => Err(Error::Protocol(format!("unexpected reply {r:?}"))),
+    /// The route id of topic `name` (made if new), with the connection
+    /// epoch it belongs to (see [`Bus::control_on`]).
+    fn topic_raw(&self, name: &str) -> Result<(u32, u64)> {
+        match self.control_on(Request::Topic { name: name.to_owned() })? {
+            (Reply::Resolved { route, .. }, epoch) => Ok((route, epoch)),
+            (r, _) => Err(Error::Protocol(format!("unexpected reply {r:?}"))),
         }
     }
 
-    /// Subscribes this connection to topic `name`; its route id.
-    fn subscribe_raw(&self, name: &str) -> Result<u32> {
-        match self.control(Request::Subscribe { topic: name.to_owned() })? {
-            Reply::Subscribed { route } => Ok(route),
-            r => Err(Error::Protocol(format!("unexpected reply {r:?}"))),
+    /// Subscribes this connection to topic `name`; its route id, with the
+    /// connection epoch it belongs to.
+    fn subscribe_raw(&self, name: &str) -> Result<(u32, u64)> {
+        match self.control_on(Request::Subscribe { topic: name.to_owned() })? {
+            (Reply::Subscribed { route }, epoch) => Ok((route, epoch)),
+            (r, _) => Err(Error::Protocol(format!("unexpected reply {r:?}"))),
         }
     }
 
     /// The id of topic `route` on this connection: asked again after a
     /// reconnect (the new daemon numbers names afresh; an old id may name
     /// another topic there).
-    fn topic_id(&self, route: &Route) -> Result<u32> {
+    /// With the connection epoch the id is of (see [`Bus::route_id`]).
+    fn topic_id(&self, route: &Route) -> Result<(u32, u64)> {
         let epoch = self.shared.lock_live().epoch;
         if let Some(id) = route.id_at(epoch) {
-            return Ok(id);
+            return Ok((id, epoch));
         }
-        let id = self.topic_raw(route.name())?;
-        route.set(id, self.shared.lock().epoch);
-        Ok(id)
+        let (id, epoch) = self.topic_raw(route.name())?;
+        route.set(id, epoch);
+        Ok((id, epoch))
     }
 }
 
@@ -134,15 +142,18 @@ impl Publisher {
     /// Publishes, waiting for pool space until `pool` and for ring room until `ring`.
     fn publish_by(&self, payload: &[u8], pool: Instant, ring: Option<Instant>) -> Result<()> {
         let route = self.bus.topic_id(&self.route)?;
-        let (d, epoch) = self.bus.shared.build(Kind::Publish, route, payload, Some(pool))?;
+        let (d, epoch) = self.bus.shared.build_to(Kind::Publish, route, payload, Some(pool))?;
         self.bus.shared.send_or_reclaim(Origin::Daemon, &publication(d), ring, epoch)
     }
 
     /// Publishes without waiting: [`Error::WouldBlock`] if the ring is full,
     /// [`Error::OutOfPool`] if no chunk is free.
     pub fn try_publish(&self, payload: &[u8]) -> Result<()> {
-        let route = self.bus.topic_id(&self.route)?;
+        let (route, epoch) = self.bus.topic_id(&self.route)?;
         let mut core = self.bus.shared.lock();
+        if core.epoch != epoch {
+            return Err(crate::bus::stale_route());
+        }
         let d = publication(core.payload(hybus_layout::Descriptor::new(Kind::Publish, route, 0), payload)?);
         let r = core.try_send(&d);
         if r.is_err() {
@@ -153,7 +164,7 @@ impl Publisher {
 
     /// Publishes a loaned chunk written in place (zero-copy fan-out).
     pub fn publish_loan(&self, loan: Loan) -> Result<()> {
-        let (d, epoch) = loan.into_current(Kind::Publish, self.bus.topic_id(&self.route)?)?;
+        let (d, epoch) = loan.into_routed(Kind::Publish, self.bus.topic_id(&self.route)?)?;
         self.bus.shared.send_or_reclaim(Origin::Daemon, &publication(d), None, epoch)
     }
 }
@@ -173,9 +184,10 @@ impl Subscription {
     /// The next publication, waiting up to `timeout`; `Ok(None)` if none came.
     pub fn next(&self, timeout: Duration) -> Result<Option<Sample>> {
         // The route read on every round: a reconnect during the wait subscribes again under a new id.
-        let r = self.bus.shared.wait(Some(deadline_in(timeout)), false, |core| core.next_publication(self.route()));
+        let shared = &self.bus.shared;
+        let r = shared.wait(Some(deadline_in(timeout)), false, |core| publication_check(shared, core, self.route()));
         match r {
-            Ok(d) => Sample::new(&self.bus.shared, d, Origin::Daemon).map(Some),
+            Ok(s) => Ok(Some(s)),
             Err(Error::DeadlineExceeded) => Ok(None),
             Err(e) => Err(e),
         }
@@ -211,5 +223,15 @@ impl Drop for Subscription {
             let _ = core.send_control(Request::Unsubscribe { route });
         }
         core.drop_topic(route);
+    }
+}
+
+/// A wait's check for the next publication of topic `route`, mapped under
+/// the check's lock (see [`Sample::new_locked`]); for the blocking and the
+/// async reads alike.
+pub(crate) fn publication_check(shared: &Arc<Shared>, core: &mut Core, route: u32) -> Result<Option<Sample>> {
+    match core.next_publication(route)? {
+        Some(d) => Sample::new_locked(shared, core, d, Origin::Daemon).map(Some),
+        None => Ok(None),
     }
 }

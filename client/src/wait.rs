@@ -284,8 +284,8 @@ impl Shared {
             };
             drop(parker);
             let mut core = self.lock();
-            core.finish_park();
             core.parked_waiter = false;
+            core.leave_park();
             // A wait for pool space sets it again on its next round if it still waits.
             core.want_releases = false;
             // Only the sources that spoke: every syscall here is on the

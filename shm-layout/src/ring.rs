@@ -750,6 +750,16 @@ impl Consumer {
         Ok(false)
     }
 
+    /// Announces parking without looking at the ring: for a consumer that
+    /// several waiters share, when one of them looked ([`prepare_park`](Self::prepare_park)),
+    /// found data and so withdrew the announcement that another waiter,
+    /// still asleep, relies on. The one that looked reads what it found.
+    #[inline]
+    pub fn stay_parked(&self) {
+        self.ring.header().parked.store(1, Relaxed);
+        fence(SeqCst);
+    }
+
     /// Second half of parking: withdraws the announcement after waking.
     #[inline]
     pub fn finish_park(&self) {

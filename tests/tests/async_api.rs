@@ -330,3 +330,38 @@ fn tasks_sharing_an_async_bus_each_wake_for_their_own() {
     });
     assert!(took < Duration::from_secs(10), "{N} publications took {took:?} to be noticed");
 }
+
+/// A blocking wait on the same connection, woken by its own timeout, does
+/// not disarm the rings under an async task that sleeps on: the task still
+/// hears of its publication. (It used to sleep until its own deadline: the
+/// blocking waiter withdrew the parking announcement on every ring, so the
+/// daemon rang nobody.)
+#[test]
+fn a_blocking_timeout_does_not_disarm_the_rings_under_a_sleeping_task() {
+    let d = DaemonProc::start(None);
+    let bus = d.connect();
+    let sub_async = bus.subscribe("t.mixed.async").unwrap();
+    let sub_blocking = bus.subscribe("t.mixed.blocking").unwrap();
+    let (parked, is_parked) = std::sync::mpsc::channel();
+    let (got, arrived) = std::sync::mpsc::channel();
+    let task_bus = bus.clone();
+    let task = std::thread::spawn(move || {
+        current_thread().block_on(async move {
+            let abus = task_bus.to_async().unwrap();
+            let _ = parked.send(());
+            // A deadline far beyond the test's patience: only a wake-up ends this wait in time.
+            let r = abus.next_publication(&sub_async, Duration::from_secs(120)).await;
+            let _ = got.send(r.map(|s| s.map(|s| s.to_vec())));
+        })
+    });
+    is_parked.recv().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // Blocking waits that time out (each parks on the doorbell, then wakes on its timer).
+    for _ in 0..3 {
+        assert!(sub_blocking.next(Duration::from_millis(50)).unwrap().is_none());
+    }
+    d.connect().publisher("t.mixed.async").unwrap().publish(b"for the task").unwrap();
+    let r = arrived.recv_timeout(Duration::from_secs(20)).expect("the sleeping task never heard of its publication");
+    assert_eq!(r.unwrap().as_deref(), Some(&b"for the task"[..]));
+    task.join().unwrap();
+}

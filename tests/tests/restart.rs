@@ -207,6 +207,48 @@ fn a_loan_held_across_a_restart_stays_the_application_s() {
     bus.fire_loan(&route, fresh).unwrap();
 }
 
+/// The stale-loan window: a loan that passed its epoch check and then waits
+/// at its push (the ring is full) while the daemon restarts is refused at
+/// the push, and its chunk still goes back to the pool. (It used to stay
+/// lent for good: the reconnect kept it as a loan, and the push's refusal,
+/// seeing a chunk of an older epoch, did not free it.) The daemon is
+/// stopped so that the ring fills, then killed and replaced while the loan
+/// waits.
+#[test]
+fn a_loan_refused_at_its_push_by_a_restart_gives_its_chunk_back() {
+    let mut d = Restartable::start("restart-loan-window");
+    let (_server, _) = Peer::ready(&d.socket(), &["serve", "loan.late"]);
+    let bus = Bus::connect_to(d.socket()).unwrap();
+    let route = bus.resolve("loan.late").unwrap();
+    let mut loan = bus.loan(1000, SOON).unwrap();
+    loan.fill(7);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.daemon.id() as i32), nix::sys::signal::Signal::SIGSTOP)
+        .unwrap();
+    hybus_tests::stopped(d.daemon.id() as i32);
+    // Fill the ring to the stopped daemon with inline fires.
+    let mut pushed = 0;
+    while bus.try_fire(&route, b"x").is_ok() {
+        pushed += 1;
+        assert!(pushed < 1_000_000, "the ring never filled");
+    }
+    let restarter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        d.restart();
+        d
+    });
+    // Waits for ring room; the restart comes first.
+    let refused = bus.fire_loan(&route, loan);
+    assert!(matches!(refused, Err(hybus::Error::BusGone(_))), "{refused:?}");
+    let _d = restarter.join().unwrap();
+    assert_eq!(bus.chunks_in_use(), 0, "the refused loan kept its chunk");
+    // The pool is whole: every chunk of the loan's size class can be lent again.
+    assert!(eventually(SOON, || bus.status().ok()).is_some(), "no reconnect");
+    let mut again = bus.loan(1000, SOON).unwrap();
+    again.fill(8);
+    drop(again);
+    assert_eq!(bus.chunks_in_use(), 0);
+}
+
 /// An answer that came through the old daemon and was not collected before
 /// it died lies in a pool that is gone: collecting it after the reconnect
 /// fails like any call in flight at the restart ("peer gone"), and the

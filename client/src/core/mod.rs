@@ -160,10 +160,13 @@ pub(crate) struct Core {
     pub route_direct: FewMap<u32, u32>,
     /// Whether any channel is downgrading (the ordering rule in `pump_data` applies).
     pub closing: usize,
-    /// Chunks of our pool the application holds as unsent [`Loan`](crate::Loan)s:
-    /// a reconnect that keeps the pool must not reclaim them, since the
-    /// application may still be writing them.
-    pub loaned: FewSet<u64>,
+    /// Chunks of our pool the application holds as unsent [`Loan`](crate::Loan)s,
+    /// each with the connection epoch it was lent on: a reconnect that
+    /// keeps the pool must not reclaim them, since the application may
+    /// still be writing them; and a loan sent too late (a reconnect came
+    /// between its check and its push) is known by it as still ours to
+    /// free (see [`free_unsent`](Self::free_unsent)).
+    pub loaned: FewMap<u64, u64>,
     /// Instance ids from before a daemon restart → the ids now (direct requests still carry the old ones).
     pub instance_alias: FewMap<u32, u32>,
     /// Our instances that unregistered on this connection: what still
@@ -286,7 +289,7 @@ impl Core {
             channels: FewMap::new(),
             route_direct: FewMap::new(),
             closing: 0,
-            loaned: FewSet::new(),
+            loaned: FewMap::new(),
             instance_alias: FewMap::new(),
             retired: FewSet::new(),
             drained: FewSet::new(),
@@ -336,14 +339,14 @@ impl Core {
             self.pool = fresh.pool.clone();
             self.alloc = PoolAllocator::new(fresh.pool.geometry.clone(), w.client_id);
             // Their chunks are of the old pool, which their loans keep mapped.
-            self.loaned = FewSet::new();
+            self.loaned = FewMap::new();
         }
         // Chunks lent through the old daemon never come back: reclaim every
         // chunk that no channel peer and no unsent loan holds. (A receiver
         // that still reads such a payload may see it overwritten: the cost
         // of a daemon restart for brokered payloads in flight.)
         let keep: IdSet<u64> =
-            self.channels.values().flat_map(|c| c.lent.iter().copied()).chain(self.loaned.iter().copied()).collect();
+            self.channels.values().flat_map(|c| c.lent.iter().copied()).chain(self.loaned.keys().copied()).collect();
         for c in self.alloc.held() {
             if !keep.contains(&c.offset) {
                 let _ = self.alloc.free(c);
@@ -651,9 +654,18 @@ impl Core {
 
     /// Frees the chunk of `d`, a payload of ours that was not sent, taken
     /// on connection `epoch` (`None`: on this one, under this lock): not if
-    /// a reconnect came since, which reclaimed it or replaced the pool.
+    /// a reconnect came since, which reclaimed it or replaced the pool —
+    /// unless it is a loan of that epoch that the reconnect kept (the pool
+    /// was adopted): such a loan, refused at its push, used to keep its
+    /// chunk for good. (A chunk the reconnect reclaimed and lent again is
+    /// in `loaned` with the newer epoch, so it is never taken for it.)
     pub fn free_unsent(&mut self, d: &Descriptor, epoch: Option<u64>) {
-        if let (Some(c), true) = (d.chunk(), epoch.is_none_or(|e| e == self.epoch)) {
+        let Some(c) = d.chunk() else { return };
+        let ours = match epoch {
+            None => true,
+            Some(e) => e == self.epoch || self.loaned.get(&c.offset) == Some(&e),
+        };
+        if ours {
             self.free_own(c);
         }
     }
@@ -765,7 +777,54 @@ impl Core {
     /// Arms every ring we read for parking; `false` if one is not empty
     /// (then nothing stays armed). The first half of the doorbell handshake
     /// over all our rings: the daemon and every peer ring the same eventfd.
+    ///
+    /// Several waiters may sleep on the rings at once (the blocking one on
+    /// the doorbell, async tasks and loop-driven waits). A look that finds
+    /// data withdraws the announcement on that ring; while others sleep it
+    /// is made again at once, and the doorbell rung, since what came in
+    /// meanwhile rang nobody and may be theirs.
     pub fn prepare_park(&mut self) -> std::result::Result<bool, hybus_layout::RingError> {
+        let ok = self.arm_rings()?;
+        if !ok {
+            if self.sleepers() {
+                self.stay_parked();
+                hybus_layout::doorbell::Wake::wake(&*self.rx_bell);
+            } else {
+                self.finish_park();
+            }
+        }
+        Ok(ok)
+    }
+
+    /// Whether some waiter sleeps on the rings.
+    pub fn sleepers(&self) -> bool {
+        self.parked_waiter || self.async_parked > 0
+    }
+
+    /// A waiter woke: the rings are disarmed once no other one sleeps on
+    /// them. Why not at once: a waiter woken by its own timer (a blocking
+    /// wait with a short timeout, a ring-room poll) disarmed them under
+    /// async tasks that slept on, and those then slept through their
+    /// messages (no producer rings a ring nobody is parked on).
+    pub fn leave_park(&mut self) {
+        if !self.sleepers() {
+            self.finish_park();
+        }
+    }
+
+    /// Announces parking again on every ring [`prepare_park`](Self::prepare_park) arms.
+    fn stay_parked(&self) {
+        self.rx.stay_parked();
+        for ch in self.channels.values().filter(|c| c.peer_fenced) {
+            ch.rx.stay_parked();
+            if self.want_releases {
+                ch.rel_rx.stay_parked();
+            }
+        }
+    }
+
+    /// Arms every ring we read; `false` at the first that is not empty.
+    fn arm_rings(&mut self) -> std::result::Result<bool, hybus_layout::RingError> {
         if !self.rx.prepare_park()? {
             return Ok(false);
         }
@@ -784,14 +843,11 @@ impl Core {
                 break;
             }
         }
-        if !ok {
-            self.finish_park();
-        }
         Ok(ok)
     }
 
     /// Withdraws the parking announcement on every ring.
-    pub fn finish_park(&mut self) {
+    fn finish_park(&mut self) {
         self.rx.finish_park();
         for ch in self.channels.values() {
             ch.rx.finish_park();
