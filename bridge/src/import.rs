@@ -7,10 +7,13 @@
 //! local instance serves the name (unless `prefer = "balance"`).
 //!
 //! Each request becomes a Zenoh query to that instance's key, with the
-//! payload copied once onto the network; its timeout is `call_timeout_ms`
-//! (a caller's own deadline does not travel on the hybus data plane, but
-//! a caller that gives up — its deadline passes, or it cancels — is told
-//! to the bridge by the daemon, and the bridge drops the query). The reply
+//! payload copied once onto the network. Its timeout is what is left of the
+//! caller's deadline (which the request carries: [`Request::deadline`]),
+//! capped by `call_timeout_ms` (also the timeout for callers that set
+//! none), and it travels with the query, so the exporting bridge's call
+//! ends when the caller stops waiting too. A caller that gives up earlier
+//! (it cancels, or drops its call) is told to the bridge by the daemon,
+//! and the bridge drops the query. The reply
 //! is written once into a loaned chunk of this host's pool; a reply error
 //! keeps its hybus kind. A query that ends without any reply (the
 //! exporting bridge or its link died) fails with `peer gone`.
@@ -267,7 +270,13 @@ fn serve(ctx: Arc<Ctx>, bus: Bus, k: InstanceKey, stop: Arc<AtomicBool>) {
 /// Sends `req` as a Zenoh query to `key`; the reply (or the end of the
 /// query without one) answers it.
 fn forward(ctx: &Ctx, bus: &Bus, key: &str, req: Request) -> Option<Arc<Answer>> {
-    let timeout = ctx.config.call_timeout();
+    let cap = ctx.config.call_timeout();
+    let timeout = req.deadline().map_or(cap, |d| d.saturating_duration_since(Instant::now()).min(cap));
+    if timeout.is_zero() {
+        // Nobody waits for it any more: no query for it.
+        let _ = req.fail_as(&Error::DeadlineExceeded);
+        return None;
+    }
     let payload = req.payload().to_vec();
     let answer = Arc::new(Answer { request: Mutex::new(Some(req)), bus: bus.clone() });
     let guard = Guard(answer.clone());

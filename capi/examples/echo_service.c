@@ -45,6 +45,12 @@ int main(int argc, char **argv) {
             hybus_request_free(req);
             continue;
         }
+        /* A caller that stopped waiting gets no work done for it. */
+        int64_t left_ms;
+        if (hybus_request_deadline(req, &left_ms) == HYBUS_OK && left_ms == 0) {
+            hybus_request_fail(req, "the caller's deadline passed");
+            continue;
+        }
         if (len <= 40) {
             uint8_t out[40];
             for (size_t i = 0; i < len; i++) out[i] = (uint8_t)toupper(in[i]);

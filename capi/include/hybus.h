@@ -330,6 +330,12 @@ hybus_status hybus_request_payload(const hybus_request *req, const uint8_t **dat
 // Whether it is a fire (`*fire`: 1; nothing to answer) or a call (0).
 hybus_status hybus_request_is_fire(const hybus_request *req, int32_t *fire);
 
+// How long the caller still waits for the answer: `*ms` milliseconds (0
+// once its deadline passed), or -1 if it set no deadline or `req` is a
+// fire. Never less than the caller's own deadline, at most a few
+// milliseconds more (see the Rust `Request::deadline`).
+hybus_status hybus_request_deadline(const hybus_request *req, int64_t *ms);
+
 // Answers a call with `len` bytes at `data`. Consumes `req`, whatever the
 // result (a fire is freed and refused).
 hybus_status hybus_request_reply(hybus_request *req, const uint8_t *data, size_t len);

@@ -119,6 +119,21 @@ pub extern "C" fn hybus_request_is_fire(req: *const hybus_request, fire: *mut i3
     guard(|| put(fire, matches!(borrow(req)?.got, Received::Fire(_)) as i32))
 }
 
+/// How long the caller still waits for the answer: `*ms` milliseconds (0
+/// once its deadline passed), or -1 if it set no deadline or `req` is a
+/// fire. Never less than the caller's own deadline, at most a few
+/// milliseconds more (see the Rust `Request::deadline`).
+#[no_mangle]
+pub extern "C" fn hybus_request_deadline(req: *const hybus_request, ms: *mut i64) -> hybus_status {
+    guard(|| {
+        let left = match &borrow(req)?.got {
+            Received::Call(r) => r.deadline().map(|at| at.saturating_duration_since(std::time::Instant::now())),
+            Received::Fire(_) => None,
+        };
+        put(ms, left.map_or(-1, |l| i64::try_from(l.as_millis()).unwrap_or(i64::MAX)))
+    })
+}
+
 fn take_call(req: *mut hybus_request) -> Result<Request, Fail> {
     match take(req)?.got {
         Received::Call(r) => Ok(r),

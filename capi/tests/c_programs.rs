@@ -227,6 +227,9 @@ fn bad_arguments_are_errors_not_crashes() {
     assert_eq!(hybus_call(bus, route, null(), 5, 1000, &mut sample), HYBUS_INVALID_ARGUMENT);
     assert!(sample.is_null());
     assert_eq!(hybus_fire(bus, route, null(), 1), HYBUS_INVALID_ARGUMENT);
+    // A NULL request, a NULL out-pointer.
+    let mut ms = 0i64;
+    assert_eq!(hybus_request_deadline(null(), &mut ms), HYBUS_INVALID_HANDLE);
     // A handle of another type where a bus goes.
     assert_eq!(hybus_fire(route.cast(), route, null(), 0), HYBUS_INVALID_HANDLE);
     assert!(err_text().contains("not a hybus_bus"), "{}", err_text());

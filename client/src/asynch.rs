@@ -334,6 +334,7 @@ impl AsyncBus {
         let (mut d, epoch) = self.build(Kind::Request, 0, payload, Some(deadline)).await?;
         // Only a chunk ties the call to its connection (an inline payload goes on any).
         let chunk_epoch = d.chunk().map(|_| epoch);
+        d.aux = crate::wait::wire_deadline(crate::wait::Due::At(deadline));
         let (corr, origin, sent) = self.bus.start_call(route, &mut d, chunk_epoch)?;
         // From here the call is undone however this future ends, dropped too.
         let mut call = InFlight { shared: &self.bus.shared, corr, origin, d, epoch, sent, cancel: true, done: false };

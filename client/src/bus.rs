@@ -659,6 +659,7 @@ impl Bus {
         chunk_epoch: Option<u64>,
         mut due: Due,
     ) -> Result<Sent> {
+        d.aux = crate::wait::wire_deadline(due);
         let (corr, origin, sent) = self.start_call(route, &mut d, chunk_epoch)?;
         if !sent {
             // The ring is full: wait for room, then for the answer, within one deadline.

@@ -283,6 +283,7 @@ impl Service {
                 instance,
                 epoch,
                 payload: Some(payload),
+                wire_deadline: d.aux,
                 answered: false,
             }),
         }
@@ -355,10 +356,25 @@ pub struct Request {
     instance: u32,
     epoch: u64,
     payload: Option<Sample>,
+    /// The caller's deadline as the request carried it (see [`deadline`](Self::deadline)).
+    wire_deadline: u64,
     answered: bool,
 }
 
 impl Request {
+    /// Until when the caller waits for the answer; `None` if it waits
+    /// without a limit (or is an older client that does not say).
+    ///
+    /// Never earlier than the caller's own deadline, at most a few
+    /// milliseconds later. A server may skip work nobody waits for any
+    /// more; a relay passes what is left on (`hybus-bridge` makes it its
+    /// Zenoh query's timeout). The caller's word, not checked: a caller
+    /// gives what deadline it likes (any value maps to an instant within a
+    /// year).
+    pub fn deadline(&self) -> Option<std::time::Instant> {
+        crate::wait::deadline_of_wire(self.wire_deadline)
+    }
+
     /// The request's payload.
     pub fn payload(&self) -> &[u8] {
         self.payload.as_deref().unwrap_or(&[])

@@ -72,6 +72,52 @@ pub(crate) fn deadline_in(timeout: Duration) -> Instant {
     now.checked_add(timeout).or_else(|| now.checked_add(CENTURY)).unwrap_or(now)
 }
 
+/// Microseconds of `clock`, a monotonic clock.
+fn micros(clock: nix::time::ClockId) -> u64 {
+    nix::time::clock_gettime(clock).map_or(0, |t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000)
+}
+
+/// The deadline `due` as a request carries it (see `Kind::Request`):
+/// microseconds of the host's `CLOCK_MONOTONIC`, which every process of
+/// the host reads alike (outside time namespaces), so that it names the
+/// same instant to the server. 0 for none.
+///
+/// A call's `After` deadline is counted from the coarse clock (5 ns
+/// against 25 for a precise read, on the path of every direct call) plus
+/// one tick of it: so it is never earlier than the caller's own, and at
+/// most a tick (1–4 ms) later.
+pub(crate) fn wire_deadline(due: Due) -> u64 {
+    use nix::time::ClockId;
+    static TICK: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    match due {
+        Due::Never => 0,
+        Due::After(t) => {
+            let tick = *TICK.get_or_init(|| {
+                nix::time::clock_getres(ClockId::CLOCK_MONOTONIC_COARSE)
+                    .map_or(4000, |r| r.tv_sec() as u64 * 1_000_000 + (r.tv_nsec() as u64).div_ceil(1000))
+            });
+            micros(ClockId::CLOCK_MONOTONIC_COARSE).saturating_add(tick).saturating_add(us(t)).max(1)
+        }
+        Due::At(at) => {
+            let left = at.saturating_duration_since(Instant::now());
+            micros(ClockId::CLOCK_MONOTONIC).saturating_add(us(left)).max(1)
+        }
+    }
+}
+
+/// The instant a request's wire deadline `aux` names (see
+/// [`wire_deadline`]); `None` for none. A peer writes what it likes there:
+/// any value maps to some instant, from now to a year on.
+pub(crate) fn deadline_of_wire(aux: u64) -> Option<Instant> {
+    const YEAR: u64 = 365 * 24 * 3600 * 1_000_000;
+    if aux == 0 {
+        return None;
+    }
+    let left = aux.saturating_sub(micros(nix::time::ClockId::CLOCK_MONOTONIC)).min(YEAR);
+    Some(Instant::now() + Duration::from_micros(left))
+}
+
 /// When a wait gives up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Due {
@@ -304,5 +350,34 @@ impl Shared {
                 self.cv.notify_all();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wire_deadline_names_the_caller_s_instant_or_a_little_later() {
+        let t = Duration::from_millis(1500);
+        let before = Instant::now();
+        for due in [Due::After(t), Due::At(before + t)] {
+            let at = deadline_of_wire(wire_deadline(due)).unwrap();
+            assert!(at >= before + t, "{due:?}: earlier than the caller's deadline");
+            assert!(at <= Instant::now() + t + Duration::from_millis(20), "{due:?}: more than a tick later");
+        }
+        assert_eq!(wire_deadline(Due::Never), 0);
+        assert_eq!(deadline_of_wire(0), None);
+    }
+
+    #[test]
+    fn any_word_a_peer_writes_is_some_instant_within_a_year() {
+        let year = Duration::from_secs(365 * 24 * 3600);
+        for aux in [1, 2, u64::MAX / 2, u64::MAX] {
+            let at = deadline_of_wire(aux).unwrap();
+            assert!(at <= Instant::now() + year, "{aux}");
+        }
+        // A century's timeout saturates rather than wraps.
+        assert!(wire_deadline(Due::After(Duration::MAX)) > wire_deadline(Due::After(Duration::from_secs(1))));
     }
 }

@@ -152,6 +152,9 @@ class Request:
     def is_fire(self) -> bool:
         """Whether it is a fire (nothing to answer)."""
     @property
+    def deadline(self) -> Optional[float]:
+        """Seconds the caller still waits (0.0 once passed); None if it set no deadline, or for a fire."""
+    @property
     def cancelled(self) -> bool:
         """Whether the caller cancelled (or timed out) meanwhile."""
     def reply(self, data: Data) -> None:

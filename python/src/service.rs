@@ -133,6 +133,16 @@ impl PyRequest {
         self.fire
     }
 
+    /// Seconds the caller still waits for the answer (0.0 once its deadline
+    /// passed), or None if it set none or it is a fire. Never less than
+    /// the caller's own, at most a few milliseconds more.
+    #[getter]
+    fn deadline(&self) -> Option<f64> {
+        let req = self.req.lock().unwrap_or_else(|p| p.into_inner());
+        let at = req.as_ref()?.deadline()?;
+        Some(at.saturating_duration_since(std::time::Instant::now()).as_secs_f64())
+    }
+
     /// Whether the caller cancelled (or timed out) meanwhile.
     #[getter]
     fn cancelled(&self) -> bool {

@@ -86,6 +86,23 @@ def test_python_service_called_by_hybusctl(daemon):
         assert not t.is_alive()
 
 
+def test_a_python_service_sees_the_caller_s_deadline(daemon):
+    with daemon.bus() as server, server.register("py.deadline") as svc, daemon.bus() as client:
+        seen = []
+
+        def serve():
+            req = svc.next(timeout=SOON)
+            seen.append(req.deadline)
+            req.reply(b"ok")
+
+        t = threading.Thread(target=serve)
+        t.start()
+        assert bytes(client.call("py.deadline", b"?", timeout=3.0)) == b"ok"
+        t.join(timeout=SOON)
+        # What the caller had left of its 3 s, as the service sees it.
+        assert seen and seen[0] is not None and 1.5 < seen[0] <= 3.05, seen
+
+
 def test_python_service_answers_in_a_loan(daemon):
     with daemon.bus() as server, server.register("py.big") as svc, daemon.bus() as client:
         def serve():

@@ -18,6 +18,10 @@ pub const INLINE_CAPACITY: usize = 40;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     /// A request that expects a [`Kind::Response`] or [`Kind::Error`] with the same correlation id.
+    /// `aux` carries the caller's deadline: microseconds of the host's
+    /// `CLOCK_MONOTONIC`, never earlier than the caller's own (0: none).
+    /// Nothing checks it: it tells the server (and a bridge, which passes
+    /// it on as its query's timeout) how long the answer is still wanted.
     Request = 1,
     /// The successful answer to a request.
     Response = 2,

@@ -138,6 +138,10 @@ impl Server {
                         } else if let Some(size) = p.strip_prefix(b"size ") {
                             let size: usize = std::str::from_utf8(size).unwrap().parse().unwrap();
                             let _ = req.reply(&vec![7u8; size]);
+                        } else if p == b"deadline" {
+                            // How long the caller on the other host still waits, as this side sees it.
+                            let left = req.deadline().map(|d| d.saturating_duration_since(std::time::Instant::now()));
+                            let _ = req.reply(format!("{}", left.map_or(u128::MAX, |l| l.as_millis())).as_bytes());
                         } else if p == b"hold" {
                             std::mem::forget(req);
                         } else {
@@ -229,6 +233,11 @@ fn a_client_and_hybusctl_on_host_a_call_a_service_on_host_b() {
     assert!(answer.starts_with(b"B:x") && answer.iter().skip(2).all(|&c| c == b'x'));
     // Errors keep their kind.
     assert_eq!(bus.call(&route, b"fail", SOON).unwrap_err(), Error::Service { code: 0, message: "boom".into() });
+    // The caller's deadline travels: the server on B sees what the caller
+    // on A has left of its 3 s (the bridges' call_timeout_ms is 30 s).
+    let left: u128 =
+        std::str::from_utf8(&bus.call(&route, b"deadline", Duration::from_secs(3)).unwrap()).unwrap().parse().unwrap();
+    assert!(left > 0 && left <= 3_050, "the server on B sees {left} ms left of the caller's 3 s");
     // hybusctl on A, as a user would type it.
     let out = Command::new(target_bin("hybusctl"))
         .arg("--socket")
