@@ -249,6 +249,45 @@ fn a_loan_refused_at_its_push_by_a_restart_gives_its_chunk_back() {
     assert_eq!(bus.chunks_in_use(), 0);
 }
 
+/// A route id read before a restart never reaches the new daemon, whose
+/// numbering may give it to another name: a fire that read its route,
+/// then waited for pool space (the pool's largest chunks all sent into a
+/// stopped daemon) while the daemon restarted, is refused once it has its
+/// chunk. (It used to go out with the old id: here that id is the new
+/// daemon's first, a service that registered first there.)
+#[test]
+fn a_fire_that_waited_through_a_restart_does_not_reach_another_name() {
+    let mut d = Restartable::start("restart-route");
+    let (target, _) = Peer::ready(&d.socket(), &["serve", "route.target"]);
+    let bus = Bus::connect_to(d.socket()).unwrap();
+    let route = bus.resolve("route.target").unwrap();
+    // The target does not come back: in the new daemon its old id is the victim's.
+    target.kill9();
+    let pid = nix::unistd::Pid::from_raw(d.daemon.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    hybus_tests::stopped(d.daemon.id() as i32);
+    // Four 1 MiB chunks in the default pool: all of them go into the stopped daemon's ring.
+    let big = vec![0xEEu8; 500_000];
+    for _ in 0..4 {
+        bus.fire_within(&route, &big, Duration::from_secs(1)).unwrap();
+    }
+    let restarter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        d.restart();
+        let victim_bus = Bus::connect_to(d.socket()).unwrap();
+        let victim = victim_bus.register("route.victim").unwrap();
+        (d, victim_bus, victim)
+    });
+    // Waits for a chunk: the reconnect after the restart reclaims them.
+    let r = bus.fire(&route, &big);
+    let (_d, _victim_bus, victim) = restarter.join().unwrap();
+    assert!(matches!(r, Err(hybus::Error::BusGone(_))), "a fire with the old daemon's route id went out: {r:?}");
+    assert!(victim.next(Duration::from_millis(300)).unwrap().is_none(), "the victim got the target's fire");
+    // The connection goes on: the route resolves afresh (no instance of the target now).
+    assert!(bus.status().is_ok());
+    assert!(matches!(bus.fire(&route, b"x"), Err(hybus::Error::NotFound(_) | hybus::Error::NoInstance)));
+}
+
 /// An answer that came through the old daemon and was not collected before
 /// it died lies in a pool that is gone: collecting it after the reconnect
 /// fails like any call in flight at the restart ("peer gone"), and the
