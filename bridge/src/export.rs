@@ -10,13 +10,15 @@
 //! instance, as for any local caller. Its deadline is the one the
 //! importing bridge attached (what its caller had left), capped by
 //! `call_timeout_ms`. The answer goes back as the reply; an error goes
-//! back as a reply error that keeps its hybus kind ([`crate::wire`]).
+//! back as a reply error that keeps its hybus kind ([`crate::wire`]). A
+//! cancel the importing bridge puts on the instance's cancel key (its
+//! caller gave up) cancels the local call.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hybus::{Bus, BusEvent, Route, INLINE_PAYLOAD};
+use hybus::{Bus, BusEvent, CallCanceller, PendingCall, Route, INLINE_PAYLOAD};
 use zenoh::liveliness::LivelinessToken;
 use zenoh::pubsub::Subscriber;
 use zenoh::query::{Query, Queryable};
@@ -46,6 +48,7 @@ struct Exported {
     _token: LivelinessToken,
     _queryable: Queryable<()>,
     _fires: Subscriber<()>,
+    _cancels: Subscriber<()>,
 }
 
 /// The connection forwarded calls use, and the routes resolved on it.
@@ -54,6 +57,22 @@ struct Caller {
     routes: std::sync::Mutex<HashMap<String, Arc<Route>>>,
     workers: Workers,
     max_timeout: Duration,
+    /// The calls in flight whose query can be cancelled, by cancel tag.
+    cancellable: std::sync::Mutex<HashMap<Vec<u8>, CallCanceller>>,
+}
+
+/// A call in flight, cancellable by its query's tag until it is dropped.
+struct Listed<'c> {
+    caller: &'c Caller,
+    tag: Vec<u8>,
+}
+
+impl Drop for Listed<'_> {
+    fn drop(&mut self) {
+        if !self.tag.is_empty() {
+            self.caller.cancellable.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.tag);
+        }
+    }
 }
 
 impl Caller {
@@ -83,8 +102,11 @@ impl Caller {
         };
         match pending.wait_timeout(INLINE_WAIT) {
             Ok(None) => {
-                let n = name.to_owned();
-                self.workers.run(move || reply(&n, &query, pending.wait()));
+                let (c, n) = (self.clone(), name.to_owned());
+                self.workers.run(move || {
+                    let _listed = c.list(&query, &pending);
+                    reply(&n, &query, pending.wait())
+                });
             }
             Ok(Some(answer)) => reply(name, &query, Ok(answer)),
             Err(e) => reply(name, &query, Err(e)),
@@ -104,18 +126,39 @@ impl Caller {
     /// Forwards one query to the local service `name` and replies.
     fn serve_query(&self, name: &str, query: Query) {
         let (timeout, payload) = self.query_parts(&query);
-        let r = self.route(name).and_then(|route| self.call(&route, &payload, timeout));
+        let r = self.route(name).and_then(|route| self.begin(&route, &payload, timeout)).and_then(|pending| {
+            let _listed = self.list(&query, &pending);
+            pending.wait()
+        });
         reply(name, &query, r);
     }
 
-    /// Calls `route`: small payloads inline, larger ones written once into a loaned chunk.
-    fn call(&self, route: &Route, payload: &[u8], timeout: Duration) -> hybus::Result<hybus::Sample> {
+    /// Starts a call of `route`: small payloads inline, larger ones written once into a loaned chunk.
+    fn begin(&self, route: &Route, payload: &[u8], timeout: Duration) -> hybus::Result<PendingCall> {
         if payload.len() <= INLINE_PAYLOAD {
-            return self.bus.call(route, payload, timeout);
+            return self.bus.begin_call(route, payload, timeout);
         }
         let mut loan = self.bus.loan(payload.len(), timeout)?;
         loan.copy_from_slice(payload);
-        self.bus.call_loan(route, loan, timeout)
+        self.bus.begin_call_loan(route, loan, timeout)
+    }
+
+    /// Lists `pending`, the call of `query`, as cancellable by the query's
+    /// tag while the returned guard lives. (A call answered within
+    /// [`INLINE_WAIT`] is never listed: a cancel comes too late for it.)
+    fn list(&self, query: &Query, pending: &PendingCall) -> Listed<'_> {
+        let tag = query.attachment().map(|a| wire::query_tag(&a.to_bytes()).to_vec()).unwrap_or_default();
+        if !tag.is_empty() {
+            self.cancellable.lock().unwrap_or_else(|p| p.into_inner()).insert(tag.clone(), pending.canceller());
+        }
+        Listed { caller: self, tag }
+    }
+
+    /// Cancels the call of the query whose tag is `tag`, if it is still in flight.
+    fn cancel(&self, tag: &[u8]) {
+        if let Some(c) = self.cancellable.lock().unwrap_or_else(|p| p.into_inner()).remove(tag) {
+            c.cancel();
+        }
     }
 
     /// Forwards one fire to the local service `name`.
@@ -162,6 +205,7 @@ pub fn run(ctx: Arc<Ctx>) {
         routes: Default::default(),
         workers: Workers::new("export-call", MAX_WORKERS),
         max_timeout: ctx.config.call_timeout(),
+        cancellable: Default::default(),
     });
     let mut exported: HashMap<(String, u32), Exported> = HashMap::new();
     let mut watching = false;
@@ -245,6 +289,11 @@ fn declare(ctx: &Ctx, caller: &Arc<Caller>, (name, instance): &(String, u32)) ->
             })
             .wait()?
     };
+    let cancels = {
+        let caller = caller.clone();
+        let cancel_key = InstanceKey { name: name.clone(), bridge: ctx.id.clone(), instance: *instance }.cancel_key();
+        ctx.session.declare_subscriber(cancel_key).callback(move |s| caller.cancel(&s.payload().to_bytes())).wait()?
+    };
     let token = ctx.session.liveliness().declare_token(&key).wait()?;
-    Ok(Exported { _token: token, _queryable: queryable, _fires: fires })
+    Ok(Exported { _token: token, _queryable: queryable, _fires: fires, _cancels: cancels })
 }

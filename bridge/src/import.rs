@@ -58,7 +58,12 @@ struct Imported {
 struct Answer {
     request: Mutex<Option<Request>>,
     bus: Bus,
+    /// The query's cancel tag (see [`wire::encode_cancel`]).
+    tag: Vec<u8>,
 }
+
+/// Numbers this bridge's queries, for their cancel tags.
+static QUERIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Answer {
     fn take(&self) -> Option<Request> {
@@ -69,13 +74,17 @@ impl Answer {
         self.request.lock().unwrap_or_else(|p| p.into_inner()).is_some()
     }
 
-    /// Drops the request if its caller gave up; whether it did.
-    fn drop_if_cancelled(&self) -> bool {
+    /// Drops the request if its caller gave up, and tells the exporting
+    /// side (`cancel_key`), whose call then ends too; whether it did.
+    fn drop_if_cancelled(&self, ctx: &Ctx, cancel_key: &str) -> bool {
         let mut slot = self.request.lock().unwrap_or_else(|p| p.into_inner());
         if slot.as_ref().is_some_and(|r| r.is_cancelled()) {
             // Answered into the void: the daemon drops it, nobody waits for it.
             if let Some(r) = slot.take() {
                 let _ = r.fail_as(&Error::Cancelled);
+            }
+            if let Err(e) = ctx.session.put(cancel_key, self.tag.clone()).wait() {
+                tracing::debug!("cannot pass a cancel on: {e}");
             }
             return true;
         }
@@ -225,6 +234,7 @@ fn serve(ctx: Arc<Ctx>, bus: Bus, k: InstanceKey, stop: Arc<AtomicBool>) {
     tracing::info!(service = k.name, via = k.bridge, remote_instance = k.instance, "imported");
     ctx.imported.fetch_add(1, Ordering::AcqRel);
     let key = k.key();
+    let cancel_key = k.cancel_key();
     let mut in_flight: Vec<Arc<Answer>> = Vec::new();
     let mut drained_at: Option<Instant> = None;
     loop {
@@ -233,7 +243,7 @@ fn serve(ctx: Arc<Ctx>, bus: Bus, k: InstanceKey, stop: Arc<AtomicBool>) {
             let _ = service.drain();
             drained_at = Some(Instant::now());
         }
-        in_flight.retain(|a| a.is_open() && !a.drop_if_cancelled());
+        in_flight.retain(|a| a.is_open() && !a.drop_if_cancelled(&ctx, &cancel_key));
         if let Some(t) = drained_at {
             // Queries in flight end by their timeout at the latest.
             if in_flight.is_empty() || t.elapsed() > ctx.config.call_timeout() + Duration::from_secs(1) {
@@ -278,13 +288,15 @@ fn forward(ctx: &Ctx, bus: &Bus, key: &str, req: Request) -> Option<Arc<Answer>>
         return None;
     }
     let payload = req.payload().to_vec();
-    let answer = Arc::new(Answer { request: Mutex::new(Some(req)), bus: bus.clone() });
+    let tag = wire::encode_cancel(QUERIES.fetch_add(1, Ordering::Relaxed), &ctx.id);
+    let attachment = wire::encode_query(timeout, &tag);
+    let answer = Arc::new(Answer { request: Mutex::new(Some(req)), bus: bus.clone(), tag });
     let guard = Guard(answer.clone());
     let r = ctx
         .session
         .get(key)
         .payload(payload)
-        .attachment(wire::encode_timeout(timeout))
+        .attachment(attachment)
         .timeout(timeout)
         .target(QueryTarget::BestMatching)
         .consolidation(ConsolidationMode::None)

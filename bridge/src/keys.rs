@@ -5,6 +5,8 @@
 //!   subscriber (fires). `<name>` is the dotted hybus name (dots are
 //!   ordinary characters in a key chunk), `<bridge>` the exporting
 //!   bridge's name, `<instance>` the instance id on its host.
+//! * `hybus/svc/<name>/<bridge>/<instance>/cancel` — cancels of queries
+//!   to that instance (a put of the query's cancel tag, see [`crate::wire`]).
 //! * `hybus/topic/<name>/<bridge>` — publications of an exported topic,
 //!   put by the bridge of the host they were published on.
 //!
@@ -31,6 +33,11 @@ impl InstanceKey {
     /// The key of this instance.
     pub fn key(&self) -> String {
         format!("hybus/svc/{}/{}/{}", self.name, self.bridge, self.instance)
+    }
+
+    /// The key cancels of queries to this instance are put on.
+    pub fn cancel_key(&self) -> String {
+        format!("{}/cancel", self.key())
     }
 
     /// Parses `hybus/svc/<name>/<bridge>/<instance>`; `None` for anything else.
@@ -74,6 +81,7 @@ mod tests {
         assert_eq!(InstanceKey::parse(&k.key()), Some(k));
         assert_eq!(InstanceKey::parse("hybus/svc/kv.store/host-b"), None);
         assert_eq!(InstanceKey::parse("hybus/svc/kv.store/host-b/x"), None);
+        assert_eq!(InstanceKey::parse(&k.cancel_key()), None);
         assert_eq!(InstanceKey::parse("hybus/svc/kv..store/b/1"), None);
         assert_eq!(InstanceKey::parse("other/svc/a/b/1"), None);
         assert_eq!(parse_topic_key(&topic_key("camera.front", "a")), Some(("camera.front", "a")));

@@ -1,5 +1,12 @@
 //! What a bridge adds to Zenoh's own messages: the time a request may take
-//! (a query's attachment) and a hybus error kind (a reply error's payload).
+//! and the name its cancel would come by (a query's attachment), a cancel
+//! (a put on the instance's cancel key) and a hybus error kind (a reply
+//! error's payload).
+//!
+//! Why cancels of our own: Zenoh 1.10 ends a query only on the querying
+//! side (its `CancellationToken`, behind the `unstable` feature, stops
+//! waiting there and tells nobody), so the exporting side would go on
+//! with a call nobody waits for until its deadline.
 
 use std::time::Duration;
 
@@ -8,14 +15,31 @@ use hybus::Error;
 /// First bytes of a reply error made by a bridge.
 const ERROR_MAGIC: &[u8; 6] = b"hybus1";
 
-/// The attachment of a query: the milliseconds the caller still waits.
-pub fn encode_timeout(t: Duration) -> Vec<u8> {
-    (t.as_millis().min(u64::MAX as u128) as u64).to_le_bytes().to_vec()
+/// The attachment of a query: the milliseconds the caller still waits,
+/// then the query's cancel tag (see [`encode_cancel`]).
+pub fn encode_query(t: Duration, tag: &[u8]) -> Vec<u8> {
+    let mut b = (t.as_millis().min(u64::MAX as u128) as u64).to_le_bytes().to_vec();
+    b.extend_from_slice(tag);
+    b
 }
 
 /// The time a query's attachment gives, if it is one of ours.
 pub fn decode_timeout(b: &[u8]) -> Option<Duration> {
-    Some(Duration::from_millis(u64::from_le_bytes(b.try_into().ok()?)))
+    Some(Duration::from_millis(u64::from_le_bytes(b.get(..8)?.try_into().ok()?)))
+}
+
+/// The cancel tag a query's attachment carries (empty if none: a bridge
+/// of an earlier version).
+pub fn query_tag(b: &[u8]) -> &[u8] {
+    b.get(8..).unwrap_or(&[])
+}
+
+/// The tag that names query `id` of bridge `importer` to the exporting
+/// side; what the importer puts on the instance's cancel key to cancel it.
+pub fn encode_cancel(id: u64, importer: &str) -> Vec<u8> {
+    let mut b = id.to_le_bytes().to_vec();
+    b.extend_from_slice(importer.as_bytes());
+    b
 }
 
 /// A reply error's payload for `e`: the magic, a kind byte, the message.

@@ -112,6 +112,8 @@ fn await_remote(bus: &Bus, name: &str, vias: &[&str], logs: &[&BridgeProc]) {
 struct Server {
     stop: Arc<AtomicBool>,
     served: Arc<AtomicU64>,
+    /// Requests `wait-cancel` whose caller cancelled while they were served.
+    cancelled: Arc<AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -120,7 +122,8 @@ impl Server {
         let bus = Bus::connect_to(socket).expect("server connects");
         let svc = bus.register(name).expect("register");
         let (stop, served) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-        let (s, n) = (stop.clone(), served.clone());
+        let cancelled = Arc::new(AtomicU64::new(0));
+        let (s, n, c) = (stop.clone(), served.clone(), cancelled.clone());
         let thread = std::thread::spawn(move || {
             let _bus = bus;
             let mut drained = false;
@@ -138,6 +141,16 @@ impl Server {
                         } else if let Some(size) = p.strip_prefix(b"size ") {
                             let size: usize = std::str::from_utf8(size).unwrap().parse().unwrap();
                             let _ = req.reply(&vec![7u8; size]);
+                        } else if p == b"wait-cancel" {
+                            // Works until the caller gives up (a minute at most).
+                            let end = Instant::now() + Duration::from_secs(60);
+                            while !req.is_cancelled() && Instant::now() < end {
+                                std::thread::sleep(Duration::from_millis(5));
+                            }
+                            if req.is_cancelled() {
+                                c.fetch_add(1, Ordering::AcqRel);
+                            }
+                            let _ = req.fail("cancelled");
                         } else if p == b"deadline" {
                             // How long the caller on the other host still waits, as this side sees it.
                             let left = req.deadline().map(|d| d.saturating_duration_since(std::time::Instant::now()));
@@ -157,7 +170,7 @@ impl Server {
             }
             let _ = svc.unregister();
         });
-        Server { stop, served, thread: Some(thread) }
+        Server { stop, served, cancelled, thread: Some(thread) }
     }
 
     /// Drains (no new requests), answers what is in flight, unregisters.
@@ -238,6 +251,12 @@ fn a_client_and_hybusctl_on_host_a_call_a_service_on_host_b() {
     let left: u128 =
         std::str::from_utf8(&bus.call(&route, b"deadline", Duration::from_secs(3)).unwrap()).unwrap().parse().unwrap();
     assert!(left > 0 && left <= 3_050, "the server on B sees {left} ms left of the caller's 3 s");
+    // A caller's cancel travels too: the server on B sees it, long before the call's 60 s.
+    let pending = bus.begin_call(&route, b"wait-cancel", Duration::from_secs(60)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    pending.cancel();
+    let seen = eventually(SOON, || (server.cancelled.load(Ordering::Acquire) == 1).then_some(()));
+    assert!(seen.is_some(), "the server on B never saw the caller's cancel");
     // hybusctl on A, as a user would type it.
     let out = Command::new(target_bin("hybusctl"))
         .arg("--socket")

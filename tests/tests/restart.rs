@@ -28,6 +28,13 @@ impl Restartable {
         self.dir.path().join("bus.sock")
     }
 
+    /// Stops the daemon (SIGSTOP): it reads nothing until killed.
+    fn stop(&self) {
+        let pid = self.daemon.id() as i32;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGSTOP).unwrap();
+        hybus_tests::stopped(pid);
+    }
+
     /// Kills the daemon hard and starts another on the same socket.
     fn restart(&mut self) {
         self.daemon.kill().unwrap();
@@ -222,9 +229,7 @@ fn a_loan_refused_at_its_push_by_a_restart_gives_its_chunk_back() {
     let route = bus.resolve("loan.late").unwrap();
     let mut loan = bus.loan(1000, SOON).unwrap();
     loan.fill(7);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.daemon.id() as i32), nix::sys::signal::Signal::SIGSTOP)
-        .unwrap();
-    hybus_tests::stopped(d.daemon.id() as i32);
+    d.stop();
     // Fill the ring to the stopped daemon with inline fires.
     let mut pushed = 0;
     while bus.try_fire(&route, b"x").is_ok() {
@@ -263,9 +268,7 @@ fn a_fire_that_waited_through_a_restart_does_not_reach_another_name() {
     let route = bus.resolve("route.target").unwrap();
     // The target does not come back: in the new daemon its old id is the victim's.
     target.kill9();
-    let pid = nix::unistd::Pid::from_raw(d.daemon.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
-    hybus_tests::stopped(d.daemon.id() as i32);
+    d.stop();
     // Four 1 MiB chunks in the default pool: all of them go into the stopped daemon's ring.
     let big = vec![0xEEu8; 500_000];
     for _ in 0..4 {
