@@ -131,7 +131,12 @@ mod tests {
         }
         assert_eq!(decode_error(b"Timeout"), Error::DeadlineExceeded);
         assert_eq!(decode_error(b"weird"), service("remote: weird".into()));
-        assert_eq!(decode_timeout(&encode_timeout(Duration::from_millis(1234))), Some(Duration::from_millis(1234)));
+        let tag = encode_cancel(77, "host-a");
+        let a = encode_query(Duration::from_millis(1234), &tag);
+        assert_eq!((decode_timeout(&a), query_tag(&a)), (Some(Duration::from_millis(1234)), &tag[..]));
+        // An earlier bridge's attachment: the timeout alone, no tag.
+        let old = 1234u64.to_le_bytes();
+        assert_eq!((decode_timeout(&old), query_tag(&old)), (Some(Duration::from_millis(1234)), &[][..]));
         assert_eq!(decode_timeout(b"x"), None);
     }
 }
