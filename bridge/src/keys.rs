@@ -78,7 +78,7 @@ mod tests {
     fn keys_round_trip_and_strangers_are_refused() {
         let k = InstanceKey { name: "kv.store".into(), bridge: "host-b".into(), instance: 7 };
         assert_eq!(k.key(), "hybus/svc/kv.store/host-b/7");
-        assert_eq!(InstanceKey::parse(&k.key()), Some(k));
+        assert_eq!(InstanceKey::parse(&k.key()), Some(k.clone()));
         assert_eq!(InstanceKey::parse("hybus/svc/kv.store/host-b"), None);
         assert_eq!(InstanceKey::parse("hybus/svc/kv.store/host-b/x"), None);
         assert_eq!(InstanceKey::parse(&k.cancel_key()), None);
