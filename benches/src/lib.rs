@@ -55,7 +55,8 @@ pub mod worker;
 
 pub use error::BenchError;
 pub use pingpong::{
-    cacheline_payload_pingpong_2p, cacheline_pingpong_2p, ring_pingpong_2p, ring_pingpong_threads, PINGPONG_CAPACITY,
+    cacheline_payload_pingpong_2p, cacheline_pingpong_2p, ring_floor_2p, ring_pingpong_2p, ring_pingpong_threads,
+    PINGPONG_CAPACITY,
 };
 pub use process::{ChildProcess, SharedMap};
 pub use stats::Percentiles;

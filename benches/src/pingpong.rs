@@ -260,6 +260,50 @@ pub fn ring_pingpong_threads(round_trips: u64, capacity: u64, idle: IdleStrategy
     Ok(samples)
 }
 
+/// The floor of a direct call (`limit/ring-2p` in `hybusctl bench`): round
+/// trips of one descriptor each way over a pair of hybus rings of
+/// `capacity` between two processes, spinning ([`IdleStrategy::BUSY`]),
+/// pinned like the two parties of `direct/rpc` (each on a CPU of its own,
+/// see [`Pinned`]). Only the rings: no pool, no lock, no table.
+///
+/// With `payload` (`limit/ring-2p-payload`), each side also writes one
+/// payload word on a line of its own before it pushes, and the other reads
+/// it after the pop, from the line the descriptor names (two lines each
+/// way, used in turn, each taken back while waiting, as in
+/// [`cacheline_payload_pingpong_2p`]): the floor of a round trip whose
+/// payloads travel in chunks, one line of each read.
+pub fn ring_floor_2p(round_trips: u64, capacity: u64, payload: bool) -> Result<Vec<u64>, BenchError> {
+    let rings = RingPair::new(capacity)?;
+    let (mut near, mut far) = rings.ends(IdleStrategy::BUSY)?;
+    let lines = Shared::<PayloadLines>::new()?;
+    let lines: &PayloadLines = &lines;
+    if payload {
+        near.payload = Some((&lines.a, &lines.b));
+        far.payload = Some((&lines.b, &lines.a));
+    }
+    let total = WARMUP + round_trips;
+    // SAFETY: as in `ring_pingpong_2p`; the payload lines are atomics in
+    // shared memory.
+    let child = unsafe { ChildProcess::fork(move || exit_code(far.echo(total, None))) }?;
+    let _pinned = Pinned::pair_with(child.pid())?;
+    let mut samples = sample_buffer(round_trips);
+    let result = near.drive(total, Some(&child), &mut samples);
+    finish(result, child)?;
+    Ok(samples)
+}
+
+/// The payload lines of [`ring_floor_2p`]: two each way.
+#[repr(C)]
+struct PayloadLines {
+    /// Written by the near side.
+    a: [Line<AtomicU64>; 2],
+    /// Written by the far side.
+    b: [Line<AtomicU64>; 2],
+}
+
+// SAFETY: `#[repr(C)]`, atomics only on padded lines; zero is the start value.
+unsafe impl AtomicsOnly for PayloadLines {}
+
 /// A segment with one ring each way, and a doorbell for each receiver.
 struct RingPair {
     segment: Arc<Segment>,
@@ -284,8 +328,9 @@ impl RingPair {
         let b = a + ring::memory_size(self.capacity);
         let (a_tx, a_rx) = self.segment.init_ring(a, self.capacity)?;
         let (b_tx, b_rx) = self.segment.init_ring(b, self.capacity)?;
-        let near = End { tx: a_tx, rx: b_rx, peer_bell: &self.far_bell, own_bell: &self.near_bell, idle };
-        let far = End { tx: b_tx, rx: a_rx, peer_bell: &self.near_bell, own_bell: &self.far_bell, idle };
+        let near =
+            End { tx: a_tx, rx: b_rx, peer_bell: &self.far_bell, own_bell: &self.near_bell, idle, payload: None };
+        let far = End { tx: b_tx, rx: a_rx, peer_bell: &self.near_bell, own_bell: &self.far_bell, idle, payload: None };
         Ok((near, far))
     }
 }
@@ -297,6 +342,8 @@ struct End<'a> {
     peer_bell: &'a EventFd,
     own_bell: &'a EventFd,
     idle: IdleStrategy,
+    /// Payload lines this side writes and those it reads (see [`ring_floor_2p`]).
+    payload: Option<(&'a [Line<AtomicU64>; 2], &'a [Line<AtomicU64>; 2])>,
 }
 
 impl End<'_> {
@@ -304,9 +351,10 @@ impl End<'_> {
     fn drive(&mut self, total: u64, peer: Option<&dyn Peer>, samples: &mut [u64]) -> Result<(), BenchError> {
         let mut t0 = Instant::now();
         for i in 0..total {
-            self.send(&Descriptor::new(Kind::Request, ROUTE, i), peer)?;
+            self.send_payload(Descriptor::new(Kind::Request, ROUTE, i), peer)?;
             let d = self.recv(peer)?;
             expect(&d, Kind::Response, i)?;
+            self.check_payload(&d)?;
             let t1 = Instant::now();
             if i >= WARMUP {
                 samples[(i - WARMUP) as usize] = nanos(t1 - t0);
@@ -321,8 +369,38 @@ impl End<'_> {
         for i in 0..total {
             let mut d = self.recv(peer)?;
             expect(&d, Kind::Request, i)?;
+            self.check_payload(&d)?;
             d.kind = Kind::Response as u8;
-            self.send(&d, peer)?;
+            self.send_payload(d, peer)?;
+        }
+        Ok(())
+    }
+
+    /// Sends `d`; with payload lines, its payload word first, on the line
+    /// `d.aux` names, and the other line taken back once `d` is out.
+    #[inline]
+    fn send_payload(&mut self, mut d: Descriptor, peer: Option<&dyn Peer>) -> Result<(), BenchError> {
+        let Some((out, _)) = self.payload else {
+            return self.send(&d, peer);
+        };
+        let k = (d.correlation & 1) as usize;
+        out[k].store(d.correlation, Relaxed);
+        d.aux = k as u64;
+        // (The push's Release publishes the word; the pop's Acquire pairs.)
+        self.send(&d, peer)?;
+        out[k ^ 1].store(0, Relaxed);
+        Ok(())
+    }
+
+    /// With payload lines: checks the payload word of `d`, read from the line it names.
+    #[inline]
+    fn check_payload(&self, d: &Descriptor) -> Result<(), BenchError> {
+        let Some((_, input)) = self.payload else {
+            return Ok(());
+        };
+        let got = input[(d.aux & 1) as usize].load(Relaxed);
+        if got != d.correlation {
+            return Err(BenchError::Mismatch { expected: d.correlation, got });
         }
         Ok(())
     }

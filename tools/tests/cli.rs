@@ -582,6 +582,8 @@ fn bench_quick_json_and_plot() {
         "limit/cacheline-2p",
         "limit/cacheline-2p-payload",
         "limit/cacheline-3p",
+        "limit/ring-2p",
+        "limit/ring-2p-payload",
         "limit/eventfd",
         "baseline/uds",
         "brokered/rpc",
@@ -622,6 +624,8 @@ fn bench_quick_json_and_plot() {
         assert!(r["messages"].as_u64().is_some_and(|n| n > 0), "{r}");
         assert!(r["msgs_per_s"].as_f64().is_some_and(|x| x > 0.0), "{r}");
     }
+    // A direct call is set beside the bare ring pair (issue 22's floor).
+    assert_eq!(find("direct/rpc")["limit"], "limit/ring-2p", "{v}");
     assert!(find("bridged/pubsub")["ratio_to_limit"].as_f64().is_some_and(|x| x > 0.0), "{v}");
 
     let plot = std::fs::read_to_string(&svg).expect("the SVG was written");

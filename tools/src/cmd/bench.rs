@@ -7,7 +7,13 @@
 //! line found from the flag as a chunk is from its descriptor — the floor
 //! for a round trip whose payload travels in a chunk, which direct round
 //! trips of more than 40 bytes are set beside), `limit/cacheline-3p` (A → D → B → D → A, spinning with yield —
-//! the floor for a brokered path), `limit/eventfd` (two processes blocking
+//! the floor for a brokered path), `limit/ring-2p` (two processes, one
+//! descriptor each way over a pair of hybus rings of a direct channel's
+//! capacity, spinning, placed like `direct/rpc`: the floor of a direct
+//! call, what `direct/rpc` is set beside) and `limit/ring-2p-payload` (the
+//! same with a payload line written and read each way, found from the
+//! descriptor as a chunk is: what direct round trips of more than 40 bytes
+//! are set beside), `limit/eventfd` (two processes blocking
 //! on eventfds — the floor for anything that sleeps) and `baseline/uds`
 //! (a Unix stream socket ping-pong: what a user would otherwise write).
 //!
@@ -23,7 +29,7 @@
 //! far apart the two are (the back-off of spinners that outnumber the
 //! CPUs keeps BUSY within 2× of the default).
 //!
-//! Placement: the two parties of `limit/cacheline-2p*`, `limit/eventfd`
+//! Placement: the two parties of `limit/cacheline-2p*`, `limit/ring-2p*`, `limit/eventfd`
 //! and `direct/rpc*` run on two CPUs of their own, the same two for each
 //! (`--no-pin` leaves them to the scheduler; see
 //! [`hybus_benches::placement`] for why a blocking ratio means nothing
@@ -221,6 +227,16 @@ fn measure(socket: Option<&Path>, plan: &Plan, quiet: bool) -> anyhow::Result<Ve
         Box::new(move |_| lat(hybus_benches::limits::cacheline_relay_3p(rt))),
         None,
     ));
+    // The rings of a direct channel: the daemon's default capacity (the
+    // bench's embedded daemon runs with it).
+    let cap = hybusd::Config::default().ring_capacity;
+    jobs.push(("limit/ring-2p".into(), 8, Box::new(move |_| lat(hybus_benches::ring_floor_2p(rt, cap, false))), None));
+    jobs.push((
+        "limit/ring-2p-payload".into(),
+        8,
+        Box::new(move |_| lat(hybus_benches::ring_floor_2p(rt, cap, true))),
+        None,
+    ));
     jobs.push((
         "limit/eventfd".into(),
         8,
@@ -257,7 +273,7 @@ fn measure(socket: Option<&Path>, plan: &Plan, quiet: bool) -> anyhow::Result<Ve
     for &p in &plan.payloads {
         // A payload that does not fit in the descriptor is written to a
         // chunk and read from there: its floor moves a line more each way.
-        let limit = if p <= hybus::INLINE_PAYLOAD { "limit/cacheline-2p" } else { "limit/cacheline-2p-payload" };
+        let limit = if p <= hybus::INLINE_PAYLOAD { "limit/ring-2p" } else { "limit/ring-2p-payload" };
         jobs.push(("direct/rpc".into(), p, Box::new(move |s| rpc_on(s, p, rt, "busy", true)), Some(limit)));
     }
     for &p in &plan.payloads {
