@@ -292,13 +292,16 @@ pub fn ring_floor_2p(round_trips: u64, capacity: u64, payload: bool) -> Result<V
     Ok(samples)
 }
 
+/// The two payload lines of one direction of [`ring_floor_2p`], used in turn.
+type PayloadPair = [Line<AtomicU64>; 2];
+
 /// The payload lines of [`ring_floor_2p`]: two each way.
 #[repr(C)]
 struct PayloadLines {
     /// Written by the near side.
-    a: [Line<AtomicU64>; 2],
+    a: PayloadPair,
     /// Written by the far side.
-    b: [Line<AtomicU64>; 2],
+    b: PayloadPair,
 }
 
 // SAFETY: `#[repr(C)]`, atomics only on padded lines; zero is the start value.
@@ -343,7 +346,7 @@ struct End<'a> {
     own_bell: &'a EventFd,
     idle: IdleStrategy,
     /// Payload lines this side writes and those it reads (see [`ring_floor_2p`]).
-    payload: Option<(&'a [Line<AtomicU64>; 2], &'a [Line<AtomicU64>; 2])>,
+    payload: Option<(&'a PayloadPair, &'a PayloadPair)>,
 }
 
 impl End<'_> {
