@@ -323,7 +323,7 @@ fn measure(socket: Option<&Path>, plan: &Plan, quiet: bool) -> anyhow::Result<Ve
             ));
         }
         for &p in &plan.payloads {
-            let n = if p >= 1 << 20 { 300 } else { plan.messages_for(p).min(20_000) };
+            let n = if p >= 1 << 20 { 300 } else { plan.messages_for(p).min(200_000) };
             jobs.push((
                 "limit/zenoh-pubsub".into(),
                 p,
@@ -332,7 +332,7 @@ fn measure(socket: Option<&Path>, plan: &Plan, quiet: bool) -> anyhow::Result<Ve
             ));
         }
         for &p in &plan.payloads {
-            let n = if p >= 1 << 20 { 300 } else { plan.messages_for(p).min(20_000) };
+            let n = if p >= 1 << 20 { 300 } else { plan.messages_for(p).min(200_000) };
             jobs.push((
                 "bridged/pubsub".into(),
                 p,
