@@ -2,7 +2,7 @@
 //! and the threads that keep both sides in step.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,11 @@ pub struct Ctx {
     pub exported: AtomicUsize,
     /// Remote instances registered here now (for [`crate::status`]).
     pub imported: AtomicUsize,
+    /// Publications of exported topics sent to other hosts, and the Zenoh
+    /// puts they took (fewer: a burst goes in batches; for [`crate::status`]).
+    pub published_out: AtomicU64,
+    /// See [`published_out`](Self::published_out).
+    pub puts_out: AtomicU64,
 }
 
 impl Ctx {
@@ -119,6 +124,8 @@ impl Bridge {
             republisher: AtomicU32::new(u32::MAX),
             exported: AtomicUsize::new(0),
             imported: AtomicUsize::new(0),
+            published_out: AtomicU64::new(0),
+            puts_out: AtomicU64::new(0),
         });
         let mut threads = Vec::new();
         let spawn = |name: &str, f: fn(Arc<Ctx>), threads: &mut Vec<_>| {

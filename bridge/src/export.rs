@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hybus::{Bus, BusEvent, CallCanceller, PendingCall, Route, INLINE_PAYLOAD};
+use zenoh::bytes::ZBytes;
 use zenoh::liveliness::LivelinessToken;
 use zenoh::pubsub::Subscriber;
 use zenoh::query::{Query, Queryable};
@@ -27,8 +28,8 @@ use zenoh::Wait;
 
 use crate::bridge::Ctx;
 use crate::keys::InstanceKey;
-use crate::wire;
 use crate::workers::Workers;
+use crate::{payload, wire};
 
 /// How often the registry is read even without an event.
 const RESCAN: Duration = Duration::from_millis(500);
@@ -96,10 +97,11 @@ impl Caller {
             self.workers.run(move || c.serve_query(&n, query));
             return;
         }
-        let mut pending = match self.route(name).and_then(|route| self.bus.begin_call(&route, &payload, timeout)) {
-            Ok(p) => p,
-            Err(e) => return reply(name, &query, Err(e)),
-        };
+        let mut pending =
+            match self.route(name).and_then(|route| self.bus.begin_call(&route, &payload.to_bytes(), timeout)) {
+                Ok(p) => p,
+                Err(e) => return reply(name, &query, Err(e)),
+            };
         match pending.wait_timeout(INLINE_WAIT) {
             Ok(None) => {
                 let (c, n) = (self.clone(), name.to_owned());
@@ -114,32 +116,33 @@ impl Caller {
     }
 
     /// The deadline and the payload of a query.
-    fn query_parts<'q>(&self, query: &'q Query) -> (Duration, std::borrow::Cow<'q, [u8]>) {
+    fn query_parts<'q>(&self, query: &'q Query) -> (Duration, &'q ZBytes) {
         let timeout = query
             .attachment()
             .and_then(|a| wire::decode_timeout(&a.to_bytes()))
             .unwrap_or(self.max_timeout)
             .min(self.max_timeout);
-        (timeout, query.payload().map(|p| p.to_bytes()).unwrap_or_default())
+        static EMPTY: std::sync::OnceLock<ZBytes> = std::sync::OnceLock::new();
+        (timeout, query.payload().unwrap_or_else(|| EMPTY.get_or_init(ZBytes::new)))
     }
 
     /// Forwards one query to the local service `name` and replies.
     fn serve_query(&self, name: &str, query: Query) {
         let (timeout, payload) = self.query_parts(&query);
-        let r = self.route(name).and_then(|route| self.begin(&route, &payload, timeout)).and_then(|pending| {
+        let r = self.route(name).and_then(|route| self.begin(&route, payload, timeout)).and_then(|pending| {
             let _listed = self.list(&query, &pending);
             pending.wait()
         });
         reply(name, &query, r);
     }
 
-    /// Starts a call of `route`: small payloads inline, larger ones written once into a loaned chunk.
-    fn begin(&self, route: &Route, payload: &[u8], timeout: Duration) -> hybus::Result<PendingCall> {
+    /// Starts a call of `route`: small payloads inline, larger ones written
+    /// once into a loaned chunk, from the slices they came in.
+    fn begin(&self, route: &Route, payload: &ZBytes, timeout: Duration) -> hybus::Result<PendingCall> {
         if payload.len() <= INLINE_PAYLOAD {
-            return self.bus.begin_call(route, payload, timeout);
+            return self.bus.begin_call(route, &payload.to_bytes(), timeout);
         }
-        let mut loan = self.bus.loan(payload.len(), timeout)?;
-        loan.copy_from_slice(payload);
+        let loan = payload::loan_from(&self.bus, payload, timeout)?;
         self.bus.begin_call_loan(route, loan, timeout)
     }
 
@@ -163,13 +166,12 @@ impl Caller {
 
     /// Forwards one fire to the local service `name`.
     fn serve_fire(&self, name: &str, sample: Sample) {
-        let payload = sample.payload().to_bytes();
+        let payload = sample.payload();
         let r = self.route(name).and_then(|route| {
             if payload.len() <= INLINE_PAYLOAD {
-                return self.bus.fire(&route, &payload);
+                return self.bus.fire(&route, &payload.to_bytes());
             }
-            let mut loan = self.bus.loan(payload.len(), self.max_timeout)?;
-            loan.copy_from_slice(&payload);
+            let loan = payload::loan_from(&self.bus, payload, self.max_timeout)?;
             self.bus.fire_loan(&route, loan)
         });
         if let Err(e) = r {
@@ -181,7 +183,8 @@ impl Caller {
 /// Sends the answer of a forwarded call as the query's reply.
 fn reply(name: &str, query: &Query, r: hybus::Result<hybus::Sample>) {
     let sent = match r {
-        Ok(answer) => query.reply(query.key_expr().clone(), answer.bytes().to_vec()).wait(),
+        // The answer's bytes are lent to Zenoh as they lie in the server's pool.
+        Ok(answer) => query.reply(query.key_expr().clone(), payload::lend(answer)).wait(),
         // The daemon went away with the request in flight: to the
         // caller, the instance did.
         Err(hybus::Error::BusGone(_)) => query.reply_err(wire::encode_error(&hybus::Error::PeerGone)).wait(),

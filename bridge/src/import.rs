@@ -37,7 +37,7 @@ use zenoh::Wait;
 use crate::bridge::Ctx;
 use crate::config::Prefer;
 use crate::keys::{self, InstanceKey};
-use crate::wire;
+use crate::{payload, wire};
 
 /// How long a serving thread waits for a request before it looks at its
 /// queries in flight (callers that gave up) and at its stop flag.
@@ -107,24 +107,14 @@ impl Answer {
 
     /// Answers `req` with `payload`: inline, or written once into a loaned chunk.
     fn answer(&self, req: Request, payload: &ZBytes) -> hybus::Result<()> {
-        let len = payload.len();
-        if len <= INLINE_PAYLOAD {
+        if payload.len() <= INLINE_PAYLOAD {
             return req.reply(&payload.to_bytes());
         }
-        let max = self.bus.max_payload();
-        if len > max as usize {
-            return req.fail(&format!("answer {len} B > pool max {max} B"));
+        match payload::loan_from(&self.bus, payload, POOL_WAIT) {
+            Ok(loan) => req.reply_loan(loan),
+            Err(Error::PayloadTooLarge { len, max }) => req.fail(&format!("answer {len} B > pool max {max} B")),
+            Err(e) => req.fail_as(&e),
         }
-        let mut loan = match self.bus.loan(len, POOL_WAIT) {
-            Ok(l) => l,
-            Err(e) => return req.fail_as(&e),
-        };
-        let mut at = 0;
-        for s in payload.slices() {
-            loan[at..at + s.len()].copy_from_slice(s);
-            at += s.len();
-        }
-        req.reply_loan(loan)
     }
 }
 
@@ -257,7 +247,7 @@ fn serve(ctx: Arc<Ctx>, bus: Bus, k: InstanceKey, stop: Arc<AtomicBool>) {
                 }
             }
             Ok(Some(Incoming::Fire(sample))) => {
-                if let Err(e) = ctx.session.put(&key, sample.bytes().to_vec()).wait() {
+                if let Err(e) = ctx.session.put(&key, payload::lend(sample)).wait() {
                     tracing::debug!(service = k.name, "a fire to another host is lost: {e}");
                 }
             }
@@ -279,7 +269,7 @@ fn serve(ctx: Arc<Ctx>, bus: Bus, k: InstanceKey, stop: Arc<AtomicBool>) {
 
 /// Sends `req` as a Zenoh query to `key`; the reply (or the end of the
 /// query without one) answers it.
-fn forward(ctx: &Ctx, bus: &Bus, key: &str, req: Request) -> Option<Arc<Answer>> {
+fn forward(ctx: &Ctx, bus: &Bus, key: &str, mut req: Request) -> Option<Arc<Answer>> {
     let cap = ctx.config.call_timeout();
     let timeout = req.deadline().map_or(cap, |d| d.saturating_duration_since(Instant::now()).min(cap));
     if timeout.is_zero() {
@@ -287,7 +277,8 @@ fn forward(ctx: &Ctx, bus: &Bus, key: &str, req: Request) -> Option<Arc<Answer>>
         let _ = req.fail_as(&Error::DeadlineExceeded);
         return None;
     }
-    let payload = req.payload().to_vec();
+    // Lent to Zenoh as it lies in the caller's pool: the network copy is the only one.
+    let payload = req.take_payload().map(payload::lend).unwrap_or_default();
     let tag = wire::encode_cancel(QUERIES.fetch_add(1, Ordering::Relaxed), &ctx.id);
     let attachment = wire::encode_query(timeout, &tag);
     let answer = Arc::new(Answer { request: Mutex::new(Some(req)), bus: bus.clone(), tag });

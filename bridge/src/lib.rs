@@ -15,7 +15,8 @@
 //! * [`status`] — `hybus-bridge.<name>`, a local service that answers with
 //!   the bridge's state (Zenoh connected or waiting, what it exports and imports);
 //! * [`config`] — the TOML file; [`keys`] — the Zenoh key space;
-//!   [`wire`] — deadlines and error kinds on the wire.
+//!   [`wire`] — deadlines and error kinds on the wire; [`payload`] —
+//!   payloads across, copied once.
 //!
 //! # Examples
 //!
@@ -40,6 +41,7 @@ pub mod export;
 pub mod glob;
 pub mod import;
 pub mod keys;
+pub mod payload;
 pub mod status;
 pub mod topics;
 pub mod wire;

@@ -2,8 +2,10 @@
 //! request is answered with one line of state, for `hybusctl call
 //! hybus-bridge.<name> status` (and `hybusctl list` shows it is up):
 //!
-//! `zenoh=connected peers=1 exported=2 imported=3` or
-//! `zenoh=waiting connect=tcp/10.0.0.2:7447 exported=0 imported=0`.
+//! `zenoh=connected peers=1 exported=2 imported=3 published=5000 puts=120` or
+//! `zenoh=waiting connect=tcp/10.0.0.2:7447 exported=0 imported=0 published=0 puts=0`
+//! (`published`: publications of exported topics sent to other hosts;
+//! `puts`: the Zenoh puts that carried them, fewer when bursts go in batches).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -31,9 +33,11 @@ pub fn line(ctx: &Ctx) -> String {
         format!("zenoh=waiting connect={}", ctx.config.connect.join(","))
     };
     format!(
-        "{zenoh} exported={} imported={}",
+        "{zenoh} exported={} imported={} published={} puts={}",
         ctx.exported.load(Ordering::Acquire),
-        ctx.imported.load(Ordering::Acquire)
+        ctx.imported.load(Ordering::Acquire),
+        ctx.published_out.load(Ordering::Relaxed),
+        ctx.puts_out.load(Ordering::Relaxed),
     )
 }
 

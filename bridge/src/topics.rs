@@ -18,11 +18,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hybus::{Bus, Publisher};
-use zenoh::sample::Sample;
+use zenoh::bytes::ZBytesReader;
+use zenoh::sample::{Locality, Sample};
 use zenoh::Wait;
 
 use crate::bridge::Ctx;
-use crate::keys;
+use crate::{keys, payload, wire};
 
 /// How long a republication waits for room in this host's pool before it is dropped.
 const POOL_WAIT: Duration = Duration::from_millis(200);
@@ -32,18 +33,29 @@ pub fn export(ctx: Arc<Ctx>, topic: String) {
     let Some(bus) = ctx.connect("topic export") else {
         return;
     };
-    let key = keys::topic_key(&topic, &ctx.id);
+    // Declared, the key goes on the wire as a number, and the receiving
+    // bridges keep its route: undeclared, each of its samples is matched
+    // against their subscription's wildcard anew (most of a small
+    // sample's cost on the receiving side, measured with perf).
     // Blocking, not dropping, when the link is congested: the local
     // topic's own policy (drop-oldest for the bridge's subscription) then
     // decides what a slow network loses, as for any slow subscriber.
-    let publisher =
-        match ctx.session.declare_publisher(key).congestion_control(zenoh::qos::CongestionControl::Block).wait() {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(topic, "cannot declare a Zenoh publisher; the topic is not exported: {e}");
-                return;
-            }
-        };
+    // Remote only: this bridge's own import subscription would otherwise
+    // get each sample back, to skip it.
+    let publisher = ctx.session.declare_keyexpr(keys::topic_key(&topic, &ctx.id)).wait().and_then(|key| {
+        ctx.session
+            .declare_publisher(key)
+            .congestion_control(zenoh::qos::CongestionControl::Block)
+            .allowed_destination(Locality::Remote)
+            .wait()
+    });
+    let publisher = match publisher {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(topic, "cannot declare a Zenoh publisher; the topic is not exported: {e}");
+            return;
+        }
+    };
     let sub = loop {
         if ctx.stopping() {
             return;
@@ -57,22 +69,62 @@ pub fn export(ctx: Arc<Ctx>, topic: String) {
         }
     };
     tracing::info!(topic, "exported");
+    let mut batch = Vec::with_capacity(wire::MAX_BATCH);
     while !ctx.stopping() {
-        match sub.next(Duration::from_millis(200)) {
-            Ok(Some(sample)) => {
-                let ours = ctx.republisher.load(Ordering::Acquire);
-                if sample.pool_owner() == Some(ours) {
-                    continue;
+        // Wait for one publication, then take what else is queued
+        // already (never waiting for more): one Zenoh put for them all.
+        let mut next = sub.next(Duration::from_millis(200));
+        let mut bytes = 0;
+        loop {
+            match next {
+                Ok(Some(sample)) => {
+                    let ours = ctx.republisher.load(Ordering::Acquire);
+                    if sample.pool_owner() != Some(ours) {
+                        bytes += sample.len();
+                        batch.push(sample);
+                    }
                 }
-                if let Err(e) = publisher.put(sample.bytes().to_vec()).wait() {
-                    tracing::debug!(topic, "a publication is not sent to other hosts: {e}");
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(topic, "waiting for publications: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                    break;
                 }
             }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::debug!(topic, "waiting for publications: {e}");
-                std::thread::sleep(Duration::from_millis(100));
+            if batch.len() == wire::MAX_BATCH || bytes >= BATCH_BYTES {
+                break;
             }
+            next = sub.next(Duration::ZERO);
+        }
+        if !batch.is_empty() {
+            ctx.published_out.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            ctx.puts_out.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Err(e) = put(&publisher, &mut batch) {
+            tracing::debug!(topic, "publications are not sent to other hosts: {e}");
+        }
+    }
+}
+
+/// A batch holds at most this many payload bytes, unless its first
+/// publication alone is larger: batching pays for small publications,
+/// whose cost is Zenoh's per-message work, not their bytes.
+const BATCH_BYTES: usize = 64 << 10;
+
+/// Puts the publications of `batch` (emptied) on Zenoh: one as it is,
+/// several as one put whose attachment lists their lengths
+/// ([`wire::encode_batch`]). Their bytes are lent to Zenoh, not copied.
+fn put(publisher: &zenoh::pubsub::Publisher<'_>, batch: &mut Vec<hybus::Sample>) -> zenoh::Result<()> {
+    match batch.len() {
+        0 => Ok(()),
+        1 => publisher.put(payload::lend(batch.remove(0))).wait(),
+        _ => {
+            let lengths = wire::encode_batch(batch.iter().map(|s| s.len()));
+            let mut w = zenoh::bytes::ZBytes::writer();
+            for s in batch.drain(..) {
+                w.append(payload::lend(s));
+            }
+            publisher.put(w.finish()).attachment(lengths).wait()
         }
     }
 }
@@ -86,10 +138,14 @@ pub fn import(ctx: Arc<Ctx>) {
         return;
     };
     ctx.republisher.store(bus.client_id(), Ordering::Release);
-    let republisher = Arc::new(Republisher { bus, publishers: Default::default() });
+    let republisher = Arc::new(Republisher { bus, keys: Default::default() });
     let sub = {
         let (c, r) = (ctx.clone(), republisher.clone());
-        ctx.session.declare_subscriber(keys::ALL_TOPICS).callback(move |s| r.republish(&c, s)).wait()
+        ctx.session
+            .declare_subscriber(keys::ALL_TOPICS)
+            .allowed_origin(Locality::Remote)
+            .callback(move |s| r.republish(&c, s))
+            .wait()
     };
     let _sub = match sub {
         Ok(s) => s,
@@ -107,50 +163,100 @@ pub fn import(ctx: Arc<Ctx>) {
     }
 }
 
+/// At most this many Zenoh keys are remembered with what to do with
+/// their samples; samples of further keys (a peer inventing names) take
+/// the slow path each time.
+const MAX_KEYS: usize = 4096;
+
 /// Publishes imported samples locally.
 struct Republisher {
     bus: Bus,
-    publishers: std::sync::Mutex<HashMap<String, Publisher>>,
+    /// What to do with the samples of each key seen, by Zenoh key.
+    keys: std::sync::Mutex<HashMap<String, Arc<Target>>>,
+}
+
+/// What the samples of one Zenoh key become.
+struct Target {
+    /// The local topic, and the local publisher if it is imported from another bridge.
+    topic: String,
+    publisher: Option<Publisher>,
+    /// The key declared to this bridge's Zenoh router: with it, the
+    /// router keeps the route of the key's samples instead of matching
+    /// each one against the wildcard subscription anew (most of a small
+    /// sample's cost here, measured with perf).
+    _declared: Option<zenoh::key_expr::KeyExpr<'static>>,
 }
 
 impl Republisher {
     fn republish(&self, ctx: &Ctx, s: Sample) {
-        let Some((topic, bridge)) = keys::parse_topic_key(s.key_expr().as_str()) else {
+        let key = s.key_expr().as_str();
+        let known = self.keys.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned();
+        let Some(target) = known.or_else(|| self.learn(ctx, key)) else {
             return;
         };
-        if bridge == ctx.id || !ctx.config.imports_topic(topic) {
+        let Some(publisher) = &target.publisher else {
             return;
-        }
-        if let Err(e) = self.publish(ctx, topic, &s) {
-            tracing::warn!(topic, from = bridge, "a publication from another host is dropped: {e}");
+        };
+        if let Err(e) = self.publish(ctx, publisher, &s) {
+            tracing::warn!(topic = target.topic, key, "a publication from another host is dropped: {e}");
         }
     }
 
-    fn publish(&self, ctx: &Ctx, topic: &str, s: &Sample) -> hybus::Result<()> {
-        let payload = s.payload();
-        let len = payload.len();
-        let max = self.bus.max_payload();
-        if len > max as usize {
-            return Err(hybus::Error::PayloadTooLarge { len, max });
-        }
-        let publisher = {
-            let mut map = self.publishers.lock().unwrap_or_else(|p| p.into_inner());
-            match map.get(topic) {
-                Some(p) => p.clone(),
-                None => {
-                    let p = self.bus.publisher(topic)?;
-                    map.insert(topic.to_owned(), p.clone());
-                    p
+    /// What to do with the samples of `key`, first seen now; `None` for a
+    /// key that is not a topic's (nothing is remembered for it).
+    fn learn(&self, ctx: &Ctx, key: &str) -> Option<Arc<Target>> {
+        let (topic, bridge) = keys::parse_topic_key(key)?;
+        let publisher = if bridge != ctx.id && ctx.config.imports_topic(topic) {
+            match self.bus.publisher(topic) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    // Not remembered: the next sample tries again.
+                    tracing::warn!(topic, from = bridge, "a publication from another host is dropped: {e}");
+                    return None;
                 }
             }
+        } else {
+            None
         };
-        // Always a chunk, even for a few bytes: its pool tells the exporting side it is ours.
-        let mut loan = self.bus.loan(len, POOL_WAIT)?;
-        let mut at = 0;
-        for slice in payload.slices() {
-            loan[at..at + slice.len()].copy_from_slice(slice);
-            at += slice.len();
+        let declared = publisher.as_ref().and_then(|_| ctx.session.declare_keyexpr(key.to_owned()).wait().ok());
+        let target = Arc::new(Target { topic: topic.to_owned(), publisher, _declared: declared });
+        let mut map = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() < MAX_KEYS {
+            map.insert(key.to_owned(), target.clone());
         }
+        Some(target)
+    }
+
+    /// Publishes what `s` carries: one publication, or a batch of them
+    /// (each loses alone what it loses: a full pool drops that one).
+    fn publish(&self, ctx: &Ctx, publisher: &Publisher, s: &Sample) -> hybus::Result<()> {
+        let z = s.payload();
+        let Some(attachment) = s.attachment() else {
+            return self.publish_one(ctx, publisher, &mut z.reader(), z.len());
+        };
+        let lengths = wire::decode_batch(&attachment.to_bytes(), z.len())
+            .ok_or_else(|| hybus::Error::Protocol("a batch whose lengths do not add up".into()))?;
+        let mut reader = z.reader();
+        let mut first_error = Ok(());
+        for len in lengths {
+            let r = self.publish_one(ctx, publisher, &mut reader, len);
+            if first_error.is_ok() {
+                first_error = r;
+            }
+        }
+        first_error
+    }
+
+    /// Publishes the next `len` bytes of `reader`.
+    fn publish_one(
+        &self,
+        ctx: &Ctx,
+        publisher: &Publisher,
+        reader: &mut ZBytesReader<'_>,
+        len: usize,
+    ) -> hybus::Result<()> {
+        // Always a chunk, even for a few bytes: its pool tells the exporting side it is ours.
+        let loan = payload::loan_read(&self.bus, reader, len, POOL_WAIT)?;
         // After a reconnect our client id is new: say so before the
         // publication can reach the exporting side.
         ctx.republisher.store(self.bus.client_id(), Ordering::Release);

@@ -1,7 +1,8 @@
 //! What a bridge adds to Zenoh's own messages: the time a request may take
 //! and the name its cancel would come by (a query's attachment), a cancel
-//! (a put on the instance's cancel key) and a hybus error kind (a reply
-//! error's payload).
+//! (a put on the instance's cancel key), a hybus error kind (a reply
+//! error's payload) and the lengths of the publications a topic's put
+//! carries together (its attachment, [`encode_batch`]).
 //!
 //! Why cancels of our own: Zenoh 1.10 ends a query only on the querying
 //! side (its `CancellationToken`, behind the `unstable` feature, stops
@@ -14,6 +15,38 @@ use hybus::Error;
 
 /// First bytes of a reply error made by a bridge.
 const ERROR_MAGIC: &[u8; 6] = b"hybus1";
+
+/// At most this many publications go in one batch (a batch listing more is refused).
+pub const MAX_BATCH: usize = 64;
+
+/// First byte of a batch's attachment.
+const BATCH_MAGIC: u8 = b'B';
+
+/// The attachment of a put that carries several publications of one
+/// topic, their payloads one after the other: the magic, then each
+/// payload's length (u32, little-endian). A put without an attachment
+/// carries one publication.
+pub fn encode_batch(lengths: impl ExactSizeIterator<Item = usize>) -> Vec<u8> {
+    let mut b = Vec::with_capacity(1 + 4 * lengths.len());
+    b.push(BATCH_MAGIC);
+    for len in lengths {
+        b.extend_from_slice(&(len as u32).to_le_bytes());
+    }
+    b
+}
+
+/// The payload lengths a batch's attachment lists, checked against the
+/// put's payload length `total`; `None` if the attachment is not a batch
+/// or does not add up (a peer's error: the put is dropped).
+pub fn decode_batch(b: &[u8], total: usize) -> Option<Vec<usize>> {
+    let lengths = b.strip_prefix(&[BATCH_MAGIC])?;
+    if lengths.len() % 4 != 0 || lengths.len() / 4 > MAX_BATCH {
+        return None;
+    }
+    let lengths: Vec<usize> =
+        lengths.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize).collect();
+    (lengths.iter().try_fold(0usize, |sum, &l| sum.checked_add(l)) == Some(total)).then_some(lengths)
+}
 
 /// The attachment of a query: the milliseconds the caller still waits,
 /// then the query's cancel tag (see [`encode_cancel`]).
@@ -109,6 +142,17 @@ pub fn service(message: String) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_lists_its_lengths_and_a_wrong_sum_is_refused() {
+        let a = encode_batch([3usize, 0, 8].into_iter());
+        assert_eq!(decode_batch(&a, 11), Some(vec![3, 0, 8]));
+        assert_eq!(decode_batch(&a, 12), None);
+        assert_eq!(decode_batch(&a[..a.len() - 1], 11), None);
+        assert_eq!(decode_batch(b"x", 0), None);
+        let huge = encode_batch([u32::MAX as usize, u32::MAX as usize].into_iter());
+        assert_eq!(decode_batch(&huge, 1), None);
+    }
 
     #[test]
     fn kinds_survive_the_trip() {
