@@ -163,7 +163,8 @@ pub fn import(ctx: Arc<Ctx>) {
     }
 }
 
-/// At most this many Zenoh keys are remembered with what to do with
+/// At most this many Zenoh keys (and a few more, one per Zenoh thread
+/// learning a key at the same moment) are remembered with what to do with
 /// their samples; samples of further keys (a peer inventing names) take
 /// the slow path each time.
 const MAX_KEYS: usize = 4096;
@@ -218,11 +219,18 @@ impl Republisher {
         } else {
             None
         };
-        let declared = publisher.as_ref().and_then(|_| ctx.session.declare_keyexpr(key.to_owned()).wait().ok());
+        // Declared only if remembered: Zenoh keeps a declared key until it
+        // is undeclared, so one declared per sample of a key past
+        // MAX_KEYS would grow its tables without bound.
+        let remember = self.keys.lock().unwrap_or_else(|p| p.into_inner()).len() < MAX_KEYS;
+        let declared = if remember && publisher.is_some() {
+            ctx.session.declare_keyexpr(key.to_owned()).wait().ok()
+        } else {
+            None
+        };
         let target = Arc::new(Target { topic: topic.to_owned(), publisher, _declared: declared });
-        let mut map = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() < MAX_KEYS {
-            map.insert(key.to_owned(), target.clone());
+        if remember {
+            self.keys.lock().unwrap_or_else(|p| p.into_inner()).insert(key.to_owned(), target.clone());
         }
         Some(target)
     }
