@@ -16,7 +16,8 @@
 //!   the bridge's state (Zenoh connected or waiting, what it exports and imports);
 //! * [`config`] — the TOML file; [`keys`] — the Zenoh key space;
 //!   [`wire`] — deadlines and error kinds on the wire; [`payload`] —
-//!   payloads across, copied once.
+//!   payloads across, copied once; [`ratelog`] — limits on the warnings
+//!   another host can cause.
 //!
 //! # Examples
 //!
@@ -42,6 +43,7 @@ pub mod glob;
 pub mod import;
 pub mod keys;
 pub mod payload;
+pub mod ratelog;
 pub mod status;
 pub mod topics;
 pub mod wire;

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hybus::{Bus, Publisher};
 use zenoh::bytes::ZBytesReader;
@@ -23,6 +23,7 @@ use zenoh::sample::{Locality, Sample};
 use zenoh::Wait;
 
 use crate::bridge::Ctx;
+use crate::ratelog::RateLog;
 use crate::{keys, payload, wire};
 
 /// How long a republication waits for room in this host's pool before it is dropped.
@@ -138,7 +139,8 @@ pub fn import(ctx: Arc<Ctx>) {
         return;
     };
     ctx.republisher.store(bus.client_id(), Ordering::Release);
-    let republisher = Arc::new(Republisher { bus, keys: Default::default() });
+    let republisher =
+        Arc::new(Republisher { bus, keys: Default::default(), dropped: RateLog::new("dropped publications") });
     let sub = {
         let (c, r) = (ctx.clone(), republisher.clone());
         ctx.session
@@ -159,6 +161,7 @@ pub fn import(ctx: Arc<Ctx>) {
         if republisher.bus.is_connected() {
             ctx.republisher.store(republisher.bus.client_id(), Ordering::Release);
         }
+        republisher.dropped.flush(Instant::now());
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -174,12 +177,17 @@ struct Republisher {
     bus: Bus,
     /// What to do with the samples of each key seen, by Zenoh key.
     keys: std::sync::Mutex<HashMap<String, Arc<Target>>>,
+    /// Warnings about dropped publications, limited per sending bridge:
+    /// the peer decides how many there are.
+    dropped: RateLog,
 }
 
 /// What the samples of one Zenoh key become.
 struct Target {
     /// The local topic, and the local publisher if it is imported from another bridge.
     topic: String,
+    /// The bridge that puts on the key.
+    from: String,
     publisher: Option<Publisher>,
     /// The key declared to this bridge's Zenoh router: with it, the
     /// router keeps the route of the key's samples instead of matching
@@ -199,7 +207,9 @@ impl Republisher {
             return;
         };
         if let Err(e) = self.publish(ctx, publisher, &s) {
-            tracing::warn!(topic = target.topic, key, "a publication from another host is dropped: {e}");
+            if self.dropped.admit(&target.from, Instant::now()) {
+                tracing::warn!(topic = target.topic, key, "a publication from another host is dropped: {e}");
+            }
         }
     }
 
@@ -212,7 +222,9 @@ impl Republisher {
                 Ok(p) => Some(p),
                 Err(e) => {
                     // Not remembered: the next sample tries again.
-                    tracing::warn!(topic, from = bridge, "a publication from another host is dropped: {e}");
+                    if self.dropped.admit(bridge, Instant::now()) {
+                        tracing::warn!(topic, from = bridge, "a publication from another host is dropped: {e}");
+                    }
                     return None;
                 }
             }
@@ -228,7 +240,8 @@ impl Republisher {
         } else {
             None
         };
-        let target = Arc::new(Target { topic: topic.to_owned(), publisher, _declared: declared });
+        let target =
+            Arc::new(Target { topic: topic.to_owned(), from: bridge.to_owned(), publisher, _declared: declared });
         if remember {
             self.keys.lock().unwrap_or_else(|p| p.into_inner()).insert(key.to_owned(), target.clone());
         }

@@ -577,3 +577,51 @@ fn an_answer_larger_than_the_local_pool_is_a_clear_error() {
     // And the bridge still serves.
     assert_eq!(&*bus.call(&route, b"ok", SOON).unwrap(), b"B:ok");
 }
+
+#[test]
+fn a_flood_of_bad_publications_from_a_peer_is_logged_a_few_times_and_harms_nothing() {
+    use zenoh::Wait;
+    let b = DaemonProc::start(None);
+    let port = free_port();
+    let bb = BridgeProc::start(b.socket(), "host-b", Some(port), &[], "[[import]]\ntopics = [\"h.*\"]");
+    let (on_b, stop, t) = count_publications(b.socket(), "h.t");
+    // A raw Zenoh peer, configured as a bridge is (loopback, scouting off),
+    // that claims to be bridge "evil" and puts batches whose lengths do not
+    // add up: each is dropped, and would be a warning.
+    let config = hybus_bridge::Config {
+        connect: vec![format!("tcp/127.0.0.1:{port}")],
+        ..hybus_bridge::Config::parse("").unwrap()
+    };
+    let session = zenoh::open(config.zenoh().unwrap()).wait().expect("open a Zenoh session");
+    let key = hybus_bridge::keys::topic_key("h.t", "evil");
+    let bogus = hybus_bridge::wire::encode_batch([4usize, 4].into_iter());
+    const FLOOD: usize = 2000;
+    // Until the bridge's subscription is known to this peer, puts go nowhere:
+    // put good ones until one arrives, then the flood, then good ones again.
+    let joined = eventually(SOON, || {
+        session.put(&key, b"good".to_vec()).wait().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        (on_b.load(Ordering::Acquire) > 0).then_some(())
+    });
+    assert!(joined.is_some(), "B:\n{}", bb.log_text());
+    for _ in 0..FLOOD {
+        session.put(&key, vec![0u8; 10]).attachment(bogus.clone()).wait().unwrap();
+    }
+    let before = on_b.load(Ordering::Acquire);
+    let after = eventually(SOON, || {
+        session.put(&key, b"good".to_vec()).wait().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        (on_b.load(Ordering::Acquire) > before).then_some(())
+    });
+    assert!(after.is_some(), "the bridge stopped republishing after the flood:\n{}", bb.log_text());
+    std::thread::sleep(Duration::from_millis(200));
+    let warned = bb.log_text().matches("a publication from another host is dropped").count();
+    assert!(
+        (1..=hybus_bridge::ratelog::BURST as usize).contains(&warned),
+        "{warned} warnings for {FLOOD} dropped puts:\n{}",
+        bb.log_text()
+    );
+    stop.store(true, Ordering::Release);
+    let got = t.join().unwrap();
+    assert!(got.iter().all(|p| p == b"good"), "only the good publications are republished");
+}
