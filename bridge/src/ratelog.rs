@@ -23,7 +23,7 @@ pub const BURST: u32 = 5;
 /// The window over which [`BURST`] lines are allowed.
 pub const WINDOW: Duration = Duration::from_secs(10);
 
-/// Peers with a window of their own; further names share [`OTHERS`].
+/// Peers with a window of their own; further names share one window.
 pub const MAX_PEERS: usize = 64;
 
 /// The shared window of the peers past [`MAX_PEERS`].
