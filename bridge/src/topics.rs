@@ -3,21 +3,23 @@
 //! * Export: one local subscription per exported topic; each publication
 //!   is put on [`keys::topic_key`]`(topic, this bridge)`.
 //! * Import: one Zenoh subscription on [`keys::ALL_TOPICS`]; each sample of
-//!   an imported topic from another bridge is written once into a loaned
-//!   chunk and published locally (zero-copy to the local subscribers).
+//!   an imported topic from another bridge is published locally: written
+//!   once into a loaned chunk (zero-copy to the local subscribers), or,
+//!   up to [`INLINE_PAYLOAD`] bytes, carried in the descriptor itself (no
+//!   chunk to allocate, lend and give back: the cheapest way there is).
 //!
-//! No loops: the republishing connection always publishes from a chunk of
-//! its own pool, and the exporting side skips every publication whose
-//! chunk belongs to that connection ([`hybus::Sample::pool_owner`], which
-//! the daemon guarantees: it refuses a chunk of anyone else's pool). A
-//! publication that came from another host is thus never sent back out.
+//! No loops: the republishing connection is known to the exporting side
+//! (`Ctx::republisher`), which skips every publication that connection
+//! published ([`hybus::Sample::publisher`]: the daemon writes it into each
+//! publication, whatever its publisher wrote). A publication that came
+//! from another host is thus never sent back out.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hybus::{Bus, Publisher};
+use hybus::{Bus, Publisher, INLINE_PAYLOAD};
 use zenoh::bytes::ZBytesReader;
 use zenoh::sample::{Locality, Sample};
 use zenoh::Wait;
@@ -80,7 +82,7 @@ pub fn export(ctx: Arc<Ctx>, topic: String) {
             match next {
                 Ok(Some(sample)) => {
                     let ours = ctx.republisher.load(Ordering::Acquire);
-                    if sample.pool_owner() != Some(ours) {
+                    if sample.publisher() != Some(ours) {
                         bytes += sample.len();
                         batch.push(sample);
                     }
@@ -276,11 +278,22 @@ impl Republisher {
         reader: &mut ZBytesReader<'_>,
         len: usize,
     ) -> hybus::Result<()> {
-        // Always a chunk, even for a few bytes: its pool tells the exporting side it is ours.
+        if len <= INLINE_PAYLOAD {
+            let mut small = [0u8; INLINE_PAYLOAD];
+            let small = &mut small[..len];
+            std::io::Read::read_exact(reader, small)
+                .map_err(|e| hybus::Error::Protocol(format!("a payload shorter than it says: {e}")))?;
+            self.say_who(ctx);
+            return publisher.publish(small);
+        }
         let loan = payload::loan_read(&self.bus, reader, len, POOL_WAIT)?;
-        // After a reconnect our client id is new: say so before the
-        // publication can reach the exporting side.
-        ctx.republisher.store(self.bus.client_id(), Ordering::Release);
+        self.say_who(ctx);
         publisher.publish_loan(loan)
+    }
+
+    /// Tells the exporting side which connection republishes (after a
+    /// reconnect our client id is new), before a publication can reach it.
+    fn say_who(&self, ctx: &Ctx) {
+        ctx.republisher.store(self.bus.client_id(), Ordering::Release);
     }
 }

@@ -122,6 +122,10 @@ pub struct Daemon {
     pub(crate) drops: u64,
     /// Reused list of active ids for one polling round.
     pub(crate) scratch: Vec<u32>,
+    /// Reused list of one publication's subscribers, then of its chunk's
+    /// holders (see `publish`): a publication allocates nothing here but
+    /// the record of who holds its chunk.
+    pub(crate) fanout: Vec<u32>,
     /// Reused descriptor buffer for one polling round.
     pub(crate) dbuf: Vec<hybus_layout::Descriptor>,
     /// Clients pushed to (or with queued descriptors) since the last flush.
@@ -313,6 +317,7 @@ impl Daemon {
             violations: 0,
             drops: 0,
             scratch: Vec::new(),
+            fanout: Vec::new(),
             dbuf: Vec::new(),
             touched: Vec::new(),
             outboxed: Vec::new(),

@@ -500,48 +500,69 @@ impl Daemon {
         let Some(r) = self.registry.route(d.route) else {
             return Err(Violation::BadRoute(d.route));
         };
-        let subs = r.subscribers.clone();
+        // Taken, not cloned: `forward` needs `self`, and a clone was an
+        // allocation per publication.
+        let mut subs = std::mem::take(&mut self.fanout);
+        subs.clear();
+        subs.extend_from_slice(&r.subscribers);
         let (slow, limit) = self.config.topic_rule(&r.name);
         if !self.permitted(from, d.route, Action::Publish) {
+            self.fanout = subs;
             self.refuse(from, &d, chunk);
             return Ok(());
         }
-        let mut holders = Vec::with_capacity(subs.len());
+        // The publisher, as the daemon knows it, whatever the sender wrote:
+        // a relay tells its own publications by it, inline ones too.
+        let d = d.with_aux(u64::from(from));
+        // Only a chunk has holders to record.
+        let mut holders = if chunk.is_some() { Vec::with_capacity(subs.len()) } else { Vec::new() };
         let mut too_slow = Vec::new();
-        for sub in subs {
-            match self.forward(sub, d, limit) {
-                Some(Delivery::Queued) => holders.push(sub),
-                Some(Delivery::Full) if slow == SlowPolicy::Disconnect => too_slow.push(sub),
+        for &sub in &subs {
+            let queued = match self.forward(sub, d, limit) {
+                Some(Delivery::Queued) => true,
+                Some(Delivery::Full) if slow == SlowPolicy::Disconnect => {
+                    too_slow.push(sub);
+                    false
+                }
                 Some(Delivery::Full) => {
                     // Slow subscriber: drop its oldest queued publication to
                     // make room (the topic's drop-oldest policy); the others
                     // never wait for it.
-                    if let Some(old) = self.drop_oldest_publication(sub) {
-                        if let Some(c) = old.chunk() {
-                            self.release_as(sub, c);
+                    match self.drop_oldest_publication(sub) {
+                        Some(old) => {
+                            if let Some(c) = old.chunk() {
+                                self.release_as(sub, c);
+                            }
+                            self.forward(sub, d, limit) == Some(Delivery::Queued)
                         }
-                        if self.forward(sub, d, limit) == Some(Delivery::Queued) {
-                            holders.push(sub);
-                        }
+                        None => false,
                     }
                 }
-                Some(Delivery::Overflow) | None => {}
+                Some(Delivery::Overflow) | None => false,
+            };
+            if queued && chunk.is_some() {
+                holders.push(sub);
             }
         }
-        // A forward may disconnect clients (a broken ring, an overflow),
-        // and a disconnect may cascade to a subscriber queued above: a dead
-        // holder would keep the chunk from its publisher for good.
-        holders.retain(|h| self.sessions.contains_key(h));
         if let Some((c, idx)) = chunk {
+            // A forward may disconnect clients (a broken ring, an overflow),
+            // and a disconnect may cascade to a subscriber queued above: a
+            // dead holder would keep the chunk from its publisher for good.
+            holders.retain(|h| self.sessions.contains_key(h));
             if holders.is_empty() {
                 self.return_chunk(c);
             } else {
-                self.chunks.lend(idx, c, holders.clone());
-                for h in holders {
+                // The loan keeps the list; the charges walk a copy in the
+                // reused one (a charge may release, which needs the loan).
+                subs.clear();
+                subs.extend_from_slice(&holders);
+                self.chunks.lend(idx, c, holders);
+                for &h in &subs {
                     self.charge(h, c, idx, slow == SlowPolicy::Disconnect);
                 }
             }
         }
+        self.fanout = subs;
         for sub in too_slow {
             let name = self.registry.route(d.route).map(|r| r.name.clone()).unwrap_or_default();
             self.drops += 1;

@@ -121,6 +121,15 @@ impl Sample {
         self.d.chunk().map(|c| c.segment)
     }
 
+    /// For a publication, the daemon's id of the client that published it
+    /// (the daemon writes it, whatever the publisher did), inline or in a
+    /// chunk; `None` for anything else. A relay tells its own publications
+    /// by it (compare with [`Bus::client_id`](crate::Bus::client_id)).
+    pub fn publisher(&self) -> Option<u32> {
+        let published = self.d.kind == Kind::Publish as u8 && self.origin == Origin::Daemon;
+        published.then_some(self.d.aux as u32)
+    }
+
     /// The correlation id the descriptor carried.
     pub fn correlation(&self) -> u64 {
         self.d.correlation

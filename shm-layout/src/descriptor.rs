@@ -29,7 +29,9 @@ pub enum Kind {
     Error = 3,
     /// Fire-and-forget: no answer.
     Fire = 4,
-    /// A message on a topic, delivered to every subscriber.
+    /// A message on a topic, delivered to every subscriber. On its way to
+    /// them the daemon sets `aux` to the publisher's client id, whatever
+    /// the publisher wrote there (a relay tells its own publications by it).
     Publish = 5,
     /// Opens a stream (request-stream or request-channel); `aux` carries the
     /// initial credits in its low 32 bits and [`STREAM_CHANNEL`] for a channel.

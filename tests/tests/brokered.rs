@@ -182,6 +182,22 @@ fn publish_subscribe_every_subscriber_gets_everything_in_order() {
 }
 
 #[test]
+fn a_publication_names_its_publisher_inline_or_in_a_chunk() {
+    let d = DaemonProc::start(None);
+    let (a, b) = (d.connect(), d.connect());
+    let sub = b.subscribe("who.topic").unwrap();
+    let p = a.publisher("who.topic").unwrap();
+    for len in [8, INLINE_PAYLOAD, INLINE_PAYLOAD + 1, 100_000] {
+        p.publish(&vec![1u8; len]).unwrap();
+        let s = sub.next(SOON).unwrap().expect("the publication did not come");
+        assert_eq!(s.len(), len);
+        assert_eq!(s.is_zero_copy(), len > INLINE_PAYLOAD);
+        assert_eq!(s.publisher(), Some(a.client_id()), "{len} B");
+    }
+    settled(&d, &a);
+}
+
+#[test]
 fn server_killed_mid_request_fails_the_call_with_peer_gone() {
     let d = DaemonProc::start(None);
     let (mut srv, _) = Load::ready(d.socket(), &["serve", "pk.hold", "hold"]);
