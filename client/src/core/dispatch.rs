@@ -215,20 +215,29 @@ impl Core {
     /// when its view came): that sender's payload fails, nothing else.
     /// [`Error::Protocol`] for what only a broken daemon or channel peer sends.
     pub fn view_for(&mut self, c: ChunkRef, origin: Origin) -> Result<Arc<View>, Error> {
+        self.checked_view(c, origin).cloned()
+    }
+
+    /// [`view_for`](Self::view_for) without taking a reference: what a
+    /// check that only looks needs. (An `Arc` clone per look cost two
+    /// atomic operations on a count that the threads dropping samples
+    /// also write, and every received chunk was looked at twice: when it
+    /// came, and when its sample was made.)
+    fn checked_view(&mut self, c: ChunkRef, origin: Origin) -> Result<&Arc<View>, Error> {
         let v = match origin {
             Origin::Direct(id) => match self.channels.get(&id) {
-                Some(ch) => ch.peer_view.clone(),
+                Some(ch) => &ch.peer_view,
                 None => return Err(Error::Protocol(format!("a chunk from closed channel {id}"))),
             },
             // Our own pool comes home: we are its writer, there is nothing to check.
-            Origin::Daemon if c.segment == self.client_id => return Ok(self.pool.clone()),
+            Origin::Daemon if c.segment == self.client_id => return Ok(&self.pool),
             Origin::Daemon => {
                 if !self.views.contains_key(&c.segment) && !self.bad_views.contains_key(&c.segment) {
                     // The daemon sends the view before the first descriptor that needs it.
                     self.pump_control();
                 }
                 match self.views.get(&c.segment) {
-                    Some(v) => v.clone(),
+                    Some(v) => v,
                     None => return Err(self.no_view(c.segment)),
                 }
             }
@@ -254,7 +263,7 @@ impl Core {
     /// [`Sample`](crate::Sample) to report.
     fn readable(&mut self, d: &Descriptor, origin: Origin) -> bool {
         let Some(c) = d.chunk() else { return true };
-        match self.view_for(c, origin) {
+        match self.checked_view(c, origin).map(|_| ()) {
             Err(Error::CorruptPool { pool, why }) => {
                 self.report_corrupt(pool, &why);
                 false

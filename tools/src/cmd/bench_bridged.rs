@@ -192,6 +192,29 @@ pub fn rpc(payload: usize, round_trips: u64) -> anyhow::Result<Figure> {
     super::bench::time_calls(&bus, &route, payload, round_trips)
 }
 
+/// The best throughput of `runs` runs of `f`.
+///
+/// For `limit/zenoh-pubsub` and `bridged/pubsub`: on this shared 2-CPU
+/// machine one run of the bare limit read anywhere between 0.63 and 1.39
+/// million samples a second, pinned or not, so that a ratio of single
+/// runs said more about the neighbours than about the bridge. Interference
+/// only ever slows a run down: the best of a few is the figure least
+/// disturbed, and both sides of the ratio are taken alike.
+pub fn best_of(runs: u32, f: impl Fn() -> anyhow::Result<Figure>) -> anyhow::Result<Figure> {
+    let rate = |f: &Figure| match f {
+        Figure::Throughput { messages, elapsed } => *messages as f64 / elapsed.as_secs_f64().max(1e-9),
+        Figure::Latency(_) => 0.0,
+    };
+    let mut best = f()?;
+    for _ in 1..runs {
+        let next = f()?;
+        if rate(&next) > rate(&best) {
+            best = next;
+        }
+    }
+    Ok(best)
+}
+
 /// `limit/zenoh-pubsub`: `n` bare Zenoh samples of `payload` bytes from one
 /// process to another, timed by the subscriber (first sample to last).
 pub fn zenoh_pubsub(payload: usize, n: u64) -> anyhow::Result<Figure> {
@@ -254,8 +277,13 @@ pub fn pubsub(payload: usize, n: u64) -> anyhow::Result<Figure> {
     std::thread::sleep(Duration::from_millis(200));
     let base = count()?;
     // At most what B's pool holds of that size (1024 × 256 B, 256 × 4 KiB,
-    // 32 × 64 KiB, 4 × 1 MiB by default), less a margin.
+    // 32 × 64 KiB, 4 × 1 MiB by default), less a margin. A publication
+    // small enough to go inline takes no chunk on B: there, what bounds
+    // it is the subscriber's queue in daemon B (`limits.queue_per_client`,
+    // 65 536 by default), and on A the publisher's own pool (its loans
+    // wait for room).
     let window: u64 = match payload {
+        p if p <= hybus::INLINE_PAYLOAD => 16_384,
         0..=256 => 896,
         257..=4096 => 224,
         4097..=65536 => 24,
