@@ -119,7 +119,6 @@ impl Bridged {
             let mut c = hybusd::Config::default();
             c.idle.spins = 0;
             c.idle.yields = 2_000;
-            c.pool = POOL.iter().map(|&(chunk_size, count)| hybusd::config::PoolClass { chunk_size, count }).collect();
             c
         };
         let a = hybusd::Embedded::start(&dir.join("a.sock"), config())?;
@@ -251,34 +250,6 @@ pub fn zenoh_pubsub(payload: usize, n: u64) -> anyhow::Result<Figure> {
     Ok(Figure::Throughput { messages: n.saturating_sub(1), elapsed: Duration::from_nanos(ns) })
 }
 
-/// The pool of every client of the two daemons of the bridged results:
-/// the default's classes, with eight times the chunks of 4 KiB and four
-/// times those of 64 KiB.
-///
-/// `bridged/pubsub` may have at most what B's pool holds in flight (see
-/// [`window`]), and that window must cover what the loopback pipeline holds
-/// at full speed: with the default 256 chunks of 4 KiB the publisher stood
-/// waiting for B's count half the time (0.58-0.65 of the bare limit in
-/// three runs, 0.72-0.94 with these pools, interleaved). Only the bench
-/// needs it: an application's publisher is held back by its own pool, and
-/// the importing bridge waits for room in B's.
-const POOL: [(u32, u32); 4] = [(256, 1024), (4096, 2048), (65536, 128), (1 << 20, 4)];
-
-/// How many publications of `payload` bytes `bridged/pubsub` lets be in
-/// flight: seven eighths of what B's pool holds of that size (a loan
-/// there each; it never waits for a free chunk, which would stall the
-/// whole pipeline behind it, nor drops one). A publication small enough to
-/// go inline takes no chunk on B: there, what bounds it is the
-/// subscriber's queue in daemon B (`limits.queue_per_client`, 65 536 by
-/// default), and on A the publisher's own pool (its loans wait for room).
-fn window(payload: usize) -> u64 {
-    if payload <= hybus::INLINE_PAYLOAD {
-        return 16_384;
-    }
-    let chunks = POOL.iter().find(|&&(size, _)| payload <= size as usize).map_or(1, |&(_, count)| count);
-    (u64::from(chunks) * 7 / 8).max(2)
-}
-
 /// `bridged/pubsub`: `n` publications of `payload` bytes on A (each
 /// written in place), counted by a subscriber worker on B, through both
 /// daemons and both bridges; windowed by what B's pool holds, so that the
@@ -305,7 +276,19 @@ pub fn pubsub(payload: usize, n: u64) -> anyhow::Result<Figure> {
     }
     std::thread::sleep(Duration::from_millis(200));
     let base = count()?;
-    let window = window(payload);
+    // At most what B's pool holds of that size (1024 × 256 B, 256 × 4 KiB,
+    // 32 × 64 KiB, 4 × 1 MiB by default), less a margin. A publication
+    // small enough to go inline takes no chunk on B: there, what bounds
+    // it is the subscriber's queue in daemon B (`limits.queue_per_client`,
+    // 65 536 by default), and on A the publisher's own pool (its loans
+    // wait for room).
+    let window: u64 = match payload {
+        p if p <= hybus::INLINE_PAYLOAD => 16_384,
+        0..=256 => 896,
+        257..=4096 => 224,
+        4097..=65536 => 24,
+        _ => 2,
+    };
     let t = Instant::now();
     for i in 0..n {
         let mut loan = bus.loan(payload, Duration::from_secs(30))?;
