@@ -75,30 +75,14 @@ pub fn export(ctx: Arc<Ctx>, topic: String) {
     let mut batch = Vec::with_capacity(wire::MAX_BATCH);
     while !ctx.stopping() {
         // Wait for one publication, then take what else is queued
-        // already (never waiting for more): one Zenoh put for them all.
-        let mut next = sub.next(Duration::from_millis(200));
-        let mut bytes = 0;
-        loop {
-            match next {
-                Ok(Some(sample)) => {
-                    let ours = ctx.republisher.load(Ordering::Acquire);
-                    if sample.publisher() != Some(ours) {
-                        bytes += sample.len();
-                        batch.push(sample);
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::debug!(topic, "waiting for publications: {e}");
-                    std::thread::sleep(Duration::from_millis(100));
-                    break;
-                }
-            }
-            if batch.len() == wire::MAX_BATCH || bytes >= BATCH_BYTES {
-                break;
-            }
-            next = sub.next(Duration::ZERO);
+        // already (never waiting for more), under one lock: one Zenoh put
+        // for them all.
+        if let Err(e) = sub.next_batch(&mut batch, wire::MAX_BATCH, BATCH_BYTES, Duration::from_millis(200)) {
+            tracing::debug!(topic, "waiting for publications: {e}");
+            std::thread::sleep(Duration::from_millis(100));
         }
+        let ours = ctx.republisher.load(Ordering::Acquire);
+        batch.retain(|s| s.publisher() != Some(ours));
         if !batch.is_empty() {
             ctx.published_out.fetch_add(batch.len() as u64, Ordering::Relaxed);
             ctx.puts_out.fetch_add(1, Ordering::Relaxed);

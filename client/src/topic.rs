@@ -193,6 +193,63 @@ impl Subscription {
         }
     }
 
+    /// Takes a batch of publications into `out`: waits up to `timeout` for
+    /// the first, then adds what else has come already, without waiting,
+    /// until the batch holds `max` publications or `max_bytes` payload
+    /// bytes (the one that reaches `max_bytes` is the last taken). Returns
+    /// how many it added: 0 if none came in time.
+    ///
+    /// One wait and one lock for the whole batch: for a relay that sends
+    /// publications on in batches (`hybus-bridge` puts them on Zenoh
+    /// so), where [`next`](Self::next) paid both per publication.
+    /// A payload that cannot be read fails the call as it fails `next`,
+    /// unless publications were taken before it: then it is dropped (its
+    /// chunk goes back) and the batch ends there.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), hybus::Error> {
+    /// use std::time::Duration;
+    /// let bus = hybus::Bus::connect()?;
+    /// let sub = bus.subscribe("camera.front")?;
+    /// let mut batch = Vec::new();
+    /// while sub.next_batch(&mut batch, 64, 1 << 16, Duration::from_secs(1))? > 0 {
+    ///     let bytes: usize = batch.drain(..).map(|s| s.len()).sum();
+    ///     println!("{bytes} bytes in one batch");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn next_batch(&self, out: &mut Vec<Sample>, max: usize, max_bytes: usize, timeout: Duration) -> Result<usize> {
+        let shared = &self.bus.shared;
+        let r = shared.wait(Some(deadline_in(timeout)), false, |core| {
+            let route = self.route();
+            let (mut n, mut bytes) = (0, 0);
+            while n < max.max(1) && (n == 0 || bytes < max_bytes) {
+                let sample = match core.next_publication(route) {
+                    Ok(Some(d)) => Sample::new_locked(shared, core, d, Origin::Daemon),
+                    Ok(None) => break,
+                    Err(e) => Err(e),
+                };
+                match sample {
+                    Ok(s) => {
+                        bytes += s.len();
+                        out.push(s);
+                        n += 1;
+                    }
+                    Err(e) if n == 0 => return Err(e),
+                    Err(_) => break,
+                }
+            }
+            Ok((n > 0).then_some(n))
+        });
+        match r {
+            Ok(n) => Ok(n),
+            Err(Error::DeadlineExceeded) => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The topic's route id (as renewed by the last reconnect).
     pub(crate) fn route(&self) -> u32 {
         self.route.id()

@@ -198,6 +198,46 @@ fn a_publication_names_its_publisher_inline_or_in_a_chunk() {
 }
 
 #[test]
+fn a_batch_takes_what_has_come_up_to_its_bounds() {
+    let d = DaemonProc::start(None);
+    let (a, b) = (d.connect(), d.connect());
+    let sub = b.subscribe("batch.topic").unwrap();
+    let p = a.publisher("batch.topic").unwrap();
+    let mut batch = Vec::new();
+    // Nothing yet: the wait ends empty.
+    assert_eq!(sub.next_batch(&mut batch, 8, usize::MAX, Duration::from_millis(20)).unwrap(), 0);
+    for i in 0..10u8 {
+        p.publish(&vec![i; 1000]).unwrap();
+    }
+    // All ten on their way to us: the daemon lent each chunk as it queued it.
+    let queued = eventually(SOON, || (a.status().ok()?.chunks_lent == 10).then_some(()));
+    assert!(queued.is_some(), "the daemon did not forward the ten publications");
+    // Bounded by count; then by bytes (the publication that reaches the
+    // bound is the last); then the rest; the order is kept throughout.
+    let mut sizes = Vec::new();
+    let mut firsts = Vec::new();
+    while firsts.len() < 10 {
+        let (max, bytes) = match sizes.len() {
+            0 => (4, usize::MAX),
+            1 => (100, 2500),
+            _ => (100, usize::MAX),
+        };
+        let n = sub.next_batch(&mut batch, max, bytes, SOON).unwrap();
+        sizes.push(n);
+        firsts.extend(batch.drain(..).map(|s| s[0]));
+    }
+    assert_eq!(sizes, [4, 3, 3]);
+    assert_eq!(firsts, (0..10).collect::<Vec<u8>>());
+    // A bound of zero bytes still takes one.
+    p.publish(b"one").unwrap();
+    p.publish(b"two").unwrap();
+    assert_eq!(sub.next_batch(&mut batch, 8, 0, SOON).unwrap(), 1);
+    assert_eq!(&*batch[0], b"one");
+    batch.clear();
+    settled(&d, &a);
+}
+
+#[test]
 fn server_killed_mid_request_fails_the_call_with_peer_gone() {
     let d = DaemonProc::start(None);
     let (mut srv, _) = Load::ready(d.socket(), &["serve", "pk.hold", "hold"]);
