@@ -872,7 +872,17 @@ impl Shared {
         len: usize,
         mut take: impl FnMut(&mut Core) -> Result<T>,
     ) -> Result<T> {
-        let first = take(&mut self.lock_live());
+        let first = {
+            let mut core = self.lock_live();
+            match take(&mut core) {
+                Err(Error::OutOfPool { .. }) => {
+                    // Chunks the channels' peers returned come back first.
+                    core.pump_returns();
+                    take(&mut core)
+                }
+                r => r,
+            }
+        };
         match first {
             Err(Error::OutOfPool { .. }) => {}
             r => return r,

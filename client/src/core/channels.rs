@@ -264,29 +264,7 @@ impl Core {
         buf.resize(32, Descriptor::new(Kind::Fence, 0, 0));
         {
             // Returned chunks first: they free pool space for what follows.
-            while let Some(ch) = self.channels.get_mut(&id) {
-                let n = match ch.rel_rx.pop_batch(&mut buf) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        self.channel_violation(id, e.to_string());
-                        break;
-                    }
-                };
-                for d in &buf[..n] {
-                    let ok = d.kind == Kind::Release as u8
-                        && d.chunk().is_some_and(|c| c.segment == ch.my_pool && ch.lent.remove(&c.offset));
-                    if !ok {
-                        self.channel_violation(id, "returned a chunk it was not lent".into());
-                        break;
-                    }
-                    if let Some(c) = d.chunk() {
-                        let _ = take_back(&mut self.alloc, &self.pool, ChunkRef { segment: self.client_id, ..c });
-                    }
-                }
-                if n < buf.len() {
-                    break;
-                }
-            }
+            self.take_back_returns(id, &mut buf);
             while let Some(ch) = self.channels.get_mut(&id) {
                 let n = match ch.rx.pop_batch(&mut buf) {
                     Ok(n) => n,
@@ -304,6 +282,50 @@ impl Core {
         }
         self.ch_buf = buf;
         total
+    }
+
+    /// Takes back the chunks channel `id`'s peer returned (its return
+    /// ring), `buf` the reused buffer to pop them in.
+    fn take_back_returns(&mut self, id: u32, buf: &mut [Descriptor]) {
+        while let Some(ch) = self.channels.get_mut(&id) {
+            let n = match ch.rel_rx.pop_batch(buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.channel_violation(id, e.to_string());
+                    break;
+                }
+            };
+            for d in &buf[..n] {
+                let ok = d.kind == Kind::Release as u8
+                    && d.chunk().is_some_and(|c| c.segment == ch.my_pool && ch.lent.remove(&c.offset));
+                if !ok {
+                    self.channel_violation(id, "returned a chunk it was not lent".into());
+                    break;
+                }
+                if let Some(c) = d.chunk() {
+                    let _ = take_back(&mut self.alloc, &self.pool, ChunkRef { segment: self.client_id, ..c });
+                }
+            }
+            if n < buf.len() {
+                break;
+            }
+        }
+    }
+
+    /// Takes back what every channel's peer returned, and nothing else:
+    /// what a loan that found the pool empty tries before it waits (the
+    /// chunks of a direct caller's last calls are usually there, and a
+    /// direct call's wait no longer pumps everything on its first round).
+    pub(crate) fn pump_returns(&mut self) {
+        if self.channels.is_empty() {
+            return;
+        }
+        let mut buf = std::mem::take(&mut self.ch_buf);
+        buf.resize(32, Descriptor::new(Kind::Fence, 0, 0));
+        for id in self.fenced_channels(|_| true) {
+            self.take_back_returns(id, &mut buf);
+        }
+        self.ch_buf = buf;
     }
 
     /// Dispatches a descriptor that came on channel `id`'s data ring;
