@@ -115,8 +115,8 @@ impl Sample {
 
     /// The daemon's id of the client whose pool holds the payload (the
     /// sender: the daemon refuses a chunk of any other pool), or `None` for
-    /// a payload carried inline. A relay tells its own publications by it
-    /// (compare with [`Bus::client_id`](crate::Bus::client_id)).
+    /// a payload carried inline. (A relay that tells its own publications
+    /// apart uses [`publisher`](Self::publisher), which inline ones carry too.)
     pub fn pool_owner(&self) -> Option<u32> {
         self.d.chunk().map(|c| c.segment)
     }
