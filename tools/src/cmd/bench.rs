@@ -97,6 +97,16 @@ pub enum Figure {
     },
 }
 
+impl Figure {
+    /// Messages per second, for a throughput figure.
+    pub fn rate(&self) -> Option<f64> {
+        match *self {
+            Figure::Throughput { messages, elapsed } => Some(messages as f64 / elapsed.as_secs_f64().max(1e-9)),
+            Figure::Latency(_) => None,
+        }
+    }
+}
+
 /// One result row.
 #[derive(Debug, Clone)]
 pub struct BenchResult {
@@ -593,12 +603,7 @@ fn eight_bytes<'a>(results: &'a [BenchResult], r: &BenchResult) -> Option<&'a Be
 
 /// `mps` over the messages per second of `other`, if that is a throughput result.
 fn rate_ratio(mps: f64, other: Option<&BenchResult>) -> Option<f64> {
-    match other?.figure {
-        Figure::Throughput { messages, elapsed } => {
-            Some(mps / (messages as f64 / elapsed.as_secs_f64().max(1e-9)).max(1e-9))
-        }
-        _ => None,
-    }
+    Some(mps / other?.figure.rate()?.max(1e-9))
 }
 
 /// `p50` over the p50 of `other`, if that is a latency result.
@@ -652,8 +657,8 @@ fn render(results: &[BenchResult]) -> String {
     }
     let mut t = Table::new(&["RESULT", ">PAYLOAD", ">MESSAGES", ">MSG/S", ">BYTES/S", ">×LIMIT"]);
     for r in results {
-        if let Figure::Throughput { messages, elapsed } = r.figure {
-            let mps = messages as f64 / elapsed.as_secs_f64().max(1e-9);
+        if let Figure::Throughput { messages, .. } = r.figure {
+            let mps = r.figure.rate().unwrap_or(0.0);
             t.row(vec![
                 r.name.clone(),
                 size(r.payload),
@@ -711,8 +716,8 @@ fn to_json(results: &[BenchResult], plan: &Plan) -> serde_json::Value {
                     "ratio_to_8b_p50": p50_ratio(p.p50, eight_bytes(results, r)),
                 })
             }
-            Figure::Throughput { messages, elapsed } => {
-                let mps = *messages as f64 / elapsed.as_secs_f64().max(1e-9);
+            Figure::Throughput { messages, .. } => {
+                let mps = r.figure.rate().unwrap_or(0.0);
                 json!({
                     "name": r.name, "payload_bytes": r.payload, "messages": messages,
                     "msgs_per_s": mps, "bytes_per_s": mps * r.payload as f64,

@@ -201,14 +201,10 @@ pub fn rpc(payload: usize, round_trips: u64) -> anyhow::Result<Figure> {
 /// only ever slows a run down: the best of a few is the figure least
 /// disturbed, and both sides of the ratio are taken alike.
 pub fn best_of(runs: u32, f: impl Fn() -> anyhow::Result<Figure>) -> anyhow::Result<Figure> {
-    let rate = |f: &Figure| match f {
-        Figure::Throughput { messages, elapsed } => *messages as f64 / elapsed.as_secs_f64().max(1e-9),
-        Figure::Latency(_) => 0.0,
-    };
     let mut best = f()?;
     for _ in 1..runs {
         let next = f()?;
-        if rate(&next) > rate(&best) {
+        if next.rate() > best.rate() {
             best = next;
         }
     }
