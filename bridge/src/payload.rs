@@ -57,8 +57,14 @@ pub fn loan_read(bus: &Bus, reader: &mut ZBytesReader<'_>, len: usize, wait: Dur
             return Err(e);
         }
     };
-    reader.read_exact(&mut loan).map_err(|e| hybus::Error::Protocol(format!("a payload shorter than it says: {e}")))?;
+    read_exact(reader, &mut loan)?;
     Ok(loan)
+}
+
+/// Fills `buf` from `reader`, which must have that many bytes (the
+/// caller counted them): a shorter payload is a protocol error.
+pub fn read_exact(reader: &mut ZBytesReader<'_>, buf: &mut [u8]) -> hybus::Result<()> {
+    reader.read_exact(buf).map_err(|e| hybus::Error::Protocol(format!("a payload shorter than it says: {e}")))
 }
 
 /// Reads past the next `len` bytes of `reader`.

@@ -265,8 +265,7 @@ impl Republisher {
         if len <= INLINE_PAYLOAD {
             let mut small = [0u8; INLINE_PAYLOAD];
             let small = &mut small[..len];
-            std::io::Read::read_exact(reader, small)
-                .map_err(|e| hybus::Error::Protocol(format!("a payload shorter than it says: {e}")))?;
+            payload::read_exact(reader, small)?;
             self.say_who(ctx);
             return publisher.publish(small);
         }

@@ -226,17 +226,13 @@ impl Subscription {
             let route = self.route();
             let (mut n, mut bytes) = (0, 0);
             while n < max.max(1) && (n == 0 || bytes < max_bytes) {
-                let sample = match core.next_publication(route) {
-                    Ok(Some(d)) => Sample::new_locked(shared, core, d, Origin::Daemon),
-                    Ok(None) => break,
-                    Err(e) => Err(e),
-                };
-                match sample {
-                    Ok(s) => {
+                match publication_check(shared, core, route) {
+                    Ok(Some(s)) => {
                         bytes += s.len();
                         out.push(s);
                         n += 1;
                     }
+                    Ok(None) => break,
                     Err(e) if n == 0 => return Err(e),
                     Err(_) => break,
                 }
