@@ -6,10 +6,12 @@
 //!
 //! ```sh
 //! hybusd --socket /tmp/cc/bus.sock &
-//! sleep 1200 | hybusctl --socket /tmp/cc/bus.sock worker echo cc.echo --idle default &
+//! sleep 1200 | hybusctl --socket /tmp/cc/bus.sock worker echo cc.echo --idle busy &
 //! valgrind --tool=callgrind --callgrind-out-file=/tmp/cc/8.out \
 //!     target/release/examples/call_count /tmp/cc/bus.sock cc.echo 8 20000
-//! callgrind_annotate --inclusive=yes /tmp/cc/8.out | grep -E 'send_request|answer_check|Sample::answer_sample|drop_in_place<hybus::sample::Sample>'
+//! callgrind_annotate --inclusive=yes /tmp/cc/8.out | grep -E 'call_count::main::|send_request|await_answer|Bus::loan '
+//! # the worker spins a whole CPU: stop it (and hybusd) when done
+//! pkill -f 'worker echo cc.echo'
 //! ```
 //!
 //! The counts that matter, divided by the calls made (printed at the end):
